@@ -1,0 +1,1 @@
+//! A reference ublk server.
