@@ -1,5 +1,9 @@
 //! Types shared by the three sides of the toolkit, `no_std` so the eBPF programs can use them:
 //! - [`tagstate`]: the per-tag state file that `ublk-server` publishes and `ublk-trace` reads.
+//! - [`event`]: the raw ring-buffer record the eBPF programs write, map names and counters.
+//! - [`offsets`]: kernel structure offsets passed to the eBPF programs as a global.
 #![no_std]
 
+pub mod event;
+pub mod offsets;
 pub mod tagstate;
