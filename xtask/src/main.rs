@@ -1,1 +1,174 @@
-fn main() {}
+//! `cargo xtask`: project automation (setup, the QEMU guest harness, tests, demo).
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+mod guest;
+mod initramfs;
+mod kernel;
+mod qemu;
+mod setup;
+mod test;
+mod util;
+
+use kernel::KernelSpec;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Setup, guest harness, tests and demo for the ublk toolkit")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (Debian packages, nightly rust-src, bpf-linker, guest kernel).
+    Setup {
+        /// Skip fetching the guest kernel.
+        #[arg(long)]
+        no_kernel: bool,
+    },
+    /// The QEMU guest (a Debian kernel with ublk_drv and kprobes).
+    #[command(subcommand)]
+    Guest(GuestCmd),
+    /// Host tests, then guest tests (default kernel: all; 6.18 and newest 7.x: smoke subset).
+    Test(TestArgs),
+}
+
+#[derive(Args, Clone)]
+struct GuestArgs {
+    /// Kernel: 6.12 (default), 6.18, 7 (newest 7.x), or SUITE:VERSION.
+    #[arg(long, default_value = "6.12")]
+    kernel: String,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    smp: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 3072)]
+    mem: u32,
+    /// Give up (and fail) after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Use release builds of the project's binaries.
+    #[arg(long)]
+    release: bool,
+    /// Bring a host binary (with its shared libraries) into the guest's /bin; repeatable.
+    #[arg(long = "include", value_name = "PATH")]
+    include: Vec<PathBuf>,
+    /// Also load this kernel module in the guest (e.g. null_blk); repeatable.
+    #[arg(long = "module")]
+    modules: Vec<String>,
+}
+
+impl GuestArgs {
+    fn opts(&self) -> Result<guest::GuestOpts> {
+        let mut o = guest::GuestOpts::new(KernelSpec::parse(&self.kernel)?);
+        o.smp = self.smp;
+        o.mem_mib = self.mem;
+        o.timeout = Duration::from_secs(self.timeout);
+        o.release = self.release;
+        o.include = self.include.clone();
+        o.modules = self.modules.clone();
+        Ok(o)
+    }
+}
+
+#[derive(Subcommand)]
+enum GuestCmd {
+    /// Run a shell command in the guest; exits with its exit code (124 timeout, 125 guest died).
+    Run {
+        #[command(flatten)]
+        g: GuestArgs,
+        /// The command (one argument is taken as a shell line).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// An interactive shell on the guest console.
+    Shell {
+        #[command(flatten)]
+        g: GuestArgs,
+    },
+    /// Run the workspace's guest tests (`#[ignore = "needs ublk guest"]`) in one boot.
+    Test {
+        #[command(flatten)]
+        g: GuestArgs,
+        /// libtest filter arguments.
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Skip the guest (explicit opt-out; the default runs it and fails if it cannot).
+    #[arg(long)]
+    no_guest: bool,
+    /// Skip host tests.
+    #[arg(long)]
+    no_host: bool,
+    /// Skip the smoke runs on 6.18 and the newest 7.x.
+    #[arg(long)]
+    no_matrix: bool,
+    /// Skip `cargo fmt --check` and `cargo clippy -D warnings`.
+    #[arg(long)]
+    no_lint: bool,
+    /// Kernel for the full guest suite.
+    #[arg(long, default_value = "6.12")]
+    kernel: String,
+    /// libtest filter arguments (host and guest).
+    #[arg(last = true)]
+    filter: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Setup { no_kernel } => setup::setup(!no_kernel).map(|_| ExitCode::SUCCESS),
+        Cmd::Guest(GuestCmd::Run { g, command }) => Ok(exit(guest::run_command(&g.opts()?, &command)?)),
+        Cmd::Guest(GuestCmd::Shell { g }) => Ok(exit(guest::shell(&g.opts()?)?)),
+        Cmd::Guest(GuestCmd::Test { g, filter }) => {
+            let spec = KernelSpec::parse(&g.kernel)?;
+            let ok = test::run(&test::TestOpts {
+                host: false,
+                guest: true,
+                kernels: vec![spec],
+                smoke_kernels: vec![],
+                filter,
+                lint: false,
+            })?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Test(a) => {
+            let smoke = if a.no_matrix || a.no_guest {
+                vec![]
+            } else {
+                vec![KernelSpec::parse("6.18")?, KernelSpec::parse("7")?]
+            };
+            let ok = test::run(&test::TestOpts {
+                host: !a.no_host,
+                guest: !a.no_guest,
+                kernels: vec![KernelSpec::parse(&a.kernel)?],
+                smoke_kernels: smoke,
+                filter: a.filter,
+                lint: !a.no_lint,
+            })?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! `cargo xtask test`: setup, host tests, then the guest suite on the default kernel and a
+//! smoke subset on newer kernels; ends with one `N passed, N failed` line.
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::guest::{GuestOpts, build_project, make_initramfs};
+use crate::kernel::KernelSpec;
+use crate::util::{cache_dir, workspace_root};
+
+/// Counts from libtest summaries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+    /// Test binaries that ended without a summary line (crash, timeout).
+    pub broken: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, o: Tally) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.ignored += o.ignored;
+        self.broken += o.broken;
+    }
+}
+
+/// Parse `test result: ok. 3 passed; 1 failed; 2 ignored; ...` lines.
+pub fn parse_libtest(text: &str) -> Tally {
+    let mut t = Tally::default();
+    for line in text.lines() {
+        let Some(i) = line.find("test result: ") else { continue };
+        for part in line[i..].split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+            let Ok(n) = n.trim_end_matches('.').parse::<u64>() else { continue };
+            match what {
+                "passed" => t.passed += n,
+                "failed" => t.failed += n,
+                "ignored" => t.ignored += n,
+                _ => {}
+            }
+        }
+    }
+    t
+}
+
+pub struct TestOpts {
+    pub host: bool,
+    pub guest: bool,
+    pub kernels: Vec<KernelSpec>,
+    pub smoke_kernels: Vec<KernelSpec>,
+    pub filter: Vec<String>,
+    pub lint: bool,
+}
+
+pub fn run(opts: &TestOpts) -> Result<bool> {
+    let started = Instant::now();
+    crate::setup::setup(opts.guest)?;
+    let mut total = Tally::default();
+    let mut problems: Vec<String> = Vec::new();
+    if opts.lint {
+        if let Err(e) = lint() {
+            problems.push(format!("lint: {e:#}"));
+        }
+    }
+    if opts.host {
+        let t = host_tests(&opts.filter)?;
+        println!("[test] host: {} passed, {} failed", t.passed, t.failed);
+        if t.passed + t.failed == 0 {
+            problems.push("host tests: none ran".into());
+        }
+        total.add(t);
+    }
+    if opts.guest {
+        let binaries = build_test_binaries()?;
+        for (spec, smoke) in opts
+            .kernels
+            .iter()
+            .map(|k| (k, false))
+            .chain(opts.smoke_kernels.iter().map(|k| (k, true)))
+        {
+            let mut filter = opts.filter.clone();
+            if smoke && filter.is_empty() {
+                filter.push("smoke".into());
+            }
+            match guest_suite(spec, &binaries, &filter) {
+                Ok(t) => {
+                    println!(
+                        "[test] guest {}{}: {} passed, {} failed{}",
+                        spec.name,
+                        if smoke { " (smoke)" } else { "" },
+                        t.passed,
+                        t.failed,
+                        if t.broken > 0 { format!(", {} test binaries broke", t.broken) } else { String::new() }
+                    );
+                    if t.passed + t.failed == 0 {
+                        problems.push(format!("guest {}: no test ran", spec.name));
+                    }
+                    total.add(t);
+                }
+                Err(e) => {
+                    problems.push(format!("guest {}: {e:#}", spec.name));
+                    total.failed += 1;
+                }
+            }
+        }
+    }
+    for p in &problems {
+        println!("[test] FAILED: {p}");
+    }
+    println!("[test] wall time {:.0} s", started.elapsed().as_secs_f64());
+    let failed = total.failed + total.broken;
+    println!("{} passed, {} failed", total.passed, failed);
+    Ok(failed == 0 && problems.is_empty())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn lint() -> Result<()> {
+    crate::util::run(cargo().args(["fmt", "--all", "--", "--check"])).context("cargo fmt --check")?;
+    crate::util::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"])).context("cargo clippy")?;
+    Ok(())
+}
+
+fn host_tests(filter: &[String]) -> Result<Tally> {
+    println!("[test] host tests");
+    let out = cargo()
+        .arg("test")
+        .arg("--")
+        .args(filter)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run cargo test")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    let t = parse_libtest(&text);
+    if !out.status.success() && t.failed == 0 {
+        bail!("cargo test failed before running tests (build error?)");
+    }
+    Ok(t)
+}
+
+#[derive(Deserialize)]
+struct Artifact {
+    reason: String,
+    #[serde(default)]
+    executable: Option<PathBuf>,
+    #[serde(default)]
+    profile: Option<Profile>,
+    #[serde(default)]
+    target: Option<Target>,
+}
+#[derive(Deserialize)]
+struct Profile {
+    test: bool,
+}
+#[derive(Deserialize)]
+struct Target {
+    name: String,
+}
+
+/// Compile the workspace's test binaries on the host (the guest has no toolchain).
+pub fn build_test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    let out = cargo()
+        .args(["test", "--no-run", "--message-format=json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building test binaries failed");
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(a) = serde_json::from_str::<Artifact>(line) else { continue };
+        if a.reason != "compiler-artifact" || !a.profile.as_ref().is_some_and(|p| p.test) {
+            continue;
+        }
+        if let (Some(exe), Some(t)) = (a.executable, a.target) {
+            bins.push((t.name, exe));
+        }
+    }
+    if bins.is_empty() {
+        bail!("cargo produced no test binaries");
+    }
+    Ok(bins)
+}
+
+/// Run every test binary's ignored (guest-only) tests in one boot of `spec`.
+fn guest_suite(spec: &KernelSpec, binaries: &[(String, PathBuf)], filter: &[String]) -> Result<Tally> {
+    let kernel = crate::kernel::fetch(spec)?;
+    let bin_dir = build_project(false)?;
+    let mut opts = GuestOpts::new(spec.clone());
+    opts.timeout = Duration::from_secs(
+        std::env::var("UBLK_GUEST_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(1800),
+    );
+    let mut extra = Vec::new();
+    let mut script = String::from("rc=0\n");
+    for (i, (name, exe)) in binaries.iter().enumerate() {
+        let guest_path = format!("/tests/{i:02}-{name}");
+        extra.push((exe.clone(), guest_path.clone(), true));
+        let args: Vec<String> = filter.iter().map(|f| crate::guest::shell_join(std::slice::from_ref(f))).collect();
+        script.push_str(&format!(
+            "echo '=== GUEST-TEST {name}'\n{guest_path} --ignored --test-threads=1 {} 2>&1; r=$?\n\
+             echo \"=== GUEST-TEST-END {name} rc=$r\"\n[ $r -eq 0 ] || rc=1\n",
+            args.join(" ")
+        ));
+    }
+    script.push_str("exit $rc\n");
+    let initrd = make_initramfs(&kernel, &opts, &bin_dir, &script, &extra)?;
+    let log = cache_dir().join(format!("guest-test-{}.log", spec.name.replace([':', '/'], "_")));
+    println!("[test] guest tests on {} ({} test binaries)", kernel.kver, binaries.len());
+    let (outcome, lines) = crate::qemu::boot_captured(
+        &crate::guest::boot_opts(&opts, &kernel, &initrd),
+        &log,
+        |l| println!("{l}"),
+    )?;
+    let _ = std::fs::remove_file(&initrd);
+    crate::guest::report_outcome(&outcome, &lines, &log);
+    let text = lines.join("\n");
+    let mut t = parse_libtest(&text);
+    // A binary that started but never printed its summary crashed or hung.
+    let started = lines.iter().filter(|l| l.starts_with("=== GUEST-TEST ")).count() as u64;
+    let ended_with_summary = count_summaries(&lines);
+    t.broken = started.saturating_sub(ended_with_summary);
+    if !matches!(outcome, crate::qemu::Outcome::Exited(_)) {
+        t.broken = t.broken.max(1);
+    }
+    Ok(t)
+}
+
+/// Binaries whose section (between GUEST-TEST and GUEST-TEST-END) holds a libtest summary.
+fn count_summaries(lines: &[String]) -> u64 {
+    let mut n = 0;
+    let mut in_section = false;
+    let mut seen = false;
+    for l in lines {
+        if l.starts_with("=== GUEST-TEST ") {
+            in_section = true;
+            seen = false;
+        } else if l.starts_with("=== GUEST-TEST-END ") {
+            if in_section && seen {
+                n += 1;
+            }
+            in_section = false;
+        } else if in_section && l.contains("test result: ") {
+            seen = true;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_summaries_are_summed() {
+        let text = "running 2 tests\ntest a ... ok\ntest result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s\n\
+                    test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.2s\n";
+        assert_eq!(parse_libtest(text), Tally { passed: 5, failed: 2, ignored: 1, broken: 0 });
+    }
+
+    #[test]
+    fn a_binary_without_summary_is_broken() {
+        let lines: Vec<String> = [
+            "=== GUEST-TEST a",
+            "test result: ok. 1 passed; 0 failed; 0 ignored",
+            "=== GUEST-TEST-END a rc=0",
+            "=== GUEST-TEST b",
+            "Segmentation fault",
+            "=== GUEST-TEST-END b rc=139",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(count_summaries(&lines), 1);
+    }
+}
