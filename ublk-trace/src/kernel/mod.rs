@@ -1,1 +1,11 @@
-//! (owner: see lib.rs)
+//! Facts about the running kernel, looked up at run time and never guessed:
+//! - [`kallsyms`]: the real names (suffixes included) of the ublk functions, per concept.
+//! - [`btf`]: a small BTF reader (member offsets, enums, function parameters).
+//! - [`offsets`]: the eBPF programs' offsets global, filled from BTF.
+//! - [`tracefs`]: tracefs mount and tracepoint `format` files.
+//! - [`ctrl`]: read-only `/dev/ublk-control` queries (GET_FEATURES, GET_DEV_INFO) with deadlines.
+pub mod btf;
+pub mod ctrl;
+pub mod kallsyms;
+pub mod offsets;
+pub mod tracefs;
