@@ -1,1 +1,4 @@
-//! (owner: see lib.rs)
+//! Load the eBPF programs, attach them, and turn ring-buffer records into typed events.
+pub mod status;
+
+pub use status::ProbeStatus;
