@@ -68,7 +68,9 @@ pub fn make_initramfs(
     extra: &[(PathBuf, String, bool)],
 ) -> Result<PathBuf> {
     let mut t = Tree::default();
-    for d in ["/proc", "/sys", "/dev", "/tmp", "/run", "/root", "/etc", "/mnt", "/var/tmp"] {
+    for d in [
+        "/proc", "/sys", "/dev", "/tmp", "/run", "/root", "/etc", "/mnt", "/var/tmp",
+    ] {
         t.dir(d);
     }
     t.copy_host(Path::new("/bin/busybox"), "/bin/busybox")
@@ -92,14 +94,21 @@ pub fn make_initramfs(
         let p = which(&inc.display().to_string())
             .or_else(|| inc.is_file().then(|| inc.clone()))
             .with_context(|| format!("--include {}: no such file", inc.display()))?;
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         t.copy_binary(&p, &format!("/bin/{name}"), false)?;
     }
     for (host, guest, strip) in extra {
         t.copy_binary(host, guest, *strip)?;
     }
     // Name resolution for tools that look up users (tmux) and a minimal passwd.
-    t.file("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n".to_vec(), 0o644);
+    t.file(
+        "/etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+        0o644,
+    );
     t.file("/etc/group", b"root:x:0:\n".to_vec(), 0o644);
     t.file("/init", init_script(&order).into_bytes(), 0o755);
     t.file("/cmd.sh", cmd_sh.as_bytes().to_vec(), 0o755);
@@ -126,11 +135,19 @@ pub fn choose_accel(opts: &GuestOpts, kernel: &GuestKernel) -> Accel {
     }
     let verdict = cache_dir().join(format!("kvm-probe-{}", kernel.kver));
     if let Ok(v) = std::fs::read_to_string(&verdict) {
-        return if v.trim() == "kvm" { Accel::Kvm } else { Accel::Tcg };
+        return if v.trim() == "kvm" {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        };
     }
     let ok = probe_kvm(kernel).unwrap_or(false);
     let _ = std::fs::write(&verdict, if ok { "kvm\n" } else { "tcg\n" });
-    eprintln!("[guest] /dev/kvm {} this kernel; using {}", if ok { "boots" } else { "cannot boot" }, if ok { "KVM" } else { "TCG" });
+    eprintln!(
+        "[guest] /dev/kvm {} this kernel; using {}",
+        if ok { "boots" } else { "cannot boot" },
+        if ok { "KVM" } else { "TCG" }
+    );
     if ok { Accel::Kvm } else { Accel::Tcg }
 }
 
@@ -151,7 +168,7 @@ fn probe_kvm(kernel: &GuestKernel) -> Result<bool> {
         initrd: out.clone(),
         smp: 1,
         mem_mib: 512,
-        timeout: Duration::from_secs(30),
+        timeout: Duration::from_secs(15),
         append: String::new(),
         accel: Accel::Kvm,
     };
@@ -178,11 +195,23 @@ pub fn run_command(opts: &GuestOpts, command: &[String]) -> Result<i32> {
     crate::setup::setup(false)?;
     let kernel = crate::kernel::fetch(&opts.kernel)?;
     let bins = build_project(opts.release)?;
-    let cmd_sh = if command.is_empty() { "true".to_string() } else { shell_join(command) };
+    let cmd_sh = if command.is_empty() {
+        "true".to_string()
+    } else {
+        shell_join(command)
+    };
     let initrd = make_initramfs(&kernel, opts, &bins, &format!("{cmd_sh}\n"), &[])?;
     let log = cache_dir().join("last-console.log");
-    eprintln!("[guest] booting {} ({} vCPU, timeout {} s)", kernel.kver, opts.smp, opts.timeout.as_secs());
-    let (outcome, lines) = crate::qemu::boot_captured(&boot_opts(opts, &kernel, &initrd), &log, |l| println!("{l}"))?;
+    eprintln!(
+        "[guest] booting {} ({} vCPU, timeout {} s)",
+        kernel.kver,
+        opts.smp,
+        opts.timeout.as_secs()
+    );
+    let (outcome, lines) =
+        crate::qemu::boot_captured(&boot_opts(opts, &kernel, &initrd), &log, |l| {
+            println!("{l}")
+        })?;
     let _ = std::fs::remove_file(&initrd);
     report_outcome(&outcome, &lines, &log);
     Ok(outcome.code())
@@ -195,7 +224,10 @@ pub fn shell(opts: &GuestOpts) -> Result<i32> {
     let bins = build_project(opts.release)?;
     let initrd = make_initramfs(&kernel, opts, &bins, &interactive_sh("sh -l"), &[])?;
     let (cols, rows) = terminal_size();
-    eprintln!("[guest] shell on {} — `poweroff -f` or `exit` leaves", kernel.kver);
+    eprintln!(
+        "[guest] shell on {} — `poweroff -f` or `exit` leaves",
+        kernel.kver
+    );
     let rc = crate::qemu::boot_interactive(&boot_opts(opts, &kernel, &initrd), cols, rows)?;
     let _ = std::fs::remove_file(&initrd);
     Ok(rc)
@@ -215,7 +247,10 @@ setsid cttyhack {cmd}
 }
 
 pub fn terminal_size() -> (u16, u16) {
-    let out = Command::new("stty").arg("size").stdin(std::process::Stdio::inherit()).output();
+    let out = Command::new("stty")
+        .arg("size")
+        .stdin(std::process::Stdio::inherit())
+        .output();
     if let Ok(o) = out
         && let Some((r, c)) = String::from_utf8_lossy(&o.stdout).trim().split_once(' ')
         && let (Ok(r), Ok(c)) = (r.parse(), c.parse())
@@ -235,7 +270,9 @@ pub fn report_outcome(outcome: &Outcome, lines: &[String], log: &Path) {
             }
         }
         Outcome::Died { qemu_status } => {
-            eprintln!("[guest] the guest died without an exit code (panic?), qemu {qemu_status}; last console lines:");
+            eprintln!(
+                "[guest] the guest died without an exit code (panic?), qemu {qemu_status}; last console lines:"
+            );
             for l in lines.iter().rev().take(40).rev() {
                 eprintln!("  | {l}");
             }
@@ -252,7 +289,10 @@ pub fn shell_join(args: &[String]) -> String {
     }
     args.iter()
         .map(|a| {
-            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', r"'\''"))
@@ -269,7 +309,10 @@ mod tests {
     #[test]
     fn shell_join_quotes_what_needs_it() {
         assert_eq!(shell_join(&["echo hi && true".into()]), "echo hi && true");
-        assert_eq!(shell_join(&["echo".into(), "a b".into(), "it's".into()]), r"echo 'a b' 'it'\''s'");
+        assert_eq!(
+            shell_join(&["echo".into(), "a b".into(), "it's".into()]),
+            r"echo 'a b' 'it'\''s'"
+        );
         assert_eq!(shell_join(&["ls".into(), "/dev".into()]), "ls /dev");
     }
 }
