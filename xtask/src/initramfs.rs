@@ -40,13 +40,15 @@ impl Tree {
         if let Some((parent, _)) = path.rsplit_once('/') {
             self.dir(parent);
         }
-        self.entries.insert(path.to_string(), Entry::File { data, mode });
+        self.entries
+            .insert(path.to_string(), Entry::File { data, mode });
     }
 
     /// Copy a host file (following links) to `guest_path`, keeping its mode.
     pub fn copy_host(&mut self, host: &Path, guest_path: &str) -> Result<()> {
         let data = std::fs::read(host).with_context(|| format!("read {}", host.display()))?;
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(host)?.permissions()) & 0o7777;
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(host)?.permissions())
+            & 0o7777;
         self.file(guest_path, data, mode);
         Ok(())
     }
@@ -105,11 +107,20 @@ impl Tree {
 fn tempfile_in_target(host: &Path) -> Result<PathBuf> {
     let dir = crate::util::cache_dir().join("tmp");
     std::fs::create_dir_all(&dir)?;
-    let name = host.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = host
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Ok(dir.join(format!("{name}.{}.stripped", std::process::id())))
 }
 
-fn write_cpio_entry(w: &mut impl Write, ino: u32, name: &str, mode: u32, data: &[u8]) -> Result<()> {
+fn write_cpio_entry(
+    w: &mut impl Write,
+    ino: u32,
+    name: &str,
+    mode: u32,
+    data: &[u8],
+) -> Result<()> {
     let namesize = name.len() + 1;
     let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
     write!(
@@ -181,8 +192,14 @@ pub fn add_modules(tree: &mut Tree, kernel: &GuestKernel, names: &[&str]) -> Res
             }
             let Some(ko) = it.next() else { continue };
             let ko = PathBuf::from(ko);
-            let base = ko.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let plain = base.trim_end_matches(".xz").trim_end_matches(".zst").to_string();
+            let base = ko
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let plain = base
+                .trim_end_matches(".xz")
+                .trim_end_matches(".zst")
+                .to_string();
             if order.contains(&plain) {
                 continue;
             }
@@ -192,7 +209,10 @@ pub fn add_modules(tree: &mut Tree, kernel: &GuestKernel, names: &[&str]) -> Res
         }
     }
     if order.is_empty() {
-        bail!("no module files found for {names:?} in kernel {}", kernel.kver);
+        bail!(
+            "no module files found for {names:?} in kernel {}",
+            kernel.kver
+        );
     }
     Ok(order)
 }
@@ -209,7 +229,11 @@ fn decompress(ko: &Path) -> Result<Vec<u8>> {
     match tool {
         None => std::fs::read(ko).with_context(|| format!("read {name}")),
         Some(t) => {
-            let out = Command::new(t).arg("-dc").arg(ko).output().with_context(|| format!("run {t}"))?;
+            let out = Command::new(t)
+                .arg("-dc")
+                .arg(ko)
+                .output()
+                .with_context(|| format!("run {t}"))?;
             if !out.status.success() {
                 bail!("{t} -dc {name} failed");
             }
@@ -261,7 +285,10 @@ mod tests {
         let t = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n";
         assert_eq!(
             parse_ldd(t),
-            vec![PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
         );
     }
 
@@ -284,7 +311,11 @@ mod tests {
         assert!(s.contains("hello"));
         assert!(s.contains("TRAILER!!!"));
         // With `cpio -t` available, the archive must list cleanly.
-        if let Ok(o) = Command::new("cpio").arg("-t").stdin(std::fs::File::open(&out).expect("open")).output() {
+        if let Ok(o) = Command::new("cpio")
+            .arg("-t")
+            .stdin(std::fs::File::open(&out).expect("open"))
+            .output()
+        {
             let listing = String::from_utf8_lossy(&o.stdout);
             assert!(listing.contains("bin/x"), "{listing}");
         }

@@ -33,9 +33,15 @@ impl KernelSpec {
         let s = s.trim();
         if let Some((suite, ver)) = s.split_once(':') {
             if suite.is_empty() {
-                bail!("bad kernel spec {s:?}: SUITE:VERSION needs a suite (e.g. trixie-backports:6.16)");
+                bail!(
+                    "bad kernel spec {s:?}: SUITE:VERSION needs a suite (e.g. trixie-backports:6.16)"
+                );
             }
-            return Ok(Self { name: s.into(), suites: vec![suite.into()], prefix: ver.into() });
+            return Ok(Self {
+                name: s.into(),
+                suites: vec![suite.into()],
+                prefix: ver.into(),
+            });
         }
         let suites: &[&str] = match s {
             "6.12" => &["bookworm-backports", "trixie"],
@@ -44,8 +50,16 @@ impl KernelSpec {
             v if v.starts_with("7.") => &["trixie-backports", "sid"],
             _ => bail!("bad kernel spec {s:?}: use 6.12, 6.18, 7, or SUITE:VERSION"),
         };
-        let prefix = if s == "7" { "7.".to_string() } else { s.to_string() };
-        Ok(Self { name: s.into(), suites: suites.iter().map(|x| x.to_string()).collect(), prefix })
+        let prefix = if s == "7" {
+            "7.".to_string()
+        } else {
+            s.to_string()
+        };
+        Ok(Self {
+            name: s.into(),
+            suites: suites.iter().map(|x| x.to_string()).collect(),
+            prefix,
+        })
     }
 }
 
@@ -87,7 +101,10 @@ pub fn fetch(spec: &KernelSpec) -> Result<GuestKernel> {
     if let Some((kver, _)) = lock.get(&spec.name) {
         let dir = kernels_dir().join(kver);
         if dir.join(".done").exists() {
-            return Ok(GuestKernel { kver: kver.clone(), dir });
+            return Ok(GuestKernel {
+                kver: kver.clone(),
+                dir,
+            });
         }
     }
     let apt = AptState::new(&apt_dir())?;
@@ -132,7 +149,11 @@ fn is_image_pkg(name: &str, prefix: &str) -> bool {
     version_like && prefix_ok
 }
 
-fn resolve(apt: &AptState, spec: &KernelSpec, lock: &BTreeMap<String, (String, String)>) -> Result<Pkg> {
+fn resolve(
+    apt: &AptState,
+    spec: &KernelSpec,
+    lock: &BTreeMap<String, (String, String)>,
+) -> Result<Pkg> {
     let mut candidates = Vec::new();
     for suite in &spec.suites {
         let pkgs = apt.packages(suite)?;
@@ -142,7 +163,9 @@ fn resolve(apt: &AptState, spec: &KernelSpec, lock: &BTreeMap<String, (String, S
             .collect();
         // Prefer -unsigned over signed for the same kernel (same image, the signature is moot
         // under QEMU), then newest version.
-        matching.sort_by(|a, b| version_cmp(&a.version, &b.version).then(a.name.len().cmp(&b.name.len())));
+        matching.sort_by(|a, b| {
+            version_cmp(&a.version, &b.version).then(a.name.len().cmp(&b.name.len()))
+        });
         if !matching.is_empty() {
             candidates = matching;
             break;
@@ -156,7 +179,9 @@ fn resolve(apt: &AptState, spec: &KernelSpec, lock: &BTreeMap<String, (String, S
         );
     }
     if let Some((kver, version)) = lock.get(&spec.name)
-        && let Some(p) = candidates.iter().find(|p| kver_of(&p.name) == *kver && p.version == *version)
+        && let Some(p) = candidates
+            .iter()
+            .find(|p| kver_of(&p.name) == *kver && p.version == *version)
     {
         return Ok(p.clone());
     }
@@ -172,7 +197,10 @@ fn resolve(apt: &AptState, spec: &KernelSpec, lock: &BTreeMap<String, (String, S
 }
 
 fn extract(apt: &AptState, pkg: &Pkg, kver: &str, dir: &Path) -> Result<()> {
-    eprintln!("[kernel] fetching {} {} from {}", pkg.name, pkg.version, pkg.suite);
+    eprintln!(
+        "[kernel] fetching {} {} from {}",
+        pkg.name, pkg.version, pkg.suite
+    );
     // Extract into a temp dir and rename at the end: no half-written kernel under the real name.
     let tmp = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -192,10 +220,13 @@ fn extract(apt: &AptState, pkg: &Pkg, kver: &str, dir: &Path) -> Result<()> {
         std::fs::rename(&usr_modules, tmp.join("lib/modules")).context("move usr/lib/modules")?;
     }
     let mdir = tmp.join("lib/modules").join(kver);
-    let vmlinuz = [tmp.join(format!("boot/vmlinuz-{kver}")), mdir.join("vmlinuz")]
-        .into_iter()
-        .find(|p| p.is_file())
-        .with_context(|| format!("no vmlinuz in {} {}", pkg.name, pkg.version))?;
+    let vmlinuz = [
+        tmp.join(format!("boot/vmlinuz-{kver}")),
+        mdir.join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .with_context(|| format!("no vmlinuz in {} {}", pkg.name, pkg.version))?;
     let config = [tmp.join(format!("boot/config-{kver}")), mdir.join("config")]
         .into_iter()
         .find(|p| p.is_file())
@@ -204,9 +235,12 @@ fn extract(apt: &AptState, pkg: &Pkg, kver: &str, dir: &Path) -> Result<()> {
     std::fs::copy(&config, tmp.join("config")).context("copy config")?;
     verify_config(&std::fs::read_to_string(tmp.join("config"))?, kver)?;
     if find_file(&mdir, "ublk_drv.ko").is_none() {
-        bail!("kernel {kver} has CONFIG_BLK_DEV_UBLK=m but no ublk_drv.ko in its package; pick another --kernel");
+        bail!(
+            "kernel {kver} has CONFIG_BLK_DEV_UBLK=m but no ublk_drv.ko in its package; pick another --kernel"
+        );
     }
-    run(Command::new("depmod").arg("-b").arg(&tmp).arg(kver)).context("depmod failed (apt-get install kmod)")?;
+    run(Command::new("depmod").arg("-b").arg(&tmp).arg(kver))
+        .context("depmod failed (apt-get install kmod)")?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).with_context(|| format!("rename to {}", dir.display()))?;
     std::fs::write(dir.join(".done"), format!("{} {}\n", pkg.name, pkg.version))?;
@@ -216,9 +250,10 @@ fn extract(apt: &AptState, pkg: &Pkg, kver: &str, dir: &Path) -> Result<()> {
 /// The guest needs ublk as a module, kprobes, BPF events and module BTF.
 fn verify_config(config: &str, kver: &str) -> Result<()> {
     let has = |k: &str, vals: &[&str]| {
-        config
-            .lines()
-            .any(|l| l.split_once('=').is_some_and(|(name, v)| name == k && vals.contains(&v)))
+        config.lines().any(|l| {
+            l.split_once('=')
+                .is_some_and(|(name, v)| name == k && vals.contains(&v))
+        })
     };
     let mut missing = Vec::new();
     for (k, vals) in [
@@ -232,7 +267,10 @@ fn verify_config(config: &str, kver: &str) -> Result<()> {
         }
     }
     if !missing.is_empty() {
-        bail!("kernel {kver} lacks {}; pick another --kernel", missing.join(", "));
+        bail!(
+            "kernel {kver} lacks {}; pick another --kernel",
+            missing.join(", ")
+        );
     }
     Ok(())
 }
@@ -271,7 +309,10 @@ fn parse_lock(text: &str) -> BTreeMap<String, (String, String)> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(|l| {
             let mut it = l.split_whitespace();
-            Some((it.next()?.to_string(), (it.next()?.to_string(), it.next()?.to_string())))
+            Some((
+                it.next()?.to_string(),
+                (it.next()?.to_string(), it.next()?.to_string()),
+            ))
         })
         .collect()
 }
@@ -301,9 +342,12 @@ struct AptState {
 impl AptState {
     fn new(dir: &Path) -> Result<Self> {
         for sub in ["lists/partial", "archives/partial", "cache", "debs"] {
-            std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("create {}", dir.display()))?;
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("create {}", dir.display()))?;
         }
-        Ok(Self { dir: dir.to_path_buf() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
     }
 
     fn opts(&self) -> Vec<String> {
@@ -355,13 +399,23 @@ impl AptState {
             return Ok(());
         }
         if !Path::new("/usr/share/keyrings/debian-archive-keyring.gpg").exists() {
-            bail!("/usr/share/keyrings/debian-archive-keyring.gpg is missing: apt-get install debian-archive-keyring");
+            bail!(
+                "/usr/share/keyrings/debian-archive-keyring.gpg is missing: apt-get install debian-archive-keyring"
+            );
         }
-        eprintln!("[kernel] refreshing the package lists of {}", wanted.join(", "));
+        eprintln!(
+            "[kernel] refreshing the package lists of {}",
+            wanted.join(", ")
+        );
         // An unreachable suite is only a warning here; resolve() fails if nothing matches.
-        let status = Command::new("apt-get").args(self.opts()).arg("update").status();
+        let status = Command::new("apt-get")
+            .args(self.opts())
+            .arg("update")
+            .status();
         if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("[kernel] warning: apt-get update reported errors (some suites unreachable?)");
+            eprintln!(
+                "[kernel] warning: apt-get update reported errors (some suites unreachable?)"
+            );
         }
         Ok(())
     }
@@ -372,7 +426,10 @@ impl AptState {
             .ok()?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(&needle)))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().contains(&needle))
+            })
     }
 
     fn packages(&self, suite: &str) -> Result<Vec<Pkg>> {
@@ -380,17 +437,28 @@ impl AptState {
             return Ok(Vec::new());
         };
         // Lists may be stored compressed (.lz4/.gz); apt-helper reads every form.
-        let text = output(Command::new("/usr/lib/apt/apt-helper").arg("cat-file").arg(&f))?;
+        let text = output(
+            Command::new("/usr/lib/apt/apt-helper")
+                .arg("cat-file")
+                .arg(&f),
+        )?;
         Ok(parse_packages(&text, suite))
     }
 
     fn download(&self, name: &str, version: &str) -> Result<PathBuf> {
         let debs = self.dir.join("debs");
         let find = || {
-            std::fs::read_dir(&debs).ok()?.flatten().map(|e| e.path()).find(|p| {
-                let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                n.starts_with(&format!("{name}_")) && n.ends_with(".deb")
-            })
+            std::fs::read_dir(&debs)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    let n = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    n.starts_with(&format!("{name}_")) && n.ends_with(".deb")
+                })
         };
         if let Some(p) = find() {
             return Ok(p);
@@ -416,12 +484,16 @@ fn mirror() -> Result<String> {
         files.extend(rd.flatten().map(|e| e.path()));
     }
     for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
         if let Some(m) = find_debian_mirror(&text) {
             return Ok(m);
         }
     }
-    bail!("no Debian mirror found in /etc/apt/sources.list*; set UBLK_DEBIAN_MIRROR=http://<mirror>/debian")
+    bail!(
+        "no Debian mirror found in /etc/apt/sources.list*; set UBLK_DEBIAN_MIRROR=http://<mirror>/debian"
+    )
 }
 
 fn find_debian_mirror(text: &str) -> Option<String> {
@@ -442,7 +514,11 @@ fn parse_packages(text: &str, suite: &str) -> Vec<Pkg> {
         } else if let Some(v) = line.strip_prefix("Version: ")
             && let Some(n) = name.take()
         {
-            out.push(Pkg { suite: suite.into(), name: n.into(), version: v.trim().into() });
+            out.push(Pkg {
+                suite: suite.into(),
+                name: n.into(),
+                version: v.trim().into(),
+            });
         }
     }
     out
@@ -456,21 +532,35 @@ mod tests {
     fn specs_parse() {
         let s = KernelSpec::parse("7").expect("7 parses");
         assert_eq!(s.prefix, "7.");
-        assert_eq!(KernelSpec::parse("trixie-backports:6.16").expect("ok").suites, vec!["trixie-backports"]);
+        assert_eq!(
+            KernelSpec::parse("trixie-backports:6.16")
+                .expect("ok")
+                .suites,
+            vec!["trixie-backports"]
+        );
         assert!(KernelSpec::parse("banana").is_err());
         assert!(KernelSpec::parse(":6.1").is_err());
     }
 
     #[test]
     fn image_names_match_prefix_at_dot_boundary() {
-        assert!(is_image_pkg("linux-image-6.12.95+deb12-amd64-unsigned", "6.12"));
+        assert!(is_image_pkg(
+            "linux-image-6.12.95+deb12-amd64-unsigned",
+            "6.12"
+        ));
         assert!(is_image_pkg("linux-image-6.12.95+deb12-amd64", "6.12"));
         assert!(!is_image_pkg("linux-image-6.12.95+deb12-amd64", "6.1"));
         assert!(is_image_pkg("linux-image-7.3.4+deb13-amd64", "7."));
         assert!(!is_image_pkg("linux-image-amd64", ""));
-        assert!(!is_image_pkg("linux-image-6.12.95+deb12-cloud-amd64", "6.12"));
+        assert!(!is_image_pkg(
+            "linux-image-6.12.95+deb12-cloud-amd64",
+            "6.12"
+        ));
         assert!(!is_image_pkg("linux-image-6.12.95+deb12-amd64-dbg", "6.12"));
-        assert_eq!(kver_of("linux-image-6.12.95+deb12-amd64-unsigned"), "6.12.95+deb12-amd64");
+        assert_eq!(
+            kver_of("linux-image-6.12.95+deb12-amd64-unsigned"),
+            "6.12.95+deb12-amd64"
+        );
     }
 
     #[test]
@@ -480,10 +570,16 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!(p[1].version, "7.3.4-1");
         assert_eq!(
-            find_debian_mirror("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n").as_deref(),
+            find_debian_mirror(
+                "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n"
+            )
+            .as_deref(),
             Some("http://mirror.example/debian")
         );
-        assert_eq!(find_debian_mirror("deb https://x.example/debian-security bookworm main"), None);
+        assert_eq!(
+            find_debian_mirror("deb https://x.example/debian-security bookworm main"),
+            None
+        );
     }
 
     #[test]
@@ -496,7 +592,9 @@ mod tests {
 
     #[test]
     fn lock_round_trip() {
-        let m = parse_lock("# c\n6.12 6.12.95+deb12-amd64 6.12.95-1~bpo12+1\n\n7 7.3.4+deb13-amd64 7.3.4-1\n");
+        let m = parse_lock(
+            "# c\n6.12 6.12.95+deb12-amd64 6.12.95-1~bpo12+1\n\n7 7.3.4+deb13-amd64 7.3.4-1\n",
+        );
         assert_eq!(m.len(), 2);
         assert_eq!(m["7"].0, "7.3.4+deb13-amd64");
     }

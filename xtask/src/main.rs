@@ -17,7 +17,10 @@ mod util;
 use kernel::KernelSpec;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Setup, guest harness, tests and demo for the ublk toolkit")]
+#[command(
+    name = "cargo xtask",
+    about = "Setup, guest harness, tests and demo for the ublk toolkit"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -140,7 +143,9 @@ fn exit(code: i32) -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Setup { no_kernel } => setup::setup(!no_kernel).map(|_| ExitCode::SUCCESS),
-        Cmd::Guest(GuestCmd::Run { g, command }) => Ok(exit(guest::run_command(&g.opts()?, &command)?)),
+        Cmd::Guest(GuestCmd::Run { g, command }) => {
+            Ok(exit(guest::run_command(&g.opts()?, &command)?))
+        }
         Cmd::Guest(GuestCmd::Shell { g }) => Ok(exit(guest::shell(&g.opts()?)?)),
         Cmd::Guest(GuestCmd::Test { g, filter }) => {
             let spec = KernelSpec::parse(&g.kernel)?;
@@ -152,7 +157,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 filter,
                 lint: false,
             })?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Test(a) => {
             let smoke = if a.no_matrix || a.no_guest {
@@ -168,7 +177,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 filter: a.filter,
                 lint: !a.no_lint,
             })?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

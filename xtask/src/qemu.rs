@@ -81,7 +81,11 @@ fn base_args(o: &BootOpts) -> Vec<String> {
 
 /// Non-interactive boot: serial console on a pipe, streamed to `sink` line by line and kept in
 /// `log`. `panic=-1 oops=panic` turn any oops into a quick QEMU exit instead of a hang.
-pub fn boot_captured(o: &BootOpts, log: &Path, mut sink: impl FnMut(&str)) -> Result<(Outcome, Vec<String>)> {
+pub fn boot_captured(
+    o: &BootOpts,
+    log: &Path,
+    mut sink: impl FnMut(&str),
+) -> Result<(Outcome, Vec<String>)> {
     let mut args = base_args(o);
     args.extend(["-serial".into(), "stdio".into()]);
     args.extend([
@@ -101,7 +105,9 @@ pub fn boot_captured(o: &BootOpts, log: &Path, mut sink: impl FnMut(&str)) -> Re
     let tx2 = tx.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).split(b'\n').map_while(|l| l.ok()) {
-            let s = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+            let s = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
             if tx.send(s).is_err() {
                 break;
             }
@@ -114,7 +120,8 @@ pub fn boot_captured(o: &BootOpts, log: &Path, mut sink: impl FnMut(&str)) -> Re
             }
         }
     });
-    let mut logf = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let mut logf =
+        std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     let deadline = Instant::now() + o.timeout;
     let mut lines = Vec::new();
     let mut exit_code = None;
@@ -129,7 +136,8 @@ pub fn boot_captured(o: &BootOpts, log: &Path, mut sink: impl FnMut(&str)) -> Re
             Ok(line) => {
                 let _ = writeln!(logf, "{line}");
                 if let Some(c) = line.strip_prefix(EXIT_MARKER).or_else(|| {
-                    line.find(EXIT_MARKER).map(|i| &line[i + EXIT_MARKER.len()..])
+                    line.find(EXIT_MARKER)
+                        .map(|i| &line[i + EXIT_MARKER.len()..])
                 }) && let Ok(c) = c.trim().parse::<i32>()
                 {
                     exit_code = Some(c);
@@ -163,7 +171,9 @@ pub fn boot_captured(o: &BootOpts, log: &Path, mut sink: impl FnMut(&str)) -> Re
     let outcome = match (timed_out, exit_code) {
         (true, _) => Outcome::TimedOut,
         (false, Some(c)) => Outcome::Exited(c),
-        (false, None) => Outcome::Died { qemu_status: status.to_string() },
+        (false, None) => Outcome::Died {
+            qemu_status: status.to_string(),
+        },
     };
     Ok((outcome, lines))
 }
@@ -186,7 +196,10 @@ pub fn boot_interactive(o: &BootOpts, cols: u16, rows: u16) -> Result<i32> {
     );
     args.extend([
         "-append".into(),
-        format!("console=hvc0 panic=-1 loglevel=3 tui_size={cols}x{rows} {}", o.append),
+        format!(
+            "console=hvc0 panic=-1 loglevel=3 tui_size={cols}x{rows} {}",
+            o.append
+        ),
     ]);
     // `timeout --foreground`: without it QEMU lands in a background process group, is stopped
     // by job control when it touches the tty, and hangs.

@@ -67,12 +67,21 @@ fn host_packages() -> Result<()> {
         eprintln!("[setup] host packages present");
         return Ok(());
     }
-    let line = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
+    let line = format!(
+        "apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
     if !crate::util::is_root() {
-        bail!("missing host packages: {}; run as root: apt-get update && {line}", missing.join(", "));
+        bail!(
+            "missing host packages: {}; run as root: apt-get update && {line}",
+            missing.join(", ")
+        );
     }
     if which("apt-get").is_none() {
-        bail!("missing host packages {} and no apt-get here: install them with your package manager", missing.join(", "));
+        bail!(
+            "missing host packages {} and no apt-get here: install them with your package manager",
+            missing.join(", ")
+        );
     }
     eprintln!("[setup] installing {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-q"]))
@@ -97,9 +106,18 @@ fn nightly_rust_src() -> Result<()> {
     }
     if nightly_sysroot().is_err() {
         eprintln!("[setup] installing the nightly toolchain");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    if nightly_sysroot()?.join("lib/rustlib/src/rust/library").is_dir() {
+    if nightly_sysroot()?
+        .join("lib/rustlib/src/rust/library")
+        .is_dir()
+    {
         eprintln!("[setup] nightly rust-src present");
         return Ok(());
     }
@@ -118,7 +136,12 @@ fn bpf_linker() -> Result<()> {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("libLLVM.so."))
-        .with_context(|| format!("no libLLVM.so.* in {}: nightly toolchain incomplete", lib.display()))?;
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}: nightly toolchain incomplete",
+                lib.display()
+            )
+        })?;
     // libLLVM.so.22.1-rust-1.97.0-nightly -> 22
     let major = llvm_so
         .trim_start_matches("libLLVM.so.")
@@ -143,14 +166,27 @@ fn bpf_linker() -> Result<()> {
         std::os::unix::fs::symlink(lib.join(&llvm_so), &link)
             .with_context(|| format!("symlink {}", link.display()))?;
     }
-    eprintln!("[setup] building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (about 2 minutes)");
+    eprintln!(
+        "[setup] building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (about 2 minutes)"
+    );
     run(Command::new("cargo")
-        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
         .env("LLVM_PREFIX", &shim))
     .context("cargo install bpf-linker failed")?;
     if !linker_ok(&llvm_so) {
-        bail!("bpf-linker was installed but does not run or is not on PATH (is ~/.cargo/bin on PATH?)");
+        bail!(
+            "bpf-linker was installed but does not run or is not on PATH (is ~/.cargo/bin on PATH?)"
+        );
     }
     Ok(())
 }
@@ -158,7 +194,9 @@ fn bpf_linker() -> Result<()> {
 fn shim_dir() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_DATA_HOME") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".local/share"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".local/share")
+        }
     };
     Ok(base.join("ublk-toolkit/bpf-llvm-shim"))
 }
@@ -171,7 +209,9 @@ fn linker_ok(llvm_so: &str) -> bool {
     let version_ok = Command::new(&path)
         .arg("--version")
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
         .unwrap_or(false);
     let ldd_ok = Command::new("ldd")
         .arg(&path)

@@ -34,11 +34,17 @@ impl Tally {
 pub fn parse_libtest(text: &str) -> Tally {
     let mut t = Tally::default();
     for line in text.lines() {
-        let Some(i) = line.find("test result: ") else { continue };
+        let Some(i) = line.find("test result: ") else {
+            continue;
+        };
         for part in line[i..].split(';') {
             let mut words = part.split_whitespace().rev();
-            let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
-            let Ok(n) = n.trim_end_matches('.').parse::<u64>() else { continue };
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.trim_end_matches('.').parse::<u64>() else {
+                continue;
+            };
             match what {
                 "passed" => t.passed += n,
                 "failed" => t.failed += n,
@@ -97,7 +103,11 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
                         if smoke { " (smoke)" } else { "" },
                         t.passed,
                         t.failed,
-                        if t.broken > 0 { format!(", {} test binaries broke", t.broken) } else { String::new() }
+                        if t.broken > 0 {
+                            format!(", {} test binaries broke", t.broken)
+                        } else {
+                            String::new()
+                        }
                     );
                     if t.passed + t.failed == 0 {
                         problems.push(format!("guest {}: no test ran", spec.name));
@@ -127,8 +137,10 @@ fn cargo() -> Command {
 }
 
 fn lint() -> Result<()> {
-    crate::util::run(cargo().args(["fmt", "--all", "--", "--check"])).context("cargo fmt --check")?;
-    crate::util::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"])).context("cargo clippy")?;
+    crate::util::run(cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("cargo fmt --check")?;
+    crate::util::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))
+        .context("cargo clippy")?;
     Ok(())
 }
 
@@ -183,7 +195,9 @@ pub fn build_test_binaries() -> Result<Vec<(String, PathBuf)>> {
     }
     let mut bins = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(a) = serde_json::from_str::<Artifact>(line) else { continue };
+        let Ok(a) = serde_json::from_str::<Artifact>(line) else {
+            continue;
+        };
         if a.reason != "compiler-artifact" || !a.profile.as_ref().is_some_and(|p| p.test) {
             continue;
         }
@@ -198,19 +212,29 @@ pub fn build_test_binaries() -> Result<Vec<(String, PathBuf)>> {
 }
 
 /// Run every test binary's ignored (guest-only) tests in one boot of `spec`.
-fn guest_suite(spec: &KernelSpec, binaries: &[(String, PathBuf)], filter: &[String]) -> Result<Tally> {
+fn guest_suite(
+    spec: &KernelSpec,
+    binaries: &[(String, PathBuf)],
+    filter: &[String],
+) -> Result<Tally> {
     let kernel = crate::kernel::fetch(spec)?;
     let bin_dir = build_project(false)?;
     let mut opts = GuestOpts::new(spec.clone());
     opts.timeout = Duration::from_secs(
-        std::env::var("UBLK_GUEST_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(1800),
+        std::env::var("UBLK_GUEST_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1800),
     );
     let mut extra = Vec::new();
     let mut script = String::from("rc=0\n");
     for (i, (name, exe)) in binaries.iter().enumerate() {
         let guest_path = format!("/tests/{i:02}-{name}");
         extra.push((exe.clone(), guest_path.clone(), true));
-        let args: Vec<String> = filter.iter().map(|f| crate::guest::shell_join(std::slice::from_ref(f))).collect();
+        let args: Vec<String> = filter
+            .iter()
+            .map(|f| crate::guest::shell_join(std::slice::from_ref(f)))
+            .collect();
         script.push_str(&format!(
             "echo '=== GUEST-TEST {name}'\n{guest_path} --ignored --test-threads=1 {} 2>&1; r=$?\n\
              echo \"=== GUEST-TEST-END {name} rc=$r\"\n[ $r -eq 0 ] || rc=1\n",
@@ -219,8 +243,15 @@ fn guest_suite(spec: &KernelSpec, binaries: &[(String, PathBuf)], filter: &[Stri
     }
     script.push_str("exit $rc\n");
     let initrd = make_initramfs(&kernel, &opts, &bin_dir, &script, &extra)?;
-    let log = cache_dir().join(format!("guest-test-{}.log", spec.name.replace([':', '/'], "_")));
-    println!("[test] guest tests on {} ({} test binaries)", kernel.kver, binaries.len());
+    let log = cache_dir().join(format!(
+        "guest-test-{}.log",
+        spec.name.replace([':', '/'], "_")
+    ));
+    println!(
+        "[test] guest tests on {} ({} test binaries)",
+        kernel.kver,
+        binaries.len()
+    );
     let (outcome, lines) = crate::qemu::boot_captured(
         &crate::guest::boot_opts(&opts, &kernel, &initrd),
         &log,
@@ -231,7 +262,10 @@ fn guest_suite(spec: &KernelSpec, binaries: &[(String, PathBuf)], filter: &[Stri
     let text = lines.join("\n");
     let mut t = parse_libtest(&text);
     // A binary that started but never printed its summary crashed or hung.
-    let started = lines.iter().filter(|l| l.starts_with("=== GUEST-TEST ")).count() as u64;
+    let started = lines
+        .iter()
+        .filter(|l| l.starts_with("=== GUEST-TEST "))
+        .count() as u64;
     let ended_with_summary = count_summaries(&lines);
     t.broken = started.saturating_sub(ended_with_summary);
     if !matches!(outcome, crate::qemu::Outcome::Exited(_)) {
@@ -269,7 +303,15 @@ mod tests {
     fn libtest_summaries_are_summed() {
         let text = "running 2 tests\ntest a ... ok\ntest result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s\n\
                     test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.2s\n";
-        assert_eq!(parse_libtest(text), Tally { passed: 5, failed: 2, ignored: 1, broken: 0 });
+        assert_eq!(
+            parse_libtest(text),
+            Tally {
+                passed: 5,
+                failed: 2,
+                ignored: 1,
+                broken: 0
+            }
+        );
     }
 
     #[test]
