@@ -29,9 +29,14 @@ pub const NR_COUNTERS: u32 = 4;
 /// Streaming every I/O costs user-space CPU per event (DESIGN "Two eBPF paths"), so it is
 /// only on while someone reads it.
 pub const SWITCH_STREAM: u32 = 0;
-/// Switch: only report this dev_id (u32::MAX = every device).
+/// Switch: per-I/O events only for device `value - 1`; 0 (the map's initial value) = every
+/// device. Control commands are always reported (ADD_DEV has no device id yet).
 pub const SWITCH_DEV_FILTER: u32 = 1;
-pub const NR_SWITCHES: u32 = 2;
+/// Switch: 1 = block tracepoints report every disk, not only `ublkb*` (tests on hosts
+/// without ublk, e.g. a loop device). Then `dev_id` is meaningless and `arg1` carries the
+/// first 8 bytes of the disk name.
+pub const SWITCH_ALL_DISKS: u32 = 2;
+pub const NR_SWITCHES: u32 = 3;
 
 /// `ublk_ctrl_uring_cmd` entered. dev_id/q_id/data0(arg0) from `struct ublksrv_ctrl_cmd`.
 pub const KIND_CTRL_START: u32 = 1;
@@ -46,8 +51,8 @@ pub const KIND_QUEUE_RQ: u32 = 4;
 /// The delivery task work ran for (q_id, tag); tag == u16::MAX means "a batch of the queue"
 /// (≤ 6.14's `ublk_rq_task_work_cb` drains every pending request of the queue).
 pub const KIND_DELIVERED: u32 = 5;
-/// Raw block tracepoints on a ublk disk: `arg0` = sector, `bytes`, `flags` = cmd_flags,
-/// `result` = blk_status_t (complete only).
+/// Raw block tracepoints on a ublk disk: `arg0` = sector, `arg1` = first 8 bytes of the disk
+/// name, `bytes`, `flags` = cmd_flags, `result` = blk_status_t (complete only).
 pub const KIND_BLOCK_INSERT: u32 = 6;
 pub const KIND_BLOCK_ISSUE: u32 = 7;
 pub const KIND_BLOCK_COMPLETE: u32 = 8;
