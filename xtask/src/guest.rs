@@ -24,8 +24,11 @@ pub struct GuestOpts {
     pub timeout: Duration,
     pub release: bool,
     pub include: Vec<PathBuf>,
-    /// Extra modules to load besides ublk_drv (e.g. null_blk for benchmarks).
+    /// Extra modules to load at boot besides ublk_drv.
     pub modules: Vec<String>,
+    /// Modules copied to /mod (decompressed) but not loaded: scripts insmod them with their
+    /// own parameters (null_blk for benchmarks).
+    pub copy_modules: Vec<String>,
     pub accel: Option<Accel>,
 }
 
@@ -39,6 +42,7 @@ impl GuestOpts {
             release: false,
             include: Vec::new(),
             modules: Vec::new(),
+            copy_modules: Vec::new(),
             accel: None,
         }
     }
@@ -78,6 +82,10 @@ pub fn make_initramfs(
     let mut mods: Vec<&str> = vec!["ublk_drv"];
     mods.extend(opts.modules.iter().map(String::as_str));
     let order = add_modules(&mut t, kernel, &mods)?;
+    let copy: Vec<&str> = opts.copy_modules.iter().map(String::as_str).collect();
+    if !copy.is_empty() {
+        add_modules(&mut t, kernel, &copy)?;
+    }
     for b in PROJECT_BINS {
         let p = bin_dir.join(b);
         if !p.is_file() {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod guest;
 mod initramfs;
 mod kernel;
@@ -39,6 +40,21 @@ enum Cmd {
     Guest(GuestCmd),
     /// Host tests, then guest tests (default kernel: all; 6.18 and newest 7.x: smoke subset).
     Test(TestArgs),
+    /// Benchmarks in the guest: ours vs null_blk and rublk, the tracer's cost; table + JSON.
+    Bench {
+        /// Fewer configs and rounds (2), shorter runs.
+        #[arg(long, conflicts_with = "long")]
+        quick: bool,
+        /// Also measure the tracer's memory after a long run.
+        #[arg(long)]
+        long: bool,
+        /// Kernel to boot.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// Do not build or run rublk.
+        #[arg(long)]
+        no_rublk: bool,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -162,6 +178,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::Bench {
+            quick,
+            long,
+            kernel,
+            no_rublk,
+        } => {
+            let mode = match (quick, long) {
+                (true, _) => bench::Mode::Quick,
+                (_, true) => bench::Mode::Long,
+                _ => bench::Mode::Normal,
+            };
+            bench::run(&bench::BenchOpts {
+                mode,
+                kernel: KernelSpec::parse(&kernel)?,
+                no_rublk,
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Test(a) => {
             let smoke = if a.no_matrix || a.no_guest {

@@ -1,0 +1,547 @@
+//! `cargo xtask bench`: the server against the kernel's null_blk (the ceiling) and rublk, and the
+//! tracer's cost, measured in the same guest boot with interleaved rounds. Emulated guests make
+//! absolute numbers noisy, so it reports medians with their spread, ratios, and server CPU time
+//! per I/O (on-CPU ns of all server threads from /proc/PID/task/*/schedstat ÷ I/Os).
+//!
+//! Output: a table on stdout and JSON under `target/bench/` (`bench-<unix time>.json`, `latest.json`).
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::guest::{GuestOpts, boot_opts, build_project, make_initramfs};
+use crate::kernel::KernelSpec;
+use crate::util::{cache_dir, target_dir, write_atomic};
+
+/// Pinned: the rublk release the issue's anchors were measured with.
+const RUBLK_VERSION: &str = "0.2.15";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Quick,
+    Normal,
+    Long,
+}
+
+pub struct BenchOpts {
+    pub mode: Mode,
+    pub kernel: KernelSpec,
+    /// Skip building rublk.
+    pub no_rublk: bool,
+}
+
+/// One measured device configuration.
+#[derive(Debug, Clone)]
+struct Config {
+    name: &'static str,
+    /// Shell that starts the device and sets $SRV_PID (empty for null_blk) and $DEV.
+    start: String,
+    /// Shell that tears it down.
+    stop: String,
+    /// Shell run before fio (attach a tracer) and after (stop it).
+    attach: String,
+    detach: String,
+}
+
+fn ours(name: &'static str, target: &str, queues: u32, depth: u32) -> Config {
+    let size = if target == "ramdisk" {
+        " --size 256M"
+    } else {
+        ""
+    };
+    Config {
+        name,
+        start: format!(
+            "ublk-server run {target}{size} --queues {queues} --depth {depth} > /tmp/srv.out 2>/tmp/srv.err &\n\
+             SRV_PID=$!\nwait_ready /tmp/srv.out || {{ cat /tmp/srv.err; SRV_PID=; }}\nDEV=/dev/ublkb0\n"
+        ),
+        stop: "kill -INT $SRV_PID 2>/dev/null; wait $SRV_PID 2>/dev/null\n".into(),
+        attach: String::new(),
+        detach: String::new(),
+    }
+}
+
+fn configs(mode: Mode, rublk: bool) -> Vec<Config> {
+    let mut v = vec![Config {
+        name: "null_blk",
+        start: "insmod /mod/null_blk.ko queue_mode=2 irqmode=0 nr_devices=1 gb=16 hw_queue_depth=64 submit_queues=1 \
+                && SRV_PID= && DEV=/dev/nullb0\n"
+            .into(),
+        stop: "rmmod null_blk\n".into(),
+        attach: String::new(),
+        detach: String::new(),
+    }];
+    v.push(ours("ours-null-q1", "null", 1, 64));
+    if mode != Mode::Quick {
+        v.push(ours("ours-null-q2", "null", 2, 64));
+        v.push(ours("ours-ramdisk-q1", "ramdisk", 1, 64));
+        v.push(ours("ours-ramdisk-q2", "ramdisk", 2, 64));
+    }
+    if rublk {
+        v.push(Config {
+            name: "rublk-null-q1",
+            start: "rublk add null -q 1 -d 64 >/tmp/rublk.out 2>&1; sleep 1\nSRV_PID=$(holder ublkc0); DEV=/dev/ublkb0\n"
+                .into(),
+            stop: "rublk del -a >/dev/null 2>&1\n".into(),
+            attach: String::new(),
+            detach: String::new(),
+        });
+    }
+    let mut rec = ours("ours-null-q1+record", "null", 1, 64);
+    rec.attach =
+        "ublk-trace record --dev 0 -o /tmp/rec.jsonl > /tmp/rec.out 2>&1 &\nTRC=$!\nsleep 2\n"
+            .into();
+    rec.detach = "kill -INT $TRC; wait $TRC; echo \"TRACER record lines=$(wc -l < /tmp/rec.jsonl) $(tail -n 2 /tmp/rec.out | tr '\\n' ' ')\"\n".into();
+    v.push(rec);
+    let mut watch = ours("ours-null-q1+watch", "null", 1, 64);
+    watch.attach =
+        "ublk-trace watch dev 0 --headless --json --interval 1000 > /tmp/watch.out 2>&1 &\nTRC=$!\nsleep 2\n".into();
+    watch.detach = "echo \"TRACER watch $(grep -E 'VmHWM|VmRSS' /proc/$TRC/status | tr -s ' \\t\\n' ' ')\"\nkill -INT $TRC; wait $TRC\n".into();
+    v.push(watch);
+    v
+}
+
+const JOBS: &[(&str, &str, u32)] = &[
+    ("randread-qd1", "randread", 1),
+    ("randread-qd64", "randread", 64),
+    ("randwrite-qd1", "randwrite", 1),
+    ("randwrite-qd64", "randwrite", 64),
+];
+
+/// Shell helpers every bench script starts with.
+const PRELUDE: &str = r#"
+wait_ready() { i=0; while [ $i -lt 300 ]; do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.1; i=$((i+1)); done; return 1; }
+holder() { for p in /proc/[0-9]*; do ls -l $p/fd 2>/dev/null | grep -q "/dev/$1" && { echo ${p#/proc/}; return; }; done; }
+cpu_ns() { [ -n "$1" ] || { echo 0; return; }; s=0; for t in /proc/$1/task/*; do read a b c < $t/schedstat 2>/dev/null && s=$((s+a)); done; echo $s; }
+pin_server() { [ -n "$1" ] || return 0; for t in /proc/$1/task/*; do taskset -p -c 0 ${t##*/} >/dev/null 2>&1; done; }
+"#;
+
+fn script(mode: Mode, layout: &Layout, configs: &[Config]) -> String {
+    let (rounds, runtime) = match mode {
+        Mode::Quick => (2, 3),
+        Mode::Normal | Mode::Long => (5, 5),
+    };
+    let mut s = String::from(PRELUDE);
+    s.push_str("echo none > /sys/block/ublkb0/queue/scheduler 2>/dev/null\n");
+    for round in 1..=rounds {
+        // Interleave: every config once per round, so slow drifts of the emulator hit all alike.
+        for c in configs {
+            s.push_str(&format!("echo '=== {} round {round}'\n", c.name));
+            s.push_str(&c.start);
+            s.push_str("[ -b \"$DEV\" ] || { echo \"BENCH-SKIP config=");
+            s.push_str(c.name);
+            s.push_str("\"; continue; }\n");
+            s.push_str("echo none > /sys/block/${DEV#/dev/}/queue/scheduler 2>/dev/null\n");
+            if layout.pin {
+                s.push_str("pin_server \"$SRV_PID\"\n");
+            }
+            s.push_str(&c.attach);
+            for (job, rw, qd) in JOBS {
+                let cpus = if layout.pin { " --cpus_allowed=1" } else { "" };
+                s.push_str(&format!(
+                    "c0=$(cpu_ns \"$SRV_PID\")\n\
+                     fio --name={job} --filename=$DEV --rw={rw} --bs=4k --iodepth={qd} --ioengine=io_uring \
+                     --direct=1 --time_based --runtime={runtime} --ramp_time=1 --size=1G{cpus} \
+                     --output-format=json --output=/tmp/fio.json >/dev/null 2>&1\n\
+                     c1=$(cpu_ns \"$SRV_PID\")\n\
+                     echo \"BENCH-BEGIN layout={} config={} job={job} round={round} cpu_ns=$((c1-c0))\"\n\
+                     cat /tmp/fio.json\necho BENCH-END\n",
+                    layout.name, c.name
+                ));
+            }
+            s.push_str(&c.detach);
+            s.push_str(&c.stop);
+            s.push_str("sleep 0.5\n");
+        }
+    }
+    if mode == Mode::Long {
+        // The tracer's memory after 10 minutes of full load (target: <= 64 MiB RSS).
+        let watch = configs.iter().find(|c| c.name == "ours-null-q1+watch");
+        if let Some(c) = watch {
+            s.push_str("echo '=== long run: watch --headless under 600 s of load'\n");
+            s.push_str(&c.start);
+            s.push_str(&c.attach);
+            s.push_str("fio --name=long --filename=$DEV --rw=randread --bs=4k --iodepth=64 --ioengine=io_uring --direct=1 --time_based --runtime=600 --size=1G --output=/dev/null\n");
+            s.push_str("echo \"TRACER long-run watch $(grep -E 'VmHWM|VmRSS' /proc/$TRC/status | tr -s ' \\t\\n' ' ')\"\n");
+            s.push_str("kill -INT $TRC; wait $TRC\n");
+            s.push_str(&c.stop);
+        }
+    }
+    s.push_str("exit 0\n");
+    s
+}
+
+struct Layout {
+    name: &'static str,
+    smp: u32,
+    /// Server threads on CPU 0, fio on CPU 1.
+    pin: bool,
+}
+
+const LAYOUTS: &[Layout] = &[
+    Layout {
+        name: "1vcpu",
+        smp: 1,
+        pin: false,
+    },
+    Layout {
+        name: "2vcpu-pinned",
+        smp: 2,
+        pin: true,
+    },
+];
+
+/// One fio run as parsed from the console.
+#[derive(Debug, Clone, Serialize)]
+struct Sample {
+    layout: String,
+    config: String,
+    job: String,
+    round: u32,
+    iops: f64,
+    p99_us: f64,
+    ios: u64,
+    server_cpu_ns_per_io: Option<f64>,
+}
+
+fn parse_samples(lines: &[String]) -> Vec<Sample> {
+    let mut out = Vec::new();
+    let mut header: Option<BTreeMap<String, String>> = None;
+    let mut json = String::new();
+    for l in lines {
+        if let Some(rest) = l.strip_prefix("BENCH-BEGIN ") {
+            header = Some(
+                rest.split_whitespace()
+                    .filter_map(|kv| {
+                        kv.split_once('=')
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                    })
+                    .collect(),
+            );
+            json.clear();
+        } else if l == "BENCH-END" {
+            if let Some(h) = header.take()
+                && let Some(s) = sample_from(&h, &json)
+            {
+                out.push(s);
+            }
+        } else if header.is_some() {
+            json.push_str(l);
+            json.push('\n');
+        }
+    }
+    out
+}
+
+fn sample_from(h: &BTreeMap<String, String>, fio_json: &str) -> Option<Sample> {
+    let v: serde_json::Value = serde_json::from_str(fio_json).ok()?;
+    let job = v.get("jobs")?.get(0)?;
+    let rw = if h.get("job")?.contains("read") {
+        "read"
+    } else {
+        "write"
+    };
+    let side = job.get(rw)?;
+    let iops = side.get("iops")?.as_f64()?;
+    let ios = side.get("total_ios")?.as_u64().unwrap_or(0);
+    let p99_ns = side
+        .get("clat_ns")
+        .and_then(|c| c.get("percentile"))
+        .and_then(|p| p.get("99.000000"))
+        .and_then(|x| x.as_f64())
+        .unwrap_or(0.0);
+    let cpu_ns: f64 = h.get("cpu_ns")?.parse().ok()?;
+    Some(Sample {
+        layout: h.get("layout")?.clone(),
+        config: h.get("config")?.clone(),
+        job: h.get("job")?.clone(),
+        round: h.get("round")?.parse().ok()?,
+        iops,
+        p99_us: p99_ns / 1000.0,
+        ios,
+        // fio's ramp time is not counted in total_ios but is in the CPU window: an overestimate
+        // by at most ramp/(ramp+runtime), the same for every server.
+        server_cpu_ns_per_io: (cpu_ns > 0.0 && ios > 0).then(|| cpu_ns / ios as f64),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    layout: String,
+    config: String,
+    job: String,
+    rounds: usize,
+    median_iops: f64,
+    min_iops: f64,
+    max_iops: f64,
+    median_p99_us: f64,
+    median_cpu_ns_per_io: Option<f64>,
+    vs_null_blk: Option<f64>,
+    vs_rublk: Option<f64>,
+    vs_untraced: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn summarize(samples: &[Sample]) -> Vec<Summary> {
+    let mut groups: BTreeMap<(String, String, String), Vec<&Sample>> = BTreeMap::new();
+    for s in samples {
+        groups
+            .entry((s.layout.clone(), s.config.clone(), s.job.clone()))
+            .or_default()
+            .push(s);
+    }
+    let med_iops = |k: &(String, String, String)| {
+        groups
+            .get(k)
+            .map(|g| median(g.iter().map(|s| s.iops).collect()))
+    };
+    let mut out = Vec::new();
+    for (k, g) in &groups {
+        let iops: Vec<f64> = g.iter().map(|s| s.iops).collect();
+        let m = median(iops.clone());
+        let cpu: Vec<f64> = g.iter().filter_map(|s| s.server_cpu_ns_per_io).collect();
+        let ratio = |other: &str| {
+            let base = med_iops(&(k.0.clone(), other.to_string(), k.2.clone()))?;
+            (base > 0.0 && k.1 != other).then(|| m / base)
+        };
+        let untraced = k.1.split_once('+').map(|(base, _)| base.to_string());
+        out.push(Summary {
+            layout: k.0.clone(),
+            config: k.1.clone(),
+            job: k.2.clone(),
+            rounds: g.len(),
+            median_iops: m,
+            min_iops: iops.iter().copied().fold(f64::INFINITY, f64::min),
+            max_iops: iops.iter().copied().fold(0.0, f64::max),
+            median_p99_us: median(g.iter().map(|s| s.p99_us).collect()),
+            median_cpu_ns_per_io: (!cpu.is_empty()).then(|| median(cpu)),
+            vs_null_blk: if k.1.starts_with("ours") || k.1.starts_with("rublk") {
+                ratio("null_blk")
+            } else {
+                None
+            },
+            vs_rublk: if k.1.starts_with("ours") && !k.1.contains('+') {
+                ratio(&k.1.replace("ours", "rublk").replace("ramdisk", "null"))
+            } else {
+                None
+            },
+            vs_untraced: untraced.and_then(|u| ratio(&u)),
+        });
+    }
+    out
+}
+
+fn print_table(rows: &[Summary]) {
+    println!(
+        "{:<13} {:<20} {:<15} {:>9} {:>17} {:>8} {:>9} {:>7} {:>7} {:>7}",
+        "layout",
+        "config",
+        "job",
+        "IOPS",
+        "spread",
+        "p99 us",
+        "cpu ns/IO",
+        "/nullb",
+        "/rublk",
+        "/untr"
+    );
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+    for r in rows {
+        println!(
+            "{:<13} {:<20} {:<15} {:>9.0} {:>17} {:>8.0} {:>9} {:>7} {:>7} {:>7}",
+            r.layout,
+            r.config,
+            r.job,
+            r.median_iops,
+            format!("{:.0}-{:.0}", r.min_iops, r.max_iops),
+            r.median_p99_us,
+            r.median_cpu_ns_per_io
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            f(r.vs_null_blk),
+            f(r.vs_rublk),
+            f(r.vs_untraced),
+        );
+    }
+}
+
+/// Build rublk (a third-party ublk server) at the pinned version into target/bench/rublk.
+/// Its libublk build needs libclang; a failure is a note, not an error.
+fn build_rublk() -> Option<PathBuf> {
+    let root = target_dir().join("bench/rublk");
+    let bin = root.join("bin/rublk");
+    if bin.is_file() {
+        return Some(bin);
+    }
+    if crate::util::which("clang").is_none() && crate::util::is_root() {
+        let _ = crate::util::run(
+            std::process::Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "libclang-dev",
+                    "clang",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        );
+    }
+    eprintln!("[bench] building rublk {RUBLK_VERSION} (a few minutes, once)");
+    let ok = crate::util::run(
+        std::process::Command::new("cargo")
+            .args([
+                "install",
+                &format!("rublk@{RUBLK_VERSION}"),
+                "--locked",
+                "--root",
+            ])
+            .arg(&root),
+    );
+    match ok {
+        Ok(()) if bin.is_file() => Some(bin),
+        _ => {
+            eprintln!(
+                "[bench] note: rublk {RUBLK_VERSION} could not be built; comparing without it"
+            );
+            None
+        }
+    }
+}
+
+pub fn run(o: &BenchOpts) -> Result<()> {
+    crate::setup::setup(false)?;
+    let kernel = crate::kernel::fetch(&o.kernel)?;
+    let bins = build_project(true)?;
+    let rublk = if o.no_rublk { None } else { build_rublk() };
+    let mut all = Vec::new();
+    for layout in LAYOUTS {
+        let mut g = GuestOpts::new(o.kernel.clone());
+        g.smp = layout.smp;
+        g.release = true;
+        g.copy_modules = vec!["null_blk".into()];
+        g.timeout = Duration::from_secs(match o.mode {
+            Mode::Quick => 900,
+            _ => 3600,
+        });
+        if let Some(r) = &rublk {
+            g.include.push(r.clone());
+        }
+        let cfgs = configs(o.mode, rublk.is_some());
+        let sh = script(o.mode, layout, &cfgs);
+        let initrd = make_initramfs(&kernel, &g, &bins, &sh, &[])?;
+        let log = cache_dir().join(format!("bench-{}.log", layout.name));
+        eprintln!(
+            "[bench] layout {} ({} vCPU) on {}",
+            layout.name, layout.smp, kernel.kver
+        );
+        let (outcome, lines) =
+            crate::qemu::boot_captured(&boot_opts(&g, &kernel, &initrd), &log, |l| {
+                if l.starts_with("===") || l.starts_with("TRACER") || l.starts_with("BENCH-SKIP") {
+                    eprintln!("  {l}");
+                }
+            })?;
+        let _ = std::fs::remove_file(&initrd);
+        if !matches!(outcome, crate::qemu::Outcome::Exited(0)) {
+            crate::guest::report_outcome(&outcome, &lines, &log);
+            bail!("bench guest for {} failed", layout.name);
+        }
+        for l in lines.iter().filter(|l| l.starts_with("TRACER")) {
+            println!("[bench] {} {l}", layout.name);
+        }
+        all.extend(parse_samples(&lines));
+    }
+    if all.is_empty() {
+        bail!("no benchmark samples were produced (see target/guest/bench-*.log)");
+    }
+    let rows = summarize(&all);
+    print_table(&rows);
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let doc = serde_json::json!({
+        "kernel": kernel.kver,
+        "mode": format!("{:?}", o.mode),
+        "rublk": rublk.is_some().then_some(RUBLK_VERSION),
+        "summary": rows,
+        "samples": all,
+    });
+    let text = serde_json::to_string_pretty(&doc).context("serialize bench results")?;
+    write_atomic(&dir.join(format!("bench-{stamp}.json")), text.as_bytes())?;
+    write_atomic(&dir.join("latest.json"), text.as_bytes())?;
+    println!("[bench] results: {}", dir.join("latest.json").display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fio_json_between_markers_becomes_a_sample() {
+        let lines: Vec<String> = [
+            "noise",
+            "BENCH-BEGIN layout=1vcpu config=ours-null-q1 job=randread-qd64 round=2 cpu_ns=2000000000",
+            r#"{"jobs":[{"read":{"iops":20000.5,"total_ios":100000,"clat_ns":{"percentile":{"99.000000":5120}}}}]}"#,
+            "BENCH-END",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let s = parse_samples(&lines);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].round, 2);
+        assert!((s[0].iops - 20000.5).abs() < 1e-9);
+        assert_eq!(s[0].server_cpu_ns_per_io, Some(20000.0));
+        assert!((s[0].p99_us - 5.12).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ratios_pair_like_with_like() {
+        let mk = |config: &str, iops: f64| Sample {
+            layout: "2vcpu-pinned".into(),
+            config: config.into(),
+            job: "randread-qd64".into(),
+            round: 1,
+            iops,
+            p99_us: 1.0,
+            ios: 1,
+            server_cpu_ns_per_io: None,
+        };
+        let rows = summarize(&[
+            mk("null_blk", 100.0),
+            mk("ours-null-q1", 97.0),
+            mk("rublk-null-q1", 92.0),
+            mk("ours-null-q1+record", 48.5),
+        ]);
+        let get = |c: &str| rows.iter().find(|r| r.config == c).expect("row");
+        assert_eq!(get("ours-null-q1").vs_null_blk, Some(0.97));
+        assert!((get("ours-null-q1").vs_rublk.expect("rublk ratio") - 97.0 / 92.0).abs() < 1e-9);
+        assert_eq!(get("ours-null-q1+record").vs_untraced, Some(0.5));
+        assert_eq!(get("null_blk").vs_null_blk, None);
+    }
+
+    #[test]
+    fn median_handles_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+}
