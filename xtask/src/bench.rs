@@ -129,6 +129,8 @@ fn script(mode: Mode, layout: &Layout, configs: &[Config]) -> String {
         // Interleave: every config once per round, so slow drifts of the emulator hit all alike.
         for c in configs {
             s.push_str(&format!("echo '=== {} round {round}'\n", c.name));
+            // A one-pass loop so a device that fails to start can `continue` past its jobs.
+            s.push_str("for _once in 1; do\n");
             s.push_str(&c.start);
             s.push_str("[ -b \"$DEV\" ] || { echo \"BENCH-SKIP config=");
             s.push_str(c.name);
@@ -152,6 +154,7 @@ fn script(mode: Mode, layout: &Layout, configs: &[Config]) -> String {
                 ));
             }
             s.push_str(&c.detach);
+            s.push_str("done\n");
             s.push_str(&c.stop);
             s.push_str("sleep 0.5\n");
         }
