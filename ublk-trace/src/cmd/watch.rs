@@ -1,9 +1,135 @@
-//! `ublk-trace watch`.
+//! `ublk-trace watch [dev N]`: the live view. Without a device: every ublk device with a health
+//! column (Enter opens one). Modes: the TUI (default), `--headless --json` (one versioned JSON
+//! document per interval), `--dump-screen WxH` (one rendered frame as text, for tests and docs).
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+pub mod headless;
+pub mod session;
+pub mod sources;
+pub mod tui_loop;
+
+use sources::Sources;
+
+/// `dev N` as two words, shared by `watch` and `diagnose`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevTarget {
+    /// The word `dev`, followed by the device number N (ublkbN / ublkcN).
+    #[arg(value_name = "dev", value_parser = ["dev"], requires = "dev_id")]
+    pub dev_word: Option<String>,
+    /// Device number.
+    #[arg(value_name = "N")]
+    pub dev_id: Option<u32>,
+}
+
+impl DevTarget {
+    pub fn id(&self) -> Option<u32> {
+        self.dev_id
+    }
+}
 
 #[derive(Debug, clap::Args)]
-pub struct WatchArgs {}
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub target: DevTarget,
+    /// No TUI: print what is observed to stdout (needs --json).
+    #[arg(long)]
+    pub headless: bool,
+    /// With --headless: one JSON document per interval (see README "JSON output").
+    #[arg(long, requires = "headless")]
+    pub json: bool,
+    /// Sampling period in milliseconds (snapshots; the TUI redraws on its own cadence).
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub interval: u64,
+    /// With --headless: stop after N documents.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Render one frame of WxH (e.g. 80x24) as plain text to stdout and exit.
+    #[arg(long, value_name = "WxH", conflicts_with = "headless")]
+    pub dump_screen: Option<String>,
+    /// With --dump-screen: sampling rounds to observe before rendering.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub ticks: u32,
+    /// Do not load eBPF probes: snapshots only.
+    #[arg(long)]
+    pub no_probes: bool,
+    /// Where the TUI writes logs (the screen never shows them). Default: a file in $TMPDIR.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<std::path::PathBuf>,
+}
 
-pub fn run(_args: WatchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`ublk-trace watch` is not built yet")
+impl WatchArgs {
+    pub fn period(&self) -> Duration {
+        Duration::from_millis(self.interval.max(50))
+    }
+}
+
+/// Start the snapshot thread (and the probes unless disabled) feeding one channel.
+pub fn start_sources(
+    dev: Option<u32>,
+    period: Duration,
+    no_probes: bool,
+) -> anyhow::Result<Sources> {
+    let mut s = Sources::new(dev);
+    let h = sources::spawn_snapshotter(s.tx.clone(), s.focus.clone(), period, s.stop.clone())
+        .context("start the snapshot thread")?;
+    s.add(h);
+    let why = if no_probes {
+        "--no-probes given".to_string()
+    } else {
+        "eBPF event source not built into this ublk-trace yet".to_string()
+    };
+    // The loop shows this in the header: a fallback is never silent.
+    let _ = s.tx.send(sources::Msg::ProbesOff(why));
+    Ok(s)
+}
+
+pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let dev = args.target.id();
+    if let Some(spec) = &args.dump_screen {
+        let Some((w, h)) = crate::tui::dump::parse_size(spec) else {
+            bail!("--dump-screen {spec:?}: expected WxH of at least 20x8, e.g. 80x24");
+        };
+        return tui_loop::dump_screen(&args, dev, w, h);
+    }
+    if args.headless {
+        if !args.json {
+            bail!("--headless needs --json (the only headless format)");
+        }
+        return headless::run(&args, dev);
+    }
+    tui_loop::run(&args, dev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        w: WatchArgs,
+    }
+
+    #[test]
+    fn dev_n_parses_and_alone_means_all_devices() {
+        let t =
+            T::try_parse_from(["x", "dev", "3", "--headless", "--json"]).map_err(|e| e.to_string());
+        assert_eq!(t.as_ref().map(|t| t.w.target.id()), Ok(Some(3)));
+        let t = T::try_parse_from(["x"]).map_err(|e| e.to_string());
+        assert_eq!(t.map(|t| t.w.target.id()), Ok(None));
+    }
+
+    #[test]
+    fn a_word_other_than_dev_or_a_missing_number_is_refused() {
+        assert!(T::try_parse_from(["x", "disk", "3"]).is_err());
+        assert!(T::try_parse_from(["x", "dev"]).is_err());
+        assert!(
+            T::try_parse_from(["x", "--json"]).is_err(),
+            "--json needs --headless"
+        );
+    }
 }

@@ -9,6 +9,7 @@ pub mod grid;
 pub mod panels;
 #[cfg(test)]
 mod render_tests;
+pub mod snapshot_view;
 pub mod style;
 pub mod term;
 pub mod view_model;

@@ -1,0 +1,236 @@
+//! `watch --headless --json`: one JSON document per sampling round on stdout (one line each),
+//! built from the same view model the TUI draws, so both say the same thing.
+//!
+//! Document (version [`JSON_VERSION`]):
+//! `{"kind":"ublk-trace.watch","version":1,"ts_ns":..,"source":"snapshots","source_note":..,
+//!   "dropped_events":0,"devices":[{"dev":0,"device_state":"LIVE","server":{"pid":..,"state":"S",
+//!   "state_text":"sleeping"},"queues":[{"q_id":0,"depth":64,"counts":{"waiting":64,...},
+//!   "oldest_in_flight_ms":null}],"findings":[..]}]}`
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::cmd::diagnose::output::{FindingJson, JSON_VERSION};
+use crate::snapshot::read::monotonic_ns;
+use crate::tui::view_model::{CellState, QueueView, ServerView, SourceView, ViewModel};
+
+use super::WatchArgs;
+use super::session::Session;
+use super::sources::Msg;
+
+#[derive(Debug, Serialize)]
+pub struct WatchJson {
+    /// Always `ublk-trace.watch`.
+    pub kind: &'static str,
+    pub version: u32,
+    /// CLOCK_MONOTONIC ns when the document was built.
+    pub ts_ns: u64,
+    /// `ebpf+snapshots`, `snapshots` or `replay`.
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_note: Option<String>,
+    pub dropped_events: u64,
+    pub devices: Vec<DeviceJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceJson {
+    pub dev: u32,
+    /// Kernel device state (LIVE, QUIESCED, DEAD, FAIL_IO, GONE), null when unknown.
+    pub device_state: Option<String>,
+    pub server: Option<ServerJson>,
+    pub features: Vec<String>,
+    pub queues: Vec<QueueJson>,
+    pub findings: Vec<FindingJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerJson {
+    pub pid: u32,
+    /// /proc state letter of the server's worst thread.
+    pub state: String,
+    pub state_text: String,
+}
+
+#[derive(Debug, Serialize, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub unknown: u32,
+    pub idle: u32,
+    pub waiting: u32,
+    pub queued: u32,
+    pub in_server: u32,
+    pub committed: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueueJson {
+    pub q_id: u16,
+    pub depth: u16,
+    /// Tags per state.
+    pub counts: StateCounts,
+    /// Age of the oldest request in flight on this queue, null when none.
+    pub oldest_in_flight_ms: Option<u64>,
+}
+
+pub fn source_names(s: &SourceView) -> (&'static str, Option<String>) {
+    match s {
+        SourceView::Live => ("ebpf+snapshots", None),
+        SourceView::Replay => ("replay", None),
+        SourceView::SnapshotsOnly { reason } => ("snapshots", Some(reason.clone())),
+    }
+}
+
+fn queue_json(q: &QueueView) -> QueueJson {
+    let mut c = StateCounts::default();
+    for t in &q.tags {
+        let slot = match t.state {
+            CellState::Unknown => &mut c.unknown,
+            CellState::Idle => &mut c.idle,
+            CellState::Waiting => &mut c.waiting,
+            CellState::Queued => &mut c.queued,
+            CellState::InServer => &mut c.in_server,
+            CellState::Committed => &mut c.committed,
+        };
+        *slot += 1;
+    }
+    let oldest = q
+        .tags
+        .iter()
+        .filter(|t| t.state.in_flight())
+        .filter_map(|t| t.age_ns)
+        .max();
+    QueueJson {
+        q_id: q.q_id,
+        depth: u16::try_from(q.tags.len()).unwrap_or(u16::MAX),
+        counts: c,
+        oldest_in_flight_ms: oldest.map(|n| n / 1_000_000),
+    }
+}
+
+fn server_json(s: &ServerView) -> ServerJson {
+    ServerJson {
+        pid: s.pid,
+        state: s.state.to_string(),
+        state_text: s.state_text.clone(),
+    }
+}
+
+pub fn device_json(vm: &ViewModel) -> DeviceJson {
+    DeviceJson {
+        dev: vm.header.dev_id,
+        device_state: vm.header.dev_state.clone(),
+        server: vm.header.server.as_ref().map(server_json),
+        features: vm.header.features.clone(),
+        queues: vm.queues.iter().map(queue_json).collect(),
+        findings: vm.findings.iter().map(FindingJson::from).collect(),
+    }
+}
+
+pub fn document(session: &Session, devs: &[u32], now_ns: u64) -> WatchJson {
+    let (source, source_note) = source_names(session.source());
+    WatchJson {
+        kind: "ublk-trace.watch",
+        version: JSON_VERSION,
+        ts_ns: now_ns,
+        source,
+        source_note,
+        dropped_events: session.dropped_events(),
+        devices: devs
+            .iter()
+            .map(|d| device_json(&session.view(*d, now_ns)))
+            .collect(),
+    }
+}
+
+/// Print a document each time every device of the round has been snapshotted.
+pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
+    let sources = super::start_sources(dev, args.period(), args.no_probes)?;
+    let mut session = Session::new(SourceView::SnapshotsOnly {
+        reason: "starting".into(),
+    });
+    let mut pending: BTreeSet<u32> = BTreeSet::new();
+    let mut round: Vec<u32> = Vec::new();
+    let mut printed = 0u64;
+    let mut out = std::io::stdout().lock();
+    for msg in sources.rx.iter() {
+        // The round is complete when its last device's snapshot arrives (or it has none).
+        let complete = match &msg {
+            Msg::Devices(d) => {
+                round = dev.map(|x| vec![x]).unwrap_or_else(|| d.clone());
+                pending = round.iter().copied().collect();
+                round.is_empty()
+            }
+            Msg::Snapshot(s) => pending.remove(&s.dev_id) && pending.is_empty(),
+            _ => false,
+        };
+        session.apply(msg);
+        if !complete {
+            continue;
+        }
+        let doc = document(&session, &round, monotonic_ns());
+        serde_json::to_writer(&mut out, &doc).context("write JSON to stdout")?;
+        writeln!(out).context("write JSON to stdout")?;
+        out.flush().context("write JSON to stdout")?;
+        printed += 1;
+        if args.count.is_some_and(|c| printed >= c) {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tui::view_model::TagCell;
+
+    #[test]
+    fn queue_counts_add_up_to_depth_and_oldest_ignores_idle_tags() {
+        let cell = |tag, state, age| TagCell {
+            tag,
+            state,
+            age_ns: Some(age),
+            flagged: false,
+        };
+        let q = QueueView {
+            q_id: 2,
+            tags: vec![
+                cell(0, CellState::Waiting, 9_000_000_000),
+                cell(1, CellState::InServer, 1_500_000_000),
+                cell(2, CellState::Queued, 2_000_000),
+                cell(3, CellState::Unknown, 0),
+            ],
+        };
+        let j = queue_json(&q);
+        assert_eq!(j.depth, 4);
+        assert_eq!(
+            j.counts,
+            StateCounts {
+                unknown: 1,
+                waiting: 1,
+                queued: 1,
+                in_server: 1,
+                ..Default::default()
+            }
+        );
+        // The waiting tag is older but idle: only in-flight requests count.
+        assert_eq!(j.oldest_in_flight_ms, Some(1500));
+    }
+
+    #[test]
+    fn document_is_versioned_and_names_the_source() {
+        let session = Session::new(SourceView::SnapshotsOnly {
+            reason: "no kprobes".into(),
+        });
+        let v = serde_json::to_value(document(&session, &[4], 77)).unwrap_or_default();
+        assert_eq!(v["kind"], "ublk-trace.watch");
+        assert_eq!(v["version"], JSON_VERSION);
+        assert_eq!(v["source"], "snapshots");
+        assert_eq!(v["source_note"], "no kprobes");
+        assert_eq!(v["devices"][0]["dev"], 4);
+        assert!(v["devices"][0]["device_state"].is_null());
+    }
+}

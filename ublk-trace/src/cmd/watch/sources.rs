@@ -1,0 +1,176 @@
+//! The data sources of `watch` and `diagnose`, each on its own thread, sending [`Msg`]s to the
+//! one loop that owns the model (tokio-console's shape with std threads and an mpsc channel).
+//!
+//! The snapshot thread keeps its period from drifting (bpftop: sleep `period - elapsed`).
+//! Threads stop when the [`Stop`] flag is set or the receiver is gone.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::event::TraceEvent;
+use crate::snapshot::{self, DeviceSnapshot};
+
+/// What a source tells the loop.
+#[derive(Debug)]
+pub enum Msg {
+    /// Ids of the ublk devices present now.
+    Devices(Vec<u32>),
+    Snapshot(Box<DeviceSnapshot>),
+    Events(Vec<TraceEvent>),
+    /// The probes are attached and streaming.
+    ProbesLive,
+    /// The probes could not be used: why (the loop falls back to snapshots and says so).
+    ProbesOff(String),
+    /// Total events lost by the probes so far.
+    Lost(u64),
+}
+
+/// Shared stop flag for all source threads.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Which devices the snapshot thread reads: one, or all (device list).
+#[derive(Debug, Clone)]
+pub struct Focus(Arc<AtomicU32>);
+
+const ALL: u32 = u32::MAX;
+
+impl Focus {
+    pub fn new(dev: Option<u32>) -> Self {
+        Self(Arc::new(AtomicU32::new(dev.unwrap_or(ALL))))
+    }
+    pub fn set(&self, dev: Option<u32>) {
+        self.0.store(dev.unwrap_or(ALL), Ordering::SeqCst);
+    }
+    pub fn get(&self) -> Option<u32> {
+        match self.0.load(Ordering::SeqCst) {
+            ALL => None,
+            d => Some(d),
+        }
+    }
+}
+
+/// Sleep until `until` in short steps so a stop request is noticed quickly.
+fn sleep_until(until: Instant, stop: &Stop) {
+    const STEP: Duration = Duration::from_millis(50);
+    while !stop.is_set() {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        std::thread::sleep((until - now).min(STEP));
+    }
+}
+
+/// One round: the device list, then a snapshot of each focused device.
+/// Returns false when the loop has gone away.
+fn snapshot_round(tx: &Sender<Msg>, focus: &Focus, per_device: Duration) -> bool {
+    let devices = snapshot::list_devices();
+    let targets: Vec<u32> = match focus.get() {
+        Some(d) => vec![d],
+        None => devices.clone(),
+    };
+    if tx.send(Msg::Devices(devices)).is_err() {
+        return false;
+    }
+    targets.into_iter().all(|dev| {
+        let snap = snapshot::take(dev, Instant::now() + per_device);
+        tx.send(Msg::Snapshot(Box::new(snap))).is_ok()
+    })
+}
+
+/// Snapshot the focused device(s) every `period`, starting now.
+pub fn spawn_snapshotter(
+    tx: Sender<Msg>,
+    focus: Focus,
+    period: Duration,
+    stop: Stop,
+) -> std::io::Result<JoinHandle<()>> {
+    // A read of a hung device's files may block; the deadline bounds each snapshot.
+    let per_device = period.clamp(Duration::from_millis(200), Duration::from_secs(2));
+    std::thread::Builder::new()
+        .name("snapshots".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            while !stop.is_set() {
+                if !snapshot_round(&tx, &focus, per_device) {
+                    return;
+                }
+                next += period;
+                // After a slow round, start the next one now rather than bursting to catch up.
+                next = next.max(Instant::now());
+                sleep_until(next, &stop);
+            }
+        })
+}
+
+/// A channel and the handles of the threads feeding it.
+pub struct Sources {
+    pub rx: Receiver<Msg>,
+    pub tx: Sender<Msg>,
+    pub stop: Stop,
+    pub focus: Focus,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Sources {
+    pub fn new(focus: Option<u32>) -> Self {
+        let (tx, rx) = channel();
+        Self {
+            rx,
+            tx,
+            stop: Stop::default(),
+            focus: Focus::new(focus),
+            handles: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, h: JoinHandle<()>) {
+        self.handles.push(h);
+    }
+}
+
+impl Drop for Sources {
+    fn drop(&mut self) {
+        self.stop.set();
+        // Threads notice the flag within one step; a snapshot stuck on a hung device's file
+        // is bounded by its deadline. Joining keeps probes from outliving the command.
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn focus_round_trips_one_device_or_all() {
+        let f = Focus::new(None);
+        assert_eq!(f.get(), None);
+        f.set(Some(3));
+        assert_eq!(f.get(), Some(3));
+    }
+
+    #[test]
+    fn sleep_until_returns_early_when_stopped() {
+        let stop = Stop::default();
+        stop.set();
+        let t = Instant::now();
+        sleep_until(t + Duration::from_secs(5), &stop);
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+}
