@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod guest;
 mod initramfs;
 mod kernel;
@@ -40,6 +41,15 @@ enum Cmd {
     Guest(GuestCmd),
     /// Host tests, then guest tests (default kernel: all; 6.18 and newest 7.x: smoke subset).
     Test(TestArgs),
+    /// Boot the guest with `ublk-server run ramdisk` + fio and open `ublk-trace watch dev 0`.
+    Demo {
+        /// Kernel to boot.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// Arguments for `ublk-trace watch` in the guest.
+        #[arg(long, default_value = "dev 0")]
+        watch: String,
+    },
     /// Benchmarks in the guest: ours vs null_blk and rublk, the tracer's cost; table + JSON.
     Bench {
         /// Fewer configs and rounds (2), shorter runs.
@@ -179,6 +189,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Cmd::Demo { kernel, watch } => Ok(exit(demo::run(&kernel, &watch)?)),
         Cmd::Bench {
             quick,
             long,
