@@ -1,1 +1,241 @@
-fn main() {}
+//! `ublk-server`: parse arguments, set up logging, call the library, map errors to exit codes
+//! (2 for input the user can fix, 1 for failures while running).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use ublk_server::ctrl::Ctrl;
+use ublk_server::inject::Fault;
+use ublk_server::server::{self, RunOpts, TargetSpec};
+use ublk_server::{Error, admin, logging};
+
+#[derive(Parser)]
+#[command(
+    name = "ublk-server",
+    version,
+    about = "A reference ublk server (null, ramdisk, loop)"
+)]
+struct Cli {
+    /// More logging (-v info, -vv debug, -vvv trace); UBLK_LOG=<level> overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TargetKind {
+    Null,
+    Ramdisk,
+    Loop,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Add a device and serve it in the foreground until SIGINT/SIGTERM.
+    Run {
+        target: TargetKind,
+        /// Device size (null, ramdisk), e.g. 64M, 1G, 4096.
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+        /// Backing file or block device (loop).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Open the backing file with O_DIRECT (loop).
+        #[arg(long)]
+        direct: bool,
+        #[arg(long, default_value_t = 1)]
+        queues: u16,
+        #[arg(long, default_value_t = 128)]
+        depth: u16,
+        /// Device id (default: the kernel picks).
+        #[arg(long)]
+        id: Option<u32>,
+        /// Add with UBLK_F_USER_RECOVERY so 'ublk-server recover <id>' can take over after a crash.
+        #[arg(long)]
+        recovery: bool,
+        /// Use UBLK_F_NEED_GET_DATA (write data is fetched with a second command).
+        #[arg(long)]
+        need_get_data: bool,
+        /// Inject a fault (repeatable); see 'ublk-server run null --inject help'.
+        #[arg(long = "inject", value_name = "SPEC")]
+        inject: Vec<String>,
+        /// How long START_DEV may take before the missing FETCH_REQs are reported (ms).
+        #[arg(long, default_value_t = 30_000)]
+        start_timeout_ms: u64,
+    },
+    /// List devices.
+    List,
+    /// Show one device.
+    Info {
+        id: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a device (or all).
+    Del {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<u32>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Kernel ublk features, decoded.
+    Features,
+    /// Serve a device again after its server died (added with --recovery).
+    Recover {
+        id: u32,
+        #[arg(long = "inject", value_name = "SPEC")]
+        inject: Vec<String>,
+        #[arg(long, default_value_t = 30_000)]
+        start_timeout_ms: u64,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix '{c}' (use K, M, G or T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 64M"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s} is too large"))
+}
+
+fn parse_faults(specs: &[String]) -> Result<Vec<Fault>, Error> {
+    specs
+        .iter()
+        .map(|s| {
+            if s == "help" {
+                return Err(Error::Usage(ublk_server::inject::GRAMMAR.to_string()));
+            }
+            Fault::parse(s).map_err(|e| Error::Usage(e.to_string()))
+        })
+        .collect()
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Run {
+            target,
+            size,
+            file,
+            direct,
+            queues,
+            depth,
+            id,
+            recovery,
+            need_get_data,
+            inject,
+            start_timeout_ms,
+        } => {
+            let target = match target {
+                TargetKind::Null => TargetSpec::Null {
+                    size: size.unwrap_or(256 << 30),
+                },
+                TargetKind::Ramdisk => TargetSpec::Ramdisk {
+                    size: size.unwrap_or(64 << 20),
+                },
+                TargetKind::Loop => TargetSpec::Loop {
+                    file: file.ok_or_else(|| Error::Usage("loop needs --file PATH".into()))?,
+                    direct,
+                },
+            };
+            let opts = RunOpts {
+                target,
+                queues,
+                depth,
+                dev_id: id,
+                recovery,
+                need_get_data,
+                faults: parse_faults(&inject)?,
+                start_timeout: Duration::from_millis(start_timeout_ms),
+            };
+            server::run(opts)?;
+        }
+        Cmd::List => print!("{}", admin::list(&mut Ctrl::open()?)?),
+        Cmd::Info { id, json } => {
+            let out = admin::info(&mut Ctrl::open()?, id, json)?;
+            println!("{}", out.trim_end());
+        }
+        Cmd::Del { id, all } => {
+            server::require_root("ublk-server del")?;
+            let mut ctrl = Ctrl::open()?;
+            let ids = if all {
+                Ctrl::list_ids()
+            } else {
+                id.into_iter().collect()
+            };
+            admin::del(&mut ctrl, &ids).context("delete")?;
+        }
+        Cmd::Features => print!("{}", admin::features(&Ctrl::open()?)),
+        Cmd::Recover {
+            id,
+            inject,
+            start_timeout_ms,
+        } => server::recover(
+            id,
+            parse_faults(&inject)?,
+            Duration::from_millis(start_timeout_ms),
+        )?,
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help / --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line: clap's first line names the problem; the rest is usage boilerplate.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("ublk-server: {first} (see 'ublk-server --help')");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ublk-server: {e:#}");
+            let usage = e
+                .chain()
+                .any(|c| c.downcast_ref::<Error>().is_some_and(Error::is_usage));
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

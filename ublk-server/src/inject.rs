@@ -1,0 +1,510 @@
+//! Fault injection: the server becomes a known-broken server on purpose (`--inject SPEC`), so
+//! that users and CI can see what each classic bug looks like in `ublk-trace`.
+//!
+//! Parsing is pure and unit-tested; [`QueueFaults`] is the per-queue, allocation-free view the
+//! hot path consults. Active faults are published in the tag-state file (`fault_mask` in the
+//! header, `fault` per tag) using the [`FaultKind`] numbers.
+
+use std::fmt;
+
+/// The grammar, shown with every rejected spec.
+pub const GRAMMAR: &str = "\
+fault specs (--inject, repeatable):
+  hang:q=Q,tag=T[,after=N]      never commit tag T of queue Q (from its request N+1 on)
+  delay:ms=D[,p=P][,q=Q]        delay commits by D ms (probability P in 0..1, default 1)
+  error:errno=E[,p=P]           commit -E instead of the result
+  zero-commit[:p=P]             commit 0 bytes for reads and writes
+  bad-desc                      read io descriptors with a 16-byte stride (wrong struct size)
+  skip-fetch:q=Q[,tags=N]       never send FETCH_REQ for the first N tags of queue Q (all if no N)
+  no-start-wait                 submit START_DEV and never reap its completion
+  stall-queue:q=Q,after=N       queue Q's thread stops entering io_uring after N requests
+  crash:after=N                 abort the process after N requests";
+
+/// Fault numbers as published in the tag-state file (`fault` = kind, `fault_mask` bit = 1<<kind).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    Hang = 1,
+    Delay = 2,
+    Error = 3,
+    ZeroCommit = 4,
+    BadDesc = 5,
+    SkipFetch = 6,
+    NoStartWait = 7,
+    StallQueue = 8,
+    Crash = 9,
+}
+
+impl FaultKind {
+    pub fn mask(self) -> u64 {
+        1u64 << (self as u32)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    Hang { q_id: u16, tag: u16, after: u64 },
+    Delay { ms: u32, p: f64, q_id: Option<u16> },
+    Error { errno: i32, p: f64 },
+    ZeroCommit { p: f64 },
+    BadDesc,
+    SkipFetch { q_id: u16, tags: Option<u16> },
+    NoStartWait,
+    StallQueue { q_id: u16, after: u64 },
+    Crash { after: u64 },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub spec: String,
+    pub why: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bad --inject '{}': {}\n{}", self.spec, self.why, GRAMMAR)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+impl Fault {
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            Self::Hang { .. } => FaultKind::Hang,
+            Self::Delay { .. } => FaultKind::Delay,
+            Self::Error { .. } => FaultKind::Error,
+            Self::ZeroCommit { .. } => FaultKind::ZeroCommit,
+            Self::BadDesc => FaultKind::BadDesc,
+            Self::SkipFetch { .. } => FaultKind::SkipFetch,
+            Self::NoStartWait => FaultKind::NoStartWait,
+            Self::StallQueue { .. } => FaultKind::StallQueue,
+            Self::Crash { .. } => FaultKind::Crash,
+        }
+    }
+
+    pub fn parse(spec: &str) -> Result<Self, ParseError> {
+        let err = |why: String| ParseError {
+            spec: spec.to_string(),
+            why,
+        };
+        let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
+        let mut kv = Args::parse(args).map_err(err)?;
+        let fault = match name {
+            "hang" => Self::Hang {
+                q_id: kv.req("q").map_err(err)?,
+                tag: kv.req("tag").map_err(err)?,
+                after: kv.opt("after").map_err(err)?.unwrap_or(0),
+            },
+            "delay" => Self::Delay {
+                ms: kv.req("ms").map_err(err)?,
+                p: kv.prob().map_err(err)?,
+                q_id: kv.opt("q").map_err(err)?,
+            },
+            "error" => {
+                let errno: i32 = kv.req("errno").map_err(err)?;
+                if !(1..=4095).contains(&errno) {
+                    return Err(err(format!(
+                        "errno {errno} is not in 1..4095 (e.g. errno=5 for EIO)"
+                    )));
+                }
+                Self::Error {
+                    errno,
+                    p: kv.prob().map_err(err)?,
+                }
+            }
+            "zero-commit" => Self::ZeroCommit {
+                p: kv.prob().map_err(err)?,
+            },
+            "bad-desc" => Self::BadDesc,
+            "skip-fetch" => Self::SkipFetch {
+                q_id: kv.req("q").map_err(err)?,
+                tags: kv.opt("tags").map_err(err)?,
+            },
+            "no-start-wait" => Self::NoStartWait,
+            "stall-queue" => Self::StallQueue {
+                q_id: kv.req("q").map_err(err)?,
+                after: kv.req("after").map_err(err)?,
+            },
+            "crash" => Self::Crash {
+                after: kv.req("after").map_err(err)?,
+            },
+            other => return Err(err(format!("unknown fault '{other}'"))),
+        };
+        kv.finish().map_err(err)?;
+        Ok(fault)
+    }
+
+    /// Check the fault against the device geometry the kernel granted.
+    pub fn validate(&self, nr_queues: u16, depth: u16) -> Result<(), String> {
+        let q_ok = |q: u16| {
+            if q < nr_queues {
+                Ok(())
+            } else {
+                Err(format!(
+                    "--inject {self}: queue {q} does not exist (device has {nr_queues})"
+                ))
+            }
+        };
+        match *self {
+            Self::Hang { q_id, tag, .. } => {
+                q_ok(q_id)?;
+                if tag >= depth {
+                    return Err(format!("--inject {self}: tag {tag} >= queue depth {depth}"));
+                }
+                Ok(())
+            }
+            Self::Delay { q_id: Some(q), .. }
+            | Self::SkipFetch { q_id: q, .. }
+            | Self::StallQueue { q_id: q, .. } => q_ok(q),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Hang { q_id, tag, after } => write!(f, "hang:q={q_id},tag={tag},after={after}"),
+            Self::Delay { ms, p, q_id } => {
+                write!(f, "delay:ms={ms},p={p}")?;
+                q_id.map_or(Ok(()), |q| write!(f, ",q={q}"))
+            }
+            Self::Error { errno, p } => write!(f, "error:errno={errno},p={p}"),
+            Self::ZeroCommit { p } => write!(f, "zero-commit:p={p}"),
+            Self::BadDesc => write!(f, "bad-desc"),
+            Self::SkipFetch { q_id, tags } => {
+                write!(f, "skip-fetch:q={q_id}")?;
+                tags.map_or(Ok(()), |t| write!(f, ",tags={t}"))
+            }
+            Self::NoStartWait => write!(f, "no-start-wait"),
+            Self::StallQueue { q_id, after } => write!(f, "stall-queue:q={q_id},after={after}"),
+            Self::Crash { after } => write!(f, "crash:after={after}"),
+        }
+    }
+}
+
+/// `key=value` pairs of one spec; every key must be consumed.
+struct Args<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'a> Args<'a> {
+    fn parse(s: &'a str) -> Result<Self, String> {
+        let mut v = Vec::new();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (k, val) = part
+                .split_once('=')
+                .ok_or_else(|| format!("'{part}' is not key=value"))?;
+            if v.iter().any(|(k2, _)| *k2 == k) {
+                return Err(format!("'{k}' given twice"));
+            }
+            v.push((k, val));
+        }
+        Ok(Self(v))
+    }
+    fn take(&mut self, key: &str) -> Option<&'a str> {
+        let i = self.0.iter().position(|(k, _)| *k == key)?;
+        Some(self.0.remove(i).1)
+    }
+    fn opt<T: std::str::FromStr>(&mut self, key: &str) -> Result<Option<T>, String> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{key}={v} is not a valid number")),
+        }
+    }
+    fn req<T: std::str::FromStr>(&mut self, key: &str) -> Result<T, String> {
+        self.opt(key)?.ok_or_else(|| format!("missing {key}="))
+    }
+    fn prob(&mut self) -> Result<f64, String> {
+        let p: f64 = self.opt("p")?.unwrap_or(1.0);
+        if (0.0..=1.0).contains(&p) {
+            Ok(p)
+        } else {
+            Err(format!("p={p} is not a probability in 0..1"))
+        }
+    }
+    fn finish(self) -> Result<(), String> {
+        match self.0.first() {
+            None => Ok(()),
+            Some((k, _)) => Err(format!("unknown key '{k}'")),
+        }
+    }
+}
+
+/// What one queue's hot path must do differently. Built once per queue thread.
+#[derive(Clone, Debug, Default)]
+pub struct QueueFaults {
+    /// (tag, after): requests on that tag after which it is never committed.
+    pub hang: Vec<(u16, u64)>,
+    pub delay: Option<(u32, f64)>,
+    pub error: Option<(i32, f64)>,
+    pub zero_commit: Option<f64>,
+    pub bad_desc: bool,
+    /// Tags `0..n` of this queue get no FETCH_REQ.
+    pub skip_fetch: Option<u16>,
+    pub stall_after: Option<u64>,
+    pub crash_after: Option<u64>,
+    rng: u64,
+}
+
+impl QueueFaults {
+    pub fn for_queue(faults: &[Fault], q_id: u16, depth: u16, seed: u64) -> Self {
+        let mut qf = Self {
+            rng: seed | 1,
+            ..Default::default()
+        };
+        for f in faults {
+            match *f {
+                Fault::Hang {
+                    q_id: q,
+                    tag,
+                    after,
+                } if q == q_id => qf.hang.push((tag, after)),
+                Fault::Delay { ms, p, q_id: q } if q.is_none_or(|q| q == q_id) => {
+                    qf.delay = Some((ms, p))
+                }
+                Fault::Error { errno, p } => qf.error = Some((errno, p)),
+                Fault::ZeroCommit { p } => qf.zero_commit = Some(p),
+                Fault::BadDesc => qf.bad_desc = true,
+                Fault::SkipFetch { q_id: q, tags } if q == q_id => {
+                    qf.skip_fetch = Some(tags.unwrap_or(depth).min(depth))
+                }
+                Fault::StallQueue { q_id: q, after } if q == q_id => qf.stall_after = Some(after),
+                Fault::Crash { after } => qf.crash_after = Some(after),
+                _ => {}
+            }
+        }
+        qf
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hang.is_empty()
+            && self.delay.is_none()
+            && self.error.is_none()
+            && self.zero_commit.is_none()
+            && !self.bad_desc
+            && self.skip_fetch.is_none()
+            && self.stall_after.is_none()
+            && self.crash_after.is_none()
+    }
+
+    /// xorshift64: cheap, allocation-free, good enough for fault probabilities.
+    fn chance(&mut self, p: f64) -> bool {
+        if p >= 1.0 {
+            return true;
+        }
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        unit < p
+    }
+
+    pub fn skips_fetch(&self, tag: u16) -> bool {
+        self.skip_fetch.is_some_and(|n| tag < n)
+    }
+
+    /// True when this request (the `served`-th on `tag`, 0-based) must never be committed.
+    pub fn hangs(&self, tag: u16, served: u64) -> bool {
+        self.hang
+            .iter()
+            .any(|&(t, after)| t == tag && served >= after)
+    }
+
+    /// The result to commit instead of `res` (error / zero-commit faults), with its kind.
+    pub fn rewrite_result(&mut self, op: u8, res: i32) -> Option<(i32, FaultKind)> {
+        if let Some((errno, p)) = self.error
+            && self.chance(p)
+        {
+            return Some((-errno, FaultKind::Error));
+        }
+        let rw = op == ublk_abi::UBLK_IO_OP_READ || op == ublk_abi::UBLK_IO_OP_WRITE;
+        if let Some(p) = self.zero_commit
+            && rw
+            && res > 0
+            && self.chance(p)
+        {
+            return Some((0, FaultKind::ZeroCommit));
+        }
+        None
+    }
+
+    /// Delay for this commit, if any.
+    pub fn delay_ms(&mut self) -> Option<u32> {
+        let (ms, p) = self.delay?;
+        self.chance(p).then_some(ms)
+    }
+}
+
+/// Bits for the tag-state header.
+pub fn fault_mask(faults: &[Fault]) -> u64 {
+    faults.iter().fold(0, |m, f| m | f.kind().mask())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_fault() {
+        assert_eq!(
+            Fault::parse("hang:q=0,tag=3,after=10"),
+            Ok(Fault::Hang {
+                q_id: 0,
+                tag: 3,
+                after: 10
+            })
+        );
+        assert_eq!(
+            Fault::parse("hang:q=1,tag=0"),
+            Ok(Fault::Hang {
+                q_id: 1,
+                tag: 0,
+                after: 0
+            })
+        );
+        assert_eq!(
+            Fault::parse("delay:ms=50,p=0.5,q=1"),
+            Ok(Fault::Delay {
+                ms: 50,
+                p: 0.5,
+                q_id: Some(1)
+            })
+        );
+        assert_eq!(
+            Fault::parse("error:errno=5"),
+            Ok(Fault::Error { errno: 5, p: 1.0 })
+        );
+        assert_eq!(
+            Fault::parse("zero-commit"),
+            Ok(Fault::ZeroCommit { p: 1.0 })
+        );
+        assert_eq!(
+            Fault::parse("zero-commit:p=0.1"),
+            Ok(Fault::ZeroCommit { p: 0.1 })
+        );
+        assert_eq!(Fault::parse("bad-desc"), Ok(Fault::BadDesc));
+        assert_eq!(
+            Fault::parse("skip-fetch:q=0"),
+            Ok(Fault::SkipFetch {
+                q_id: 0,
+                tags: None
+            })
+        );
+        assert_eq!(
+            Fault::parse("skip-fetch:q=0,tags=2"),
+            Ok(Fault::SkipFetch {
+                q_id: 0,
+                tags: Some(2)
+            })
+        );
+        assert_eq!(Fault::parse("no-start-wait"), Ok(Fault::NoStartWait));
+        assert_eq!(
+            Fault::parse("stall-queue:q=0,after=100"),
+            Ok(Fault::StallQueue {
+                q_id: 0,
+                after: 100
+            })
+        );
+        assert_eq!(Fault::parse("crash:after=7"), Ok(Fault::Crash { after: 7 }));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "hang:q=0,tag=3,after=10",
+            "delay:ms=5,p=1,q=2",
+            "skip-fetch:q=1,tags=4",
+            "crash:after=1",
+        ] {
+            let f = Fault::parse(s).expect("valid spec");
+            assert_eq!(Fault::parse(&f.to_string()), Ok(f));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_specs_with_grammar() {
+        for (spec, why) in [
+            ("hang:q=0", "missing tag="),
+            ("hang:q=0,tag=x", "tag=x is not a valid number"),
+            ("hang:q=0,tag=1,bogus=2", "unknown key 'bogus'"),
+            ("hang:q=0,q=1,tag=1", "'q' given twice"),
+            ("delay:ms=5,p=2", "p=2 is not a probability in 0..1"),
+            ("error:errno=0", "errno 0 is not in 1..4095"),
+            ("explode", "unknown fault 'explode'"),
+            ("hang:q0", "'q0' is not key=value"),
+            ("crash", "missing after="),
+        ] {
+            let e = Fault::parse(spec).expect_err(spec);
+            assert!(e.why.contains(why), "{spec}: got '{}'", e.why);
+            assert!(
+                e.to_string().contains("hang:q=Q,tag=T[,after=N]"),
+                "grammar shown"
+            );
+        }
+    }
+
+    #[test]
+    fn validate_checks_geometry() {
+        let f = Fault::Hang {
+            q_id: 1,
+            tag: 0,
+            after: 0,
+        };
+        assert!(f.validate(1, 64).is_err());
+        assert!(f.validate(2, 64).is_ok());
+        assert!(
+            Fault::Hang {
+                q_id: 0,
+                tag: 64,
+                after: 0
+            }
+            .validate(1, 64)
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn queue_view_selects_own_queue() {
+        let faults = [
+            Fault::Hang {
+                q_id: 0,
+                tag: 3,
+                after: 2,
+            },
+            Fault::Hang {
+                q_id: 1,
+                tag: 5,
+                after: 0,
+            },
+            Fault::SkipFetch {
+                q_id: 1,
+                tags: None,
+            },
+        ];
+        let q0 = QueueFaults::for_queue(&faults, 0, 8, 1);
+        assert!(!q0.hangs(3, 1));
+        assert!(q0.hangs(3, 2));
+        assert!(!q0.hangs(5, 9));
+        assert!(!q0.skips_fetch(0));
+        let q1 = QueueFaults::for_queue(&faults, 1, 8, 1);
+        assert!(q1.hangs(5, 0));
+        assert!(q1.skips_fetch(7));
+        assert!(!QueueFaults::for_queue(&[], 0, 8, 1).skips_fetch(0));
+        assert!(QueueFaults::for_queue(&[], 0, 8, 1).is_empty());
+        assert_eq!(fault_mask(&faults), (1 << 1) | (1 << 6));
+    }
+
+    #[test]
+    fn probability_is_respected_roughly() {
+        let mut q = QueueFaults::for_queue(&[Fault::ZeroCommit { p: 0.25 }], 0, 8, 12345);
+        let hits = (0..4000)
+            .filter(|_| q.rewrite_result(ublk_abi::UBLK_IO_OP_READ, 4096).is_some())
+            .count();
+        assert!((800..1200).contains(&hits), "{hits} of 4000 at p=0.25");
+        // Flushes carry no data: zero-commit leaves them alone.
+        assert_eq!(q.rewrite_result(ublk_abi::UBLK_IO_OP_FLUSH, 0), None);
+    }
+}

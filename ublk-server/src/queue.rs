@@ -1,0 +1,591 @@
+//! One queue: one thread, one io_uring, `depth` tags.
+//!
+//! Protocol (per tag): FETCH_REQ once at start; each CQE with UBLK_IO_RES_OK means the tag's
+//! io descriptor (read-only mmap of /dev/ublkcN) holds a request; the server serves it and sends
+//! COMMIT_AND_FETCH_REQ with the result, which both completes the request and waits for the
+//! next one. UBLK_IO_RES_NEED_GET_DATA (UBLK_F_NEED_GET_DATA, writes only) asks for a
+//! NEED_GET_DATA command carrying the buffer first; UBLK_IO_RES_ABORT ends the tag.
+//!
+//! The hot path allocates nothing and makes no syscall besides `io_uring_enter`: buffers,
+//! counters and timeouts are sized once at start.
+//!
+//! user_data layout (same as libublk, so fdinfo dumps read alike): bits 0-15 tag, bits 16-23
+//! the ublk command number (0x20 FETCH, 0x21 COMMIT_AND_FETCH, 0x22 NEED_GET_DATA), bits 32-39
+//! the kind of completion ([`Kind`]).
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use io_uring::{IoUring, opcode, squeue, types};
+use ublk_abi::*;
+use ublk_trace_common::tagstate::{SlotState, TagSlotAtomic};
+
+use crate::error::{Error, Result};
+use crate::inject::{FaultKind, QueueFaults};
+use crate::tagstate::{SlotWriter, TagStateFile};
+use crate::target::{IoReq, Outcome, Target};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A ublk I/O command (FETCH / COMMIT_AND_FETCH / NEED_GET_DATA).
+    Ublk = 0,
+    /// The target's backend operation for a tag.
+    Target = 1,
+    /// An injected commit delay expired.
+    Delay = 2,
+    /// The stop eventfd became readable.
+    Stop = 3,
+}
+
+pub(crate) fn user_data(kind: u8, cmd_nr: u32, tag: u16) -> u64 {
+    (u64::from(kind) << 32) | (u64::from(cmd_nr & 0xff) << 16) | u64::from(tag)
+}
+
+fn decode_user_data(ud: u64) -> (Option<Kind>, u32, u16) {
+    let kind = match (ud >> 32) as u8 {
+        0 => Some(Kind::Ublk),
+        1 => Some(Kind::Target),
+        2 => Some(Kind::Delay),
+        3 => Some(Kind::Stop),
+        _ => None,
+    };
+    (kind, ((ud >> 16) & 0xff) as u32, ud as u16)
+}
+
+/// The `ublksrv_io_cmd` SQE for one tag.
+pub(crate) fn io_cmd_sqe(nr: u32, ioctl_encode: bool, cmd: &ublksrv_io_cmd) -> squeue::Entry {
+    let op = if ioctl_encode {
+        match nr {
+            UBLK_IO_FETCH_REQ => UBLK_U_IO_FETCH_REQ,
+            UBLK_IO_COMMIT_AND_FETCH_REQ => UBLK_U_IO_COMMIT_AND_FETCH_REQ,
+            _ => UBLK_U_IO_NEED_GET_DATA,
+        }
+    } else {
+        nr
+    };
+    opcode::UringCmd16::new(types::Fixed(0), op)
+        .cmd(cmd.to_bytes())
+        .build()
+        .user_data(user_data(Kind::Ublk as u8, nr, cmd.tag))
+}
+
+/// What main and a queue thread share.
+#[derive(Default)]
+pub struct QueueShared {
+    /// Set by main after STOP_DEV: leave the loop (closing the ring cancels leftover FETCHes).
+    pub stop: AtomicBool,
+    /// FETCH_REQs submitted at start (for the START_DEV timeout report).
+    pub fetch_sent: AtomicU32,
+    /// Set when the initial FETCH batch reached the kernel.
+    pub fetch_submitted: AtomicBool,
+    /// Requests served (committed) by this queue.
+    pub served: AtomicU64,
+    /// Set when the thread has left its loop.
+    pub exited: AtomicBool,
+}
+
+pub struct QueueConfig {
+    pub dev_id: u32,
+    pub q_id: u16,
+    pub depth: u16,
+    /// Per-tag buffer size (the kernel's max_io_buf_bytes).
+    pub buf_bytes: u32,
+    /// Device flags as the kernel granted them.
+    pub dev_flags: u64,
+    pub char_fd: Arc<OwnedFd>,
+    pub target: Arc<dyn Target>,
+    pub tagstate: Option<Arc<TagStateFile>>,
+    pub faults: QueueFaults,
+    pub shared: Arc<QueueShared>,
+    /// Wakes the ring when main wants the thread to stop.
+    pub stop_fd: Arc<OwnedFd>,
+    pub cpus: Vec<usize>,
+    pub crash_counter: Arc<AtomicU64>,
+}
+
+/// A read-only or read-write anonymous/device mapping released on drop.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize, prot: i32, flags: i32, fd: RawFd, off: u64, what: &str) -> Result<Self> {
+        let off = libc::off_t::try_from(off)
+            .map_err(|_| Error::io(what, std::io::Error::other("offset out of range")))?;
+        // SAFETY: a fresh mapping chosen by the kernel; the result is checked for MAP_FAILED.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, off) };
+        if p == libc::MAP_FAILED {
+            return Err(Error::io(what, std::io::Error::last_os_error()));
+        }
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| Error::io(what, std::io::Error::other("null mapping")))?;
+        Ok(Self { ptr, len })
+    }
+}
+
+// SAFETY: a Mapping is owned by one queue and moved into its thread once; the memory it
+// points to is not tied to the creating thread.
+unsafe impl Send for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped; no reference into it outlives self.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+pub struct Queue {
+    cfg: QueueConfig,
+    ring: IoUring,
+    descs: Mapping,
+    bufs: Mapping,
+    ioctl_encode: bool,
+    need_get_data: bool,
+    /// Requests served per tag (for `hang:after=N`).
+    served: Vec<u64>,
+    /// Result held back by an injected delay, per tag.
+    delayed_res: Vec<i32>,
+    delay_ts: Vec<types::Timespec>,
+    /// Op of the request each tag holds (for zero-commit and the tag state).
+    cur_op: Vec<u8>,
+    /// Tags whose COMMIT is queued in the SQ but not yet submitted.
+    committed: Vec<u16>,
+    live_tags: u32,
+    total_served: u64,
+}
+
+impl Queue {
+    pub fn new(cfg: QueueConfig) -> Result<Self> {
+        let page = crate::page_size();
+        let depth = usize::from(cfg.depth);
+        let descs = Mapping::new(
+            io_desc_mmap_len(cfg.depth, page),
+            libc::PROT_READ,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            cfg.char_fd.as_raw_fd(),
+            io_desc_mmap_offset(cfg.q_id, page),
+            &format!(
+                "mmap io descriptors of queue {} (/dev/ublkc{})",
+                cfg.q_id, cfg.dev_id
+            ),
+        )?;
+        let bufs = Mapping::new(
+            depth * cfg.buf_bytes as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+            "map I/O buffers",
+        )?;
+        // Per tag at most one ublk command plus one backend op or delay timeout, plus the
+        // stop poll.
+        let entries = (2 * depth as u32 + 2).next_power_of_two();
+        let ring = IoUring::builder()
+            .setup_cqsize(2 * entries)
+            .build(entries)
+            .map_err(|e| Error::io(format!("create io_uring for queue {}", cfg.q_id), e))?;
+        let mut files = vec![cfg.char_fd.as_raw_fd()];
+        if let Some(fd) = cfg.target.backend_fd() {
+            files.push(fd);
+        }
+        ring.submitter()
+            .register_files(&files)
+            .map_err(|e| Error::io("register files with the queue ring", e))?;
+        Ok(Self {
+            ioctl_encode: cfg.dev_flags & UBLK_F_CMD_IOCTL_ENCODE != 0,
+            need_get_data: cfg.dev_flags & UBLK_F_NEED_GET_DATA != 0,
+            served: vec![0; depth],
+            delayed_res: vec![0; depth],
+            delay_ts: vec![types::Timespec::new(); depth],
+            cur_op: vec![0; depth],
+            committed: Vec::with_capacity(depth),
+            live_tags: 0,
+            total_served: 0,
+            cfg,
+            ring,
+            descs,
+            bufs,
+        })
+    }
+
+    fn slot(&self, tag: u16) -> Option<&TagSlotAtomic> {
+        self.cfg.tagstate.as_ref()?.slot(self.cfg.q_id, tag)
+    }
+
+    fn buf_addr(&self, tag: u16) -> u64 {
+        self.bufs.ptr.as_ptr() as u64 + u64::from(tag) * u64::from(self.cfg.buf_bytes)
+    }
+
+    /// Queue an SQE, flushing the SQ to the kernel when it is full.
+    fn push(&mut self, sqe: &squeue::Entry) -> Result<()> {
+        loop {
+            // SAFETY: every SQE we build points only at memory owned by self (tag buffers,
+            // delay timespecs) that lives until the ring is dropped.
+            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+                return Ok(());
+            }
+            self.ring
+                .submit()
+                .map_err(|e| Error::io(format!("queue {} submit", self.cfg.q_id), e))?;
+        }
+    }
+
+    fn send_io_cmd(&mut self, nr: u32, tag: u16, result: i32) -> Result<()> {
+        let cmd = ublksrv_io_cmd {
+            q_id: self.cfg.q_id,
+            tag,
+            result,
+            addr: self.buf_addr(tag),
+        };
+        let sqe = io_cmd_sqe(nr, self.ioctl_encode, &cmd);
+        self.push(&sqe)
+    }
+
+    /// The io descriptor of `tag`, read from the shared mapping the kernel writes.
+    fn read_desc(&self, tag: u16) -> ublksrv_io_desc {
+        // bad-desc fault: the classic wrong stride (sizeof(ublksrv_io_cmd) = 16 instead of 24).
+        let stride = if self.cfg.faults.bad_desc {
+            16
+        } else {
+            std::mem::size_of::<ublksrv_io_desc>()
+        };
+        let off = usize::from(tag) * stride;
+        debug_assert!(off + 24 <= self.descs.len);
+        // SAFETY: tag < depth, so off + 24 <= depth * 24 <= the mapped length; the mapping is
+        // page aligned and off is a multiple of 8, the struct's alignment. The kernel writes
+        // the descriptor before posting the CQE we just reaped, so a volatile read sees it.
+        unsafe {
+            std::ptr::read_volatile(self.descs.ptr.as_ptr().add(off).cast::<ublksrv_io_desc>())
+        }
+    }
+
+    fn pin_cpus(&self) {
+        if self.cfg.cpus.is_empty() {
+            return;
+        }
+        // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity only touch the local.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &c in &self.cfg.cpus {
+                libc::CPU_SET(c, &mut set);
+            }
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                log::debug!(
+                    "queue {}: could not pin to CPUs {:?}",
+                    self.cfg.q_id,
+                    self.cfg.cpus
+                );
+            }
+        }
+    }
+
+    /// Run until main sets `stop` or every tag is aborted by the kernel.
+    pub fn run(mut self) -> Result<()> {
+        self.pin_cpus();
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let stop_poll =
+            opcode::PollAdd::new(types::Fd(self.cfg.stop_fd.as_raw_fd()), libc::POLLIN as u32)
+                .build()
+                .user_data(user_data(Kind::Stop as u8, 0, 0));
+        self.push(&stop_poll)?;
+        self.fetch_all(tid)?;
+        let result = self.serve();
+        for tag in 0..self.cfg.depth {
+            if let Some(s) = self.slot(tag) {
+                s.set_state(SlotState::Stopped);
+            }
+        }
+        self.cfg.shared.exited.store(true, Ordering::Release);
+        result
+    }
+
+    fn fetch_all(&mut self, tid: u32) -> Result<()> {
+        for tag in 0..self.cfg.depth {
+            if let Some(s) = self.slot(tag) {
+                s.tid.store(tid, Ordering::Relaxed);
+            }
+            if self.cfg.faults.skips_fetch(tag) {
+                if let Some(s) = self.slot(tag) {
+                    s.fault
+                        .store(FaultKind::SkipFetch as u32, Ordering::Relaxed);
+                }
+                continue;
+            }
+            self.send_io_cmd(UBLK_IO_FETCH_REQ, tag, 0)?;
+            if let Some(s) = self.slot(tag) {
+                s.set_waiting();
+            }
+            self.live_tags += 1;
+            self.cfg.shared.fetch_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ring
+            .submit()
+            .map_err(|e| Error::io(format!("queue {}: submit FETCH_REQ", self.cfg.q_id), e))?;
+        self.cfg
+            .shared
+            .fetch_submitted
+            .store(true, Ordering::Release);
+        log::debug!(
+            "queue {}: {} FETCH_REQ submitted",
+            self.cfg.q_id,
+            self.live_tags
+        );
+        Ok(())
+    }
+
+    fn serve(&mut self) -> Result<()> {
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("queue {} io_uring_enter", self.cfg.q_id),
+                        e,
+                    ));
+                }
+            }
+            // The commits queued in the last pass are now in the kernel: those tags wait again.
+            for i in 0..self.committed.len() {
+                let tag = self.committed[i];
+                if let Some(s) = self.slot(tag) {
+                    s.set_waiting();
+                }
+            }
+            self.committed.clear();
+            loop {
+                let Some(cqe) = self.ring.completion().next() else {
+                    break;
+                };
+                let (kind, nr, tag) = decode_user_data(cqe.user_data());
+                match kind {
+                    Some(Kind::Ublk) => self.on_ublk_cqe(nr, tag, cqe.result())?,
+                    Some(Kind::Target) => self.finish(tag, cqe.result())?,
+                    Some(Kind::Delay) => {
+                        let res = self
+                            .delayed_res
+                            .get(usize::from(tag))
+                            .copied()
+                            .unwrap_or(-libc::EIO);
+                        self.commit(tag, res)?;
+                    }
+                    Some(Kind::Stop) | None => {}
+                }
+            }
+            if self.cfg.shared.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if self.live_tags == 0 {
+                log::info!(
+                    "queue {}: every tag was aborted by the kernel",
+                    self.cfg.q_id
+                );
+                return Ok(());
+            }
+        }
+    }
+
+    fn on_ublk_cqe(&mut self, nr: u32, tag: u16, res: i32) -> Result<()> {
+        if tag >= self.cfg.depth {
+            log::warn!("queue {}: completion for tag {tag} >= depth", self.cfg.q_id);
+            return Ok(());
+        }
+        match res {
+            UBLK_IO_RES_OK => self.on_request(tag),
+            UBLK_IO_RES_NEED_GET_DATA if self.need_get_data => {
+                self.send_io_cmd(UBLK_IO_NEED_GET_DATA, tag, 0)
+            }
+            UBLK_IO_RES_ABORT => {
+                self.end_tag(tag);
+                Ok(())
+            }
+            err => {
+                log::warn!(
+                    "queue {} tag {tag}: {} failed: {}",
+                    self.cfg.q_id,
+                    io_cmd_name(nr),
+                    std::io::Error::from_raw_os_error(-err)
+                );
+                self.end_tag(tag);
+                Ok(())
+            }
+        }
+    }
+
+    fn end_tag(&mut self, tag: u16) {
+        self.live_tags = self.live_tags.saturating_sub(1);
+        if let Some(s) = self.slot(tag) {
+            s.set_state(SlotState::Stopped);
+        }
+    }
+
+    fn on_request(&mut self, tag: u16) -> Result<()> {
+        let iod = self.read_desc(tag);
+        let t = usize::from(tag);
+        self.cur_op[t] = iod.op();
+        if let Some(s) = self.slot(tag) {
+            s.set_received(u32::from(iod.op()), iod.start_sector, iod.nr_sectors);
+        }
+        let served = self.served[t];
+        self.served[t] += 1;
+        self.total_served += 1;
+        self.check_process_faults()?;
+        if self.cfg.faults.hangs(tag, served) {
+            log::info!(
+                "queue {} tag {tag}: injected hang, never committing",
+                self.cfg.q_id
+            );
+            if let Some(s) = self.slot(tag) {
+                s.fault.store(FaultKind::Hang as u32, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        let bytes = u64::from(iod.nr_sectors) << 9;
+        let has_data = matches!(iod.op(), UBLK_IO_OP_READ | UBLK_IO_OP_WRITE);
+        if has_data && bytes > u64::from(self.cfg.buf_bytes) {
+            log::warn!(
+                "queue {} tag {tag}: {} of {bytes} bytes exceeds the {}-byte buffer",
+                self.cfg.q_id,
+                io_op_name(iod.op_flags),
+                self.cfg.buf_bytes
+            );
+            return self.finish(tag, -libc::EINVAL);
+        }
+        let data_len = if has_data { bytes as usize } else { 0 };
+        // SAFETY: the tag's buffer is [buf_addr, buf_addr + buf_bytes) inside `bufs`, and
+        // data_len <= buf_bytes; only this thread touches it while the tag is in the server.
+        let buf =
+            unsafe { std::slice::from_raw_parts_mut(self.buf_addr(tag) as *mut u8, data_len) };
+        let mut req = IoReq {
+            tag,
+            op: iod.op(),
+            flags: iod.op_flags & !0xff,
+            start_sector: iod.start_sector,
+            nr_sectors: iod.nr_sectors,
+            buf,
+        };
+        match self.cfg.target.handle(&mut req) {
+            Outcome::Done(res) => self.finish(tag, res),
+            Outcome::Backend(sqe) => {
+                let sqe = sqe.user_data(user_data(Kind::Target as u8, 0, tag));
+                self.push(&sqe)
+            }
+        }
+    }
+
+    /// stall-queue and crash: faults that stop the whole queue or process.
+    fn check_process_faults(&mut self) -> Result<()> {
+        if let Some(after) = self.cfg.faults.crash_after {
+            let n = self.cfg.crash_counter.fetch_add(1, Ordering::Relaxed) + 1;
+            if n > after {
+                log::error!("injected crash after {after} requests");
+                std::process::abort();
+            }
+        }
+        if let Some(after) = self.cfg.faults.stall_after
+            && self.total_served > after
+        {
+            log::info!(
+                "queue {}: injected stall, no longer entering io_uring",
+                self.cfg.q_id
+            );
+            for tag in 0..self.cfg.depth {
+                if let Some(s) = self.slot(tag) {
+                    s.fault
+                        .store(FaultKind::StallQueue as u32, Ordering::Relaxed);
+                }
+            }
+            while !self.cfg.shared.stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// The request's result is known: apply result faults and delays, then commit.
+    fn finish(&mut self, tag: u16, res: i32) -> Result<()> {
+        let t = usize::from(tag);
+        let Some(&op) = self.cur_op.get(t) else {
+            return Ok(());
+        };
+        let mut res = res;
+        if let Some((r, kind)) = self.cfg.faults.rewrite_result(op, res) {
+            res = r;
+            if let Some(s) = self.slot(tag) {
+                s.fault.store(kind as u32, Ordering::Relaxed);
+            }
+        }
+        if let Some(ms) = self.cfg.faults.delay_ms() {
+            self.delayed_res[t] = res;
+            self.delay_ts[t] = types::Timespec::from(Duration::from_millis(u64::from(ms)));
+            if let Some(s) = self.slot(tag) {
+                s.fault.store(FaultKind::Delay as u32, Ordering::Relaxed);
+            }
+            let ts: *const types::Timespec = &self.delay_ts[t];
+            let sqe =
+                opcode::Timeout::new(ts)
+                    .build()
+                    .user_data(user_data(Kind::Delay as u8, 0, tag));
+            return self.push(&sqe);
+        }
+        self.commit(tag, res)
+    }
+
+    fn commit(&mut self, tag: u16, res: i32) -> Result<()> {
+        self.send_io_cmd(UBLK_IO_COMMIT_AND_FETCH_REQ, tag, res)?;
+        if let Some(s) = self.slot(tag) {
+            s.set_committed(res);
+        }
+        self.committed.push(tag);
+        self.cfg.shared.served.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips_and_matches_libublk_layout() {
+        let ud = user_data(Kind::Ublk as u8, UBLK_IO_COMMIT_AND_FETCH_REQ, 5);
+        // fdinfo shows 0x210005 for "COMMIT_AND_FETCH of tag 5", as with libublk servers.
+        assert_eq!(ud, 0x21_0005);
+        assert_eq!(decode_user_data(ud), (Some(Kind::Ublk), 0x21, 5));
+        let ud = user_data(Kind::Delay as u8, 0, 4095);
+        assert_eq!(decode_user_data(ud), (Some(Kind::Delay), 0, 4095));
+        assert_eq!(decode_user_data(9 << 32).0, None);
+    }
+
+    #[test]
+    fn io_cmd_sqe_carries_cmd_and_encoding() {
+        assert_eq!(std::mem::size_of::<squeue::Entry>(), 64);
+        let cmd = ublksrv_io_cmd {
+            q_id: 1,
+            tag: 2,
+            result: 4096,
+            addr: 0x1000,
+        };
+        for (encode, want_op) in [(true, 0xc010_7521u32), (false, 0x21)] {
+            let sqe = io_cmd_sqe(UBLK_IO_COMMIT_AND_FETCH_REQ, encode, &cmd);
+            // SAFETY: squeue::Entry is a transparent wrapper of the 64-byte io_uring_sqe
+            // (size asserted above); reading it as bytes is sound.
+            let raw: [u8; 64] = unsafe { std::mem::transmute(sqe) };
+            assert_eq!(raw[0], 46, "IORING_OP_URING_CMD");
+            assert_eq!(raw[1] & 1, 1, "IOSQE_FIXED_FILE: slot 0 is /dev/ublkcN");
+            assert_eq!(&raw[4..8], &0i32.to_le_bytes(), "fixed file index 0");
+            assert_eq!(&raw[8..12], &want_op.to_le_bytes(), "cmd_op");
+            assert_eq!(&raw[32..40], &0x21_0002u64.to_le_bytes(), "user_data");
+            assert_eq!(
+                &raw[48..64],
+                &cmd.to_bytes(),
+                "ublksrv_io_cmd in the cmd area"
+            );
+        }
+    }
+}
