@@ -14,7 +14,9 @@
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{kprobe, kretprobe, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
@@ -283,7 +285,11 @@ pub fn queue_rqs(ctx: ProbeContext) -> u32 {
     let o = OFFSETS.load();
     let list: u64 = ctx.arg(0).unwrap_or(0);
     // Before 6.13 the argument was a `struct request **`: the head is at offset 0.
-    let head_off = if o.rq_list_head == NO_OFFSET { 0 } else { o.rq_list_head };
+    let head_off = if o.rq_list_head == NO_OFFSET {
+        0
+    } else {
+        o.rq_list_head
+    };
     let mut rq: u64 = rd(list, head_off).unwrap_or(0);
     for _ in 0..MAX_RQ_LIST {
         if rq == 0 {
@@ -399,7 +405,12 @@ pub fn blk_issue(ctx: RawTracePointContext) -> i32 {
 pub fn blk_complete(ctx: RawTracePointContext) -> i32 {
     let error: u64 = ctx.arg(1);
     let nr_bytes: u64 = ctx.arg(2);
-    block_event(KIND_BLOCK_COMPLETE, ctx.arg(0), error as u8, Some(nr_bytes as u32));
+    block_event(
+        KIND_BLOCK_COMPLETE,
+        ctx.arg(0),
+        error as u8,
+        Some(nr_bytes as u32),
+    );
     0
 }
 

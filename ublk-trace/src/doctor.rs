@@ -1,1 +1,494 @@
-//! Environment checks, each with the fix named.
+//! Environment checks, each with the fix named. `ublk-trace doctor` prints them; `--json`
+//! gives the same [`Report`] as JSON (the guest test reads it).
+//!
+//! Checks never fail hard: every probe of the system is read-only and bounded (the one
+//! kernel query, GET_FEATURES, has a deadline), and a missing piece is a finding.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::kernel::facts::Facts;
+use crate::kernel::kallsyms::Resolved;
+use crate::kernel::offsets::Entry;
+use crate::kernel::{ctrl, tracefs};
+
+pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+pub const LOCKDOWN_PATH: &str = "/sys/kernel/security/lockdown";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    /// Works, with a limitation.
+    Warn,
+    /// Tracing ublk cannot work until this is fixed.
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Stable key (`kprobes`, `ublk_drv`, ...).
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+    /// What to run or change; empty when nothing is needed.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub fix: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub checks: Vec<Check>,
+    /// Each probe concept: the real function names on this kernel, and candidates not found.
+    pub functions: Vec<Resolved>,
+    /// BTF offsets handed to the eBPF programs.
+    pub offsets: Vec<Entry>,
+    /// GET_FEATURES decoded (`UBLK_F_*` names), when answered.
+    pub features: Vec<String>,
+}
+
+impl Report {
+    pub fn failures(&self) -> usize {
+        self.checks
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .count()
+    }
+}
+
+fn check(
+    name: &'static str,
+    status: Status,
+    detail: impl Into<String>,
+    fix: impl Into<String>,
+) -> Check {
+    Check {
+        name,
+        status,
+        detail: detail.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Run every check.
+pub fn run() -> Report {
+    let facts = Facts::gather();
+    let mut checks = vec![
+        check("kernel", Status::Ok, facts.release.clone(), ""),
+        check_privileges(),
+        check_lockdown(),
+        check_ublk_loaded(&facts),
+        check_control_node(),
+    ];
+    let (features_check, features) = check_features();
+    checks.push(features_check);
+    checks.push(check_kprobes());
+    checks.extend(check_btf(&facts));
+    checks.extend(check_mounts());
+    checks.push(check_functions(&facts));
+    let offsets = match &facts.offsets {
+        Ok(r) => {
+            let missing = r.missing_required();
+            checks.push(if missing.is_empty() {
+                check("offsets", Status::Ok, format!("{} of {} offsets known (BTF or UAPI header)", r.entries.iter().filter(|e| e.value.is_some()).count(), r.entries.len()), "")
+            } else {
+                check(
+                    "offsets",
+                    Status::Fail,
+                    format!("not in BTF: {}", missing.join(", ")),
+                    "this kernel's layout is not supported yet; report it with 'ublk-trace doctor --json'",
+                )
+            });
+            r.entries.clone()
+        }
+        Err(e) => {
+            checks.push(check(
+                "offsets",
+                Status::Fail,
+                e.to_string(),
+                "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+            ));
+            Vec::new()
+        }
+    };
+    Report {
+        kernel: facts.release.clone(),
+        checks,
+        functions: facts.concepts.clone(),
+        offsets,
+        features,
+    }
+}
+
+/// Effective capability bits from /proc/self/status.
+fn cap_eff() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn check_privileges() -> Check {
+    let Some(caps) = cap_eff() else {
+        return check(
+            "privileges",
+            Status::Warn,
+            "cannot read CapEff from /proc/self/status",
+            "run as root",
+        );
+    };
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    let missing: Vec<&str> = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ]
+    .iter()
+    .filter(|(c, _)| !has(*c))
+    .map(|(_, n)| *n)
+    .collect();
+    if missing.is_empty() {
+        check(
+            "privileges",
+            Status::Ok,
+            "CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (GET_DEV_INFO of privileged devices) held",
+            "",
+        )
+    } else {
+        check(
+            "privileges",
+            Status::Fail,
+            format!("missing {}", missing.join(", ")),
+            "run as root (sudo ublk-trace ...)",
+        )
+    }
+}
+
+fn check_lockdown() -> Check {
+    match std::fs::read_to_string(LOCKDOWN_PATH) {
+        // "none [integrity] confidentiality": the bracketed one is active.
+        Ok(s) if s.contains("[confidentiality]") => check(
+            "lockdown",
+            Status::Fail,
+            "kernel lockdown=confidentiality: eBPF may not read kernel memory",
+            "boot with lockdown=none or integrity (e.g. disable Secure Boot lockdown)",
+        ),
+        Ok(s) if s.contains("[integrity]") => check(
+            "lockdown",
+            Status::Warn,
+            "kernel lockdown=integrity (kprobes still work)",
+            "",
+        ),
+        Ok(_) => check("lockdown", Status::Ok, "no kernel lockdown", ""),
+        Err(_) => check(
+            "lockdown",
+            Status::Ok,
+            format!("{LOCKDOWN_PATH} absent: no lockdown LSM"),
+            "",
+        ),
+    }
+}
+
+fn check_ublk_loaded(f: &Facts) -> Check {
+    if f.ublk_loaded || Path::new("/sys/module/ublk_drv").exists() {
+        check("ublk_drv", Status::Ok, "ublk_drv is loaded", "")
+    } else {
+        check(
+            "ublk_drv",
+            Status::Fail,
+            "ublk_drv is not loaded (or this kernel lacks CONFIG_BLK_DEV_UBLK)",
+            "run 'modprobe ublk_drv'",
+        )
+    }
+}
+
+fn check_control_node() -> Check {
+    if Path::new(ctrl::CONTROL_PATH).exists() {
+        check(
+            "ublk_control",
+            Status::Ok,
+            format!("{} present", ctrl::CONTROL_PATH),
+            "",
+        )
+    } else {
+        check(
+            "ublk_control",
+            Status::Fail,
+            format!("{} missing", ctrl::CONTROL_PATH),
+            "run 'modprobe ublk_drv' (and check that devtmpfs is mounted on /dev)",
+        )
+    }
+}
+
+fn check_features() -> (Check, Vec<String>) {
+    if !Path::new(ctrl::CONTROL_PATH).exists() {
+        return (
+            check(
+                "features",
+                Status::Fail,
+                "GET_FEATURES not sent: no ublk-control",
+                "run 'modprobe ublk_drv'",
+            ),
+            Vec::new(),
+        );
+    }
+    match ctrl::get_features(Duration::from_secs(2)) {
+        Ok(bits) => {
+            let names: Vec<String> = ublk_abi::feature_names(bits).map(str::to_string).collect();
+            let unknown = ublk_abi::unknown_features(bits);
+            let mut detail = format!("0x{bits:x}: {}", names.join(" "));
+            if unknown != 0 {
+                detail.push_str(&format!(" (+ unknown bits 0x{unknown:x})"));
+            }
+            let status = if bits & ublk_abi::UBLK_F_BATCH_IO != 0 {
+                detail.push_str("; devices using BATCH_IO have no per-tag view in ublk-trace");
+                Status::Warn
+            } else {
+                Status::Ok
+            };
+            (check("features", status, detail, ""), names)
+        }
+        Err(e) => (
+            check("features", Status::Fail, e.to_string(), ""),
+            Vec::new(),
+        ),
+    }
+}
+
+fn check_kprobes() -> Check {
+    if Path::new(KPROBE_PMU).exists() {
+        check("kprobes", Status::Ok, format!("{KPROBE_PMU} present"), "")
+    } else {
+        check(
+            "kprobes",
+            Status::Fail,
+            format!("no kprobes: {KPROBE_PMU} missing (kernel built without CONFIG_KPROBES)"),
+            "use a kernel with CONFIG_KPROBES=y, e.g. 'cargo xtask guest run -- ublk-trace doctor'",
+        )
+    }
+}
+
+fn check_btf(f: &Facts) -> Vec<Check> {
+    let vmlinux = match &f.offsets {
+        Ok(_) => check(
+            "btf_vmlinux",
+            Status::Ok,
+            "/sys/kernel/btf/vmlinux readable",
+            "",
+        ),
+        Err(e) => check(
+            "btf_vmlinux",
+            Status::Fail,
+            e.to_string(),
+            "use a kernel with CONFIG_DEBUG_INFO_BTF=y",
+        ),
+    };
+    let module = if f.module_btf {
+        check(
+            "btf_ublk_drv",
+            Status::Ok,
+            "/sys/kernel/btf/ublk_drv readable",
+            "",
+        )
+    } else if f.ublk_loaded {
+        check(
+            "btf_ublk_drv",
+            Status::Warn,
+            "ublk_drv has no BTF: device ids in events are unknown, UAPI offsets from the header",
+            "use a kernel with CONFIG_DEBUG_INFO_BTF_MODULES=y",
+        )
+    } else {
+        check(
+            "btf_ublk_drv",
+            Status::Fail,
+            "no module BTF: ublk_drv not loaded",
+            "run 'modprobe ublk_drv'",
+        )
+    };
+    vec![vmlinux, module]
+}
+
+/// Filesystem types mounted anywhere, from /proc/mounts.
+fn mounted_types() -> Vec<String> {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+        .collect()
+}
+
+fn check_mounts() -> Vec<Check> {
+    let types = mounted_types();
+    let tracefs = match tracefs::find_tracefs() {
+        Some(p) => {
+            let missing: Vec<&str> = tracefs::BLOCK_TRACEPOINTS
+                .iter()
+                .filter(|tp| tracefs::Format::load(&p, "block", tp).is_err())
+                .copied()
+                .collect();
+            if missing.is_empty() {
+                check(
+                    "tracefs",
+                    Status::Ok,
+                    format!("{} mounted; block tracepoints present", p.display()),
+                    "",
+                )
+            } else {
+                check(
+                    "tracefs",
+                    Status::Warn,
+                    format!("block tracepoints missing: {}", missing.join(", ")),
+                    "",
+                )
+            }
+        }
+        None if types.iter().any(|t| t == "tracefs") => check(
+            "tracefs",
+            Status::Warn,
+            "tracefs mounted in an unusual place",
+            tracefs::MOUNT_HINT,
+        ),
+        None => check(
+            "tracefs",
+            Status::Warn,
+            "tracefs not mounted (raw tracepoints still work; format files unavailable)",
+            tracefs::MOUNT_HINT,
+        ),
+    };
+    let debugfs = if types.iter().any(|t| t == "debugfs") {
+        check(
+            "debugfs",
+            Status::Ok,
+            "debugfs mounted (blk-mq state for attach-late snapshots)",
+            "",
+        )
+    } else {
+        check(
+            "debugfs",
+            Status::Warn,
+            "debugfs not mounted: no blk-mq busy/tags snapshots",
+            "mount -t debugfs nodev /sys/kernel/debug",
+        )
+    };
+    vec![tracefs, debugfs]
+}
+
+fn check_functions(f: &Facts) -> Check {
+    let missing: Vec<&str> = f
+        .concepts
+        .iter()
+        .filter(|c| c.required && c.found.is_empty())
+        .map(|c| c.key)
+        .collect();
+    let found = f.concepts.iter().filter(|c| !c.found.is_empty()).count();
+    if missing.is_empty() {
+        check(
+            "functions",
+            Status::Ok,
+            format!("{found} of {} probe concepts resolved", f.concepts.len()),
+            "",
+        )
+    } else if !f.ublk_loaded {
+        check(
+            "functions",
+            Status::Fail,
+            "no ublk functions in /proc/kallsyms",
+            "run 'modprobe ublk_drv'",
+        )
+    } else {
+        check(
+            "functions",
+            Status::Fail,
+            format!("required functions not found: {}", missing.join(", ")),
+            "this kernel renamed them; report 'ublk-trace doctor --json'",
+        )
+    }
+}
+
+/// Human-readable report.
+pub fn render_text(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for c in &r.checks {
+        let tag = match c.status {
+            Status::Ok => " OK ",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        };
+        let _ = writeln!(s, "[{tag}] {:<13} {}", c.name, c.detail);
+        if !c.fix.is_empty() && c.status != Status::Ok {
+            let _ = writeln!(s, "       {:<13} fix: {}", "", c.fix);
+        }
+    }
+    let _ = writeln!(s, "\nublk functions on this kernel:");
+    for f in &r.functions {
+        let found = if f.found.is_empty() {
+            "-".to_string()
+        } else {
+            f.found
+                .iter()
+                .map(|x| {
+                    format!(
+                        "{} @0x{:x} [{}]",
+                        x.name,
+                        x.addr,
+                        x.module.as_deref().unwrap_or("vmlinux")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let req = if f.required { "required" } else { "optional" };
+        let _ = writeln!(s, "  {:<13} {req:<8} {found}", f.key);
+        if !f.missing.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {:<13} {:<8} not found: {}",
+                "",
+                "",
+                f.missing.join(", ")
+            );
+        }
+    }
+    let _ = writeln!(s, "\n{} failed check(s)", r.failures());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On this project's host (no ublk, no kprobes) doctor must say so with the fix, not panic.
+    #[test]
+    fn host_without_ublk_or_kprobes_names_the_fixes() {
+        let r = run();
+        let get = |n: &str| {
+            r.checks
+                .iter()
+                .find(|c| c.name == n)
+                .expect("check present")
+        };
+        if !Path::new(KPROBE_PMU).exists() {
+            let k = get("kprobes");
+            assert_eq!(k.status, Status::Fail);
+            assert!(k.fix.contains("CONFIG_KPROBES"), "{k:?}");
+        }
+        if !Path::new("/sys/module/ublk_drv").exists() {
+            let u = get("ublk_drv");
+            assert_eq!(u.status, Status::Fail);
+            assert!(u.fix.contains("modprobe ublk_drv"), "{u:?}");
+            assert_eq!(get("functions").status, Status::Fail);
+        }
+        let text = render_text(&r);
+        assert!(text.contains("ublk functions on this kernel"), "{text}");
+        assert!(text.contains("ctrl_handler"), "{text}");
+        let json = serde_json::to_string(&r).expect("report serializes");
+        assert!(json.contains("\"checks\""));
+    }
+}

@@ -1,9 +1,31 @@
-//! `ublk-trace doctor`.
+//! `ublk-trace doctor`: what this machine can trace, and the fix for what it cannot.
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct DoctorArgs {}
+use anyhow::Context;
 
-pub fn run(_args: DoctorArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`ublk-trace doctor` is not built yet")
+use crate::doctor;
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when any check fails (default: report only, exit 0).
+    #[arg(long)]
+    pub strict: bool,
+}
+
+pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let report = doctor::run();
+    if args.json {
+        let s = serde_json::to_string_pretty(&report).context("serialize the doctor report")?;
+        println!("{s}");
+    } else {
+        print!("{}", doctor::render_text(&report));
+    }
+    Ok(if args.strict && report.failures() > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -1,4 +1,30 @@
 //! Load the eBPF programs, attach them, and turn ring-buffer records into typed events.
+//!
+//! API (used by `record`, `watch`, `diagnose`):
+//! ```no_run
+//! use std::time::Duration;
+//! use ublk_trace::probe::{Tracer, TracerConfig};
+//! let mut tracer = Tracer::start(&TracerConfig { dev_filter: Some(0), ..Default::default() })?;
+//! for p in tracer.attached().iter().filter(|p| !p.attached) {
+//!     eprintln!("not attached: {} on {}: {}", p.program, p.target, p.error);
+//! }
+//! let mut events = Vec::new();
+//! tracer.poll(Duration::from_millis(100), &mut events)?; // appends TraceEvents
+//! let dropped = tracer.lost_events();                      // ring buffer full, counted in eBPF
+//! tracer.set_streaming(false)?;                            // control commands only
+//! # Ok::<(), ublk_trace::probe::ProbeError>(())
+//! ```
+//! - `start` gathers kernel facts (kallsyms names, BTF offsets), loads the object with the
+//!   offsets as a global and attaches what exists; missing optional probes are listed in
+//!   `attached()` with the reason, never an error. It fails only when BPF cannot load
+//!   (not root) or vmlinux BTF is missing.
+//! - `poll` blocks at most `timeout` (no async runtime), drains the ring buffer, and appends
+//!   a `Lost { count }` event where drops happened.
+//! - Events are system-wide (filtered by `dev_filter` for per-I/O events); control commands
+//!   are always reported, also with streaming off.
+pub mod decode;
 pub mod status;
+pub mod tracer;
 
 pub use status::ProbeStatus;
+pub use tracer::{Counters, ProbeError, Tracer, TracerConfig, monotonic_ns};

@@ -1,0 +1,566 @@
+//! Load the eBPF object, set its globals, attach what this kernel has, read the ring buffer.
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::programs::{KProbe, RawTracePoint};
+use aya::{Ebpf, EbpfLoader};
+use ublk_trace_common::event::*;
+use ublk_trace_common::offsets::{NO_OFFSET, Offsets};
+
+use super::decode::Decoder;
+use super::status::ProbeStatus;
+use crate::event::{EventKind, TraceEvent};
+use crate::kernel::facts::Facts;
+use crate::kernel::kallsyms::Resolved;
+
+/// The eBPF object built by build.rs (aya-build) from `ublk-trace-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ublk-trace"));
+
+#[derive(Debug, Clone)]
+pub struct TracerConfig {
+    /// Per-I/O events for this device only (control commands are always reported).
+    pub dev_filter: Option<u32>,
+    /// Stream per-I/O events (FETCH/COMMIT, queue_rq, delivery, block). Off = control only.
+    pub stream: bool,
+    /// Attach the ublk kprobes (needs ublk_drv and kprobes).
+    pub kprobes: bool,
+    /// Attach the block raw tracepoints.
+    pub block: bool,
+    /// Block tracepoints report every disk, not only `ublkb*` (tests on hosts without ublk).
+    pub all_disks: bool,
+}
+
+impl Default for TracerConfig {
+    fn default() -> Self {
+        Self {
+            dev_filter: None,
+            stream: true,
+            kprobes: true,
+            block: true,
+            all_disks: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("vmlinux BTF is needed to find kernel structure offsets: {0}")]
+    Btf(#[from] crate::kernel::btf::BtfError),
+    #[error(
+        "kernel structure offsets missing from BTF: {0:?}; this kernel is not supported yet, please report it with 'ublk-trace doctor --json'"
+    )]
+    Offsets(Vec<String>),
+    #[error(
+        "load the eBPF programs: {0}; run as root (CAP_BPF + CAP_PERFMON) and check 'ublk-trace doctor'"
+    )]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF object has no {0}; rebuild ublk-trace")]
+    Missing(&'static str),
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("poll the ring buffer: {0}")]
+    Poll(#[source] std::io::Error),
+}
+
+#[derive(Clone, Copy)]
+enum Attach {
+    Kprobe,
+    Kretprobe,
+    RawTp,
+}
+
+/// One program and what it attaches to: a kallsyms concept or a tracepoint.
+struct Plan {
+    program: &'static str,
+    how: Attach,
+    target: &'static str,
+    required: bool,
+}
+
+const PLANS: &[Plan] = &[
+    Plan {
+        program: "ctrl_enter",
+        how: Attach::Kprobe,
+        target: "ctrl_handler",
+        required: true,
+    },
+    Plan {
+        program: "ctrl_exit",
+        how: Attach::Kretprobe,
+        target: "ctrl_handler",
+        required: true,
+    },
+    Plan {
+        program: "io_enter",
+        how: Attach::Kprobe,
+        target: "io_handler",
+        required: true,
+    },
+    Plan {
+        program: "io_exit",
+        how: Attach::Kretprobe,
+        target: "io_handler",
+        required: true,
+    },
+    Plan {
+        program: "queue_rq",
+        how: Attach::Kprobe,
+        target: "queue_rq",
+        required: true,
+    },
+    Plan {
+        program: "queue_rqs",
+        how: Attach::Kprobe,
+        target: "queue_rqs",
+        required: false,
+    },
+    Plan {
+        program: "dispatch_req",
+        how: Attach::Kprobe,
+        target: "dispatch_req",
+        required: false,
+    },
+    Plan {
+        program: "rq_task_work",
+        how: Attach::Kprobe,
+        target: "task_work",
+        required: false,
+    },
+    Plan {
+        program: "blk_insert",
+        how: Attach::RawTp,
+        target: "block_rq_insert",
+        required: false,
+    },
+    Plan {
+        program: "blk_issue",
+        how: Attach::RawTp,
+        target: "block_rq_issue",
+        required: true,
+    },
+    Plan {
+        program: "blk_complete",
+        how: Attach::RawTp,
+        target: "block_rq_complete",
+        required: true,
+    },
+    Plan {
+        program: "blk_requeue",
+        how: Attach::RawTp,
+        target: "block_rq_requeue",
+        required: false,
+    },
+];
+
+/// Where the kprobes go: the resolved kallsyms concepts.
+struct Targets<'a> {
+    concepts: &'a [Resolved],
+    ublk_loaded: bool,
+}
+
+impl Targets<'_> {
+    fn concept(&self, key: &str) -> Option<&Resolved> {
+        self.concepts.iter().find(|c| c.key == key)
+    }
+}
+
+/// Totals of the eBPF-side counters (summed over CPUs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub dropped: u64,
+    pub unpaired: u64,
+    pub rq_list_truncated: u64,
+    pub read_failed: u64,
+}
+
+/// A running tracer. Dropping it detaches every program.
+pub struct Tracer {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    decoder: Decoder,
+    attached: Vec<ProbeStatus>,
+    /// Dropped count already reported as a `Lost` event.
+    lost_reported: u64,
+    decode_errors: u64,
+    release: String,
+}
+
+impl Tracer {
+    /// Gather kernel facts, load, set globals, attach. Missing optional probes are
+    /// reported in [`Tracer::attached`], never an error.
+    pub fn start(cfg: &TracerConfig) -> Result<Self, ProbeError> {
+        let facts = Facts::gather();
+        Self::start_with(cfg, facts)
+    }
+
+    pub fn start_with(cfg: &TracerConfig, facts: Facts) -> Result<Self, ProbeError> {
+        let Facts {
+            release,
+            concepts,
+            ublk_loaded,
+            offsets,
+            ..
+        } = facts;
+        let res = offsets?;
+        let missing: Vec<String> = res
+            .missing_required()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // Block-only tracing (no ublk) needs just the request fields.
+        if cfg.kprobes && ublk_loaded && !missing.is_empty() {
+            return Err(ProbeError::Offsets(missing));
+        }
+        raise_memlock_rlimit();
+        let offsets: Offsets = res.offsets;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::Load)?;
+        let targets = Targets {
+            concepts: &concepts,
+            ublk_loaded,
+        };
+        let attached = attach_all(&mut ebpf, cfg, &targets, &offsets);
+        let ring_map = ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(ProbeError::Missing("map EVENTS"))?;
+        let ring = RingBuf::try_from(ring_map).map_err(|source| ProbeError::Map {
+            name: EVENTS_MAP,
+            source,
+        })?;
+        let mut t = Self {
+            ebpf,
+            ring,
+            decoder: Decoder {
+                cancel_flag: offsets.issue_flag_cancel,
+                req_ops: res.req_ops,
+            },
+            attached,
+            lost_reported: 0,
+            decode_errors: 0,
+            release,
+        };
+        t.set_switch(
+            SWITCH_DEV_FILTER,
+            cfg.dev_filter.map_or(0, |d| d.wrapping_add(1)),
+        )?;
+        t.set_switch(SWITCH_ALL_DISKS, cfg.all_disks as u32)?;
+        t.set_streaming(cfg.stream)?;
+        Ok(t)
+    }
+
+    /// What was attached where, and why the rest was not.
+    pub fn attached(&self) -> &[ProbeStatus] {
+        &self.attached
+    }
+
+    /// `uname -r` of the traced kernel.
+    pub fn kernel_release(&self) -> &str {
+        &self.release
+    }
+
+    /// Switch the per-I/O event stream on or off (control commands always flow).
+    pub fn set_streaming(&mut self, on: bool) -> Result<(), ProbeError> {
+        self.set_switch(SWITCH_STREAM, on as u32)
+    }
+
+    fn set_switch(&mut self, idx: u32, value: u32) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(SWITCHES_MAP)
+            .ok_or(ProbeError::Missing("map SWITCHES"))?;
+        let mut arr: Array<_, u32> = Array::try_from(map).map_err(|source| ProbeError::Map {
+            name: SWITCHES_MAP,
+            source,
+        })?;
+        arr.set(idx, value, 0).map_err(|source| ProbeError::Map {
+            name: SWITCHES_MAP,
+            source,
+        })
+    }
+
+    /// The eBPF-side counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, ProbeError> {
+        let map = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or(ProbeError::Missing("map COUNTERS"))?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+                name: COUNTERS_MAP,
+                source,
+            })?;
+        let sum = |i: u32| -> Result<u64, ProbeError> {
+            let v = arr.get(&i, 0).map_err(|source| ProbeError::Map {
+                name: COUNTERS_MAP,
+                source,
+            })?;
+            Ok(v.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+        };
+        Ok(Counters {
+            dropped: sum(COUNTER_DROPPED)?,
+            unpaired: sum(COUNTER_UNPAIRED)?,
+            rq_list_truncated: sum(COUNTER_RQ_LIST_TRUNCATED)?,
+            read_failed: sum(COUNTER_READ_FAILED)?,
+        })
+    }
+
+    /// Events dropped because the ring buffer was full.
+    pub fn lost_events(&self) -> u64 {
+        self.counters().map(|c| c.dropped).unwrap_or(0)
+    }
+
+    /// Records that could not be decoded (version skew); they are skipped.
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    /// Wait up to `timeout` for records, decode all available ones into `out`. A gap
+    /// (new drops since the last call) is appended as an [`EventKind::Lost`] event.
+    pub fn poll(
+        &mut self,
+        timeout: Duration,
+        out: &mut Vec<TraceEvent>,
+    ) -> Result<usize, ProbeError> {
+        let before = out.len();
+        let mut raw = Vec::new();
+        self.poll_raw(timeout, &mut raw)?;
+        for r in &raw {
+            if let Err(e) = self.decoder.decode(r, out) {
+                self.decode_errors += 1;
+                log::debug!("skipping record: {e}");
+            }
+        }
+        let dropped = self.lost_events();
+        if dropped > self.lost_reported {
+            let ts_ns = out.last().map_or_else(monotonic_ns, |e| e.ts_ns);
+            out.push(TraceEvent {
+                ts_ns,
+                pid: 0,
+                tid: 0,
+                comm: String::new(),
+                kind: EventKind::Lost {
+                    count: dropped - self.lost_reported,
+                },
+            });
+            self.lost_reported = dropped;
+        }
+        Ok(out.len() - before)
+    }
+
+    /// Like [`Tracer::poll`] without decoding (tests, custom consumers).
+    pub fn poll_raw(
+        &mut self,
+        timeout: Duration,
+        out: &mut Vec<RawEvent>,
+    ) -> Result<usize, ProbeError> {
+        let before = out.len();
+        self.drain(out);
+        if out.len() == before {
+            wait_readable(self.ring.as_raw_fd(), timeout).map_err(ProbeError::Poll)?;
+            self.drain(out);
+        }
+        Ok(out.len() - before)
+    }
+
+    fn drain(&mut self, out: &mut Vec<RawEvent>) {
+        while let Some(item) = self.ring.next() {
+            match RawEvent::from_le_bytes(&item) {
+                Some(r) => out.push(r),
+                None => self.decode_errors += 1,
+            }
+        }
+    }
+}
+
+fn attach_all(
+    ebpf: &mut Ebpf,
+    cfg: &TracerConfig,
+    facts: &Targets,
+    o: &Offsets,
+) -> Vec<ProbeStatus> {
+    PLANS
+        .iter()
+        .filter(|p| match p.how {
+            Attach::RawTp => cfg.block,
+            _ => cfg.kprobes,
+        })
+        .map(|p| attach_one(ebpf, p, facts, o))
+        .collect()
+}
+
+fn attach_one(ebpf: &mut Ebpf, p: &Plan, facts: &Targets, o: &Offsets) -> ProbeStatus {
+    let mut st = ProbeStatus {
+        program: p.program.to_string(),
+        target: p.target.to_string(),
+        attached: false,
+        required: p.required,
+        error: String::new(),
+    };
+    let result = match p.how {
+        Attach::RawTp => attach_raw_tp(ebpf, p.program, p.target),
+        Attach::Kprobe | Attach::Kretprobe => {
+            let name = facts.concept(p.target).and_then(|c| c.first());
+            match name {
+                None => Err(format!(
+                    "no {} in /proc/kallsyms{}",
+                    p.target,
+                    if facts.ublk_loaded {
+                        " (not in this kernel version)"
+                    } else {
+                        "; run 'modprobe ublk_drv'"
+                    }
+                )),
+                Some(_) if p.program == "dispatch_req" && o.dispatch_req_arg == NO_OFFSET => {
+                    Err("ublk_dispatch_req has no `req` parameter in BTF".to_string())
+                }
+                Some(name) => {
+                    st.target = name.to_string();
+                    attach_kprobe(ebpf, p.program, name)
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => st.attached = true,
+        Err(e) => {
+            if p.required {
+                log::warn!("{} on {}: {e}", p.program, st.target);
+            } else {
+                log::info!("optional {} on {}: {e}", p.program, st.target);
+            }
+            st.error = e;
+        }
+    }
+    st
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, program: &str, func: &str) -> Result<(), String> {
+    let prog: &mut KProbe = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing; rebuild ublk-trace"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| format!("load: {e}"))?;
+    prog.attach(func, 0).map(|_| ()).map_err(|e| {
+        let kprobe_dir = "/sys/bus/event_source/devices/kprobe";
+        if std::path::Path::new(kprobe_dir).exists() {
+            format!("attach: {e}")
+        } else {
+            format!("attach: {e}; this kernel has no kprobes (CONFIG_KPROBES); run in a guest with 'cargo xtask guest run'")
+        }
+    })
+}
+
+fn attach_raw_tp(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), String> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing; rebuild ublk-trace"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| format!("load: {e}"))?;
+    prog.attach(tp)
+        .map(|_| ())
+        .map_err(|e| format!("attach: {e}"))
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (https://lwn.net/Articles/837122/);
+/// newer ones use memcg and ignore it. Raising it is harmless either way.
+fn raise_memlock_rlimit() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid, initialised struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        log::debug!(
+            "setrlimit(RLIMIT_MEMLOCK): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn wait_readable(fd: i32, timeout: Duration) -> std::io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd, count 1.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC now, ns (the clock of bpf_ktime_get_ns).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// Load (verify) every program of the object without attaching anything: the kernel's
+/// verifier checks them here, on any machine with BPF, kprobes or not. Returns the programs
+/// that failed with the verifier's message.
+pub fn verify_programs() -> Result<Vec<(String, String)>, ProbeError> {
+    let facts = Facts::gather();
+    let offsets = facts.offsets?.offsets;
+    raise_memlock_rlimit();
+    let mut ebpf = EbpfLoader::new()
+        .override_global(OFFSETS_GLOBAL, &offsets, true)
+        .load(EBPF_OBJECT)
+        .map_err(ProbeError::Load)?;
+    let mut failed = Vec::new();
+    for (name, prog) in ebpf.programs_mut() {
+        let res = match prog {
+            aya::programs::Program::KProbe(p) => p.load(),
+            aya::programs::Program::RawTracePoint(p) => p.load(),
+            other => {
+                failed.push((
+                    name.to_string(),
+                    format!("unexpected program type {:?}", other.prog_type()),
+                ));
+                continue;
+            }
+        };
+        if let Err(e) = res {
+            failed.push((name.to_string(), format!("{e:?}")));
+        }
+    }
+    Ok(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_passes_the_verifier_on_this_host() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: loading eBPF needs root");
+            return;
+        }
+        let failed = verify_programs().expect("object loads");
+        assert!(failed.is_empty(), "verifier rejected: {failed:#?}");
+    }
+}
