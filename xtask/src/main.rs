@@ -12,6 +12,7 @@ mod guest;
 mod initramfs;
 mod kernel;
 mod qemu;
+mod repro;
 mod setup;
 mod test;
 mod util;
@@ -49,6 +50,21 @@ enum Cmd {
         /// Arguments for `ublk-trace watch` in the guest.
         #[arg(long, default_value = "dev 0")]
         watch: String,
+    },
+    /// Reproduce a classic ublk-server bug in the guest and show what ublk-trace says.
+    Repro {
+        /// Scenario name (see --list).
+        #[arg(required_unless_present = "list")]
+        scenario: Option<String>,
+        /// List the scenarios.
+        #[arg(long)]
+        list: bool,
+        /// Open the TUI on the broken device instead of printing the diagnosis.
+        #[arg(long)]
+        watch: bool,
+        /// Kernel to boot.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
     },
     /// Benchmarks in the guest: ours vs null_blk and rublk, the tracer's cost; table + JSON.
     Bench {
@@ -188,6 +204,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::Repro { list: true, .. } => {
+            repro::list();
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Repro {
+            scenario,
+            watch,
+            kernel,
+            ..
+        } => {
+            let name = scenario.unwrap_or_default();
+            Ok(exit(repro::run(&name, watch, &kernel)?))
         }
         Cmd::Demo { kernel, watch } => Ok(exit(demo::run(&kernel, &watch)?)),
         Cmd::Bench {
