@@ -308,7 +308,8 @@ impl Ctrl {
     pub fn get_queue_affinity(&mut self, dev_id: u32, q_id: u16) -> Result<Vec<usize>> {
         let mut buf = [0u8; 128]; // 1024 CPUs
         let mut cmd = CtrlCmd::new(UBLK_CMD_GET_QUEUE_AFFINITY, dev_id).with_buf(&mut buf);
-        cmd.header.queue_id = q_id;
+        // The kernel takes the queue from data[0], not from queue_id.
+        cmd.header.data[0] = u64::from(q_id);
         self.run(cmd)?;
         Ok((0..buf.len() * 8)
             .filter(|cpu| buf[cpu / 8] & (1 << (cpu % 8)) != 0)

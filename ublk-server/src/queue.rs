@@ -85,6 +85,9 @@ pub struct QueueShared {
     pub served: AtomicU64,
     /// Set when the thread has left its loop.
     pub exited: AtomicBool,
+    /// Request faults act only once this is set (after START_DEV completed), so the
+    /// partition-scan reads that 6.12's START_DEV waits for are served normally.
+    pub armed: AtomicBool,
 }
 
 pub struct QueueConfig {
@@ -155,7 +158,10 @@ pub struct Queue {
     /// Tags whose COMMIT is queued in the SQ but not yet submitted.
     committed: Vec<u16>,
     live_tags: u32,
+    /// Requests served since the faults were armed (for `after=N`).
     total_served: u64,
+    /// Whether request faults apply to the request being handled.
+    faults_armed: bool,
 }
 
 impl Queue {
@@ -205,6 +211,7 @@ impl Queue {
             committed: Vec::with_capacity(depth),
             live_tags: 0,
             total_served: 0,
+            faults_armed: false,
             cfg,
             ring,
             descs,
@@ -248,7 +255,7 @@ impl Queue {
     /// The io descriptor of `tag`, read from the shared mapping the kernel writes.
     fn read_desc(&self, tag: u16) -> ublksrv_io_desc {
         // bad-desc fault: the classic wrong stride (sizeof(ublksrv_io_cmd) = 16 instead of 24).
-        let stride = if self.cfg.faults.bad_desc {
+        let stride = if self.faults_armed && self.cfg.faults.bad_desc {
             16
         } else {
             std::mem::size_of::<ublksrv_io_desc>()
@@ -425,25 +432,29 @@ impl Queue {
     }
 
     fn on_request(&mut self, tag: u16) -> Result<()> {
+        self.faults_armed =
+            !self.cfg.faults.is_empty() && self.cfg.shared.armed.load(Ordering::Relaxed);
         let iod = self.read_desc(tag);
         let t = usize::from(tag);
         self.cur_op[t] = iod.op();
         if let Some(s) = self.slot(tag) {
             s.set_received(u32::from(iod.op()), iod.start_sector, iod.nr_sectors);
         }
-        let served = self.served[t];
-        self.served[t] += 1;
-        self.total_served += 1;
-        self.check_process_faults()?;
-        if self.cfg.faults.hangs(tag, served) {
-            log::info!(
-                "queue {} tag {tag}: injected hang, never committing",
-                self.cfg.q_id
-            );
-            if let Some(s) = self.slot(tag) {
-                s.fault.store(FaultKind::Hang as u32, Ordering::Relaxed);
+        if self.faults_armed {
+            let served = self.served[t];
+            self.served[t] += 1;
+            self.total_served += 1;
+            self.check_process_faults();
+            if self.cfg.faults.hangs(tag, served) {
+                log::info!(
+                    "queue {} tag {tag}: injected hang, never committing",
+                    self.cfg.q_id
+                );
+                if let Some(s) = self.slot(tag) {
+                    s.fault.store(FaultKind::Hang as u32, Ordering::Relaxed);
+                }
+                return Ok(());
             }
-            return Ok(());
         }
         let bytes = u64::from(iod.nr_sectors) << 9;
         let has_data = matches!(iod.op(), UBLK_IO_OP_READ | UBLK_IO_OP_WRITE);
@@ -479,7 +490,7 @@ impl Queue {
     }
 
     /// stall-queue and crash: faults that stop the whole queue or process.
-    fn check_process_faults(&mut self) -> Result<()> {
+    fn check_process_faults(&mut self) {
         if let Some(after) = self.cfg.faults.crash_after {
             let n = self.cfg.crash_counter.fetch_add(1, Ordering::Relaxed) + 1;
             if n > after {
@@ -504,7 +515,6 @@ impl Queue {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        Ok(())
     }
 
     /// The request's result is known: apply result faults and delays, then commit.
@@ -514,6 +524,9 @@ impl Queue {
             return Ok(());
         };
         let mut res = res;
+        if !self.faults_armed {
+            return self.commit(tag, res);
+        }
         if let Some((r, kind)) = self.cfg.faults.rewrite_result(op, res) {
             res = r;
             if let Some(s) = self.slot(tag) {

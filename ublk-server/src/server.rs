@@ -515,6 +515,9 @@ fn start_and_serve(
     } else if !await_start(ctrl, cmd, served, sigs, bound)? {
         return Ok(());
     }
+    for sh in &served.shared {
+        sh.armed.store(true, Ordering::Relaxed);
+    }
     print_ready(served.dev_id);
     serve_until_signal(ctrl, served, sigs).map(|_| ())
 }
