@@ -1,1 +1,318 @@
-//! (owner: see lib.rs)
+//! PURE per-device → queue → tag model, fed by typed events and snapshots. No I/O, no clock:
+//! every time is a parameter (CLOCK_MONOTONIC ns), so it is tested on host from synthetic and
+//! recorded streams. See DESIGN.md "Per-tag state".
+//!
+//! API (for `tui/`, `cmd::watch`, `cmd::diagnose`, `report/`):
+//! ```text
+//! let mut m = Model::new();
+//! m.apply(&trace_event);                      // live eBPF or replayed JSON lines, any order
+//! m.apply_snapshot(&device_snapshot, now_ns); // snapshot::take(..): attach-late truth
+//! m.apply_tag_facts(dev, q, tag, &facts);     // per-tag timestamps read from eBPF maps
+//! for d in m.devices(now_ns) {                // DeviceView
+//!     d.dev_id(); d.info(); d.geometry(); d.server_pids(); d.state_counts();
+//!     for q in d.queues() {                   // QueueView
+//!         q.iops(); q.server_latency(); q.block_latency();
+//!         for t in q.tags() { t.state; t.age_ns; t.op; t.sector; t.bytes; t.owner_tid; t.history; }
+//!     }
+//! }
+//! m.ctrl().iter();  m.lost_events();
+//! let findings = crate::diagnose::run(&m, now_ns, &Thresholds::default());
+//! ```
+//! Transitions come only from commands the kernel ACCEPTED (the I/O-command handler returned
+//! -EIOCBQUEUED); a rejected command is recorded as such; IO_URING_F_CANCEL calls are ring
+//! teardown. States are derived from stored timestamps, so reordering does not matter and a
+//! newer snapshot corrects what lost events left stale. Memory is bounded: per tag a fixed
+//! set of fields and a [`tag::HISTORY_LEN`]-entry history; per queue fixed histograms and
+//! windows; per device bounded lists.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{BlockStage, EventKind, TraceEvent};
+use crate::snapshot::DeviceSnapshot;
+
+pub mod ctrl;
+pub mod device;
+pub mod hist;
+pub mod queue;
+pub mod tag;
+pub mod view;
+
+pub use ctrl::{CtrlCmd, CtrlTimeline};
+pub use device::{Device, RejectedCmd};
+pub use hist::Histogram;
+pub use tag::{Derived, HistoryEntry, HistoryKind, TagState};
+pub use view::{DeviceView, QueueView, TagView};
+
+/// Tags with no driver tag in block tracepoints (insert before a tag is assigned).
+const NO_TAG: u16 = u16::MAX;
+
+/// Per-tag timestamps as the eBPF state path keeps them in maps (0 = never).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagFacts {
+    pub fetch_ns: u64,
+    pub queue_rq_ns: u64,
+    pub delivered_ns: u64,
+    pub commit_ns: u64,
+    pub complete_ns: u64,
+    pub op: String,
+    pub sector: u64,
+    pub bytes: u32,
+    pub result: Option<i32>,
+    pub owner_tid: Option<u32>,
+}
+
+/// The whole model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    devices: BTreeMap<u32, Device>,
+    ctrl: CtrlTimeline,
+    lost_events: u64,
+    last_lost_ns: u64,
+    events: u64,
+    first_event_ns: u64,
+    last_event_ns: u64,
+    /// Our own pid: its control commands (GET_DEV_INFO) are not the server's.
+    ignore_pid: Option<u32>,
+}
+
+impl Model {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Do not count control commands sent by `pid` (the tracer itself).
+    pub fn ignore_pid(&mut self, pid: u32) {
+        self.ignore_pid = Some(pid);
+    }
+
+    pub fn apply_all<'a>(&mut self, evs: impl IntoIterator<Item = &'a TraceEvent>) {
+        for e in evs {
+            self.apply(e);
+        }
+    }
+
+    /// Feed one event (any order).
+    pub fn apply(&mut self, ev: &TraceEvent) {
+        self.events += 1;
+        if self.first_event_ns == 0 || ev.ts_ns < self.first_event_ns {
+            self.first_event_ns = ev.ts_ns;
+        }
+        self.last_event_ns = self.last_event_ns.max(ev.ts_ns);
+        match &ev.kind {
+            EventKind::CtrlStart { .. } | EventKind::CtrlDone { .. } => self.apply_ctrl(ev),
+            EventKind::Lost { count } => {
+                self.lost_events = self.lost_events.saturating_add(*count);
+                self.last_lost_ns = self.last_lost_ns.max(ev.ts_ns);
+            }
+            _ => self.apply_tag_event(ev),
+        }
+    }
+
+    fn apply_tag_event(&mut self, ev: &TraceEvent) {
+        let Some((dev_id, q_id, tag)) = ev.kind.tag_key() else {
+            return;
+        };
+        if tag == NO_TAG {
+            return;
+        }
+        let (ts, tid) = (ev.ts_ns, ev.tid);
+        let d = self.device_mut(dev_id, ts);
+        match &ev.kind {
+            EventKind::IoCmd {
+                cmd_op, op, result, ..
+            } => {
+                let a = io_args(ev, q_id, tag, *cmd_op, op);
+                d.io_cmd_entry(&a, *result);
+            }
+            EventKind::IoCmdDone {
+                cmd_op,
+                op,
+                ret,
+                cancel,
+                ..
+            } => {
+                let a = io_args(ev, q_id, tag, *cmd_op, op);
+                d.io_cmd_return(&a, *ret, *cancel);
+            }
+            EventKind::QueueRq {
+                op, sector, bytes, ..
+            } => d.request_started(ts, tid, q_id, tag, (op, *sector, *bytes)),
+            EventKind::Delivered { .. } => d.delivered(ts, tid, q_id, tag),
+            EventKind::Block {
+                stage,
+                op,
+                sector,
+                bytes,
+                error,
+                ..
+            } => match stage {
+                BlockStage::Issue => d.block_issue(ts, tid, q_id, tag, (op, *sector, *bytes)),
+                BlockStage::Complete => d.block_complete(ts, tid, q_id, tag, *error),
+                BlockStage::Requeue => d.block_requeue(ts, tid, q_id, tag),
+                BlockStage::Insert => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn apply_ctrl(&mut self, ev: &TraceEvent) {
+        if self.ignore_pid == Some(ev.pid) {
+            return;
+        }
+        match &ev.kind {
+            EventKind::CtrlStart {
+                dev_id, cmd_op, op, ..
+            } => {
+                self.ctrl.start(&ctrl::StartArgs {
+                    ts_ns: ev.ts_ns,
+                    pid: ev.pid,
+                    tid: ev.tid,
+                    comm: &ev.comm,
+                    dev_id: *dev_id,
+                    op_nr: cmd_op & 0xff,
+                    op,
+                });
+                if *dev_id != ctrl::ANY_DEV && matches!(op.as_str(), "ADD_DEV" | "START_DEV") {
+                    self.device_mut(*dev_id, ev.ts_ns).setup_observed = true;
+                }
+            }
+            EventKind::CtrlDone {
+                dev_id,
+                cmd_op,
+                op,
+                result,
+                ..
+            } => {
+                let out = self
+                    .ctrl
+                    .done(ev.ts_ns, ev.tid, *dev_id, cmd_op & 0xff, *result);
+                let deleted = out == ctrl::CtrlOutcome::Finished { result: 0 }
+                    && matches!(op.as_str(), "DEL_DEV" | "DEL_DEV_ASYNC");
+                if deleted && let Some(d) = self.devices.get_mut(dev_id) {
+                    d.removed = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Merge a snapshot of one device (taken at `snap.taken_ns`, or `now_ns` if unset).
+    pub fn apply_snapshot(&mut self, snap: &DeviceSnapshot, now_ns: u64) {
+        let ts = if snap.taken_ns > 0 {
+            snap.taken_ns
+        } else {
+            now_ns
+        };
+        self.device_mut(snap.dev_id, ts).apply_snapshot(snap, ts);
+    }
+
+    /// Merge per-tag timestamps read from the eBPF state maps (newest wins per field).
+    pub fn apply_tag_facts(&mut self, dev_id: u32, q_id: u16, tag: u16, f: &TagFacts) {
+        let first = [f.fetch_ns, f.queue_rq_ns, f.delivered_ns, f.commit_ns]
+            .into_iter()
+            .filter(|t| *t > 0)
+            .min()
+            .unwrap_or(0);
+        let d = self.device_mut(dev_id, first);
+        if f.fetch_ns > 0 {
+            d.setup_observed = true;
+        }
+        let q = d.queue_mut(q_id);
+        if f.delivered_ns > q.last_delivered_ns {
+            q.last_delivered_ns = f.delivered_ns;
+            q.deliveries += 1;
+        }
+        if let Some(o) = f.owner_tid {
+            q.owner_tid = Some(o);
+        }
+        let t = q.tag_mut(tag);
+        if f.queue_rq_ns > t.queue_rq_ns {
+            t.queue_rq_ns = f.queue_rq_ns;
+            t.op.clone_from(&f.op);
+            t.sector = f.sector;
+            t.bytes = f.bytes;
+        }
+        if f.commit_ns > t.commit_ns {
+            t.commit_ns = f.commit_ns;
+            t.commit_result = f.result;
+        }
+        t.fetch_ns = t.fetch_ns.max(f.fetch_ns);
+        t.delivered_ns = t.delivered_ns.max(f.delivered_ns);
+        t.complete_ns = t.complete_ns.max(f.complete_ns);
+        if f.owner_tid.is_some() {
+            t.owner_tid = f.owner_tid;
+        }
+        if f.complete_ns > 0 {
+            d.completes_seen = true;
+        }
+    }
+
+    /// Forget a device (the caller saw it disappear and does not want it listed).
+    pub fn remove_device(&mut self, dev_id: u32) {
+        self.devices.remove(&dev_id);
+    }
+
+    fn device_mut(&mut self, dev_id: u32, ts: u64) -> &mut Device {
+        self.devices
+            .entry(dev_id)
+            .or_insert_with(|| Device::new(dev_id, ts))
+    }
+
+    /// Views of every device at `now_ns`.
+    pub fn devices(&self, now_ns: u64) -> impl Iterator<Item = DeviceView<'_>> {
+        self.devices
+            .values()
+            .map(move |d| DeviceView::new(self, d, now_ns))
+    }
+    pub fn device(&self, dev_id: u32, now_ns: u64) -> Option<DeviceView<'_>> {
+        self.devices
+            .get(&dev_id)
+            .map(|d| DeviceView::new(self, d, now_ns))
+    }
+    pub fn device_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.devices.keys().copied()
+    }
+    pub fn raw_device(&self, dev_id: u32) -> Option<&Device> {
+        self.devices.get(&dev_id)
+    }
+    pub fn ctrl(&self) -> &CtrlTimeline {
+        &self.ctrl
+    }
+    /// Events the probe side reported lost (ring buffer full).
+    pub fn lost_events(&self) -> u64 {
+        self.lost_events
+    }
+    pub fn last_lost_ns(&self) -> u64 {
+        self.last_lost_ns
+    }
+    pub fn events_applied(&self) -> u64 {
+        self.events
+    }
+    /// (first, last) event timestamps; (0, 0) before any event.
+    pub fn event_span_ns(&self) -> (u64, u64) {
+        (self.first_event_ns, self.last_event_ns)
+    }
+}
+
+fn io_args<'a>(
+    ev: &TraceEvent,
+    q_id: u16,
+    tag: u16,
+    cmd_op: u32,
+    op: &'a str,
+) -> device::IoCmdArgs<'a> {
+    device::IoCmdArgs {
+        ts_ns: ev.ts_ns,
+        tid: ev.tid,
+        q_id,
+        tag,
+        op_nr: cmd_op & 0xff,
+        op,
+    }
+}
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+pub mod testutil;

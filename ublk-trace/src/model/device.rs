@@ -1,0 +1,434 @@
+//! One ublk device: queues, the kernel's device facts, rejected commands, and the facts
+//! derived from successive snapshots (how long a thread has been stopped, a task blocked, a
+//! request held), which a single snapshot cannot give.
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::queue::Queue;
+use super::tag::{BadCommit, HistoryKind, PendingCmd, Tag};
+use crate::snapshot::{DevInfo, DeviceSnapshot};
+
+/// Rejected commands kept per device.
+pub const REJECTED_LEN: usize = 64;
+
+/// `UBLK_IO_FETCH_REQ` & co (`cmd_op & 0xff`).
+pub const IO_FETCH_REQ: u32 = 0x20;
+pub const IO_COMMIT_AND_FETCH_REQ: u32 = 0x21;
+pub const IO_NEED_GET_DATA: u32 = 0x22;
+
+/// An I/O command the kernel refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedCmd {
+    pub ts_ns: u64,
+    pub q_id: u16,
+    pub tag: u16,
+    pub op: String,
+    /// The handler's return (-errno).
+    pub errno: i32,
+    /// Thread that sent it.
+    pub tid: u32,
+    /// Thread that owned the tag (or queue) at the time, when known.
+    pub owner_tid: Option<u32>,
+    /// The commit result it carried.
+    pub result: i32,
+}
+
+/// Facts that need more than one snapshot: each holds the first snapshot time the condition
+/// was seen, continuously since.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persist {
+    pub snapshots: u64,
+    /// tid -> stopped (T, t, frozen) since.
+    pub stopped_since: BTreeMap<u32, u64>,
+    /// tid -> (context switches when first seen, D since): same count = same sleep.
+    pub waiter_since: BTreeMap<u32, (Option<u64>, u64)>,
+    /// Requests held in the block layer since.
+    pub held_since: Option<u64>,
+    /// `/proc` was scanned and nobody holds `/dev/ublkcN`, since.
+    pub server_absent_since: Option<u64>,
+    /// tid -> (`ublk_ctrl_*` frame, seen since): a control command in progress.
+    pub ctrl_frames_since: BTreeMap<u32, (String, u64)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    pub dev_id: u32,
+    pub queues: BTreeMap<u16, Queue>,
+    /// Latest GET_DEV_INFO answer.
+    pub info: Option<DevInfo>,
+    /// Latest snapshot (servers, waiters, blk-mq, kernel log).
+    pub snapshot: Option<DeviceSnapshot>,
+    pub first_seen_ns: u64,
+    pub last_event_ns: u64,
+    /// ADD_DEV/START_DEV or an accepted FETCH_REQ was seen: the setup happened in view, so
+    /// a tag without FETCH is a fact, not a late attach.
+    pub setup_observed: bool,
+    /// The device is gone (DEL_DEV done, or neither char nor block device in a snapshot).
+    pub removed: bool,
+    /// Block completions are being traced for this device.
+    pub completes_seen: bool,
+    pub rejected: VecDeque<RejectedCmd>,
+    pub rejected_total: u64,
+    pub io_errors: u64,
+    /// IO_URING_F_CANCEL calls (ring teardown) and when the last one came.
+    pub cancels: u64,
+    pub last_cancel_ns: u64,
+    pub persist: Persist,
+}
+
+/// An I/O command's entry or return, as the device needs it.
+pub struct IoCmdArgs<'a> {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub q_id: u16,
+    pub tag: u16,
+    pub op_nr: u32,
+    pub op: &'a str,
+}
+
+impl Device {
+    pub fn new(dev_id: u32, ts_ns: u64) -> Self {
+        Self {
+            dev_id,
+            first_seen_ns: ts_ns,
+            ..Default::default()
+        }
+    }
+    pub fn queue_mut(&mut self, q_id: u16) -> &mut Queue {
+        self.queues.entry(q_id).or_insert_with(|| Queue::new(q_id))
+    }
+    fn touch(&mut self, ts_ns: u64) {
+        self.last_event_ns = self.last_event_ns.max(ts_ns);
+        if self.first_seen_ns == 0 || ts_ns < self.first_seen_ns {
+            self.first_seen_ns = ts_ns;
+        }
+    }
+
+    /// `ublk_ch_uring_cmd` entered: remember it until its return says accepted or not.
+    pub fn io_cmd_entry(&mut self, a: &IoCmdArgs<'_>, result: i32) {
+        self.touch(a.ts_ns);
+        let t = self.queue_mut(a.q_id).tag_mut(a.tag);
+        let p = PendingCmd {
+            ts_ns: a.ts_ns,
+            tid: a.tid,
+            op_nr: a.op_nr,
+            op: a.op.to_string(),
+            result,
+        };
+        // Its return arrived first (reordered) and was applied without the result: add it.
+        if let Some((ts, nr, _)) = t.orphan_done
+            && nr == a.op_nr
+            && ts >= a.ts_ns
+        {
+            t.orphan_done = None;
+            if t.fetch_ns == ts {
+                t.fetch_ns = a.ts_ns;
+            }
+            if a.op_nr == IO_COMMIT_AND_FETCH_REQ && t.commit_ns == ts {
+                // The command happened at its entry, not at its (later) return.
+                t.commit_ns = a.ts_ns;
+                t.commit_result = Some(result);
+                if result < 0 {
+                    t.bad_commits += 1;
+                    t.last_bad = Some(BadCommit {
+                        ts_ns: a.ts_ns,
+                        result,
+                        op: t.op.clone(),
+                        bytes: t.bytes,
+                    });
+                }
+            }
+            return;
+        }
+        t.pending = Some(p);
+    }
+
+    /// `ublk_ch_uring_cmd` returned `ret`: -EIOCBQUEUED = accepted; else rejected.
+    pub fn io_cmd_return(&mut self, a: &IoCmdArgs<'_>, ret: i32, cancel: bool) {
+        self.touch(a.ts_ns);
+        if cancel {
+            self.cancels += 1;
+            self.last_cancel_ns = self.last_cancel_ns.max(a.ts_ns);
+            let t = self.queue_mut(a.q_id).tag_mut(a.tag);
+            t.push_history(a.ts_ns, a.tid, HistoryKind::Cancel { op: a.op.into() });
+            return;
+        }
+        let t = self.queue_mut(a.q_id).tag_mut(a.tag);
+        let pending = match t.pending.take() {
+            Some(p) if p.op_nr == a.op_nr && p.tid == a.tid => Some(p),
+            other => {
+                t.pending = other;
+                None
+            }
+        };
+        if pending.is_none() {
+            t.orphan_done = Some((a.ts_ns, a.op_nr, ret));
+        }
+        let accepted_ret = match a.op_nr {
+            IO_FETCH_REQ | IO_COMMIT_AND_FETCH_REQ | IO_NEED_GET_DATA => {
+                ret == crate::event::EIOCBQUEUED_RET
+            }
+            // Buffer (un)registration and newer commands complete inline with 0.
+            _ => ret >= 0 || ret == crate::event::EIOCBQUEUED_RET,
+        };
+        let (ts, result) = pending
+            .as_ref()
+            .map_or((a.ts_ns, None), |p| (p.ts_ns, Some(p.result)));
+        if accepted_ret {
+            self.accepted(a, ts, result);
+        } else {
+            self.rejected(a, ts, ret, result.unwrap_or(0));
+        }
+    }
+
+    fn accepted(&mut self, a: &IoCmdArgs<'_>, ts: u64, result: Option<i32>) {
+        match a.op_nr {
+            IO_FETCH_REQ => {
+                self.setup_observed = true;
+                let q = self.queue_mut(a.q_id);
+                q.owner_tid = Some(a.tid);
+                let t = q.tag_mut(a.tag);
+                t.fetch_ns = t.fetch_ns.max(ts);
+                t.fetches += 1;
+                t.owner_tid = Some(a.tid);
+                t.push_history(ts, a.tid, HistoryKind::Fetch);
+            }
+            IO_COMMIT_AND_FETCH_REQ => self.commit(a, ts, result),
+            _ => {
+                let t = self.queue_mut(a.q_id).tag_mut(a.tag);
+                let what = HistoryKind::OtherCmd {
+                    op: a.op.into(),
+                    ret: result.unwrap_or(0),
+                };
+                t.push_history(ts, a.tid, what);
+            }
+        }
+    }
+
+    fn commit(&mut self, a: &IoCmdArgs<'_>, ts: u64, result: Option<i32>) {
+        let q = self.queue_mut(a.q_id);
+        q.owner_tid = Some(a.tid);
+        let t = q.tag_mut(a.tag);
+        let open_request = t.queue_rq_ns > t.commit_ns && t.queue_rq_ns <= ts;
+        let latency = open_request.then(|| ts - t.queue_rq_ns);
+        t.commit_ns = t.commit_ns.max(ts);
+        t.fetch_ns = t.fetch_ns.max(ts);
+        t.commit_result = result;
+        t.commits += 1;
+        t.owner_tid = Some(a.tid);
+        let r = result.unwrap_or(0);
+        t.push_history(ts, a.tid, HistoryKind::Commit { result: r });
+        let rw = matches!(t.op.as_str(), "READ" | "WRITE");
+        let bad = result.is_some_and(|r| r < 0)
+            || (result == Some(0) && open_request && rw && t.bytes > 0);
+        if bad {
+            t.bad_commits += 1;
+            t.last_bad = Some(BadCommit {
+                ts_ns: ts,
+                result: r,
+                op: t.op.clone(),
+                bytes: t.bytes,
+            });
+        }
+        let bytes = u64::try_from(r.max(0)).unwrap_or(0);
+        q.record_completion(ts, a.tag, latency, bytes);
+    }
+
+    fn rejected(&mut self, a: &IoCmdArgs<'_>, ts: u64, errno: i32, result: i32) {
+        let q = self.queue_mut(a.q_id);
+        q.rejected += 1;
+        let queue_owner = q.owner_tid;
+        let t = q.tag_mut(a.tag);
+        t.rejected += 1;
+        let owner_tid = t.owner_tid.or(queue_owner);
+        t.push_history(
+            ts,
+            a.tid,
+            HistoryKind::Rejected {
+                op: a.op.into(),
+                errno,
+            },
+        );
+        if self.rejected.len() == REJECTED_LEN {
+            self.rejected.pop_front();
+        }
+        self.rejected_total += 1;
+        self.rejected.push_back(RejectedCmd {
+            ts_ns: ts,
+            q_id: a.q_id,
+            tag: a.tag,
+            op: a.op.into(),
+            errno,
+            tid: a.tid,
+            owner_tid,
+            result,
+        });
+    }
+
+    /// A request was started on (queue, tag): ublk_queue_rq(s) or block_rq_issue.
+    pub fn request_started(
+        &mut self,
+        ts: u64,
+        tid: u32,
+        q_id: u16,
+        tag: u16,
+        rq: (&str, u64, u32),
+    ) {
+        self.touch(ts);
+        let q = self.queue_mut(q_id);
+        let t = q.tag_mut(tag);
+        if ts > t.queue_rq_ns {
+            // A second source for the same start (block_rq_issue inside queue_rq) is no new
+            // request: count only when the previous one was committed.
+            let new_request = t.queue_rq_ns <= t.commit_ns || t.requeue_ns > t.queue_rq_ns;
+            t.queue_rq_ns = ts;
+            t.op = rq.0.to_string();
+            t.sector = rq.1;
+            t.bytes = rq.2;
+            if new_request {
+                let what = HistoryKind::QueueRq {
+                    op: rq.0.into(),
+                    sector: rq.1,
+                    bytes: rq.2,
+                };
+                t.push_history(ts, tid, what);
+                q.requests += 1;
+            }
+        }
+    }
+
+    pub fn delivered(&mut self, ts: u64, tid: u32, q_id: u16, tag: u16) {
+        self.touch(ts);
+        let q = self.queue_mut(q_id);
+        q.deliveries += 1;
+        q.last_delivered_ns = q.last_delivered_ns.max(ts);
+        let t = q.tag_mut(tag);
+        t.delivered_ns = t.delivered_ns.max(ts);
+        t.push_history(ts, tid, HistoryKind::Delivered);
+    }
+
+    pub fn block_issue(&mut self, ts: u64, tid: u32, q_id: u16, tag: u16, rq: (&str, u64, u32)) {
+        self.request_started(ts, tid, q_id, tag, rq);
+        let t = self.queue_mut(q_id).tag_mut(tag);
+        t.block_issue_ns = t.block_issue_ns.max(ts);
+    }
+
+    pub fn block_complete(&mut self, ts: u64, tid: u32, q_id: u16, tag: u16, error: i32) {
+        self.touch(ts);
+        self.completes_seen = true;
+        if error != 0 {
+            self.io_errors += 1;
+        }
+        let q = self.queue_mut(q_id);
+        let t = q.tags.entry(tag).or_default();
+        let lat = (t.block_issue_ns > t.complete_ns && ts >= t.block_issue_ns)
+            .then(|| ts - t.block_issue_ns);
+        t.complete_ns = t.complete_ns.max(ts);
+        if error != 0 {
+            t.last_block_error = Some((ts, error));
+        }
+        t.push_history(ts, tid, HistoryKind::Complete { error });
+        if let Some(l) = lat {
+            q.block_latency.record(l);
+        }
+    }
+
+    pub fn block_requeue(&mut self, ts: u64, tid: u32, q_id: u16, tag: u16) {
+        self.touch(ts);
+        let q = self.queue_mut(q_id);
+        q.requeues += 1;
+        let t = q.tag_mut(tag);
+        t.requeue_ns = t.requeue_ns.max(ts);
+        t.requeues += 1;
+        if t.requeue_times.len() == super::tag::REQUEUE_WINDOW {
+            t.requeue_times.pop_front();
+        }
+        t.requeue_times.push_back(ts);
+        t.push_history(ts, tid, HistoryKind::Requeue);
+    }
+
+    /// Merge a snapshot taken at `ts` (see module doc).
+    pub fn apply_snapshot(&mut self, snap: &DeviceSnapshot, ts: u64) {
+        self.persist.snapshots += 1;
+        if snap.dev_info.is_some() {
+            self.info = snap.dev_info;
+        }
+        self.removed = !snap.char_dev_present && !snap.block_dev_present;
+        if let Some(b) = &snap.blk {
+            for h in &b.hctxs {
+                let busy: BTreeSet<u16> = h
+                    .busy
+                    .iter()
+                    .filter(|r| r.in_flight())
+                    .filter_map(|r| u16::try_from(r.tag).ok())
+                    .collect();
+                let q = self.queue_mut(h.index);
+                for t in &busy {
+                    q.tag_mut(*t);
+                }
+                for (n, t) in q.tags.iter_mut() {
+                    mark_busy(t, busy.contains(n), ts);
+                }
+            }
+            let held = !b.held_in_block_layer().is_empty();
+            self.persist.held_since = held.then(|| self.persist.held_since.unwrap_or(ts));
+        }
+        if let Some(tf) = &snap.tagfile {
+            for p in &tf.tags {
+                self.queue_mut(p.q_id).tag_mut(p.tag).published = Some(p.clone());
+            }
+        }
+        if snap.proc_scanned {
+            self.persist_procfs(snap, ts);
+        }
+        self.snapshot = Some(snap.clone());
+    }
+
+    fn persist_procfs(&mut self, snap: &DeviceSnapshot, ts: u64) {
+        let p = &mut self.persist;
+        let threads = || snap.servers.iter().flat_map(|s| s.threads.iter());
+        let stopped: BTreeSet<u32> = threads()
+            .filter(|t| t.is_stopped())
+            .map(|t| t.tid)
+            .collect();
+        p.stopped_since.retain(|tid, _| stopped.contains(tid));
+        for tid in stopped {
+            p.stopped_since.entry(tid).or_insert(ts);
+        }
+        let mut waiters = BTreeMap::new();
+        for w in &snap.waiters {
+            let since = match p.waiter_since.get(&w.tid) {
+                Some((c, since)) if *c == w.ctxt_switches => *since,
+                _ => ts,
+            };
+            waiters.insert(w.tid, (w.ctxt_switches, since));
+        }
+        p.waiter_since = waiters;
+        p.server_absent_since = snap
+            .servers
+            .is_empty()
+            .then(|| p.server_absent_since.unwrap_or(ts));
+        let mut frames = BTreeMap::new();
+        for t in threads() {
+            if let Some(f) = t.ctrl_frame() {
+                let since = match p.ctrl_frames_since.get(&t.tid) {
+                    Some((old, since)) if old == f => *since,
+                    _ => ts,
+                };
+                frames.insert(t.tid, (f.to_string(), since));
+            }
+        }
+        p.ctrl_frames_since = frames;
+    }
+}
+
+fn mark_busy(t: &mut Tag, busy: bool, ts: u64) {
+    t.snap_ns = t.snap_ns.max(ts);
+    t.snap_busy = busy;
+    t.busy_since_ns = if busy {
+        Some(t.busy_since_ns.unwrap_or(ts))
+    } else {
+        None
+    };
+}

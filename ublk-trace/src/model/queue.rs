@@ -1,0 +1,176 @@
+//! One ublk queue (= blk-mq hctx): its tags, latency histograms, counters and rates.
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::hist::Histogram;
+use super::tag::Tag;
+
+/// Per-second buckets kept for rates (IOPS sparkline).
+pub const RATE_SECONDS: usize = 120;
+/// Slow requests kept per queue.
+pub const SLOW_LEN: usize = 32;
+/// Completions slower than this are remembered individually (SLOW filters further).
+pub const SLOW_FLOOR_NS: u64 = 10_000_000;
+
+/// Completions per CLOCK_MONOTONIC second, bounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateWindow {
+    /// (second, count), oldest first.
+    secs: VecDeque<(u64, u64)>,
+}
+
+impl RateWindow {
+    pub fn add(&mut self, ts_ns: u64, n: u64) {
+        let sec = ts_ns / 1_000_000_000;
+        match self.secs.iter_mut().rev().find(|(s, _)| *s == sec) {
+            Some((_, c)) => *c += n,
+            None => {
+                let at = self.secs.partition_point(|(s, _)| *s < sec);
+                self.secs.insert(at, (sec, n));
+                while self.secs.len() > RATE_SECONDS {
+                    self.secs.pop_front();
+                }
+            }
+        }
+    }
+    /// Per-second counts of the `n` whole seconds before the one containing `now_ns`
+    /// (oldest first; zeros where nothing happened).
+    pub fn last_seconds(&self, now_ns: u64, n: usize) -> Vec<u64> {
+        let cur = now_ns / 1_000_000_000;
+        (1..=n as u64)
+            .rev()
+            .map(|back| {
+                let s = cur.saturating_sub(back);
+                self.secs
+                    .iter()
+                    .find(|(x, _)| *x == s)
+                    .map_or(0, |(_, c)| *c)
+            })
+            .collect()
+    }
+    /// Average per second over the `n` whole seconds before `now_ns`.
+    pub fn rate(&self, now_ns: u64, n: usize) -> f64 {
+        if n == 0 {
+            return 0.0;
+        }
+        let v = self.last_seconds(now_ns, n);
+        v.iter().sum::<u64>() as f64 / n as f64
+    }
+}
+
+/// A completion that took long (queue_rq -> commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlowIo {
+    pub done_ns: u64,
+    pub tag: u16,
+    pub latency_ns: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Queue {
+    pub q_id: u16,
+    pub tags: BTreeMap<u16, Tag>,
+    /// queue_rq -> accepted commit.
+    pub server_latency: Histogram,
+    /// block_rq_issue -> block_rq_complete.
+    pub block_latency: Histogram,
+    /// Accepted commits (= requests served by the server).
+    pub completed: u64,
+    /// Sum of positive commit results.
+    pub bytes: u64,
+    pub requests: u64,
+    pub requeues: u64,
+    pub rejected: u64,
+    pub completions: RateWindow,
+    pub bytes_rate: RateWindow,
+    /// Delivery runs seen on this queue (task work / CQE); 0 = delivery not observable.
+    pub deliveries: u64,
+    pub last_delivered_ns: u64,
+    /// Last thread whose FETCH/COMMIT was accepted (the queue's daemon up to 6.15).
+    pub owner_tid: Option<u32>,
+    pub slow: VecDeque<SlowIo>,
+}
+
+impl Queue {
+    pub fn new(q_id: u16) -> Self {
+        Self {
+            q_id,
+            ..Default::default()
+        }
+    }
+    /// Seconds held by the IOPS window (bounded by [`RATE_SECONDS`]).
+    pub fn completions_len(&self) -> usize {
+        self.completions.secs.len()
+    }
+    pub fn tag_mut(&mut self, tag: u16) -> &mut Tag {
+        self.tags.entry(tag).or_default()
+    }
+    pub(crate) fn record_completion(
+        &mut self,
+        ts_ns: u64,
+        tag: u16,
+        latency_ns: Option<u64>,
+        bytes: u64,
+    ) {
+        self.completed += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.completions.add(ts_ns, 1);
+        self.bytes_rate.add(ts_ns, bytes);
+        let Some(lat) = latency_ns else {
+            return;
+        };
+        self.server_latency.record(lat);
+        if lat >= SLOW_FLOOR_NS {
+            if self.slow.len() == SLOW_LEN {
+                self.slow.pop_front();
+            }
+            self.slow.push_back(SlowIo {
+                done_ns: ts_ns,
+                tag,
+                latency_ns: lat,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_window_counts_whole_seconds() {
+        let mut r = RateWindow::default();
+        r.add(1_000_000_000, 1);
+        r.add(1_500_000_000, 1);
+        r.add(2_100_000_000, 5);
+        // Out of order: an older second inserted later still counts.
+        r.add(500_000_000, 3);
+        assert_eq!(r.last_seconds(3_000_000_000, 3), vec![3, 2, 5]);
+        assert_eq!(r.rate(3_000_000_000, 2), 3.5);
+        // The current (partial) second is not counted.
+        assert_eq!(r.last_seconds(2_500_000_000, 1), vec![2]);
+    }
+
+    #[test]
+    fn rate_window_is_bounded() {
+        let mut r = RateWindow::default();
+        for s in 0..(RATE_SECONDS as u64 * 3) {
+            r.add(s * 1_000_000_000, 1);
+        }
+        assert_eq!(r.secs.len(), RATE_SECONDS);
+    }
+
+    #[test]
+    fn slow_completions_are_kept_bounded() {
+        let mut q = Queue::new(0);
+        for i in 0..100u64 {
+            q.record_completion(i, 1, Some(SLOW_FLOOR_NS + i), 4096);
+        }
+        q.record_completion(200, 2, Some(1000), 4096);
+        assert_eq!(q.slow.len(), SLOW_LEN);
+        assert_eq!(q.completed, 101);
+        assert_eq!(q.server_latency.count(), 101);
+        assert_eq!(q.bytes, 101 * 4096);
+    }
+}

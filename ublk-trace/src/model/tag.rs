@@ -1,0 +1,429 @@
+//! One (queue, tag): stored facts (timestamps of the last accepted FETCH, request start,
+//! delivery, accepted commit, block completion, requeue) and the state derived from them, in
+//! the tokio-console style: no state enum is stored, so reordered events, lost events and
+//! late snapshots all converge on the same answer.
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::tagfile::PublishedTag;
+
+/// Entries kept per tag for the detail view.
+pub const HISTORY_LEN: usize = 16;
+/// Requeue timestamps kept per tag (storm detection).
+pub const REQUEUE_WINDOW: usize = 32;
+
+/// Where a tag is (DESIGN.md "Per-tag state").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TagState {
+    /// Never seen (tracer attached late, tag idle): not "missing".
+    Unknown,
+    /// FETCH/COMMIT_AND_FETCH accepted: the server waits for a request (healthy for hours).
+    Waiting,
+    /// A request was started for the tag (ublk_queue_rq / block_rq_issue) and not yet
+    /// delivered to the server's owner thread; or it was requeued.
+    Queued,
+    /// Delivered to the server (task work ran / CQE posted), no commit yet.
+    InServer,
+    /// Commit accepted but the block request has not completed.
+    Committed,
+    /// Only a snapshot knows: blk-mq lists the request in flight; delivery unknown.
+    InFlight,
+}
+
+impl TagState {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "UNKNOWN",
+            Self::Waiting => "WAITING",
+            Self::Queued => "QUEUED",
+            Self::InServer => "IN_SERVER",
+            Self::Committed => "COMMITTED",
+            Self::InFlight => "IN_FLIGHT",
+        }
+    }
+    /// A request occupies the tag.
+    pub fn busy(self) -> bool {
+        matches!(
+            self,
+            Self::Queued | Self::InServer | Self::Committed | Self::InFlight
+        )
+    }
+}
+
+/// One entry of a tag's bounded history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub what: HistoryKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HistoryKind {
+    Fetch,
+    Commit { result: i32 },
+    OtherCmd { op: String, ret: i32 },
+    Rejected { op: String, errno: i32 },
+    Cancel { op: String },
+    QueueRq { op: String, sector: u64, bytes: u32 },
+    Delivered,
+    Issue,
+    Complete { error: i32 },
+    Requeue,
+}
+
+impl std::fmt::Display for HistoryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fetch => write!(f, "FETCH_REQ accepted"),
+            Self::Commit { result } => write!(f, "COMMIT_AND_FETCH_REQ accepted, result {result}"),
+            Self::OtherCmd { op, ret } => write!(f, "{op} returned {ret}"),
+            Self::Rejected { op, errno } => write!(f, "{op} REJECTED: {}", errno_name(*errno)),
+            Self::Cancel { op } => write!(f, "{op} cancelled (ring teardown)"),
+            Self::QueueRq { op, sector, bytes } => {
+                write!(f, "queue_rq {op} sector {sector} {bytes} bytes")
+            }
+            Self::Delivered => write!(f, "delivered to the server"),
+            Self::Issue => write!(f, "block issue"),
+            Self::Complete { error } if *error != 0 => {
+                write!(f, "block complete, error {}", errno_name(*error))
+            }
+            Self::Complete { .. } => write!(f, "block complete"),
+            Self::Requeue => write!(f, "requeued by the block layer"),
+        }
+    }
+}
+
+/// `-22` -> `-EINVAL (-22)`; unknown numbers stay numbers.
+pub fn errno_name(e: i32) -> String {
+    let name = match -e {
+        1 => "EPERM",
+        2 => "ENOENT",
+        5 => "EIO",
+        11 => "EAGAIN",
+        12 => "ENOMEM",
+        14 => "EFAULT",
+        16 => "EBUSY",
+        19 => "ENODEV",
+        22 => "EINVAL",
+        95 => "EOPNOTSUPP",
+        110 => "ETIMEDOUT",
+        125 => "ECANCELED",
+        529 => "EIOCBQUEUED",
+        _ => return e.to_string(),
+    };
+    format!("-{name} ({e})")
+}
+
+/// An I/O command seen at entry, waiting for its return to say accepted or rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCmd {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub op_nr: u32,
+    pub op: String,
+    pub result: i32,
+}
+
+/// A negative commit, or 0 bytes for a non-empty read/write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadCommit {
+    pub ts_ns: u64,
+    pub result: i32,
+    pub op: String,
+    pub bytes: u32,
+}
+
+/// Everything stored about one tag. Timestamps are CLOCK_MONOTONIC ns, 0 = never.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tag {
+    /// Last accepted FETCH_REQ or COMMIT_AND_FETCH_REQ (the tag waits since then).
+    pub fetch_ns: u64,
+    /// Last request start (ublk_queue_rq or block_rq_issue).
+    pub queue_rq_ns: u64,
+    pub delivered_ns: u64,
+    /// Last accepted COMMIT_AND_FETCH_REQ (entry time of the command).
+    pub commit_ns: u64,
+    pub complete_ns: u64,
+    pub requeue_ns: u64,
+    pub block_issue_ns: u64,
+    /// Request under way (or last one): op, sector, bytes.
+    pub op: String,
+    pub sector: u64,
+    pub bytes: u32,
+    pub commit_result: Option<i32>,
+    /// Thread that owns the tag (last accepted FETCH/COMMIT).
+    pub owner_tid: Option<u32>,
+    pub pending: Option<PendingCmd>,
+    /// A return seen before its entry (reordered stream): (ts, op_nr, ret).
+    pub orphan_done: Option<(u64, u32, i32)>,
+    pub fetches: u64,
+    pub commits: u64,
+    pub requeues: u64,
+    pub rejected: u64,
+    pub bad_commits: u64,
+    pub last_bad: Option<BadCommit>,
+    pub last_block_error: Option<(u64, i32)>,
+    pub requeue_times: VecDeque<u64>,
+    /// Snapshot: first time blk-mq listed this tag in flight, continuously since.
+    pub busy_since_ns: Option<u64>,
+    /// Snapshot: time of the latest blk-mq read and whether the tag was in flight then.
+    pub snap_ns: u64,
+    pub snap_busy: bool,
+    /// The server's own view, when it publishes one.
+    pub published: Option<PublishedTag>,
+    pub history: VecDeque<HistoryEntry>,
+}
+
+/// Derived state with the time it was entered and how it was known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Derived {
+    pub state: TagState,
+    /// When the tag entered `state` (0 = unknown).
+    pub since_ns: u64,
+    /// The delivery was inferred from a batched task-work run on the queue, not seen per tag.
+    pub delivery_inferred: bool,
+    /// Only a snapshot (debugfs/tag file) supports this state.
+    pub from_snapshot: bool,
+}
+
+impl Tag {
+    pub(crate) fn push_history(&mut self, ts_ns: u64, tid: u32, what: HistoryKind) {
+        if self.history.len() == HISTORY_LEN {
+            self.history.pop_front();
+        }
+        // Keep the history in time order even when events arrive reordered.
+        let at = self.history.partition_point(|h| h.ts_ns <= ts_ns);
+        self.history.insert(at, HistoryEntry { ts_ns, tid, what });
+    }
+
+    /// Latest event-sourced timestamp.
+    fn latest_event_ns(&self) -> u64 {
+        self.fetch_ns
+            .max(self.queue_rq_ns)
+            .max(self.delivered_ns)
+            .max(self.commit_ns)
+            .max(self.complete_ns)
+            .max(self.requeue_ns)
+    }
+
+    /// Request start including requeues (a requeued request is waiting to start again).
+    fn request_ns(&self) -> u64 {
+        self.queue_rq_ns.max(self.requeue_ns)
+    }
+
+    /// State from events alone. `queue_delivered_ns`: the queue's last delivery run (batched
+    /// task work delivers several tags per run); `completes_seen`: the device emits block
+    /// completions (else COMMITTED cannot be told from done).
+    pub fn derive_from_events(&self, queue_delivered_ns: u64, completes_seen: bool) -> Derived {
+        let d = |state, since_ns| Derived {
+            state,
+            since_ns,
+            delivery_inferred: false,
+            from_snapshot: false,
+        };
+        let req = self.request_ns();
+        if req > 0 && req > self.commit_ns {
+            if self.delivered_ns >= req {
+                return d(TagState::InServer, self.delivered_ns);
+            }
+            // A requeued request sits in the block layer: no delivery run can have taken it.
+            if queue_delivered_ns > req && self.requeue_ns <= self.queue_rq_ns {
+                return Derived {
+                    delivery_inferred: true,
+                    ..d(TagState::InServer, queue_delivered_ns)
+                };
+            }
+            return d(TagState::Queued, req);
+        }
+        if self.commit_ns > 0
+            && completes_seen
+            && self.queue_rq_ns > 0
+            // No completion at all since the request started (robust to a commit time taken
+            // from the command's return, which comes after the completion).
+            && self.complete_ns < self.queue_rq_ns
+            && self.commit_result.is_some_and(|r| r >= 0)
+        {
+            return d(TagState::Committed, self.commit_ns);
+        }
+        if self.fetch_ns > 0 || self.commit_ns > 0 {
+            return d(TagState::Waiting, self.fetch_ns.max(self.commit_ns));
+        }
+        d(TagState::Unknown, 0)
+    }
+
+    /// Events and the newest snapshot combined: a snapshot newer than every event of the tag
+    /// overrides what the events imply (late attach, lost events).
+    pub fn derive(&self, queue_delivered_ns: u64, completes_seen: bool) -> Derived {
+        let ev = self.derive_from_events(queue_delivered_ns, completes_seen);
+        if self.snap_ns == 0 || self.snap_ns <= self.latest_event_ns() {
+            return self.refine_with_published(ev);
+        }
+        match (self.snap_busy, ev.state.busy()) {
+            (true, true) | (false, false) => self.refine_with_published(ev),
+            (true, false) => self.snapshot_busy_state(),
+            // blk-mq says no request: the events missed its completion.
+            (false, true) => Derived {
+                state: if self.fetch_ns > 0 || self.published.is_some() {
+                    TagState::Waiting
+                } else {
+                    TagState::Unknown
+                },
+                since_ns: 0,
+                delivery_inferred: false,
+                from_snapshot: true,
+            },
+        }
+    }
+
+    /// In flight per debugfs and nothing in the events: ask the server's tag file.
+    fn snapshot_busy_state(&self) -> Derived {
+        let since = self.busy_since_ns.unwrap_or(self.snap_ns);
+        let mk = |state, since_ns| Derived {
+            state,
+            since_ns,
+            delivery_inferred: false,
+            from_snapshot: true,
+        };
+        match self.published.as_ref().map(|p| (p.state.as_str(), p)) {
+            Some(("in_server", p)) if p.received_ns > 0 => mk(TagState::InServer, p.received_ns),
+            Some(("committed", p)) if p.received_ns > 0 => mk(TagState::InServer, p.received_ns),
+            // The server still waits for this tag while the kernel started a request on it:
+            // it was not delivered.
+            Some(("waiting", _)) => mk(TagState::Queued, since),
+            _ => mk(TagState::InFlight, since),
+        }
+    }
+
+    /// Without events, the server's tag file alone says where an idle-looking tag is.
+    fn refine_with_published(&self, ev: Derived) -> Derived {
+        if ev.state != TagState::Unknown {
+            return ev;
+        }
+        let Some(p) = self.published.as_ref() else {
+            return ev;
+        };
+        let mk = |state, since_ns| Derived {
+            state,
+            since_ns,
+            delivery_inferred: false,
+            from_snapshot: true,
+        };
+        match p.state.as_str() {
+            "waiting" => mk(TagState::Waiting, p.waiting_since_ns),
+            "in_server" | "committed" => mk(TagState::InServer, p.received_ns),
+            _ => ev,
+        }
+    }
+
+    /// Requeues of this tag within `window_ns` before `now_ns`.
+    pub fn requeues_within(&self, now_ns: u64, window_ns: u64) -> usize {
+        let from = now_ns.saturating_sub(window_ns);
+        self.requeue_times.iter().filter(|t| **t >= from).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_follow_timestamps_not_arrival_order() {
+        let mut t = Tag {
+            fetch_ns: 10,
+            ..Default::default()
+        };
+        assert_eq!(t.derive(0, false).state, TagState::Waiting);
+        t.queue_rq_ns = 20;
+        assert_eq!(t.derive(0, false).state, TagState::Queued);
+        t.delivered_ns = 25;
+        let d = t.derive(0, false);
+        assert_eq!((d.state, d.since_ns), (TagState::InServer, 25));
+        t.commit_ns = 30;
+        t.fetch_ns = 30;
+        t.commit_result = Some(4096);
+        assert_eq!(t.derive(0, false).state, TagState::Waiting);
+        // With block completions observed, a commit without completion is COMMITTED.
+        assert_eq!(t.derive(0, true).state, TagState::Committed);
+        t.complete_ns = 31;
+        assert_eq!(t.derive(0, true).state, TagState::Waiting);
+    }
+
+    #[test]
+    fn batched_delivery_is_inferred_from_the_queue() {
+        let t = Tag {
+            fetch_ns: 10,
+            queue_rq_ns: 20,
+            ..Default::default()
+        };
+        let d = t.derive(22, false);
+        assert_eq!(d.state, TagState::InServer);
+        assert!(d.delivery_inferred);
+        // A queue delivery run before the request started delivers nothing for it.
+        assert_eq!(t.derive(15, false).state, TagState::Queued);
+    }
+
+    #[test]
+    fn requeue_goes_back_to_queued() {
+        let t = Tag {
+            fetch_ns: 30,
+            queue_rq_ns: 10,
+            delivered_ns: 20,
+            commit_ns: 30,
+            requeue_ns: 31,
+            commit_result: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(t.derive(40, false).state, TagState::Queued);
+    }
+
+    #[test]
+    fn newer_snapshot_overrides_events() {
+        let mut t = Tag {
+            snap_ns: 100,
+            snap_busy: true,
+            busy_since_ns: Some(90),
+            ..Default::default()
+        };
+        let d = t.derive(0, false);
+        assert_eq!((d.state, d.since_ns), (TagState::InFlight, 90));
+        assert!(d.from_snapshot);
+        // An old snapshot does not override newer events.
+        t.fetch_ns = 200;
+        assert_eq!(t.derive(0, false).state, TagState::Waiting);
+        // Events say in server, a newer snapshot says no request: events lost the commit.
+        let lost = Tag {
+            fetch_ns: 10,
+            queue_rq_ns: 20,
+            delivered_ns: 21,
+            snap_ns: 50,
+            snap_busy: false,
+            ..Default::default()
+        };
+        assert_eq!(lost.derive(0, false).state, TagState::Waiting);
+    }
+
+    #[test]
+    fn history_is_bounded_and_ordered() {
+        let mut t = Tag::default();
+        for ts in (0..40u64).rev() {
+            t.push_history(ts, 1, HistoryKind::Delivered);
+        }
+        assert_eq!(t.history.len(), HISTORY_LEN);
+        assert!(
+            t.history
+                .iter()
+                .zip(t.history.iter().skip(1))
+                .all(|(a, b)| a.ts_ns <= b.ts_ns)
+        );
+    }
+
+    #[test]
+    fn errno_names() {
+        assert_eq!(errno_name(-22), "-EINVAL (-22)");
+        assert_eq!(errno_name(-9999), "-9999");
+    }
+}

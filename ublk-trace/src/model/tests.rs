@@ -1,0 +1,220 @@
+//! Model tests on synthetic streams (incl. reordering and loss).
+use super::testutil::*;
+use super::*;
+use crate::snapshot::blkmq::{BlkMqSnapshot, HctxSnapshot, parse_rq_list};
+use crate::snapshot::{DevInfo, DeviceSnapshot};
+
+fn state(m: &Model, dev: u32, q: u16, tag: u16, now: u64) -> TagState {
+    m.device(dev, now)
+        .and_then(|d| d.queue(q))
+        .map_or(TagState::Unknown, |q| q.tag(tag).state)
+}
+
+#[test]
+fn healthy_request_cycle() {
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 4, MS));
+    assert_eq!(state(&m, 0, 0, 3, 2 * MS), TagState::Waiting);
+    let io = healthy_io(0, 0, 3, 10 * MS, Q_TID);
+    m.apply_all(&io[..1]);
+    assert_eq!(state(&m, 0, 0, 3, 11 * MS), TagState::Queued);
+    m.apply_all(&io[1..3]);
+    assert_eq!(state(&m, 0, 0, 3, 11 * MS), TagState::InServer);
+    m.apply_all(&io[3..]);
+    assert_eq!(state(&m, 0, 0, 3, 11 * MS), TagState::Waiting);
+    let d = m.device(0, 11 * MS).expect("device");
+    let q = d.queue(0).expect("queue");
+    assert_eq!(q.queue.completed, 1);
+    assert_eq!(q.server_latency().count(), 1);
+    assert_eq!(q.block_latency().count(), 1);
+    assert!(m.raw_device(0).is_some_and(|d| d.setup_observed));
+}
+
+#[test]
+fn reordered_stream_gives_the_same_states() {
+    let mut evs = setup(0, 1, 2, MS);
+    evs.extend(healthy_io(0, 0, 0, 10 * MS, Q_TID));
+    evs.push(queue_rq(0, 0, 1, 20 * MS, "WRITE", 8192));
+    evs.push(delivered(0, 0, 1, 20 * MS + 5000, Q_TID));
+    let mut a = Model::new();
+    a.apply_all(&evs);
+    let mut b = Model::new();
+    b.apply_all(evs.iter().rev());
+    for m in [&a, &b] {
+        assert_eq!(state(m, 0, 0, 0, 30 * MS), TagState::Waiting);
+        assert_eq!(state(m, 0, 0, 1, 30 * MS), TagState::InServer);
+    }
+    let age = |m: &Model| {
+        m.device(0, 30 * MS)
+            .and_then(|d| d.queue(0))
+            .map(|q| q.tag(1).age_ns)
+    };
+    assert_eq!(age(&a), age(&b));
+    assert_eq!(age(&a), Some(10 * MS - 5000));
+}
+
+#[test]
+fn rejected_commit_does_not_transition() {
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 2, MS));
+    m.apply(&queue_rq(0, 0, 1, 10 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, 1, 10 * MS + 10, Q_TID));
+    // Another thread tries to commit: -EINVAL.
+    m.apply_all(&commit_rejected(0, 0, 1, 11 * MS, 777, -22));
+    assert_eq!(state(&m, 0, 0, 1, 12 * MS), TagState::InServer);
+    let d = m.raw_device(0).expect("device");
+    let r = d.rejected.back().expect("rejected recorded");
+    assert_eq!(
+        (r.tid, r.owner_tid, r.errno, r.tag),
+        (777, Some(Q_TID), -22, 1)
+    );
+}
+
+#[test]
+fn cancel_is_teardown_not_a_fetch() {
+    let mut m = Model::new();
+    m.apply(&cancel(0, 0, 5, 10 * MS, Q_TID));
+    assert_eq!(state(&m, 0, 0, 5, 11 * MS), TagState::Unknown);
+    assert_eq!(m.raw_device(0).map(|d| d.cancels), Some(1));
+    assert!(!m.raw_device(0).is_some_and(|d| d.setup_observed));
+}
+
+#[test]
+fn late_attach_tags_are_unknown_up_to_geometry() {
+    let mut m = Model::new();
+    let snap = DeviceSnapshot {
+        dev_id: 0,
+        taken_ns: 5 * MS,
+        char_dev_present: true,
+        block_dev_present: true,
+        dev_info: Some(DevInfo {
+            state: 1,
+            ublksrv_pid: 10,
+            nr_hw_queues: 2,
+            queue_depth: 8,
+            flags: 0,
+            max_io_buf_bytes: 0,
+        }),
+        blk: Some(BlkMqSnapshot {
+            hctxs: vec![HctxSnapshot {
+                index: 0,
+                busy: parse_rq_list(
+                    "0 {.op=READ, .cmd_flags=SYNC, .rq_flags=IO_STAT, .state=in_flight, .tag=4, .internal_tag=-1}",
+                ),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    m.apply_snapshot(&snap, 5 * MS);
+    let d = m.device(0, 7 * MS).expect("device");
+    assert_eq!(d.queues().len(), 2);
+    let tags = d.queue(1).expect("q1").tags();
+    assert_eq!(tags.len(), 8);
+    assert!(tags.iter().all(|t| t.state == TagState::Unknown));
+    let t4 = d.queue(0).expect("q0").tag(4);
+    assert_eq!((t4.state, t4.age_ns), (TagState::InFlight, 2 * MS));
+    // The next snapshot still lists it: its age counts from the first sighting.
+    let mut later = snap.clone();
+    later.taken_ns = 9 * MS;
+    m.apply_snapshot(&later, 9 * MS);
+    let age = m
+        .device(0, 10 * MS)
+        .and_then(|d| d.queue(0))
+        .map(|q| q.tag(4).age_ns);
+    assert_eq!(age, Some(5 * MS));
+    // Gone from busy: no longer in flight.
+    let mut gone = later.clone();
+    gone.taken_ns = 11 * MS;
+    if let Some(b) = gone.blk.as_mut() {
+        b.hctxs[0].busy.clear();
+    }
+    m.apply_snapshot(&gone, 11 * MS);
+    assert_eq!(state(&m, 0, 0, 4, 12 * MS), TagState::Unknown);
+}
+
+#[test]
+fn lost_events_are_counted_and_snapshot_resyncs() {
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 2, MS));
+    m.apply(&queue_rq(0, 0, 0, 10 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, 0, 10 * MS + 10, Q_TID));
+    // The commit was lost.
+    m.apply(&lost(11 * MS, 3));
+    assert_eq!(m.lost_events(), 3);
+    assert_eq!(state(&m, 0, 0, 0, 12 * MS), TagState::InServer);
+    let snap = DeviceSnapshot {
+        dev_id: 0,
+        taken_ns: 20 * MS,
+        char_dev_present: true,
+        block_dev_present: true,
+        blk: Some(BlkMqSnapshot {
+            hctxs: vec![HctxSnapshot::default()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    m.apply_snapshot(&snap, 20 * MS);
+    assert_eq!(state(&m, 0, 0, 0, 21 * MS), TagState::Waiting);
+}
+
+#[test]
+fn requeue_storm_is_counted() {
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 1, MS));
+    for i in 0..10u64 {
+        let t = 10 * MS + i * MS;
+        m.apply(&queue_rq(0, 0, 0, t, "WRITE", 4096));
+        m.apply(&delivered(0, 0, 0, t + 10, Q_TID));
+        m.apply_all(&commit(0, 0, 0, t + 100, Q_TID, 0));
+        m.apply(&block(
+            0,
+            0,
+            0,
+            t + 200,
+            crate::event::BlockStage::Requeue,
+            0,
+        ));
+    }
+    let d = m.raw_device(0).expect("dev");
+    let t = d.queues.get(&0).and_then(|q| q.tags.get(&0)).expect("tag");
+    assert_eq!(t.requeues, 10);
+    assert_eq!(t.bad_commits, 10, "0-byte write commits are bad");
+    assert_eq!(t.requeues_within(20 * MS, 5 * MS), 5);
+    assert_eq!(state(&m, 0, 0, 0, 20 * MS), TagState::Queued);
+}
+
+#[test]
+fn ctrl_pending_and_device_removal() {
+    let mut m = Model::new();
+    m.apply_all(&setup(3, 1, 1, MS));
+    m.apply(&ctrl_start(3, 10 * MS, SRV_PID, "DEL_DEV"));
+    assert_eq!(m.ctrl().pending().count(), 1);
+    m.apply(&ctrl_done(3, 11 * MS, SRV_PID, "DEL_DEV", 0));
+    assert_eq!(m.ctrl().pending().count(), 0);
+    assert!(m.raw_device(3).is_some_and(|d| d.removed));
+    // Our own GET_DEV_INFO is not the server's.
+    let mut m2 = Model::new();
+    m2.ignore_pid(4242);
+    m2.apply(&ctrl_start(3, 10, 4242, "GET_DEV_INFO"));
+    assert!(m2.ctrl().is_empty());
+}
+
+#[test]
+fn memory_stays_bounded_under_long_traffic() {
+    // 200k requests on 4 tags: histories, windows and timelines must not grow with them.
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 4, MS));
+    for i in 0..200_000u64 {
+        let tag = (i % 4) as u16;
+        m.apply_all(&healthy_io(0, 0, tag, 10 * MS + i * 200_000, Q_TID));
+    }
+    let d = m.raw_device(0).expect("dev");
+    let q = d.queues.get(&0).expect("q");
+    assert_eq!(q.completed, 200_000);
+    assert!(q.tags.values().all(|t| t.history.len() <= tag::HISTORY_LEN));
+    assert!(q.completions_len() <= queue::RATE_SECONDS);
+    let json = serde_json::to_string(&m).expect("serializes");
+    assert!(json.len() < 200_000, "model JSON is {} bytes", json.len());
+}

@@ -1,0 +1,233 @@
+//! Synthetic event builders for model, diagnose and report tests.
+use crate::event::{BlockStage, EIOCBQUEUED_RET, EventKind, TraceEvent};
+
+pub const SRV_PID: u32 = 500;
+pub const Q_TID: u32 = 501;
+pub const MS: u64 = 1_000_000;
+
+pub fn ev(ts_ns: u64, tid: u32, kind: EventKind) -> TraceEvent {
+    TraceEvent {
+        ts_ns,
+        pid: if (SRV_PID..SRV_PID + 100).contains(&tid) {
+            SRV_PID
+        } else {
+            tid
+        },
+        tid,
+        comm: String::new(),
+        kind,
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // a test builder: one argument per event field
+fn io_pair(
+    dev: u32,
+    q: u16,
+    tag: u16,
+    ts: u64,
+    tid: u32,
+    nr: u32,
+    op: &str,
+    result: i32,
+    ret: i32,
+) -> [TraceEvent; 2] {
+    [
+        ev(
+            ts,
+            tid,
+            EventKind::IoCmd {
+                dev_id: dev,
+                q_id: q,
+                tag,
+                cmd_op: 0xc010_7500 | nr,
+                op: op.into(),
+                result,
+                addr: 0,
+                issue_flags: 0,
+            },
+        ),
+        ev(
+            ts + 1000,
+            tid,
+            EventKind::IoCmdDone {
+                dev_id: dev,
+                q_id: q,
+                tag,
+                cmd_op: 0xc010_7500 | nr,
+                op: op.into(),
+                ret,
+                cancel: false,
+            },
+        ),
+    ]
+}
+
+pub fn fetch(dev: u32, q: u16, tag: u16, ts: u64, tid: u32) -> [TraceEvent; 2] {
+    io_pair(dev, q, tag, ts, tid, 0x20, "FETCH_REQ", 0, EIOCBQUEUED_RET)
+}
+pub fn commit(dev: u32, q: u16, tag: u16, ts: u64, tid: u32, result: i32) -> [TraceEvent; 2] {
+    io_pair(
+        dev,
+        q,
+        tag,
+        ts,
+        tid,
+        0x21,
+        "COMMIT_AND_FETCH_REQ",
+        result,
+        EIOCBQUEUED_RET,
+    )
+}
+pub fn commit_rejected(
+    dev: u32,
+    q: u16,
+    tag: u16,
+    ts: u64,
+    tid: u32,
+    errno: i32,
+) -> [TraceEvent; 2] {
+    io_pair(
+        dev,
+        q,
+        tag,
+        ts,
+        tid,
+        0x21,
+        "COMMIT_AND_FETCH_REQ",
+        4096,
+        errno,
+    )
+}
+pub fn cancel(dev: u32, q: u16, tag: u16, ts: u64, tid: u32) -> TraceEvent {
+    ev(
+        ts,
+        tid,
+        EventKind::IoCmdDone {
+            dev_id: dev,
+            q_id: q,
+            tag,
+            cmd_op: 0xc010_7520,
+            op: "FETCH_REQ".into(),
+            ret: 0,
+            cancel: true,
+        },
+    )
+}
+pub fn queue_rq(dev: u32, q: u16, tag: u16, ts: u64, op: &str, bytes: u32) -> TraceEvent {
+    ev(
+        ts,
+        900,
+        EventKind::QueueRq {
+            dev_id: dev,
+            q_id: q,
+            tag,
+            op: op.into(),
+            sector: u64::from(tag) * 8,
+            bytes,
+            cmd_flags: 0,
+        },
+    )
+}
+pub fn delivered(dev: u32, q: u16, tag: u16, ts: u64, tid: u32) -> TraceEvent {
+    ev(
+        ts,
+        tid,
+        EventKind::Delivered {
+            dev_id: dev,
+            q_id: q,
+            tag,
+        },
+    )
+}
+pub fn block(dev: u32, q: u16, tag: u16, ts: u64, stage: BlockStage, error: i32) -> TraceEvent {
+    ev(
+        ts,
+        900,
+        EventKind::Block {
+            dev_id: dev,
+            q_id: q,
+            tag,
+            stage,
+            op: "READ".into(),
+            sector: u64::from(tag) * 8,
+            bytes: 4096,
+            error,
+        },
+    )
+}
+pub fn ctrl_nr(op: &str) -> u32 {
+    match op {
+        "GET_DEV_INFO" => 0x02,
+        "ADD_DEV" => 0x04,
+        "DEL_DEV" => 0x05,
+        "START_DEV" => 0x06,
+        "STOP_DEV" => 0x07,
+        "SET_PARAMS" => 0x08,
+        _ => 0xff,
+    }
+}
+pub fn ctrl_start(dev: u32, ts: u64, tid: u32, op: &str) -> TraceEvent {
+    ev(
+        ts,
+        tid,
+        EventKind::CtrlStart {
+            dev_id: dev,
+            cmd_op: 0xc020_7500 | ctrl_nr(op),
+            op: op.into(),
+            queue_id: u16::MAX,
+            data0: 0,
+        },
+    )
+}
+pub fn ctrl_done(dev: u32, ts: u64, tid: u32, op: &str, result: i32) -> TraceEvent {
+    ev(
+        ts,
+        tid,
+        EventKind::CtrlDone {
+            dev_id: dev,
+            cmd_op: 0xc020_7500 | ctrl_nr(op),
+            op: op.into(),
+            result,
+            duration_ns: 0,
+        },
+    )
+}
+pub fn lost(ts: u64, count: u64) -> TraceEvent {
+    ev(ts, 0, EventKind::Lost { count })
+}
+
+/// One healthy 4 KiB read on (q, tag) starting at `t0`, served in 100 µs, with block events.
+pub fn healthy_io(dev: u32, q: u16, tag: u16, t0: u64, tid: u32) -> Vec<TraceEvent> {
+    let mut v = vec![
+        queue_rq(dev, q, tag, t0, "READ", 4096),
+        block(dev, q, tag, t0 + 1000, BlockStage::Issue, 0),
+        delivered(dev, q, tag, t0 + 20_000, tid),
+    ];
+    let [c, d] = commit(dev, q, tag, t0 + 100_000, tid, 4096);
+    v.push(c);
+    v.push(block(dev, q, tag, t0 + 100_500, BlockStage::Complete, 0));
+    v.push(d);
+    v
+}
+
+/// A device set up in view: ADD, FETCH of every tag, START.
+pub fn setup(dev: u32, queues: u16, depth: u16, t0: u64) -> Vec<TraceEvent> {
+    let mut v = vec![
+        ctrl_start(dev, t0, SRV_PID, "ADD_DEV"),
+        ctrl_done(dev, t0 + 10, SRV_PID, "ADD_DEV", 0),
+    ];
+    for q in 0..queues {
+        for t in 0..depth {
+            v.extend(fetch(
+                dev,
+                q,
+                t,
+                t0 + 100 + u64::from(t),
+                Q_TID + u32::from(q),
+            ));
+        }
+    }
+    v.push(ctrl_start(dev, t0 + 50_000, SRV_PID, "START_DEV"));
+    v.push(ctrl_done(dev, t0 + 50_010, SRV_PID, "START_DEV", 0));
+    v
+}
