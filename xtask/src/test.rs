@@ -70,10 +70,11 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
     crate::setup::setup(opts.guest)?;
     let mut total = Tally::default();
     let mut problems: Vec<String> = Vec::new();
-    if opts.lint {
-        if let Err(e) = lint() {
-            problems.push(format!("lint: {e:#}"));
-        }
+    if opts.lint
+        && let Err(e) = lint()
+    {
+        problems.push(format!("lint: {e:#}"));
+    }
     }
     if opts.host {
         let t = host_tests(&opts.filter)?;
