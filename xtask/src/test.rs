@@ -75,7 +75,6 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
     {
         problems.push(format!("lint: {e:#}"));
     }
-    }
     if opts.host {
         let t = host_tests(&opts.filter)?;
         println!("[test] host: {} passed, {} failed", t.passed, t.failed);
