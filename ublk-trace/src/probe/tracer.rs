@@ -410,8 +410,11 @@ fn attach_one(ebpf: &mut Ebpf, p: &Plan, facts: &Targets, o: &Offsets) -> ProbeS
             let name = facts.concept(p.target).and_then(|c| c.first());
             match name {
                 None => Err(format!(
-                    "no {} in /proc/kallsyms{}",
-                    p.target,
+                    "none of [{}] in /proc/kallsyms{}",
+                    facts
+                        .concept(p.target)
+                        .map(|c| c.missing.join(", "))
+                        .unwrap_or_default(),
                     if facts.ublk_loaded {
                         " (not in this kernel version)"
                     } else {
@@ -431,11 +434,8 @@ fn attach_one(ebpf: &mut Ebpf, p: &Plan, facts: &Targets, o: &Offsets) -> ProbeS
     match result {
         Ok(()) => st.attached = true,
         Err(e) => {
-            if p.required {
-                log::warn!("{} on {}: {e}", p.program, st.target);
-            } else {
-                log::info!("optional {} on {}: {e}", p.program, st.target);
-            }
+            // Callers decide how loud a missing probe is (record warns for required ones).
+            log::info!("{} on {} not attached: {e}", p.program, st.target);
             st.error = e;
         }
     }

@@ -13,5 +13,6 @@
 //!
 //! Readers: [`read_jsonl`] (whole file) or [`JsonlReader`] (streaming).
 pub mod jsonl;
+pub mod perfetto;
 
 pub use jsonl::{JsonlReader, JsonlWriter, RecordError, RecordHeader, SCHEMA_NAME, read_jsonl};
