@@ -1,0 +1,39 @@
+//! Foundation check in the guest: GET_FEATURES travels through io_uring (URING_CMD on
+//! /dev/ublk-control, SQE128) and the answer decodes with `ublk_abi`'s names.
+use std::time::Duration;
+
+use ublk_abi::{
+    UBLK_F_CMD_IOCTL_ENCODE, UBLK_F_URING_CMD_COMP_IN_TASK, UBLK_F_USER_RECOVERY, feature_names,
+};
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_get_features_through_io_uring_decodes() {
+    let flags = ublk_trace::kernel::ctrl::get_features(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("GET_FEATURES failed: {e}"));
+    // Every kernel we support (6.1+) has these; a zero or garbage answer would miss them.
+    for (bit, name) in [
+        (
+            UBLK_F_URING_CMD_COMP_IN_TASK,
+            "UBLK_F_URING_CMD_COMP_IN_TASK",
+        ),
+        (UBLK_F_USER_RECOVERY, "UBLK_F_USER_RECOVERY"),
+        (UBLK_F_CMD_IOCTL_ENCODE, "UBLK_F_CMD_IOCTL_ENCODE"),
+    ] {
+        assert!(
+            flags & bit != 0,
+            "{name} missing from GET_FEATURES = {flags:#x}"
+        );
+    }
+    let names: Vec<&str> = feature_names(flags).collect();
+    assert_eq!(
+        names.len() as u32,
+        flags.count_ones(),
+        "every feature bit the kernel reports must have a name in ublk-abi: {flags:#x} -> {names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.contains("CMD_IOCTL_ENCODE")),
+        "{names:?}"
+    );
+    println!("GET_FEATURES = {flags:#x}: {}", names.join(" "));
+}
