@@ -1,0 +1,204 @@
+//! Helpers for the guest tests: start `ublk-server run`, wait for its ready line, run shell
+//! commands, check for tasks left in D state. Every helper has a deadline: a hung device must
+//! fail a test, not hang the guest.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    match std::env::var_os("UBLK_TEST_BIN_DIR") {
+        Some(d) => PathBuf::from(d).join("ublk-server"),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_ublk-server")),
+    }
+}
+
+pub fn server_cmd(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("spawn ublk-server")
+}
+
+/// `sh -c line`, with stdout and stderr.
+pub fn sh(line: &str) -> (ExitStatus, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .output()
+        .expect("spawn sh");
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status, s)
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `ublk-server run ...`; killed and its devices deleted on drop.
+pub struct Server {
+    pub child: Child,
+    pub dev_id: u32,
+    pub stderr_path: PathBuf,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let stderr_path = std::env::temp_dir().join(format!(
+            "ublk-server-{}-{}.err",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let err = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(bin())
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn ublk-server run");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(120));
+        let mut s = Server {
+            child,
+            dev_id: u32::MAX,
+            stderr_path,
+        };
+        let line = match line {
+            Ok(l) => l,
+            Err(_) => panic!(
+                "no ready line from ublk-server {args:?}; stderr:\n{}",
+                s.stderr()
+            ),
+        };
+        // "ublk-server: dev <id> ready: /dev/ublkb<id>"
+        let id = line
+            .strip_prefix("ublk-server: dev ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok());
+        match id {
+            Some(id) => s.dev_id = id,
+            None => panic!("unexpected first line {line:?}; stderr:\n{}", s.stderr()),
+        }
+        assert!(
+            std::path::Path::new(&s.bdev()).exists(),
+            "ready printed but {} missing",
+            s.bdev()
+        );
+        s
+    }
+
+    pub fn bdev(&self) -> String {
+        format!("/dev/ublkb{}", self.dev_id)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// SIGINT and wait for a clean exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGINT);
+        match wait_timeout(&mut self.child, Duration::from_secs(120)) {
+            Some(st) => st,
+            None => panic!(
+                "server did not exit after SIGINT; stderr:\n{}",
+                self.stderr()
+            ),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = wait_timeout(&mut self.child, Duration::from_secs(30));
+            let _ = Command::new(bin()).args(["del", "--all"]).output();
+        }
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// Tasks in D state (pid, comm, wchan), excluding kernel threads' normal idle states.
+pub fn d_state_tasks() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if rest.trim_start().starts_with('D') {
+            let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+            out.push(format!(
+                "{pid} {}) wchan={wchan}",
+                head.split_once('(').map_or("", |x| x.1)
+            ));
+        }
+    }
+    out
+}
+
+/// Wait until no task is in D state (a few seconds of grace for I/O being failed).
+pub fn assert_no_d_state() {
+    let t0 = Instant::now();
+    loop {
+        let d = d_state_tasks();
+        if d.is_empty() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "tasks left in D state: {d:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn have(tool: &str) -> bool {
+    sh(&format!("command -v {tool}")).0.success()
+}

@@ -1,0 +1,127 @@
+//! Data-path guest tests: fio write+verify on every target and geometry, and a filesystem
+//! that survives a remount (and, for loop, a server restart).
+
+mod common;
+
+use common::{Server, have, sh};
+
+fn loop_file(name: &str, bytes: u64) -> String {
+    let p = std::env::temp_dir().join(name);
+    let f = std::fs::File::create(&p).expect("create loop file");
+    f.set_len(bytes).expect("size loop file");
+    p.to_string_lossy().into_owned()
+}
+
+/// fio writes random 4k blocks with crc32c headers, then reads every block back and checks it.
+fn fio_verify(bdev: &str, depth: u16) {
+    assert!(have("fio"), "fio missing from the guest");
+    let (engine, iodepth) = if depth == 1 {
+        ("psync", 1)
+    } else {
+        ("io_uring", 32)
+    };
+    let (st, out) = sh(&format!(
+        "fio --name=verify --filename={bdev} --direct=1 --ioengine={engine} --iodepth={iodepth} \
+         --rw=randwrite --bs=4k --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1"
+    ));
+    assert!(st.success(), "fio verify failed on {bdev}:\n{out}");
+    // The verify pass reads what was written: both directions must have moved data.
+    assert!(
+        out.contains("WRITE:") && out.contains("READ:"),
+        "fio did not write and read back:\n{out}"
+    );
+    assert!(!out.contains("verify failed"), "{out}");
+}
+
+fn matrix(target: &[&str]) {
+    for queues in ["1", "2"] {
+        for depth in [1u16, 128] {
+            let d = depth.to_string();
+            let mut args = target.to_vec();
+            args.extend(["--queues", queues, "--depth", &d]);
+            let s = Server::start(&args);
+            fio_verify(&s.bdev(), depth);
+            let st = s.stop();
+            assert!(st.success(), "server exit {st:?} for {args:?}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn fio_verify_ramdisk() {
+    matrix(&["ramdisk", "--size", "16M"]);
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn fio_verify_loop() {
+    let f = loop_file("ublk-test-loop.img", 16 << 20);
+    matrix(&["loop", "--file", &f]);
+    let _ = std::fs::remove_file(f);
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn fio_verify_need_get_data() {
+    let s = Server::start(&["ramdisk", "--size", "16M", "--need-get-data"]);
+    fio_verify(&s.bdev(), 128);
+    assert!(s.stop().success());
+}
+
+/// null has no data to verify: the I/O must complete, in both directions, without errors.
+#[test]
+#[ignore = "needs ublk guest"]
+fn fio_null_completes() {
+    for depth in ["1", "128"] {
+        let s = Server::start(&["null", "--size", "1G", "--queues", "2", "--depth", depth]);
+        let (st, out) = sh(&format!(
+            "fio --name=null --filename={} --direct=1 --ioengine=io_uring --iodepth=16 \
+             --rw=randrw --bs=4k --size=64M --io_size=16M",
+            s.bdev()
+        ));
+        assert!(st.success(), "{out}");
+        assert!(out.contains("err= 0"), "fio reported errors:\n{out}");
+        assert!(s.stop().success());
+    }
+}
+
+fn mkfs_cycle(bdev: &str, mnt: &str, src: &str) {
+    let (st, out) = sh(&format!(
+        "mkfs.ext4 -q -F {bdev} && mkdir -p {mnt} && mount {bdev} {mnt} && \
+         dd if=/dev/urandom of={src} bs=1M count=4 2>/dev/null && cp {src} {mnt}/f && sync && \
+         umount {mnt} && mount {bdev} {mnt} && cmp {src} {mnt}/f && umount {mnt}"
+    ));
+    assert!(
+        st.success(),
+        "mkfs/mount/remount/compare failed on {bdev}:\n{out}"
+    );
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn ext4_on_ramdisk_survives_remount() {
+    assert!(have("mkfs.ext4"), "mkfs.ext4 missing from the guest");
+    let s = Server::start(&["ramdisk", "--size", "64M", "--queues", "2"]);
+    mkfs_cycle(&s.bdev(), "/tmp/ublk-mnt-rd", "/tmp/ublk-src-rd");
+    assert!(s.stop().success());
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn ext4_on_loop_survives_server_restart() {
+    assert!(have("mkfs.ext4"), "mkfs.ext4 missing from the guest");
+    let f = loop_file("ublk-test-ext4.img", 64 << 20);
+    let s = Server::start(&["loop", "--file", &f]);
+    mkfs_cycle(&s.bdev(), "/tmp/ublk-mnt-lo", "/tmp/ublk-src-lo");
+    assert!(s.stop().success());
+    // A new server on the same file: the data is in the file, not in the server.
+    let s = Server::start(&["loop", "--file", &f]);
+    let (st, out) = sh(&format!(
+        "mount {0} /tmp/ublk-mnt-lo && cmp /tmp/ublk-src-lo /tmp/ublk-mnt-lo/f && umount /tmp/ublk-mnt-lo",
+        s.bdev()
+    ));
+    assert!(st.success(), "file lost across server restart:\n{out}");
+    assert!(s.stop().success());
+    let _ = std::fs::remove_file(f);
+}
