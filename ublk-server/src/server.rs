@@ -570,6 +570,8 @@ pub fn recover(dev_id: u32, faults: Vec<Fault>, start_timeout: Duration) -> Resu
     let cmd = CtrlCmd::end_user_recovery(dev_id, std::process::id() as i32);
     let outcome = start_and_serve(&mut ctrl, &cmd, &mut served, &sigs, start_timeout);
     let joined = served.stop_queues();
+    // DEL_DEV waits until /dev/ublkcN is closed: drop our fd (and the mappings) first.
+    drop(served);
     let del = ctrl.del_dev(dev_id);
     let _ = std::fs::remove_file(saved_run_path(dev_id));
     outcome?;

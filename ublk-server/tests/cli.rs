@@ -9,14 +9,24 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
         .args(args)
         .output()
         .expect("spawn ublk-server");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_usage(args: &[&str], needle: &str) {
     let (code, err) = run(args);
     assert_eq!(code, Some(2), "{args:?}: {err}");
-    assert!(err.contains(needle), "{args:?}: expected '{needle}' in: {err}");
-    assert_eq!(err.trim().lines().count(), 1, "{args:?}: not one line: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected '{needle}' in: {err}"
+    );
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "{args:?}: not one line: {err}"
+    );
 }
 
 #[test]
@@ -36,7 +46,10 @@ fn depth_above_kernel_max() {
 
 #[test]
 fn loop_file_missing() {
-    assert_usage(&["run", "loop", "--file", "/nonexistent/disk.img"], "truncate -s");
+    assert_usage(
+        &["run", "loop", "--file", "/nonexistent/disk.img"],
+        "truncate -s",
+    );
 }
 
 #[test]
@@ -49,7 +62,10 @@ fn bad_inject_shows_grammar() {
     let (code, err) = run(&["run", "null", "--inject", "hang:q=0"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("missing tag="), "{err}");
-    assert!(err.contains("stall-queue:q=Q,after=N"), "grammar missing: {err}");
+    assert!(
+        err.contains("stall-queue:q=Q,after=N"),
+        "grammar missing: {err}"
+    );
 }
 
 #[test]
