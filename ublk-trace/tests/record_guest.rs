@@ -1,0 +1,154 @@
+//! Guest test: a recording of `ublk-server run null --queues 2 --depth 64` serving N direct
+//! reads by dd holds exactly queues×depth accepted FETCH_REQs, N queue_rq and N accepted
+//! commits and N block completions for dd's requests, the control commands in order, and no
+//! dropped events. The partition-scan reads at START (DESIGN "Corrections") are excluded by
+//! taking only requests queued by dd's pid and commits/completions after dd's first request.
+
+mod guest_util;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use guest_util::{bin, line_channel, signal, wait_line, wait_timeout};
+use ublk_trace::event::{BlockStage, EIOCBQUEUED_RET, EventKind, TraceEvent};
+
+const N: usize = 100;
+const QUEUES: usize = 2;
+const DEPTH: usize = 64;
+const EAGAIN: i32 = -11;
+
+fn accepted<'a>(evs: &'a [TraceEvent], want: &'a str) -> impl Iterator<Item = &'a TraceEvent> + 'a {
+    evs.iter().filter(move |e| {
+        matches!(&e.kind, EventKind::IoCmdDone { op, ret, cancel: false, .. }
+            if op == want && *ret == EIOCBQUEUED_RET)
+    })
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn recording_counts_fetches_requests_commits_and_ctrl_order() {
+    let out = std::env::temp_dir().join(format!("ublk-trace-rec-{}.jsonl", std::process::id()));
+    let mut rec = Command::new(bin("ublk-trace"))
+        .args(["record", "-o"])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ublk-trace record");
+    let rec_err = line_channel(rec.stderr.take().expect("piped"));
+    if let Err(seen) = wait_line(&rec_err, "recording", Duration::from_secs(60)) {
+        let _ = rec.kill();
+        panic!("recorder never started: {seen:#?}");
+    }
+    let mut srv = Command::new(bin("ublk-server"))
+        .args([
+            "run",
+            "null",
+            "--queues",
+            &QUEUES.to_string(),
+            "--depth",
+            &DEPTH.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ublk-server");
+    let srv_out = line_channel(srv.stdout.take().expect("piped"));
+    let ready = match wait_line(&srv_out, "ready", Duration::from_secs(60)) {
+        Ok(l) => l,
+        Err(seen) => {
+            let _ = srv.kill();
+            let _ = rec.kill();
+            panic!("server not ready: {seen:#?}");
+        }
+    };
+    let bdev = ready
+        .rsplit(' ')
+        .next()
+        .expect("ready line ends with the block device")
+        .to_string();
+    // Let the partition scan finish before dd starts (it is excluded by pid anyway).
+    std::thread::sleep(Duration::from_secs(1));
+    let mut dd = Command::new("dd")
+        .args([
+            &format!("if={bdev}"),
+            "of=/dev/null",
+            "bs=4k",
+            &format!("count={N}"),
+            "iflag=direct",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dd");
+    let dd_pid = dd.id();
+    let st = wait_timeout(&mut dd, Duration::from_secs(120)).expect("dd finishes");
+    assert!(st.success(), "dd {st:?}");
+    signal(&srv, libc::SIGINT);
+    let st = wait_timeout(&mut srv, Duration::from_secs(60)).expect("server exits on SIGINT");
+    assert!(st.success(), "server {st:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&rec, libc::SIGINT);
+    let st = wait_timeout(&mut rec, Duration::from_secs(60)).expect("recorder exits on SIGINT");
+    assert!(st.success(), "recorder {st:?}");
+    let summary = wait_line(&rec_err, "recorded", Duration::from_secs(5)).expect("summary line");
+    assert!(summary.contains(" 0 dropped"), "{summary}");
+
+    let (header, evs) = ublk_trace::record::read_jsonl(&out).expect("recording parses");
+    for p in header.probes.iter().filter(|p| p.required) {
+        assert!(p.attached, "{p:?}");
+    }
+    assert!(!evs.iter().any(|e| matches!(e.kind, EventKind::Lost { .. })));
+
+    assert_eq!(accepted(&evs, "FETCH_REQ").count(), QUEUES * DEPTH);
+
+    let dd_rqs: Vec<&TraceEvent> = evs
+        .iter()
+        .filter(|e| e.pid == dd_pid && matches!(e.kind, EventKind::QueueRq { .. }))
+        .collect();
+    assert_eq!(dd_rqs.len(), N, "queue_rq from dd");
+    let t0 = dd_rqs.iter().map(|e| e.ts_ns).min().expect("N > 0");
+    let commits: Vec<&TraceEvent> = accepted(&evs, "COMMIT_AND_FETCH_REQ")
+        .filter(|e| e.ts_ns > t0)
+        .collect();
+    assert_eq!(commits.len(), N, "commits after dd's first request");
+    let completes = evs
+        .iter()
+        .filter(|e| e.ts_ns > t0)
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::Block {
+                    stage: BlockStage::Complete,
+                    error: 0,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(completes, N, "block completions after dd's first request");
+    // Every commit carries the request's byte count (null target: the full 4 KiB).
+    let full = evs
+        .iter()
+        .filter(|e| e.ts_ns > t0)
+        .filter(|e| {
+            matches!(&e.kind, EventKind::IoCmd { op, result: 4096, .. } if op == "COMMIT_AND_FETCH_REQ")
+        })
+        .count();
+    assert_eq!(full, N, "commits with result 4096");
+
+    let ctrl: Vec<&str> = evs
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::CtrlDone { op, result, .. } if *result != EAGAIN => Some(op.as_str()),
+            _ => None,
+        })
+        .collect();
+    let want = ["ADD_DEV", "SET_PARAMS", "START_DEV", "STOP_DEV", "DEL_DEV"];
+    let mut it = ctrl.iter();
+    for w in want {
+        assert!(
+            it.any(|op| *op == w),
+            "{w} missing or out of order in {ctrl:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&out);
+}
