@@ -1,1 +1,259 @@
-//! (owner: see lib.rs)
+//! PURE rules over the model at time `now_ns` -> findings (class, device/queue/tag, pids, age,
+//! evidence sentences with measured values). No I/O, no clock.
+//!
+//! API: [`run`]`(&model, now_ns, &Thresholds) -> Vec<Finding>`; [`diagnose`] also returns the
+//! rule checks that lacked data ([`Recheck`]) inside a versioned [`Diagnosis`] (the JSON of
+//! `diagnose --json` / `watch --headless --json`: `{"schema":"ublk-trace.findings","version":1,..}`).
+//! Exit code policy for callers: [`Finding::is_problem`] (SLOW is informational).
+//!
+//! Each rule is a [`Rule`] in the tokio-console `Warn` style: it checks one device and says
+//! Ok, Findings, or Recheck ("not enough data": never a false class). Healthy traffic and idle
+//! devices (WAITING tags for hours) produce nothing.
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DeviceView, Model};
+
+mod rules_server;
+mod rules_tags;
+mod text;
+
+/// Schema of the JSON form of [`Diagnosis`]. Bump on incompatible change.
+pub const FINDINGS_SCHEMA: &str = "ublk-trace.findings";
+pub const FINDINGS_VERSION: u32 = 1;
+
+/// Finding classes (DESIGN.md "Findings").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Class {
+    StuckInServer,
+    NotDelivered,
+    HeldInBlockLayer,
+    NoFetch,
+    CtrlPending,
+    ServerStopped,
+    ServerDead,
+    RecoveryPending,
+    BadCommit,
+    CmdRejected,
+    TeardownBlocked,
+    Slow,
+    Waiters,
+}
+
+impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::StuckInServer => "STUCK_IN_SERVER",
+            Self::NotDelivered => "NOT_DELIVERED",
+            Self::HeldInBlockLayer => "HELD_IN_BLOCK_LAYER",
+            Self::NoFetch => "NO_FETCH",
+            Self::CtrlPending => "CTRL_PENDING",
+            Self::ServerStopped => "SERVER_STOPPED",
+            Self::ServerDead => "SERVER_DEAD",
+            Self::RecoveryPending => "RECOVERY_PENDING",
+            Self::BadCommit => "BAD_COMMIT",
+            Self::CmdRejected => "CMD_REJECTED",
+            Self::TeardownBlocked => "TEARDOWN_BLOCKED",
+            Self::Slow => "SLOW",
+            Self::Waiters => "WAITERS",
+        }
+    }
+}
+
+impl std::fmt::Display for Class {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+/// One diagnosis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub class: Class,
+    pub severity: Severity,
+    pub dev: u32,
+    pub queue: Option<u16>,
+    pub tag: Option<u16>,
+    /// Server threads and blocked tasks involved.
+    pub pids: Vec<u32>,
+    /// How long the condition has lasted (lower bound when only snapshots saw it).
+    pub age_ms: u64,
+    /// One line: what is wrong.
+    pub summary: String,
+    /// Measured facts, one sentence each.
+    pub evidence: Vec<String>,
+    /// What a server author or operator should do.
+    pub hint: String,
+}
+
+impl Finding {
+    /// Everything but informational classes (SLOW) counts for `diagnose`'s exit code.
+    pub fn is_problem(&self) -> bool {
+        self.severity != Severity::Info
+    }
+}
+
+/// A rule that could not decide for lack of data, and what it would need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recheck {
+    pub class: Class,
+    pub dev: u32,
+    pub reason: String,
+}
+
+/// Versioned output of a diagnosis run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    pub schema: String,
+    pub version: u32,
+    pub now_ns: u64,
+    pub lost_events: u64,
+    pub findings: Vec<Finding>,
+    pub rechecks: Vec<Recheck>,
+}
+
+/// Limits; defaults suit a guest under TCG as well as real hardware. All settable by flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// A request in the server, or queued and not delivered, for this long is stuck.
+    pub stuck_ms: u64,
+    /// Requests held in the block layer (debugfs) for this long.
+    pub held_ms: u64,
+    /// A control command pending this long (the partition scan of START_DEV takes ~100 ms
+    /// in a TCG guest).
+    pub ctrl_ms: u64,
+    /// A task blocked in D on the disk for this long.
+    pub waiter_ms: u64,
+    /// Server threads stopped for this long (0: as soon as seen).
+    pub stopped_ms: u64,
+    /// Completions slower than this are SLOW (informational).
+    pub slow_ms: u64,
+    /// BAD_COMMIT / CMD_REJECTED / SLOW look back this far.
+    pub recent_ms: u64,
+    /// This many requeues of one tag within `storm_window_ms` is a requeue storm.
+    pub storm_requeues: usize,
+    pub storm_window_ms: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            stuck_ms: 1000,
+            held_ms: 1000,
+            ctrl_ms: 2000,
+            waiter_ms: 1000,
+            stopped_ms: 0,
+            slow_ms: 1000,
+            recent_ms: 60_000,
+            storm_requeues: 16,
+            storm_window_ms: 1000,
+        }
+    }
+}
+
+/// What a rule sees: one device at one time.
+pub struct Ctx<'a> {
+    pub model: &'a Model,
+    pub dev: DeviceView<'a>,
+    pub now_ns: u64,
+    pub th: &'a Thresholds,
+}
+
+impl Ctx<'_> {
+    pub fn dev_id(&self) -> u32 {
+        self.dev.dev_id()
+    }
+    pub fn age_ms(&self, since_ns: u64) -> u64 {
+        self.now_ns.saturating_sub(since_ns) / 1_000_000
+    }
+}
+
+/// The outcome of one rule on one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Findings(Vec<Finding>),
+    /// Not enough data to decide; the reason says what is missing.
+    Recheck(String),
+}
+
+/// A lint over one device (tokio-console `Warn` style).
+pub trait Rule {
+    fn class(&self) -> Class;
+    /// What the class means, for help screens and the report.
+    fn summary(&self) -> &'static str;
+    fn check(&self, cx: &Ctx<'_>) -> Verdict;
+}
+
+/// Every rule, in the order findings are listed (causes before symptoms).
+pub fn rules() -> Vec<Box<dyn Rule>> {
+    vec![
+        Box::new(rules_server::ServerDead),
+        Box::new(rules_server::RecoveryPending),
+        Box::new(rules_server::ServerStopped),
+        Box::new(rules_server::TeardownBlocked),
+        Box::new(rules_server::CtrlPending),
+        Box::new(rules_tags::NoFetch),
+        Box::new(rules_tags::CmdRejected),
+        Box::new(rules_tags::StuckInServer),
+        Box::new(rules_tags::NotDelivered),
+        Box::new(rules_tags::HeldInBlockLayer),
+        Box::new(rules_tags::BadCommit),
+        Box::new(rules_server::Waiters),
+        Box::new(rules_tags::Slow),
+    ]
+}
+
+/// Findings for every device of the model at `now_ns`.
+pub fn run(model: &Model, now_ns: u64, th: &Thresholds) -> Vec<Finding> {
+    diagnose(model, now_ns, th).findings
+}
+
+/// Findings and rechecks, versioned.
+pub fn diagnose(model: &Model, now_ns: u64, th: &Thresholds) -> Diagnosis {
+    let rules = rules();
+    let mut findings = Vec::new();
+    let mut rechecks = Vec::new();
+    for dev in model.devices(now_ns) {
+        if dev.dev.removed {
+            continue;
+        }
+        let cx = Ctx {
+            model,
+            dev,
+            now_ns,
+            th,
+        };
+        for r in &rules {
+            match r.check(&cx) {
+                Verdict::Ok => {}
+                Verdict::Findings(f) => findings.extend(f),
+                Verdict::Recheck(reason) => rechecks.push(Recheck {
+                    class: r.class(),
+                    dev: cx.dev_id(),
+                    reason,
+                }),
+            }
+        }
+    }
+    findings.extend(rules_server::unresolved_add_dev(model, now_ns, th));
+    Diagnosis {
+        schema: FINDINGS_SCHEMA.into(),
+        version: FINDINGS_VERSION,
+        now_ns,
+        lost_events: model.lost_events(),
+        findings,
+        rechecks,
+    }
+}
+
+#[cfg(test)]
+mod tests;

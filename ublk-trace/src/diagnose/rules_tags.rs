@@ -1,0 +1,634 @@
+//! Rules about requests and tags: where a request is stuck, commands the kernel refused,
+//! bad commits, slow requests.
+use std::collections::BTreeMap;
+
+use super::text::{self, dur};
+use super::{Class, Ctx, Finding, Rule, Severity, Verdict};
+use crate::model::tag::errno_name;
+use crate::model::{QueueView, TagState, TagView};
+use crate::snapshot::WaitKind;
+
+/// Per-tag findings per rule and device; the rest is summarised in one more finding.
+const MAX_TAG_FINDINGS: usize = 32;
+
+const MS: u64 = 1_000_000;
+
+fn finding(cx: &Ctx<'_>, class: Class, severity: Severity) -> Finding {
+    Finding {
+        class,
+        severity,
+        dev: cx.dev_id(),
+        queue: None,
+        tag: None,
+        pids: Vec::new(),
+        age_ms: 0,
+        summary: String::new(),
+        evidence: Vec::new(),
+        hint: String::new(),
+    }
+}
+
+/// Keep at most [`MAX_TAG_FINDINGS`]; fold the rest into one summary finding.
+fn cap(mut v: Vec<Finding>) -> Vec<Finding> {
+    if v.len() <= MAX_TAG_FINDINGS {
+        return v;
+    }
+    let rest = v.split_off(MAX_TAG_FINDINGS - 1);
+    let Some(first) = rest.first() else {
+        return v;
+    };
+    let mut more = first.clone();
+    more.queue = None;
+    more.tag = None;
+    more.age_ms = rest.iter().map(|f| f.age_ms).max().unwrap_or(0);
+    more.summary = format!("{} more tags: {}", rest.len(), first.class);
+    more.evidence = rest
+        .iter()
+        .filter_map(|f| Some(format!("q{} tag {}", f.queue?, f.tag?)))
+        .collect();
+    v.push(more);
+    v
+}
+
+fn verdict(v: Vec<Finding>) -> Verdict {
+    if v.is_empty() {
+        Verdict::Ok
+    } else {
+        Verdict::Findings(cap(v))
+    }
+}
+
+fn tag_finding(cx: &Ctx<'_>, class: Class, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
+    let owner = t.owner_tid.or(q.owner_tid());
+    Finding {
+        queue: Some(t.q_id),
+        tag: Some(t.tag),
+        age_ms: t.age_ns / MS,
+        pids: text::pids(cx, owner),
+        ..finding(cx, class, Severity::Error)
+    }
+}
+
+/// Delivered to the owner thread, no commit for longer than `stuck_ms`.
+pub struct StuckInServer;
+
+impl Rule for StuckInServer {
+    fn class(&self) -> Class {
+        Class::StuckInServer
+    }
+    fn summary(&self) -> &'static str {
+        "requests delivered to the server and not committed"
+    }
+    fn check(&self, cx: &Ctx<'_>) -> Verdict {
+        let lim = cx.th.stuck_ms * MS;
+        let mut out = Vec::new();
+        let mut unknown = Vec::new();
+        for q in cx.dev.queues() {
+            for t in q.tags() {
+                match t.state {
+                    TagState::InServer if t.age_ns >= lim => out.push(stuck(cx, &q, &t)),
+                    TagState::InFlight if t.age_ns >= lim => {
+                        unknown.push(format!("q{} tag {}", t.q_id, t.tag));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if out.is_empty() && !unknown.is_empty() {
+            return Verdict::Recheck(format!(
+                "blk-mq lists {} in flight for at least {}; whether the server received them is \
+                 unknown (no delivery events, no tag-state file)",
+                unknown.join(", "),
+                dur(lim)
+            ));
+        }
+        verdict(out)
+    }
+}
+
+fn stuck(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
+    let mut f = tag_finding(cx, Class::StuckInServer, q, t);
+    f.summary = format!(
+        "q{} tag {}: in the server for {} without a commit",
+        t.q_id,
+        t.tag,
+        dur(t.age_ns)
+    );
+    let how = if t.delivery_inferred {
+        " (delivery inferred from the queue's batched task-work run)"
+    } else if t.from_snapshot {
+        " (from the server's tag-state file)"
+    } else {
+        ""
+    };
+    f.evidence.push(format!(
+        "{} delivered to the server {} ago{how}; no COMMIT_AND_FETCH_REQ accepted since",
+        text::request(t.op, t.sector, t.bytes),
+        dur(t.age_ns)
+    ));
+    f.evidence
+        .extend(text::owner_line(cx, t.owner_tid.or(q.owner_tid())));
+    f.evidence.extend(published_line(cx, t));
+    f.evidence.extend(text::ring_lines(cx));
+    f.evidence.extend(text::lost_line(cx));
+    f.hint = "Every delivered request must be answered by COMMIT_AND_FETCH_REQ from the owner \
+              thread: look at what that thread does with this tag (backend I/O, a lock, a lost \
+              completion, a commit never submitted)."
+        .into();
+    f
+}
+
+fn published_line(cx: &Ctx<'_>, t: &TagView<'_>) -> Option<String> {
+    let p = t.published?;
+    let ago = |ns: u64| dur(cx.now_ns.saturating_sub(ns));
+    Some(match p.state.as_str() {
+        "committed" => format!(
+            "the server's tag file says it committed result {} {} ago, but the kernel never \
+             accepted that commit: the SQE was not submitted (missing io_uring_enter or SQ tail store)",
+            p.result,
+            ago(p.committed_ns)
+        ),
+        "in_server" => format!(
+            "the server's tag file agrees: received {} ago by tid {}",
+            ago(p.received_ns),
+            p.tid
+        ),
+        "waiting" => "the server's tag file says it still waits for this tag: it never read the \
+                      request's CQE"
+            .to_string(),
+        other => format!("the server's tag file says {other}"),
+    })
+}
+
+/// Started and never delivered: the owner thread did not run the delivery task work.
+pub struct NotDelivered;
+
+impl Rule for NotDelivered {
+    fn class(&self) -> Class {
+        Class::NotDelivered
+    }
+    fn summary(&self) -> &'static str {
+        "requests started in the kernel that the server's thread never received"
+    }
+    fn check(&self, cx: &Ctx<'_>) -> Verdict {
+        let lim = cx.th.stuck_ms * MS;
+        let mut out = Vec::new();
+        let mut blind = Vec::new();
+        for q in cx.dev.queues() {
+            for t in q.tags() {
+                let requeued = t.raw.is_some_and(|r| r.requeue_ns > r.queue_rq_ns);
+                if t.state != TagState::Queued || requeued || t.age_ns < lim {
+                    continue;
+                }
+                if q.queue.deliveries == 0 && !t.from_snapshot {
+                    blind.push(format!("q{} tag {}", t.q_id, t.tag));
+                    continue;
+                }
+                out.push(not_delivered(cx, &q, &t));
+            }
+        }
+        if out.is_empty() && !blind.is_empty() {
+            return Verdict::Recheck(format!(
+                "{} started over {} ago, but no delivery event was ever seen on their queue \
+                 (task-work probe missing on this kernel?): cannot tell undelivered from in server",
+                blind.join(", "),
+                dur(lim)
+            ));
+        }
+        verdict(out)
+    }
+}
+
+fn not_delivered(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
+    let mut f = tag_finding(cx, Class::NotDelivered, q, t);
+    f.summary = format!(
+        "q{} tag {}: started {} ago, never delivered to the server",
+        t.q_id,
+        t.tag,
+        dur(t.age_ns)
+    );
+    f.evidence.push(format!(
+        "{} started (queue_rq) {} ago; the owner thread has not run its delivery task work",
+        text::request(t.op, t.sector, t.bytes),
+        dur(t.age_ns)
+    ));
+    if q.queue.last_delivered_ns > 0 {
+        f.evidence.push(format!(
+            "the queue's last delivery ran {} ago",
+            dur(cx.now_ns.saturating_sub(q.queue.last_delivered_ns))
+        ));
+    }
+    let owner = t.owner_tid.or(q.owner_tid());
+    if let Some(th) = owner.and_then(|tid| text::find_thread(cx, tid)) {
+        f.evidence
+            .push(format!("owner thread {}", text::thread(th)));
+        f.evidence.push(
+            match th.state {
+                'T' | 't' => "it is stopped: delivery waits until it runs again",
+                'R' => "it runs in user space and does not enter io_uring (busy loop?)",
+                _ if th.wchan.starts_with("io_cqring_wait") => {
+                    "it waits in io_uring, yet the task work did not run"
+                }
+                _ => "it sleeps outside io_uring_enter: task work runs only when it enters the kernel",
+            }
+            .to_string(),
+        );
+    }
+    f.evidence.extend(published_line(cx, t));
+    f.evidence.extend(text::lost_line(cx));
+    f.hint = "The owner thread must keep entering io_uring (submit_and_wait) so the kernel can \
+              deliver requests; with DEFER_TASKRUN only that thread's io_uring_enter runs them."
+        .into();
+    f
+}
+
+/// Inserted but not started: quiesced/frozen queue, requeue list, scheduler, tag starvation.
+pub struct HeldInBlockLayer;
+
+impl Rule for HeldInBlockLayer {
+    fn class(&self) -> Class {
+        Class::HeldInBlockLayer
+    }
+    fn summary(&self) -> &'static str {
+        "requests held by blk-mq before ublk sees them"
+    }
+    fn check(&self, cx: &Ctx<'_>) -> Verdict {
+        let mut ev = Vec::new();
+        let mut since = u64::MAX;
+        let lim = cx.th.held_ms * MS;
+        let p = &cx.dev.dev.persist;
+        if let (Some(s), Some(blk)) = (p.held_since, cx.dev.snapshot().and_then(|s| s.blk.as_ref()))
+            && cx.now_ns.saturating_sub(s) >= lim
+        {
+            ev.extend(blk.held_in_block_layer());
+            since = since.min(s);
+        }
+        for q in cx.dev.queues() {
+            for t in q.tags() {
+                let Some(r) = t.raw.filter(|r| r.requeue_ns > r.queue_rq_ns) else {
+                    continue;
+                };
+                if cx.now_ns.saturating_sub(r.requeue_ns) >= lim {
+                    ev.push(format!(
+                        "q{} tag {}: requeued {} ago and not started again",
+                        t.q_id,
+                        t.tag,
+                        dur(cx.now_ns.saturating_sub(r.requeue_ns))
+                    ));
+                    since = since.min(r.requeue_ns);
+                }
+            }
+        }
+        let mut pids = Vec::new();
+        for w in cx.dev.snapshot().map_or(&[][..], |s| s.waiters.as_slice()) {
+            let starved = matches!(w.wait, Some(WaitKind::TagStarved | WaitKind::QueueFrozen));
+            let Some((_, s)) = p.waiter_since.get(&w.tid) else {
+                continue;
+            };
+            if starved && cx.now_ns.saturating_sub(*s) >= cx.th.waiter_ms * MS {
+                ev.push(format!(
+                    "pid {} ({}) in D for at least {}, wchan {}: {}",
+                    w.pid,
+                    w.comm,
+                    dur(cx.now_ns.saturating_sub(*s)),
+                    w.wchan,
+                    w.wait.map_or("", WaitKind::explain)
+                ));
+                since = since.min(*s);
+                pids.push(w.pid);
+            }
+        }
+        if ev.is_empty() {
+            return Verdict::Ok;
+        }
+        let mut f = finding(cx, Class::HeldInBlockLayer, Severity::Error);
+        f.age_ms = cx.age_ms(since);
+        f.pids = text::pids(cx, pids);
+        f.summary = format!(
+            "requests held in the block layer for {}",
+            dur(f.age_ms * MS)
+        );
+        f.evidence = ev;
+        f.hint =
+            "No ublk_queue_rq can run for these requests: look for a quiesced or frozen queue \
+                  (recovery, update-size, teardown), all tags busy (requests stuck in the server), \
+                  or a requeue loop."
+                .into();
+        Verdict::Findings(vec![f])
+    }
+}
+
+/// START_DEV waits until every tag has a FETCH_REQ; these tags never had one.
+pub struct NoFetch;
+
+impl Rule for NoFetch {
+    fn class(&self) -> Class {
+        Class::NoFetch
+    }
+    fn summary(&self) -> &'static str {
+        "tags without FETCH_REQ while START_DEV waits for them"
+    }
+    fn check(&self, cx: &Ctx<'_>) -> Verdict {
+        let dev = cx.dev_id();
+        let start = cx
+            .model
+            .ctrl()
+            .pending()
+            .filter(|c| c.dev_id == Some(dev) && c.op == "START_DEV")
+            .map(|c| c.start_ns)
+            .min();
+        let frame_start = cx
+            .dev
+            .dev
+            .persist
+            .ctrl_frames_since
+            .values()
+            .filter(|(f, _)| f.starts_with("ublk_ctrl_start_dev"))
+            .map(|(_, s)| *s)
+            .min();
+        let Some(since) = start.or(frame_start) else {
+            return Verdict::Ok;
+        };
+        if cx.now_ns.saturating_sub(since) < cx.th.stuck_ms * MS {
+            return Verdict::Ok;
+        }
+        let Some((nr, depth)) = cx.dev.geometry() else {
+            return Verdict::Recheck(
+                "START_DEV is pending but the queue count and depth are \
+                                     unknown (GET_DEV_INFO failed)"
+                    .into(),
+            );
+        };
+        let add_seen = cx
+            .model
+            .ctrl()
+            .iter()
+            .any(|c| c.dev_id == Some(dev) && c.op == "ADD_DEV");
+        no_fetch(cx, since, (nr, depth), add_seen)
+    }
+}
+
+fn no_fetch(cx: &Ctx<'_>, since: u64, (nr, depth): (u16, u16), add_seen: bool) -> Verdict {
+    let mut missing: BTreeMap<u16, Vec<u16>> = BTreeMap::new();
+    let mut told_by_file = false;
+    for q in 0..nr {
+        let qv = cx.dev.queue(q);
+        for t in 0..depth {
+            let tv = qv.map(|qv| qv.tag(t));
+            let fetched = tv
+                .as_ref()
+                .and_then(|t| t.raw)
+                .is_some_and(|r| r.fetch_ns > 0);
+            let published = tv.as_ref().and_then(|t| t.published);
+            told_by_file |= published.is_some();
+            let file_idle = published.is_some_and(|p| p.state == "idle");
+            let file_armed = published.is_some_and(|p| p.state != "idle");
+            if !fetched && !file_armed && (add_seen || file_idle) {
+                missing.entry(q).or_default().push(t);
+            }
+        }
+    }
+    if missing.is_empty() {
+        if !add_seen && !told_by_file {
+            return Verdict::Recheck(
+                "START_DEV is pending, but the tracer attached after ADD_DEV \
+                                     and the FETCH_REQs before it were not seen"
+                    .into(),
+            );
+        }
+        return Verdict::Ok;
+    }
+    let mut f = finding(cx, Class::NoFetch, Severity::Error);
+    f.age_ms = cx.age_ms(since);
+    f.pids = text::pids(cx, []);
+    let total: usize = missing.values().map(Vec::len).sum();
+    f.queue = (missing.len() == 1)
+        .then(|| missing.keys().next().copied())
+        .flatten();
+    f.summary = format!(
+        "{total} tag(s) never fetched; START_DEV has waited {}",
+        dur(f.age_ms * MS)
+    );
+    f.evidence.push(format!(
+        "START_DEV pending for {}: it completes only when every tag of every queue has a FETCH_REQ",
+        dur(f.age_ms * MS)
+    ));
+    for (q, tags) in &missing {
+        f.evidence.push(format!(
+            "q{q}: {} of {depth} tags never had a FETCH_REQ accepted: {}",
+            tags.len(),
+            list(tags)
+        ));
+    }
+    for r in cx.dev.rejected().filter(|r| r.op == "FETCH_REQ") {
+        f.evidence.push(format!(
+            "FETCH_REQ on q{} tag {} was rejected with {}",
+            r.q_id,
+            r.tag,
+            errno_name(r.errno)
+        ));
+    }
+    f.hint = "Submit one FETCH_REQ per tag of every queue (from the thread that will serve it) \
+              before waiting for START_DEV."
+        .into();
+    Verdict::Findings(vec![f])
+}
+
+/// `1, 2, 3, 7` (at most 16, then `...`).
+fn list(tags: &[u16]) -> String {
+    let mut s: Vec<String> = tags.iter().take(16).map(u16::to_string).collect();
+    if tags.len() > 16 {
+        s.push(format!("... ({} more)", tags.len() - 16));
+    }
+    s.join(", ")
+}
+
+/// Negative commit, 0 bytes for a non-empty read/write, or a requeue storm.
+pub struct BadCommit;
+
+impl Rule for BadCommit {
+    fn class(&self) -> Class {
+        Class::BadCommit
+    }
+    fn summary(&self) -> &'static str {
+        "commits that fail the request or make the kernel requeue it"
+    }
+    fn check(&self, cx: &Ctx<'_>) -> Verdict {
+        let recent = cx.now_ns.saturating_sub(cx.th.recent_ms * MS);
+        let mut out = Vec::new();
+        for q in cx.dev.queues() {
+            for t in q.tags() {
+                let Some(r) = t.raw else { continue };
+                let storm = r.requeues_within(cx.now_ns, cx.th.storm_window_ms * MS);
+                let bad = r.last_bad.as_ref().filter(|b| b.ts_ns >= recent);
+                if bad.is_none() && storm < cx.th.storm_requeues {
+                    continue;
+                }
+                out.push(bad_commit(cx, &q, &t, bad, storm));
+            }
+        }
+        verdict(out)
+    }
+}
+
+fn bad_commit(
+    cx: &Ctx<'_>,
+    q: &QueueView<'_>,
+    t: &TagView<'_>,
+    bad: Option<&crate::model::tag::BadCommit>,
+    storm: usize,
+) -> Finding {
+    let mut f = tag_finding(cx, Class::BadCommit, q, t);
+    let count = t.bad_commits;
+    if let Some(b) = bad {
+        f.age_ms = cx.age_ms(b.ts_ns);
+        f.evidence.push(if b.result < 0 {
+            format!(
+                "COMMIT_AND_FETCH_REQ result {} for a {}-byte {}: the request fails",
+                errno_name(b.result),
+                b.bytes,
+                b.op
+            )
+        } else if b.op == "READ" {
+            format!(
+                "COMMIT_AND_FETCH_REQ result 0 for a {}-byte READ: the kernel fails it with EIO",
+                b.bytes
+            )
+        } else {
+            format!(
+                "COMMIT_AND_FETCH_REQ result 0 for a {}-byte {}: the kernel requeues the remainder",
+                b.bytes, b.op
+            )
+        });
+        f.evidence
+            .push(format!("{count} bad commit(s) on this tag so far"));
+        if b.result < 0 {
+            f.severity = Severity::Warning;
+        }
+    }
+    if storm >= cx.th.storm_requeues {
+        f.severity = Severity::Error;
+        f.evidence.push(format!(
+            "{storm} requeues of this tag within {}: a requeue storm (livelock), not a stall",
+            dur(cx.th.storm_window_ms * MS)
+        ));
+    }
+    f.summary = format!("q{} tag {}: bad commit ({count} so far)", t.q_id, t.tag);
+    f.evidence.extend(text::lost_line(cx));
+    f.hint = "Commit the number of bytes transferred (> 0) for reads and writes, or a negative \
+              errno to fail the request on purpose; a short write is requeued."
+        .into();
+    f
+}
+
+/// Commands the kernel rejected (wrong thread, tag not owned, double commit, bad address).
+pub struct CmdRejected;
+
+impl Rule for CmdRejected {
+    fn class(&self) -> Class {
+        Class::CmdRejected
+    }
+    fn summary(&self) -> &'static str {
+        "I/O commands the kernel refused"
+    }
+    fn check(&self, cx: &Ctx<'_>) -> Verdict {
+        let recent = cx.now_ns.saturating_sub(cx.th.recent_ms * MS);
+        type Key = (u16, u16, String, i32, u32);
+        let mut groups: BTreeMap<Key, (u64, u64, Option<u32>)> = BTreeMap::new();
+        for r in cx.dev.rejected().filter(|r| r.ts_ns >= recent) {
+            let k = (r.q_id, r.tag, r.op.clone(), r.errno, r.tid);
+            let e = groups.entry(k).or_insert((0, r.ts_ns, r.owner_tid));
+            e.0 += 1;
+            e.1 = e.1.min(r.ts_ns);
+            e.2 = r.owner_tid.or(e.2);
+        }
+        let out = groups
+            .into_iter()
+            .map(|((q, tag, op, errno, tid), (n, first, owner))| {
+                let mut f = finding(cx, Class::CmdRejected, Severity::Error);
+                f.queue = Some(q);
+                f.tag = Some(tag);
+                f.age_ms = cx.age_ms(first);
+                f.pids = text::pids(cx, [tid]);
+                f.summary = format!("q{q} tag {tag}: {op} rejected with {} ({n}x)", errno_name(errno));
+                f.evidence.push(format!(
+                    "{op} from tid {tid} returned {} {n} time(s), first {} ago",
+                    errno_name(errno),
+                    dur(cx.now_ns.saturating_sub(first))
+                ));
+                f.evidence.push(match owner {
+                    Some(o) if o != tid => format!(
+                        "the tag is owned by tid {o}: commands from another thread are rejected \
+                         (per queue up to 6.15, per tag from 6.16)"
+                    ),
+                    Some(_) => "sent by the owner thread: a double commit, a commit for a tag \
+                                that holds no request, or a bad buffer address"
+                        .to_string(),
+                    None => "the owner thread is unknown (its FETCH_REQ was not seen)".to_string(),
+                });
+                f.hint = "A rejected command changes nothing in the kernel: the tag stays where \
+                          it was. Send each COMMIT once, from the owner thread, for a delivered request."
+                    .into();
+                f
+            })
+            .collect();
+        verdict(out)
+    }
+}
+
+/// Latency outliers (informational).
+pub struct Slow;
+
+impl Rule for Slow {
+    fn class(&self) -> Class {
+        Class::Slow
+    }
+    fn summary(&self) -> &'static str {
+        "requests much slower than the threshold (informational)"
+    }
+    fn check(&self, cx: &Ctx<'_>) -> Verdict {
+        let recent = cx.now_ns.saturating_sub(cx.th.recent_ms * MS);
+        let lim = cx.th.slow_ms * MS;
+        let mut out = Vec::new();
+        for q in cx.dev.queues() {
+            let slow: Vec<_> = q
+                .queue
+                .slow
+                .iter()
+                .filter(|s| s.done_ns >= recent && s.latency_ns >= lim)
+                .collect();
+            let Some(worst) = slow.iter().max_by_key(|s| s.latency_ns) else {
+                continue;
+            };
+            let h = q.server_latency();
+            let mut f = finding(cx, Class::Slow, Severity::Info);
+            f.queue = Some(q.q_id());
+            f.tag = Some(worst.tag);
+            f.age_ms = cx.age_ms(worst.done_ns);
+            f.summary = format!(
+                "q{}: {} request(s) slower than {} (max {})",
+                q.q_id(),
+                slow.len(),
+                dur(lim),
+                dur(worst.latency_ns)
+            );
+            f.evidence.push(format!(
+                "slowest: tag {} took {} (queue_rq -> commit), {} ago",
+                worst.tag,
+                dur(worst.latency_ns),
+                dur(cx.now_ns.saturating_sub(worst.done_ns))
+            ));
+            if let (Some(p50), Some(p99)) = (h.quantile_ns(0.5), h.quantile_ns(0.99)) {
+                f.evidence.push(format!(
+                    "queue distribution over {} requests: p50 {}, p99 {}",
+                    h.count(),
+                    dur(p50),
+                    dur(p99)
+                ));
+            }
+            f.hint = "Informational: look at the server's backend for these requests.".into();
+            out.push(f);
+        }
+        verdict(out)
+    }
+}

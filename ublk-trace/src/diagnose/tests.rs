@@ -1,0 +1,514 @@
+//! Each rule: a positive, a negative and a not-enough-data case, on synthetic streams.
+use super::*;
+use crate::event::BlockStage;
+use crate::model::testutil::*;
+use crate::snapshot::blkmq::{BlkMqSnapshot, HctxSnapshot, parse_rq_list};
+use crate::snapshot::fdinfo::RingInfo;
+use crate::snapshot::{DevInfo, DeviceSnapshot, Inflight, ServerProcess, TaskInfo, WaitKind};
+
+fn th() -> Thresholds {
+    Thresholds::default()
+}
+
+fn classes(m: &Model, now: u64) -> Vec<(Class, Option<u16>, Option<u16>)> {
+    run(m, now, &th())
+        .into_iter()
+        .map(|f| (f.class, f.queue, f.tag))
+        .collect()
+}
+
+fn rechecks(m: &Model, now: u64) -> Vec<Class> {
+    diagnose(m, now, &th())
+        .rechecks
+        .into_iter()
+        .map(|r| r.class)
+        .collect()
+}
+
+fn info(state: u16, flags: u64) -> DevInfo {
+    DevInfo {
+        state,
+        ublksrv_pid: SRV_PID as i32,
+        nr_hw_queues: 1,
+        queue_depth: 4,
+        flags,
+        max_io_buf_bytes: 0,
+    }
+}
+
+fn task(tid: u32, state: char, wchan: &str) -> TaskInfo {
+    TaskInfo {
+        pid: SRV_PID,
+        tid,
+        comm: "srv".into(),
+        state,
+        wchan: wchan.into(),
+        stack: vec![],
+        ctxt_switches: Some(5),
+        wait: None,
+    }
+}
+
+fn snap(ts: u64, threads: Vec<TaskInfo>) -> DeviceSnapshot {
+    DeviceSnapshot {
+        dev_id: 0,
+        taken_ns: ts,
+        char_dev_present: true,
+        block_dev_present: true,
+        dev_info: Some(info(1, 0)),
+        proc_scanned: true,
+        servers: vec![ServerProcess {
+            pid: SRV_PID,
+            comm: "srv".into(),
+            threads,
+            rings: vec![],
+        }],
+        inflight: Some(Inflight {
+            reads: 0,
+            writes: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+fn busy_blk(tags: &[u16]) -> BlkMqSnapshot {
+    let text: String = tags
+        .iter()
+        .map(|t| format!("0 {{.op=READ, .cmd_flags=SYNC, .rq_flags=IO_STAT, .state=in_flight, .tag={t}, .internal_tag=-1}}\n"))
+        .collect();
+    BlkMqSnapshot {
+        hctxs: vec![HctxSnapshot {
+            index: 0,
+            busy: parse_rq_list(&text),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A device in view with healthy traffic on every tag, ending at 1 s.
+fn healthy() -> Model {
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 2, 4, MS));
+    for i in 0..400u64 {
+        let q = (i % 2) as u16;
+        let tag = ((i / 2) % 4) as u16;
+        m.apply_all(&healthy_io(
+            0,
+            q,
+            tag,
+            100 * MS + i * 2 * MS,
+            Q_TID + u32::from(q),
+        ));
+    }
+    m
+}
+
+#[test]
+fn healthy_traffic_and_long_idle_give_nothing() {
+    let m = healthy();
+    assert!(run(&m, 901 * MS, &th()).is_empty());
+    // Hours of idle: WAITING tags are healthy.
+    let mut idle = m.clone();
+    idle.apply_snapshot(
+        &snap(3_600_000 * MS, vec![task(Q_TID, 'S', "io_cqring_wait")]),
+        0,
+    );
+    let d = diagnose(&idle, 3_600_001 * MS, &th());
+    assert!(d.findings.is_empty(), "{:?}", d.findings);
+    assert!(d.rechecks.is_empty(), "{:?}", d.rechecks);
+}
+
+#[test]
+fn idle_depth_128_device_attached_late_gives_nothing() {
+    let mut m = Model::new();
+    let mut s = snap(10 * MS, vec![task(Q_TID, 'S', "io_cqring_wait")]);
+    s.dev_info = Some(DevInfo {
+        queue_depth: 128,
+        ..info(1, 0)
+    });
+    s.blk = Some(busy_blk(&[]));
+    m.apply_snapshot(&s, 0);
+    let d = diagnose(&m, 7_200_000 * MS, &th());
+    assert!(d.findings.is_empty() && d.rechecks.is_empty(), "{d:?}");
+}
+
+#[test]
+fn stuck_in_server_names_the_tag() {
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 1, 2, 1000 * MS, "READ", 4096));
+    m.apply(&delivered(0, 1, 2, 1000 * MS + 50_000, Q_TID + 1));
+    // Positive: 1.5 s later.
+    let c = classes(&m, 2500 * MS);
+    assert_eq!(c, vec![(Class::StuckInServer, Some(1), Some(2))]);
+    let f = &run(&m, 2500 * MS, &th())[0];
+    assert_eq!(f.age_ms, 1499);
+    assert!(f.evidence[0].contains("READ sector 16"), "{:?}", f.evidence);
+    // Negative: below the threshold.
+    assert!(classes(&m, 1500 * MS).is_empty());
+    // Not enough data: only blk-mq says tag 3 is in flight (late attach, no tag file).
+    let mut late = Model::new();
+    let mut s = snap(10 * MS, vec![]);
+    s.blk = Some(busy_blk(&[3]));
+    late.apply_snapshot(&s, 0);
+    assert!(classes(&late, 3000 * MS).is_empty());
+    assert!(rechecks(&late, 3000 * MS).contains(&Class::StuckInServer));
+}
+
+#[test]
+fn stuck_in_server_says_commit_not_submitted() {
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 1, 1000 * MS, "WRITE", 8192));
+    m.apply(&delivered(0, 0, 1, 1000 * MS + 10, Q_TID));
+    let mut s = snap(2900 * MS, vec![task(Q_TID, 'S', "io_cqring_wait")]);
+    s.servers[0].rings.push(RingInfo {
+        fd: 7,
+        sq_head: 10,
+        sq_tail: 11,
+        ..Default::default()
+    });
+    m.apply_snapshot(&s, 0);
+    let f = run(&m, 3000 * MS, &th());
+    assert_eq!(f.len(), 1);
+    assert!(
+        f[0].evidence
+            .iter()
+            .any(|e| e.contains("written and not submitted")),
+        "{:?}",
+        f[0].evidence
+    );
+    assert!(f[0].pids.contains(&Q_TID));
+}
+
+#[test]
+fn not_delivered_needs_observable_delivery() {
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 3, 1000 * MS, "READ", 4096));
+    m.apply_snapshot(
+        &snap(2000 * MS, vec![task(Q_TID, 'T', "do_signal_stop")]),
+        0,
+    );
+    let f = run(&m, 2500 * MS, &th());
+    let nd: Vec<_> = f
+        .iter()
+        .filter(|f| f.class == Class::NotDelivered)
+        .collect();
+    assert_eq!(nd.len(), 1, "{f:?}");
+    assert_eq!((nd[0].queue, nd[0].tag), (Some(0), Some(3)));
+    assert!(
+        nd[0].evidence.iter().any(|e| e.contains("stopped")),
+        "{:?}",
+        nd[0].evidence
+    );
+    // Negative: delivered in time.
+    let mut ok = healthy();
+    ok.apply(&queue_rq(0, 0, 3, 1000 * MS, "READ", 4096));
+    assert!(classes(&ok, 1500 * MS).is_empty());
+    // Not enough data: no delivery event ever seen on the device.
+    let mut blind = Model::new();
+    blind.apply_all(&setup(0, 1, 4, MS));
+    blind.apply(&queue_rq(0, 0, 0, 10 * MS, "READ", 4096));
+    assert!(classes(&blind, 3000 * MS).is_empty());
+    assert!(rechecks(&blind, 3000 * MS).contains(&Class::NotDelivered));
+}
+
+#[test]
+fn batched_delivery_is_not_not_delivered() {
+    // 6.12 drains several tags per task-work run: one Delivered (tag 0) covers tag 1 too.
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 0, 1000 * MS, "READ", 4096));
+    m.apply(&queue_rq(0, 0, 1, 1000 * MS + 10, "READ", 4096));
+    m.apply(&delivered(0, 0, 0, 1000 * MS + 100, Q_TID));
+    let c = classes(&m, 3000 * MS);
+    assert_eq!(
+        c,
+        vec![
+            (Class::StuckInServer, Some(0), Some(0)),
+            (Class::StuckInServer, Some(0), Some(1))
+        ]
+    );
+}
+
+#[test]
+fn server_stopped_and_waiters_from_snapshots() {
+    let mut m = healthy();
+    let mut s = snap(
+        2000 * MS,
+        vec![
+            task(Q_TID, 'T', "do_signal_stop"),
+            task(SRV_PID, 'T', "do_signal_stop"),
+        ],
+    );
+    s.inflight = Some(Inflight {
+        reads: 2,
+        writes: 0,
+    });
+    s.blk = Some(busy_blk(&[1, 3]));
+    s.waiters = vec![TaskInfo {
+        pid: 202,
+        tid: 202,
+        comm: "dd".into(),
+        state: 'D',
+        wchan: "submit_bio_wait".into(),
+        stack: vec![],
+        ctxt_switches: Some(9),
+        wait: Some(WaitKind::RequestInFlight),
+    }];
+    m.apply_snapshot(&s, 0);
+    let mut s2 = s.clone();
+    s2.taken_ns = 3500 * MS;
+    m.apply_snapshot(&s2, 0);
+    let f = run(&m, 3600 * MS, &th());
+    let stopped = f
+        .iter()
+        .find(|f| f.class == Class::ServerStopped)
+        .expect("stopped");
+    assert!(stopped.pids.contains(&Q_TID));
+    assert_eq!(stopped.age_ms, 1600);
+    assert!(stopped.evidence.iter().any(|e| e.contains("2 read(s)")));
+    let w = f
+        .iter()
+        .find(|f| f.class == Class::Waiters)
+        .expect("waiters");
+    assert_eq!(w.pids, vec![202]);
+    // Negative: a running server; the D task that keeps switching is not the same sleep.
+    let mut ok = healthy();
+    let mut r = snap(2000 * MS, vec![task(Q_TID, 'S', "io_cqring_wait")]);
+    r.waiters = s.waiters.clone();
+    ok.apply_snapshot(&r, 0);
+    r.taken_ns = 3500 * MS;
+    r.waiters[0].ctxt_switches = Some(10);
+    ok.apply_snapshot(&r, 0);
+    assert!(classes(&ok, 3600 * MS).is_empty());
+    // Not enough data: no snapshot at all -> nothing, never a guess.
+    assert!(classes(&healthy(), 3600 * MS).is_empty());
+}
+
+#[test]
+fn server_dead_and_recovery_pending() {
+    let mut m = healthy();
+    m.apply(&cancel(0, 0, 0, 1000 * MS, Q_TID));
+    let mut s = snap(1100 * MS, vec![]);
+    s.servers.clear();
+    s.block_dev_present = false;
+    s.dev_info = Some(DevInfo {
+        ublksrv_pid: -1,
+        ..info(0, 0)
+    });
+    m.apply_snapshot(&s, 0);
+    let f = run(&m, 1200 * MS, &th());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].class, Class::ServerDead);
+    assert!(f[0].evidence.iter().any(|e| e.contains("state DEAD")));
+    // With recovery the device is QUIESCED: RECOVERY_PENDING, not dead.
+    let mut r = healthy();
+    let mut q = s.clone();
+    q.block_dev_present = true;
+    q.dev_info = Some(info(2, 1 << 3));
+    r.apply_snapshot(&q, 0);
+    assert_eq!(
+        classes(&r, 1200 * MS),
+        vec![(Class::RecoveryPending, None, None)]
+    );
+    // Negative: between ADD and START the device is DEAD but its server holds the char dev.
+    let mut n = Model::new();
+    let mut a = snap(10 * MS, vec![task(Q_TID, 'S', "io_cqring_wait")]);
+    a.dev_info = Some(info(0, 0));
+    n.apply_snapshot(&a, 0);
+    assert!(classes(&n, 20 * MS).is_empty());
+    // Not enough data: no server, disk present, GET_DEV_INFO unavailable.
+    let mut u = Model::new();
+    let mut b = s.clone();
+    b.block_dev_present = true;
+    b.dev_info = None;
+    u.apply_snapshot(&b, 0);
+    assert!(classes(&u, 1200 * MS).is_empty());
+    assert!(rechecks(&u, 1200 * MS).contains(&Class::ServerDead));
+}
+
+#[test]
+fn ctrl_pending_start_dev_and_teardown() {
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 4, MS)[..]);
+    m.apply(&ctrl_start(0, 100 * MS, SRV_PID, "STOP_DEV"));
+    m.apply(&ctrl_done(0, 100 * MS + 5, SRV_PID, "STOP_DEV", -11));
+    let c = classes(&m, 3000 * MS);
+    assert_eq!(c, vec![(Class::TeardownBlocked, None, None)]);
+    // START_DEV that never returns while the partition-scan read sits in the server.
+    let mut s = Model::new();
+    let mut evs = setup(0, 1, 4, MS);
+    evs.truncate(evs.len() - 1); // START_DEV never returns
+    s.apply_all(&evs);
+    s.apply(&queue_rq(0, 0, 0, 60 * MS, "READ", 4096));
+    s.apply(&delivered(0, 0, 0, 61 * MS, Q_TID));
+    let f = run(&s, 3000 * MS, &th());
+    let cp = f
+        .iter()
+        .find(|f| f.class == Class::CtrlPending)
+        .expect("ctrl pending");
+    assert!(cp.summary.contains("START_DEV"));
+    assert!(
+        cp.evidence.iter().any(|e| e.contains("partition scan")),
+        "{:?}",
+        cp.evidence
+    );
+    // Negative: commands that return are fine, EAGAIN + retry included.
+    let mut ok = Model::new();
+    ok.apply(&ctrl_start(0, 10, SRV_PID, "START_DEV"));
+    ok.apply(&ctrl_done(0, 20, SRV_PID, "START_DEV", -11));
+    ok.apply(&ctrl_start(0, 30, SRV_PID + 5, "START_DEV"));
+    ok.apply(&ctrl_done(0, 40, SRV_PID + 5, "START_DEV", 0));
+    assert!(classes(&ok, 9000 * MS).is_empty());
+}
+
+#[test]
+fn no_fetch_only_when_setup_observed() {
+    let mut m = Model::new();
+    m.apply(&ctrl_start(0, MS, SRV_PID, "ADD_DEV"));
+    m.apply(&ctrl_done(0, MS + 10, SRV_PID, "ADD_DEV", 0));
+    m.apply_all(&fetch(0, 0, 0, 2 * MS, Q_TID));
+    m.apply_all(&fetch(0, 0, 1, 2 * MS, Q_TID));
+    m.apply(&ctrl_start(0, 5 * MS, SRV_PID, "START_DEV"));
+    m.apply_snapshot(&snap(6 * MS, vec![task(Q_TID, 'S', "io_cqring_wait")]), 0);
+    let f = run(&m, 3000 * MS, &th());
+    let nf = f
+        .iter()
+        .find(|f| f.class == Class::NoFetch)
+        .expect("no fetch");
+    assert!(
+        nf.evidence
+            .iter()
+            .any(|e| e.contains("2 of 4 tags") && e.contains("2, 3")),
+        "{:?}",
+        nf.evidence
+    );
+    // Not enough data: attached after ADD_DEV (FETCHes may have been before us).
+    let mut late = Model::new();
+    late.apply(&ctrl_start(0, 5 * MS, SRV_PID, "START_DEV"));
+    late.apply_snapshot(&snap(6 * MS, vec![]), 0);
+    assert!(
+        !classes(&late, 3000 * MS)
+            .iter()
+            .any(|c| c.0 == Class::NoFetch)
+    );
+    assert!(rechecks(&late, 3000 * MS).contains(&Class::NoFetch));
+    // Negative: all fetched, START completed.
+    assert!(
+        !classes(&healthy(), 3000 * MS)
+            .iter()
+            .any(|c| c.0 == Class::NoFetch)
+    );
+}
+
+#[test]
+fn cmd_rejected_names_thread_and_owner() {
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 2, 1000 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, 2, 1000 * MS + 10, Q_TID));
+    m.apply_all(&commit_rejected(0, 0, 2, 1000 * MS + 20, 777, -22));
+    m.apply_all(&commit(0, 0, 2, 1000 * MS + 30, Q_TID, 4096));
+    let f = run(&m, 1100 * MS, &th());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!((f[0].class, f[0].tag), (Class::CmdRejected, Some(2)));
+    assert!(
+        f[0].evidence.iter().any(|e| e.contains("owned by tid 501")),
+        "{:?}",
+        f[0].evidence
+    );
+    // Ages out of the recent window.
+    assert!(classes(&m, 100_000 * MS).is_empty());
+}
+
+#[test]
+fn bad_commit_read_fails_and_write_storm() {
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 1, 1000 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, 1, 1000 * MS + 10, Q_TID));
+    m.apply_all(&commit(0, 0, 1, 1000 * MS + 20, Q_TID, 0));
+    let f = run(&m, 1100 * MS, &th());
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].class, Class::BadCommit);
+    assert!(f[0].evidence[0].contains("fails it with EIO"));
+    let mut w = healthy();
+    for i in 0..20u64 {
+        let t = 1000 * MS + i * 10 * MS;
+        w.apply(&queue_rq(0, 1, 0, t, "WRITE", 4096));
+        w.apply(&delivered(0, 1, 0, t + 10, Q_TID + 1));
+        w.apply_all(&commit(0, 1, 0, t + 100, Q_TID + 1, 0));
+        w.apply(&block(0, 1, 0, t + 200, BlockStage::Requeue, 0));
+    }
+    let f = run(&w, 1200 * MS, &th());
+    let b = f
+        .iter()
+        .find(|f| f.class == Class::BadCommit)
+        .expect("bad commit");
+    assert!(
+        b.evidence.iter().any(|e| e.contains("requeue storm")),
+        "{:?}",
+        b.evidence
+    );
+    // Negative: healthy commits of the right size.
+    assert!(classes(&healthy(), 1100 * MS).is_empty());
+}
+
+#[test]
+fn held_in_block_layer_from_debugfs() {
+    let mut m = healthy();
+    let mut s = snap(2000 * MS, vec![task(Q_TID, 'S', "io_cqring_wait")]);
+    let mut b = busy_blk(&[]);
+    b.queue_state = vec!["QUIESCED".into()];
+    s.blk = Some(b);
+    m.apply_snapshot(&s, 0);
+    // One sighting is not yet "held".
+    assert!(classes(&m, 2000 * MS).is_empty());
+    let mut s2 = s.clone();
+    s2.taken_ns = 3500 * MS;
+    m.apply_snapshot(&s2, 0);
+    let f = run(&m, 3500 * MS, &th());
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].class, Class::HeldInBlockLayer);
+    assert!(f[0].evidence[0].contains("QUIESCED"));
+    // Negative: the condition clears.
+    let mut s3 = s2.clone();
+    s3.taken_ns = 4000 * MS;
+    s3.blk = Some(busy_blk(&[]));
+    m.apply_snapshot(&s3, 0);
+    assert!(classes(&m, 6000 * MS).is_empty());
+}
+
+#[test]
+fn slow_is_informational() {
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 0, 1000 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, 0, 1000 * MS + 10, Q_TID));
+    m.apply_all(&commit(0, 0, 0, 2500 * MS, Q_TID, 4096));
+    let f = run(&m, 2600 * MS, &th());
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].class, Class::Slow);
+    assert!(!f[0].is_problem());
+    // Healthy 100 µs requests are never SLOW; and the window forgets old outliers.
+    assert!(classes(&m, 200_000 * MS).is_empty());
+}
+
+#[test]
+fn lost_events_are_named_in_evidence_and_json_is_versioned() {
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 2, 1000 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, 2, 1000 * MS + 10, Q_TID));
+    m.apply(&lost(1001 * MS, 7));
+    let d = diagnose(&m, 3000 * MS, &th());
+    assert!(
+        d.findings[0]
+            .evidence
+            .iter()
+            .any(|e| e.contains("7 trace events were lost"))
+    );
+    let json = serde_json::to_string(&d).expect("json");
+    assert!(
+        json.contains("\"schema\":\"ublk-trace.findings\""),
+        "{json}"
+    );
+    assert!(json.contains("\"class\":\"STUCK_IN_SERVER\""), "{json}");
+    let back: Diagnosis = serde_json::from_str(&json).expect("round trip");
+    assert_eq!(back, d);
+}
