@@ -79,7 +79,8 @@ pub fn make_initramfs(
     }
     t.copy_host(Path::new("/bin/busybox"), "/bin/busybox")
         .context("busybox-static missing: run `cargo xtask setup`")?;
-    let mut mods: Vec<&str> = vec!["ublk_drv"];
+    // ext4 is a module in Debian kernels: filesystem tests on /dev/ublkbN need it.
+    let mut mods: Vec<&str> = vec!["ublk_drv", "ext4"];
     mods.extend(opts.modules.iter().map(String::as_str));
     let order = add_modules(&mut t, kernel, &mods)?;
     let copy: Vec<&str> = opts.copy_modules.iter().map(String::as_str).collect();
