@@ -79,8 +79,9 @@ pub fn make_initramfs(
     }
     t.copy_host(Path::new("/bin/busybox"), "/bin/busybox")
         .context("busybox-static missing: run `cargo xtask setup`")?;
-    // ext4 is a module in Debian kernels: filesystem tests on /dev/ublkbN need it.
-    let mut mods: Vec<&str> = vec!["ublk_drv", "ext4"];
+    // ext4 and loop are modules in Debian kernels: filesystem tests and `loop` targets on a
+    // block device need them.
+    let mut mods: Vec<&str> = vec!["ublk_drv", "ext4", "loop"];
     mods.extend(opts.modules.iter().map(String::as_str));
     let order = add_modules(&mut t, kernel, &mods)?;
     let copy: Vec<&str> = opts.copy_modules.iter().map(String::as_str).collect();
