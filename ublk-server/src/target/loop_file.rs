@@ -18,6 +18,8 @@ pub struct LoopFile {
     dev_bytes: u64,
     direct: bool,
     is_blockdev: bool,
+    /// The backing file can punch holes (ramfs, some FUSE filesystems cannot).
+    punch_hole: bool,
 }
 
 impl LoopFile {
@@ -62,7 +64,15 @@ impl LoopFile {
                 path.display()
             )));
         }
+        let punch_hole = is_blockdev || probe_punch_hole(&file, dev_bytes);
+        if !punch_hole {
+            log::info!(
+                "{}: no hole punching; DISCARD/WRITE_ZEROES not offered",
+                path.display()
+            );
+        }
         Ok(Self {
+            punch_hole,
             file,
             // Whole 4 KiB blocks: a partial last block could not be read with O_DIRECT.
             dev_bytes: dev_bytes & !4095,
@@ -70,6 +80,24 @@ impl LoopFile {
             is_blockdev,
         })
     }
+}
+
+/// Whether FALLOC_FL_PUNCH_HOLE works, tried past the end of the file so that no data is
+/// touched (KEEP_SIZE keeps the size).
+fn probe_punch_hole(f: &File, size: u64) -> bool {
+    let Ok(off) = libc::off_t::try_from(size) else {
+        return false;
+    };
+    // SAFETY: fallocate on our own open fd; the range lies beyond EOF and KEEP_SIZE is set.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            4096,
+        )
+    };
+    r == 0
 }
 
 fn blockdev_bytes(f: &File) -> std::io::Result<u64> {
@@ -94,8 +122,8 @@ impl Target for LoopFile {
             // O_DIRECT needs block-aligned I/O: 4 KiB covers every common backing filesystem.
             logical_bs_shift: if self.direct { 12 } else { 9 },
             physical_bs_shift: 12,
-            discard: true,
-            write_zeroes: true,
+            discard: self.punch_hole,
+            write_zeroes: self.punch_hole,
             // Without O_DIRECT writes land in the page cache: FLUSH must reach the file.
             volatile_cache: !self.direct || self.is_blockdev,
         }
@@ -141,18 +169,12 @@ impl Target for LoopFile {
                 .offset(off)
                 .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
                 .build(),
-            UBLK_IO_OP_WRITE_ZEROES => {
-                // NOUNMAP asks to keep the blocks allocated.
-                let mode = if req.flags & UBLK_IO_F_NOUNMAP != 0 {
-                    libc::FALLOC_FL_ZERO_RANGE
-                } else {
-                    libc::FALLOC_FL_PUNCH_HOLE
-                };
-                opcode::Fallocate::new(fd, len)
-                    .offset(off)
-                    .mode(mode | libc::FALLOC_FL_KEEP_SIZE)
-                    .build()
-            }
+            // A punched hole reads back as zeros. (ZERO_RANGE would honour NOUNMAP but
+            // tmpfs lacks it; NOUNMAP is a hint.)
+            UBLK_IO_OP_WRITE_ZEROES => opcode::Fallocate::new(fd, len)
+                .offset(off)
+                .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+                .build(),
             _ => return Outcome::Done(-libc::EOPNOTSUPP),
         };
         Outcome::Backend(sqe)
