@@ -9,6 +9,9 @@ use super::queue::Queue;
 use super::tag::{BadCommit, HistoryKind, PendingCmd, Tag};
 use crate::snapshot::{DevInfo, DeviceSnapshot};
 
+/// Two starts of one (queue, tag) closer than this are one request seen by two probes.
+const SAME_START_NS: u64 = 1_000_000;
+
 /// Rejected commands kept per device.
 pub const REJECTED_LEN: usize = 64;
 
@@ -278,23 +281,25 @@ impl Device {
         self.touch(ts);
         let q = self.queue_mut(q_id);
         let t = q.tag_mut(tag);
+        // ublk_queue_rq and block_rq_issue report the same start microseconds apart: keep
+        // the earlier one, so latency and age count from the real start.
+        let open = t.queue_rq_ns > t.commit_ns && t.requeue_ns <= t.queue_rq_ns;
+        if open && ts.abs_diff(t.queue_rq_ns) < SAME_START_NS {
+            t.queue_rq_ns = t.queue_rq_ns.min(ts);
+            return;
+        }
         if ts > t.queue_rq_ns {
-            // A second source for the same start (block_rq_issue inside queue_rq) is no new
-            // request: count only when the previous one was committed.
-            let new_request = t.queue_rq_ns <= t.commit_ns || t.requeue_ns > t.queue_rq_ns;
             t.queue_rq_ns = ts;
             t.op = rq.0.to_string();
             t.sector = rq.1;
             t.bytes = rq.2;
-            if new_request {
-                let what = HistoryKind::QueueRq {
-                    op: rq.0.into(),
-                    sector: rq.1,
-                    bytes: rq.2,
-                };
-                t.push_history(ts, tid, what);
-                q.requests += 1;
-            }
+            let what = HistoryKind::QueueRq {
+                op: rq.0.into(),
+                sector: rq.1,
+                bytes: rq.2,
+            };
+            t.push_history(ts, tid, what);
+            q.requests += 1;
         }
     }
 
