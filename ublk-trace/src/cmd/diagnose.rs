@@ -9,10 +9,11 @@ use anyhow::{Context, bail};
 pub mod output;
 
 use crate::cmd::watch::session::Session;
-use crate::cmd::watch::sources::Msg;
+use crate::cmd::watch::sources::{Msg, RoundTracker};
 use crate::cmd::watch::{DevTarget, start_sources};
+use crate::diagnose::{Diagnosis, Thresholds};
 use crate::snapshot::read::monotonic_ns;
-use crate::tui::view_model::SourceView;
+use crate::tui::build::finding_view;
 
 use output::{DiagnoseJson, FindingJson, JSON_VERSION};
 
@@ -35,12 +36,41 @@ pub struct DiagnoseArgs {
     /// Do not load eBPF probes: snapshots only.
     #[arg(long)]
     pub no_probes: bool,
-    /// A request in the server (or queued) longer than this is stuck, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
+}
+
+/// Rule thresholds as flags (defaults from `diagnose::Thresholds`), shared with `watch`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ThresholdArgs {
+    /// A request in the server, or queued and not delivered, this long is stuck (ms).
+    #[arg(long, value_name = "MS", default_value_t = Thresholds::default().stuck_ms)]
     pub stuck_ms: u64,
-    /// A completion slower than this is reported as SLOW, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 200)]
+    /// Requests held in the block layer this long are reported (ms).
+    #[arg(long, value_name = "MS", default_value_t = Thresholds::default().held_ms)]
+    pub held_ms: u64,
+    /// A control command pending this long is reported (ms).
+    #[arg(long, value_name = "MS", default_value_t = Thresholds::default().ctrl_ms)]
+    pub ctrl_ms: u64,
+    /// A task in D state on the disk this long is a waiter (ms).
+    #[arg(long, value_name = "MS", default_value_t = Thresholds::default().waiter_ms)]
+    pub waiter_ms: u64,
+    /// Completions slower than this are SLOW (informational, ms).
+    #[arg(long, value_name = "MS", default_value_t = Thresholds::default().slow_ms)]
     pub slow_ms: u64,
+}
+
+impl ThresholdArgs {
+    pub fn to_thresholds(&self) -> Thresholds {
+        Thresholds {
+            stuck_ms: self.stuck_ms,
+            held_ms: self.held_ms,
+            ctrl_ms: self.ctrl_ms,
+            waiter_ms: self.waiter_ms,
+            slow_ms: self.slow_ms,
+            ..Thresholds::default()
+        }
+    }
 }
 
 fn observe_for(args: &DiagnoseArgs) -> anyhow::Result<Duration> {
@@ -52,6 +82,9 @@ fn observe_for(args: &DiagnoseArgs) -> anyhow::Result<Duration> {
     }
     Ok(Duration::from_secs_f64(args.for_secs))
 }
+
+/// How long `diagnose` waits for the probes to load before judging from snapshots alone.
+const PROBE_WAIT: Duration = Duration::from_secs(5);
 
 /// Feed the session until `window` has passed and at least one full round arrived.
 fn observe(
@@ -66,15 +99,18 @@ fn observe(
     // A hung device's snapshot is bounded by its deadline; this bounds the whole wait.
     let give_up = start + window + Duration::from_secs(10);
     let mut have_round = false;
-    while Instant::now() < give_up && !(have_round && start.elapsed() >= window) {
+    let mut tracker = RoundTracker::default();
+    // Loading eBPF parses BTF (seconds in a TCG guest): wait for it a bounded time, then go
+    // on with snapshots, which are what a late attach relies on anyway.
+    let probe_wait = window.max(PROBE_WAIT);
+    let done = |have_round: bool, s: &Session| {
+        let waited = start.elapsed();
+        have_round && waited >= window && (s.source_known() || waited >= probe_wait)
+    };
+    while Instant::now() < give_up && !done(have_round, session) {
         match sources.rx.recv_timeout(Duration::from_millis(50)) {
             Ok(msg) => {
-                have_round |= match (&msg, dev) {
-                    (Msg::Snapshot(s), Some(d)) => s.dev_id == d,
-                    (Msg::Devices(d), None) => d.is_empty(),
-                    (Msg::Snapshot(s), None) => session.devices().last() == Some(&s.dev_id),
-                    _ => false,
-                };
+                have_round |= tracker.observe(&msg, dev);
                 session.apply(msg);
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -82,6 +118,11 @@ fn observe(
                 bail!("the snapshot source stopped")
             }
         }
+    }
+    if !session.source_known() {
+        session.apply(Msg::ProbesOff(format!(
+            "eBPF probes still loading after {probe_wait:?}"
+        )));
     }
     if !have_round {
         bail!(
@@ -98,9 +139,8 @@ pub fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         bail!("name a device (`diagnose dev N`) or use --all");
     }
     let window = observe_for(&args)?;
-    let mut session = Session::new(SourceView::SnapshotsOnly {
-        reason: "starting".into(),
-    });
+    let mut session = Session::new();
+    session.set_thresholds(args.thresholds.to_thresholds());
     observe(&mut session, &args, dev, window).context("observe")?;
     let now = monotonic_ns();
     let devices: Vec<u32> = match dev {
@@ -114,36 +154,70 @@ pub fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
             "ublk device {d} not found (no /sys/class/ublk-char/ublkc{d} or /sys/block/ublkb{d})"
         );
     }
-    let findings: Vec<_> = devices
-        .iter()
-        .flat_map(|d| session.findings(*d, now))
-        .collect();
+    let diagnosis = session.diagnosis(now);
     let (source, note) = crate::cmd::watch::headless::source_names(session.source());
     let observed_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-    if args.json {
+    let report = Report {
+        devices: &devices,
+        observed_ms,
+        source,
+        note,
+        dropped_events: session.dropped_events(),
+    };
+    let problems = print_report(&report, &diagnosis, args.json)?;
+    Ok(if problems {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What was observed, for the report's header.
+struct Report<'a> {
+    devices: &'a [u32],
+    observed_ms: u64,
+    source: &'static str,
+    note: Option<String>,
+    dropped_events: u64,
+}
+
+/// Print findings of the observed devices; true when any is a problem (not just SLOW).
+fn print_report(r: &Report, d: &Diagnosis, json: bool) -> anyhow::Result<bool> {
+    let mine = |dev: u32| r.devices.contains(&dev);
+    let findings: Vec<_> = d.findings.iter().filter(|f| mine(f.dev)).collect();
+    let problems = findings.iter().any(|f| f.is_problem());
+    let views: Vec<_> = findings.iter().map(|f| finding_view(f)).collect();
+    let rechecks: Vec<String> = d
+        .rechecks
+        .iter()
+        .filter(|c| mine(c.dev))
+        .map(|c| format!("dev {} {}: {}", c.dev, c.class.name(), c.reason))
+        .collect();
+    if json {
         let doc = DiagnoseJson {
             kind: "ublk-trace.diagnose",
             version: JSON_VERSION,
-            devices: devices.clone(),
-            observed_ms,
-            source: source.to_string(),
-            source_note: note,
-            dropped_events: session.dropped_events(),
-            findings: findings.iter().map(FindingJson::from).collect(),
+            devices: r.devices.to_vec(),
+            observed_ms: r.observed_ms,
+            source: r.source.to_string(),
+            source_note: r.note.clone(),
+            dropped_events: r.dropped_events,
+            findings: views.iter().map(FindingJson::from).collect(),
+            undecided: rechecks,
         };
         println!("{}", serde_json::to_string(&doc).context("encode JSON")?);
     } else {
-        let note = note
-            .map(|n| format!("snapshots only: {n}"))
-            .unwrap_or_else(|| source.to_string());
+        let note = match &r.note {
+            Some(n) => format!("snapshots only: {n}"),
+            None => r.source.to_string(),
+        };
         print!(
             "{}",
-            output::human_report(&findings, &devices, observed_ms, &note)
+            output::human_report(&views, r.devices, r.observed_ms, &note)
         );
+        for c in &rechecks {
+            println!("could not decide: {c}");
+        }
     }
-    Ok(if findings.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(problems)
 }

@@ -55,6 +55,8 @@ pub struct WatchArgs {
     /// Do not load eBPF probes: snapshots only.
     #[arg(long)]
     pub no_probes: bool,
+    #[command(flatten)]
+    pub thresholds: crate::cmd::diagnose::ThresholdArgs,
     /// Where the TUI writes logs (the screen never shows them). Default: a file in $TMPDIR.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<std::path::PathBuf>,
@@ -76,13 +78,15 @@ pub fn start_sources(
     let h = sources::spawn_snapshotter(s.tx.clone(), s.focus.clone(), period, s.stop.clone())
         .context("start the snapshot thread")?;
     s.add(h);
-    let why = if no_probes {
-        "--no-probes given".to_string()
+    if no_probes {
+        // The loop shows this in the header: a fallback is never silent.
+        let _ =
+            s.tx.send(sources::Msg::ProbesOff("--no-probes given".into()));
     } else {
-        "eBPF event source not built into this ublk-trace yet".to_string()
-    };
-    // The loop shows this in the header: a fallback is never silent.
-    let _ = s.tx.send(sources::Msg::ProbesOff(why));
+        let h = sources::spawn_probes(s.tx.clone(), dev, s.stop.clone())
+            .context("start the probe thread")?;
+        s.add_detached(h);
+    }
     Ok(s)
 }
 

@@ -36,6 +36,7 @@ const HELP_TEXT: &[&str] = &[
     "  Q  queued: the block layer handed it to ublk, not yet delivered",
     "  S  in server: delivered to the server, no commit yet",
     "  C  committed: the server answered, completion pending",
+    "  F  in flight per blk-mq debugfs (snapshots only: delivery unknown)",
     "  ?  unknown: nothing seen yet (attached late)",
     "  yellow: in flight > 100ms, red: > 1s, red background: named by a finding",
 ];

@@ -139,6 +139,7 @@ mod tests {
             age_ns: None,
             summary: String::new(),
             evidence: Vec::new(),
+            hint: String::new(),
         };
         assert!(Filter::parse("q3").matches_finding(&f));
         assert!(Filter::parse("server").matches_finding(&f));

@@ -2,6 +2,7 @@
 //! it (`draw`, `grid`, `panels`), frames without a terminal (`dump`) and the terminal itself
 //! (`term`). No diagnosis logic lives here.
 pub mod app;
+pub mod build;
 pub mod draw;
 pub mod dump;
 pub mod filter;

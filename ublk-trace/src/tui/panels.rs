@@ -213,6 +213,9 @@ pub fn finding_lines(f: &FindingView) -> Vec<Line<'static>> {
             .iter()
             .map(|e| Line::styled(format!("   - {e}"), style::dim())),
     );
+    if !f.hint.is_empty() {
+        out.push(Line::styled(format!("   fix: {}", f.hint), style::warn()));
+    }
     out
 }
 

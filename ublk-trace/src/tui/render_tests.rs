@@ -42,6 +42,7 @@ fn stuck_finding() -> FindingView {
         age_ns: Some(3_200 * MS),
         summary: "request READ 4096B delivered to tid 4243, no commit for 3.2s".into(),
         evidence: vec!["tag-state file: q1 t5 in_server since 3.2s, fault hang".into()],
+        hint: "commit every request the server received".into(),
     }
 }
 

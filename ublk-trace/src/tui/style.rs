@@ -17,6 +17,7 @@ pub fn state_color(s: CellState) -> Color {
         CellState::Queued => Color::Yellow,
         CellState::InServer => Color::Cyan,
         CellState::Committed => Color::Blue,
+        CellState::InFlight => Color::Magenta,
     }
 }
 

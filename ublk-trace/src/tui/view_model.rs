@@ -20,6 +20,8 @@ pub enum CellState {
     InServer,
     /// The server committed a result; the block layer has not completed the request yet.
     Committed,
+    /// Only a snapshot knows: blk-mq lists the request in flight; where exactly is unknown.
+    InFlight,
 }
 
 impl CellState {
@@ -32,6 +34,7 @@ impl CellState {
             Self::Queued => "QUEUED",
             Self::InServer => "IN_SERVER",
             Self::Committed => "COMMITTED",
+            Self::InFlight => "IN_FLIGHT",
         }
     }
 
@@ -44,12 +47,16 @@ impl CellState {
             Self::Queued => 'Q',
             Self::InServer => 'S',
             Self::Committed => 'C',
+            Self::InFlight => 'F',
         }
     }
 
     /// A request is somewhere between the block layer and its completion.
     pub fn in_flight(self) -> bool {
-        matches!(self, Self::Queued | Self::InServer | Self::Committed)
+        matches!(
+            self,
+            Self::Queued | Self::InServer | Self::Committed | Self::InFlight
+        )
     }
 }
 
@@ -153,6 +160,8 @@ pub struct FindingView {
     pub summary: String,
     /// Human-readable evidence lines (what was read where).
     pub evidence: Vec<String>,
+    /// What a server author or operator should do (may be empty).
+    pub hint: String,
 }
 
 impl FindingView {

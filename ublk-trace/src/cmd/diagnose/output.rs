@@ -27,6 +27,8 @@ pub struct FindingJson {
     pub summary: String,
     /// Human-readable lines: what was read where.
     pub evidence: Vec<String>,
+    /// What to do about it (may be empty).
+    pub hint: String,
 }
 
 pub fn severity_name(s: Severity) -> &'static str {
@@ -49,6 +51,7 @@ impl From<&FindingView> for FindingJson {
             age_ms: f.age_ns.map(|n| n / 1_000_000),
             summary: f.summary.clone(),
             evidence: f.evidence.clone(),
+            hint: f.hint.clone(),
         }
     }
 }
@@ -71,6 +74,8 @@ pub struct DiagnoseJson {
     /// Events the probes lost: findings may miss what happened in the gap.
     pub dropped_events: u64,
     pub findings: Vec<FindingJson>,
+    /// Rules that lacked data to decide ("dev D CLASS: what is missing"): never a false class.
+    pub undecided: Vec<String>,
 }
 
 /// One human block: `CLASS  dev D qQ tT  pids P  for AGE`, the sentence, the evidence lines.
@@ -92,6 +97,9 @@ pub fn human_block(f: &FindingView) -> String {
     let mut out = format!("{head}\n  {}\n", f.summary);
     for e in &f.evidence {
         out.push_str(&format!("    - {e}\n"));
+    }
+    if !f.hint.is_empty() {
+        out.push_str(&format!("  fix: {}\n", f.hint));
     }
     out
 }
@@ -137,6 +145,7 @@ mod tests {
             age_ns: Some(3_250_000_000),
             summary: "no commit for 3.2s".into(),
             evidence: vec!["tag-state file: in_server".into()],
+            hint: String::new(),
         }
     }
 

@@ -6,7 +6,6 @@
 //!   "dropped_events":0,"devices":[{"dev":0,"device_state":"LIVE","server":{"pid":..,"state":"S",
 //!   "state_text":"sleeping"},"queues":[{"q_id":0,"depth":64,"counts":{"waiting":64,...},
 //!   "oldest_in_flight_ms":null}],"findings":[..]}]}`
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -19,7 +18,7 @@ use crate::tui::view_model::{CellState, QueueView, ServerView, SourceView, ViewM
 
 use super::WatchArgs;
 use super::session::Session;
-use super::sources::Msg;
+use super::sources::RoundTracker;
 
 #[derive(Debug, Serialize)]
 pub struct WatchJson {
@@ -63,6 +62,8 @@ pub struct StateCounts {
     pub queued: u32,
     pub in_server: u32,
     pub committed: u32,
+    /// In flight per blk-mq debugfs; delivery unknown (snapshots only).
+    pub in_flight: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,6 +94,7 @@ fn queue_json(q: &QueueView) -> QueueJson {
             CellState::Queued => &mut c.queued,
             CellState::InServer => &mut c.in_server,
             CellState::Committed => &mut c.committed,
+            CellState::InFlight => &mut c.in_flight,
         };
         *slot += 1;
     }
@@ -148,29 +150,19 @@ pub fn document(session: &Session, devs: &[u32], now_ns: u64) -> WatchJson {
 /// Print a document each time every device of the round has been snapshotted.
 pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
     let sources = super::start_sources(dev, args.period(), args.no_probes)?;
-    let mut session = Session::new(SourceView::SnapshotsOnly {
-        reason: "starting".into(),
-    });
-    let mut pending: BTreeSet<u32> = BTreeSet::new();
-    let mut round: Vec<u32> = Vec::new();
+    let mut session = Session::new();
+    session.set_thresholds(args.thresholds.to_thresholds());
+    let mut rounds = RoundTracker::default();
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();
     for msg in sources.rx.iter() {
-        // The round is complete when its last device's snapshot arrives (or it has none).
-        let complete = match &msg {
-            Msg::Devices(d) => {
-                round = dev.map(|x| vec![x]).unwrap_or_else(|| d.clone());
-                pending = round.iter().copied().collect();
-                round.is_empty()
-            }
-            Msg::Snapshot(s) => pending.remove(&s.dev_id) && pending.is_empty(),
-            _ => false,
-        };
+        let complete = rounds.observe(&msg, dev);
         session.apply(msg);
-        if !complete {
+        // The first document waits until the probes said whether they run.
+        if !complete || !session.source_known() {
             continue;
         }
-        let doc = document(&session, &round, monotonic_ns());
+        let doc = document(&session, rounds.round(), monotonic_ns());
         serde_json::to_writer(&mut out, &doc).context("write JSON to stdout")?;
         writeln!(out).context("write JSON to stdout")?;
         out.flush().context("write JSON to stdout")?;
@@ -185,6 +177,7 @@ pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::watch::sources::Msg;
     use crate::tui::view_model::TagCell;
 
     #[test]
@@ -222,9 +215,8 @@ mod tests {
 
     #[test]
     fn document_is_versioned_and_names_the_source() {
-        let session = Session::new(SourceView::SnapshotsOnly {
-            reason: "no kprobes".into(),
-        });
+        let mut session = Session::new();
+        session.apply(Msg::ProbesOff("no kprobes".into()));
         let v = serde_json::to_value(document(&session, &[4], 77)).unwrap_or_default();
         assert_eq!(v["kind"], "ublk-trace.watch");
         assert_eq!(v["version"], JSON_VERSION);

@@ -1,13 +1,14 @@
-//! The one owner of everything observed: latest snapshots, the model, findings, probe status.
-//! `watch` (TUI and headless) and `diagnose` feed it [`Msg`]s and ask it for views.
+//! The one owner of everything observed: the model (fed by snapshots and events), findings,
+//! probe status. `watch` (TUI and headless) and `diagnose` feed it [`Msg`]s and ask for views.
 
 use std::collections::BTreeMap;
 
+use crate::diagnose::{self, Diagnosis, Thresholds};
+use crate::model::Model;
 use crate::snapshot::DeviceSnapshot;
+use crate::tui::build::{BuildInput, build, finding_view};
 use crate::tui::snapshot_view;
-use crate::tui::view_model::{
-    CellState, DeviceRow, FindingView, HeaderView, QueueView, SourceView, TagCell, ViewModel,
-};
+use crate::tui::view_model::{DeviceRow, FindingView, SourceView, ViewModel};
 
 use super::sources::Msg;
 
@@ -15,21 +16,40 @@ use super::sources::Msg;
 #[derive(Debug)]
 pub struct Session {
     devices: Vec<u32>,
+    /// Latest snapshot per device (the device list reads these).
     snapshots: BTreeMap<u32, DeviceSnapshot>,
+    model: Model,
     source: SourceView,
+    /// The probe thread has said whether it runs.
+    source_known: bool,
     dropped_events: u64,
+    thresholds: Thresholds,
     /// The tag whose event history the detail view shows.
     pub detail: Option<(u16, u16)>,
 }
 
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Session {
-    /// Probes start as off until the probe thread says otherwise.
-    pub fn new(initial_source: SourceView) -> Self {
+    /// Probes count as off ("starting") until the probe thread says otherwise.
+    pub fn new() -> Self {
+        let mut model = Model::new();
+        // Our own GET_DEV_INFO calls are not the server's control commands.
+        model.ignore_pid(std::process::id());
         Self {
             devices: Vec::new(),
             snapshots: BTreeMap::new(),
-            source: initial_source,
+            model,
+            source: SourceView::SnapshotsOnly {
+                reason: "eBPF probes starting".into(),
+            },
+            source_known: false,
             dropped_events: 0,
+            thresholds: Thresholds::default(),
             detail: None,
         }
     }
@@ -38,14 +58,29 @@ impl Session {
         match msg {
             Msg::Devices(d) => {
                 self.snapshots.retain(|id, _| d.contains(id));
+                let gone: Vec<u32> = self
+                    .model
+                    .device_ids()
+                    .filter(|id| !d.contains(id))
+                    .collect();
+                for id in gone {
+                    self.model.remove_device(id);
+                }
                 self.devices = d;
             }
             Msg::Snapshot(s) => {
+                self.model.apply_snapshot(&s, s.taken_ns);
                 self.snapshots.insert(s.dev_id, *s);
             }
-            Msg::Events(_events) => {}
-            Msg::ProbesLive => self.source = SourceView::Live,
-            Msg::ProbesOff(reason) => self.source = SourceView::SnapshotsOnly { reason },
+            Msg::Events(events) => self.model.apply_all(events.iter()),
+            Msg::ProbesLive => {
+                self.source = SourceView::Live;
+                self.source_known = true;
+            }
+            Msg::ProbesOff(reason) => {
+                self.source = SourceView::SnapshotsOnly { reason };
+                self.source_known = true;
+            }
             Msg::Lost(n) => self.dropped_events = n,
         }
     }
@@ -54,8 +89,15 @@ impl Session {
         &self.source
     }
 
+    /// Whether the probes run is settled (headless output waits for it, so the first
+    /// document does not claim "snapshots only" while the probes are still loading).
+    pub fn source_known(&self) -> bool {
+        self.source_known
+    }
+
+    /// Lost events: what the probe thread counted or what the event stream reported.
     pub fn dropped_events(&self) -> u64 {
-        self.dropped_events
+        self.dropped_events.max(self.model.lost_events())
     }
 
     pub fn devices(&self) -> &[u32] {
@@ -67,45 +109,36 @@ impl Session {
         self.snapshots.contains_key(&dev)
     }
 
-    /// Findings for one device, worst first.
-    pub fn findings(&self, _dev: u32, _now_ns: u64) -> Vec<FindingView> {
-        Vec::new()
+    pub fn set_thresholds(&mut self, th: Thresholds) {
+        self.thresholds = th;
     }
 
-    /// All findings of all devices seen, worst first.
-    pub fn all_findings(&self, now_ns: u64) -> Vec<FindingView> {
-        let mut out: Vec<FindingView> = self
-            .snapshots
-            .keys()
-            .flat_map(|d| self.findings(*d, now_ns))
-            .collect();
-        out.sort_by_key(|f| std::cmp::Reverse(f.severity));
-        out
+    /// All rules over the model at `now_ns`, with the checks that lacked data.
+    pub fn diagnosis(&self, now_ns: u64) -> Diagnosis {
+        diagnose::diagnose(&self.model, now_ns, &self.thresholds)
     }
 
-    fn header(&self, dev: u32) -> HeaderView {
-        let s = self.snapshots.get(&dev);
-        HeaderView {
-            dev_id: dev,
-            dev_state: s.and_then(snapshot_view::dev_state_name),
-            server: s
-                .and_then(|s| s.servers.first())
-                .map(snapshot_view::server_view),
-            features: s.map(snapshot_view::feature_names).unwrap_or_default(),
-            iops_history: Vec::new(),
-            dropped_events: self.dropped_events,
-            source: self.source.clone(),
-        }
+    /// Findings for one device, in rule order (causes before symptoms).
+    pub fn findings(&self, dev: u32, now_ns: u64) -> Vec<FindingView> {
+        diagnose::run(&self.model, now_ns, &self.thresholds)
+            .iter()
+            .filter(|f| f.dev == dev)
+            .map(finding_view)
+            .collect()
     }
 
     /// The device screen's data at `now_ns`.
     pub fn view(&self, dev: u32, now_ns: u64) -> ViewModel {
-        let mut vm = ViewModel::empty(dev, self.source.clone());
-        vm.header = self.header(dev);
-        if let Some(s) = self.snapshots.get(&dev) {
-            vm.queues = queues_from_tagfile(s, now_ns);
-        }
-        vm.findings = self.findings(dev, now_ns);
+        let findings = self.findings(dev, now_ns);
+        let input = BuildInput {
+            dev_id: dev,
+            now_ns,
+            source: self.source.clone(),
+            findings: &findings,
+            detail: self.detail,
+        };
+        let mut vm = build(&self.model, &input);
+        vm.header.dropped_events = self.dropped_events();
         vm
     }
 
@@ -123,39 +156,4 @@ impl Session {
             })
             .collect()
     }
-}
-
-/// Tag states as the server publishes them (our server only); Unknown for other servers.
-fn queues_from_tagfile(s: &DeviceSnapshot, now_ns: u64) -> Vec<QueueView> {
-    let (nq, depth) = match (&s.dev_info, &s.tagfile) {
-        (Some(i), _) => (i.nr_hw_queues, i.queue_depth),
-        (None, Some(t)) => (t.nr_queues, t.queue_depth),
-        _ => return Vec::new(),
-    };
-    (0..nq)
-        .map(|q_id| QueueView {
-            q_id,
-            tags: (0..depth)
-                .map(|tag| {
-                    let p = s
-                        .tagfile
-                        .as_ref()
-                        .and_then(|t| t.tags.iter().find(|x| x.q_id == q_id && x.tag == tag));
-                    let (state, since) = match p.map(|p| (p.state.as_str(), p)) {
-                        Some(("waiting", p)) => (CellState::Waiting, p.waiting_since_ns),
-                        Some(("in_server", p)) => (CellState::InServer, p.received_ns),
-                        Some(("committed", p)) => (CellState::Committed, p.committed_ns),
-                        Some(("idle", _)) => (CellState::Idle, 0),
-                        _ => (CellState::Unknown, 0),
-                    };
-                    TagCell {
-                        tag,
-                        state,
-                        age_ns: (since > 0).then(|| now_ns.saturating_sub(since)),
-                        flagged: false,
-                    }
-                })
-                .collect(),
-        })
-        .collect()
 }

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::event::TraceEvent;
+use crate::probe::{Tracer, TracerConfig};
 use crate::snapshot::{self, DeviceSnapshot};
 
 /// What a source tells the loop.
@@ -98,8 +99,9 @@ pub fn spawn_snapshotter(
     period: Duration,
     stop: Stop,
 ) -> std::io::Result<JoinHandle<()>> {
-    // A read of a hung device's files may block; the deadline bounds each snapshot.
-    let per_device = period.clamp(Duration::from_millis(200), Duration::from_secs(2));
+    // A read of a hung device's files may block; the deadline bounds each snapshot. Walking
+    // /proc takes most of a second in a TCG guest, so the bound cannot follow a short period.
+    let per_device = period.clamp(Duration::from_secs(1), Duration::from_secs(3));
     std::thread::Builder::new()
         .name("snapshots".into())
         .spawn(move || {
@@ -116,12 +118,99 @@ pub fn spawn_snapshotter(
         })
 }
 
+/// Why the probes cannot serve, or None when every required program attached.
+fn missing_required(t: &Tracer) -> Option<String> {
+    let mut targets: Vec<&str> = Vec::new();
+    let mut first_error = "";
+    for p in t.attached().iter().filter(|p| p.required && !p.attached) {
+        if !targets.contains(&p.target.as_str()) {
+            targets.push(&p.target);
+        }
+        if first_error.is_empty() {
+            first_error = &p.error;
+        }
+    }
+    (!targets.is_empty())
+        .then(|| format!("probes {} not attached: {first_error}", targets.join(", ")))
+}
+
+/// Stream probe events for `dev_filter` (all devices when None) until stopped. If the probes
+/// cannot load or attach (no kprobes, not root, no ublk_drv), say why once and end: the loop
+/// goes on with snapshots only.
+pub fn spawn_probes(
+    tx: Sender<Msg>,
+    dev_filter: Option<u32>,
+    stop: Stop,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("probes".into())
+        .spawn(move || {
+            let cfg = TracerConfig {
+                dev_filter,
+                ..Default::default()
+            };
+            let mut tracer = match Tracer::start(&cfg) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = tx.send(Msg::ProbesOff(e.to_string()));
+                    return;
+                }
+            };
+            if let Some(why) = missing_required(&tracer) {
+                let _ = tx.send(Msg::ProbesOff(why));
+                return;
+            }
+            if tx.send(Msg::ProbesLive).is_err() {
+                return;
+            }
+            while !stop.is_set() {
+                let mut events = Vec::new();
+                if let Err(e) = tracer.poll(Duration::from_millis(100), &mut events) {
+                    let _ = tx.send(Msg::ProbesOff(format!("probes stopped: {e}")));
+                    return;
+                }
+                if !events.is_empty() && tx.send(Msg::Events(events)).is_err() {
+                    return;
+                }
+            }
+        })
+}
+
+/// Tells when one snapshot round is complete: the device list arrived and then a snapshot of
+/// every focused device (immediately for an empty list).
+#[derive(Debug, Default)]
+pub struct RoundTracker {
+    pending: std::collections::BTreeSet<u32>,
+    round: Vec<u32>,
+}
+
+impl RoundTracker {
+    /// Look at a message before it is applied; true when it completes a round.
+    pub fn observe(&mut self, msg: &Msg, focus: Option<u32>) -> bool {
+        match msg {
+            Msg::Devices(d) => {
+                self.round = focus.map(|x| vec![x]).unwrap_or_else(|| d.clone());
+                self.pending = self.round.iter().copied().collect();
+                self.round.is_empty()
+            }
+            Msg::Snapshot(s) => self.pending.remove(&s.dev_id) && self.pending.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// The devices of the current round.
+    pub fn round(&self) -> &[u32] {
+        &self.round
+    }
+}
+
 /// A channel and the handles of the threads feeding it.
 pub struct Sources {
     pub rx: Receiver<Msg>,
     pub tx: Sender<Msg>,
     pub stop: Stop,
     pub focus: Focus,
+    /// Threads joined on drop (they notice `stop` within a step or a deadline).
     handles: Vec<JoinHandle<()>>,
 }
 
@@ -137,8 +226,15 @@ impl Sources {
         }
     }
 
+    /// A thread to join on drop.
     pub fn add(&mut self, h: JoinHandle<()>) {
         self.handles.push(h);
+    }
+
+    /// A thread left to end on its own: loading eBPF (BTF parsing) can take seconds and
+    /// cannot be interrupted, and quitting must not wait for it.
+    pub fn add_detached(&mut self, h: JoinHandle<()>) {
+        drop(h);
     }
 }
 
@@ -163,6 +259,33 @@ mod tests {
         assert_eq!(f.get(), None);
         f.set(Some(3));
         assert_eq!(f.get(), Some(3));
+    }
+
+    #[test]
+    fn a_round_ends_with_the_last_devices_snapshot() {
+        let snap = |dev_id| {
+            Msg::Snapshot(Box::new(DeviceSnapshot {
+                dev_id,
+                ..Default::default()
+            }))
+        };
+        let mut r = RoundTracker::default();
+        assert!(!r.observe(&Msg::Devices(vec![0, 2]), None));
+        assert!(!r.observe(&snap(2), None));
+        assert!(!r.observe(&Msg::ProbesLive, None));
+        assert!(r.observe(&snap(0), None));
+        assert!(
+            !r.observe(&snap(0), None),
+            "a repeat does not end another round"
+        );
+        assert!(
+            r.observe(&Msg::Devices(vec![]), None),
+            "empty list: done at once"
+        );
+        // A focused device counts even when the list does not show it (yet).
+        assert!(!r.observe(&Msg::Devices(vec![]), Some(5)));
+        assert!(r.observe(&snap(5), Some(5)));
+        assert_eq!(r.round(), &[5]);
     }
 
     #[test]

@@ -11,12 +11,12 @@ use ratatui::layout::Rect;
 use crate::snapshot::read::monotonic_ns;
 use crate::tui::app::{Action, App};
 use crate::tui::term::{self, TerminalGuard};
-use crate::tui::view_model::{DeviceRow, SourceView, ViewModel};
+use crate::tui::view_model::{DeviceRow, ViewModel};
 use crate::tui::{draw, dump};
 
 use super::WatchArgs;
 use super::session::Session;
-use super::sources::{Msg, Sources};
+use super::sources::{RoundTracker, Sources};
 
 /// Redraw period: comfortable on a TCG guest's console (vm-tui.md: ~20 ms per full frame).
 const DRAW_EVERY: Duration = Duration::from_millis(250);
@@ -27,12 +27,6 @@ const DRAIN_BUDGET: usize = 512;
 struct Screen {
     dev: Option<u32>,
     frozen: Option<(Option<ViewModel>, Vec<DeviceRow>)>,
-}
-
-fn starting_session() -> Session {
-    Session::new(SourceView::SnapshotsOnly {
-        reason: "starting".into(),
-    })
 }
 
 /// Do what a key asked. Returns false to quit.
@@ -101,7 +95,8 @@ fn frame_data(
 
 pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
     let sources = super::start_sources(dev, args.period(), args.no_probes)?;
-    let mut session = starting_session();
+    let mut session = Session::new();
+    session.set_thresholds(args.thresholds.to_thresholds());
     let mut app = match dev {
         Some(_) => App::for_device(),
         None => App::for_device_list(),
@@ -161,29 +156,22 @@ fn report_log_file(path: &std::path::Path) {
 /// Observe for `args.ticks` sampling rounds, then print one frame of `w` x `h`.
 pub fn dump_screen(args: &WatchArgs, dev: Option<u32>, w: u16, h: u16) -> anyhow::Result<ExitCode> {
     let sources = super::start_sources(dev, args.period(), args.no_probes)?;
-    let mut session = starting_session();
+    let mut session = Session::new();
+    session.set_thresholds(args.thresholds.to_thresholds());
     let mut rounds = 0u32;
+    let mut tracker = RoundTracker::default();
     // Bounded even if a source stalls: ticks periods plus slack for slow snapshots.
     let give_up = Instant::now() + args.period() * (args.ticks + 2) + Duration::from_secs(5);
-    while rounds < args.ticks.max(1) && Instant::now() < give_up {
+    while (rounds < args.ticks.max(1) || !session.source_known()) && Instant::now() < give_up {
         match sources.rx.recv_timeout(Duration::from_millis(100)) {
             Ok(msg) => {
-                // A round ends with the focused device's snapshot (or the list when none).
-                let ends_round = match (&msg, dev) {
-                    (Msg::Snapshot(s), Some(d)) => s.dev_id == d,
-                    (Msg::Devices(_), None) => true,
-                    _ => false,
-                };
+                let ends_round = tracker.observe(&msg, dev);
                 session.apply(msg);
                 rounds += u32::from(ends_round);
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
-    }
-    // Apply what already arrived (e.g. the last round's snapshots in list mode).
-    for msg in sources.rx.try_iter() {
-        session.apply(msg);
     }
     let now = monotonic_ns();
     let (mut app, vm) = match dev {

@@ -1,0 +1,309 @@
+//! Helpers for the watch/diagnose guest tests: start `ublk-server run` (optionally with an
+//! injected fault), start readers that will hang, run `ublk-trace diagnose`/`watch --headless`
+//! and read their JSON. Every wait has a deadline: a hung device must fail a test, not the guest.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A project binary: `$UBLK_TEST_BIN_DIR/<name>` in the guest, else next to this test's
+/// `ublk-trace` build.
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(d) = std::env::var_os("UBLK_TEST_BIN_DIR") {
+        return PathBuf::from(d).join(name);
+    }
+    let own = PathBuf::from(env!("CARGO_BIN_EXE_ublk-trace"));
+    match name {
+        "ublk-trace" => own,
+        other => own.with_file_name(other),
+    }
+}
+
+/// Wait for `child` up to `limit`.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `ublk-server run ...`. On drop: SIGKILL first (never `del` a stopped server's
+/// device: DEL blocks in del_gendisk and wedges every later test), then `del`.
+pub struct Server {
+    pub child: Child,
+    pub dev_id: u32,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(bin("ublk-server"))
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ublk-server {args:?}: {e}"));
+        let Some(stdout) = child.stdout.take() else {
+            panic!("ublk-server stdout not piped");
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no ready line from ublk-server {args:?}"));
+        // "ublk-server: dev <id> ready: /dev/ublkb<id>"
+        let dev_id = line
+            .strip_prefix("ublk-server: dev ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from ublk-server: {line:?}"));
+        Server { child, dev_id }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn bdev(&self) -> String {
+        format!("/dev/ublkb{}", self.dev_id)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = wait_timeout(&mut self.child, Duration::from_secs(30));
+        }
+        let _ = Command::new(bin("ublk-server"))
+            .args(["del", &self.dev_id.to_string()])
+            .output();
+    }
+}
+
+/// A reader of one 4 KiB block with O_DIRECT, optionally pinned to `cpu` (which picks the
+/// blk-mq hardware queue: ublk maps CPU n to queue n when there are as many queues).
+pub fn dd(bdev: &str, skip: u64, count: u64, cpu: Option<usize>) -> Child {
+    let mut cmd = Command::new("dd");
+    cmd.args([
+        format!("if={bdev}"),
+        "of=/dev/null".into(),
+        "bs=4k".into(),
+        format!("count={count}"),
+        format!("skip={skip}"),
+        "iflag=direct".into(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if let Some(cpu) = cpu {
+        // SAFETY: runs in the forked child before exec; sched_setaffinity on itself with a
+        // zeroed, then filled, cpu_set_t is async-signal-safe and touches no shared state.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("spawn dd: {e}"))
+}
+
+/// /proc state letter of `pid` ('?' when gone).
+pub fn proc_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+        .unwrap_or('?')
+}
+
+/// Wait until `pid` sleeps in D (its I/O is stuck); false after `limit`.
+pub fn wait_for_d_state(pid: u32, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if proc_state(pid) == 'D' {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// (queue, tag) of every request blk-mq debugfs lists in flight (`hctxN/busy`): the ground
+/// truth the findings are checked against.
+pub fn busy_tags(dev_id: u32) -> Vec<(u64, u64)> {
+    let dir = format!("/sys/kernel/debug/block/ublkb{dev_id}");
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(q) = name
+            .strip_prefix("hctx")
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let busy = std::fs::read_to_string(e.path().join("busy")).unwrap_or_default();
+        for line in busy.lines().filter(|l| l.contains(".state=in_flight")) {
+            let tag = line
+                .split(".tag=")
+                .nth(1)
+                .and_then(|r| r.split([',', '}']).next())
+                .and_then(|t| t.parse().ok());
+            if let Some(tag) = tag {
+                out.push((q, tag));
+            }
+        }
+    }
+    out
+}
+
+/// `ublk-trace diagnose dev N <extra>`: (exit code, JSON document, wall time).
+pub fn diagnose(dev_id: u32, extra: &[&str]) -> (Option<i32>, Value, Duration) {
+    let t0 = Instant::now();
+    let out = Command::new(bin("ublk-trace"))
+        .args(["diagnose", "dev", &dev_id.to_string(), "--json"])
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn ublk-trace diagnose: {e}"));
+    let took = t0.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let doc: Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("diagnose printed no JSON ({e}): {text}"));
+    println!("diagnose took {took:?}: {doc}");
+    (out.status.code(), doc, took)
+}
+
+/// Findings of a diagnose or watch document (watch: all devices' findings).
+pub fn findings(doc: &Value) -> Vec<Value> {
+    if let Some(f) = doc["findings"].as_array() {
+        return f.clone();
+    }
+    doc["devices"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .flat_map(|d| d["findings"].as_array().cloned().unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn has_pid(f: &Value, pid: u32) -> bool {
+    f["pids"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|x| x.as_u64() == Some(u64::from(pid))))
+}
+
+/// The first finding of `class` (any of them) on (queue, tag).
+pub fn finding_on<'a>(fs: &'a [Value], classes: &[&str], q: u64, tag: u64) -> Option<&'a Value> {
+    fs.iter().find(|f| {
+        classes.iter().any(|c| f["class"] == *c)
+            && f["queue"].as_u64() == Some(q)
+            && f["tag"].as_u64() == Some(tag)
+    })
+}
+
+pub fn classes(fs: &[Value]) -> Vec<String> {
+    fs.iter()
+        .map(|f| {
+            format!(
+                "{} q{} t{} pids {}",
+                f["class"], f["queue"], f["tag"], f["pids"]
+            )
+        })
+        .collect()
+}
+
+/// `ublk-trace watch dev N --headless --json`, lines read on a thread.
+pub struct HeadlessWatch {
+    pub child: Child,
+    pub docs: mpsc::Receiver<(Instant, Value)>,
+}
+
+impl HeadlessWatch {
+    pub fn start(dev_id: u32, interval_ms: u64) -> HeadlessWatch {
+        let mut child = Command::new(bin("ublk-trace"))
+            .args(["watch", "dev", &dev_id.to_string(), "--headless", "--json"])
+            .args(["--interval", &interval_ms.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ublk-trace watch: {e}"));
+        let Some(stdout) = child.stdout.take() else {
+            panic!("watch stdout not piped");
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if tx.send((Instant::now(), v)).is_err() {
+                    break;
+                }
+            }
+        });
+        HeadlessWatch { child, docs: rx }
+    }
+
+    /// The first document (received after `after`) for which `pred` holds, within `limit`.
+    pub fn wait_for(
+        &self,
+        after: Instant,
+        limit: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Option<(Instant, Value)> {
+        let end = Instant::now() + limit;
+        let mut last = None;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.docs.recv_timeout(left) {
+                Ok((t, v)) if t >= after && pred(&v) => return Some((t, v)),
+                Ok((_, v)) => last = Some(v),
+                Err(_) => break,
+            }
+        }
+        println!("no matching watch document; last one: {last:?}");
+        None
+    }
+}
+
+impl Drop for HeadlessWatch {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if wait_timeout(&mut self.child, Duration::from_secs(5)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
