@@ -445,6 +445,9 @@ impl Rule for Waiters {
         };
         let p = &cx.dev.dev.persist;
         let lim = cx.th.waiter_ms * MS;
+        // While the device is visibly stuck, a task in D on it is a victim even if we have
+        // not watched it long enough to time its sleep ourselves.
+        let stuck = device_stuck(cx);
         let mut f = finding(cx, Class::Waiters, Severity::Warning);
         let mut oldest = 0u64;
         for w in &snap.waiters {
@@ -454,7 +457,7 @@ impl Rule for Waiters {
             if let Some(s) = hung {
                 age = age.max(s * 1_000_000_000);
             }
-            if age < lim {
+            if age < lim && !stuck {
                 continue;
             }
             oldest = oldest.max(age);
@@ -491,6 +494,17 @@ impl Rule for Waiters {
             .into();
         Verdict::Findings(vec![f])
     }
+}
+
+/// A request busy longer than `stuck_ms`, or a stopped server: the device is not progressing.
+fn device_stuck(cx: &Ctx<'_>) -> bool {
+    let lim = cx.th.stuck_ms * MS;
+    !cx.dev.dev.persist.stopped_since.is_empty()
+        || cx
+            .dev
+            .queues()
+            .iter()
+            .any(|q| q.tags().iter().any(|t| t.state.busy() && t.age_ns >= lim))
 }
 
 /// `INFO: task dd:202 blocked for more than 120 seconds.` -> 120 for pid 202.

@@ -69,6 +69,16 @@ fn tag_finding(cx: &Ctx<'_>, class: Class, q: &QueueView<'_>, t: &TagView<'_>) -
     }
 }
 
+/// Events were lost after the tag entered its state and no later snapshot confirms the tag
+/// is still busy: the state may be stale (its end was lost), so the rule does not judge.
+fn unsure(cx: &Ctx<'_>, t: &TagView<'_>, lim: u64) -> bool {
+    let lost_since = cx.model.lost_events() > 0 && cx.model.last_lost_ns() >= t.since_ns;
+    let confirmed = t.from_snapshot
+        || t.raw
+            .is_some_and(|r| r.snap_busy && r.snap_ns >= t.since_ns.saturating_add(lim));
+    lost_since && !confirmed
+}
+
 /// Delivered to the owner thread, no commit for longer than `stuck_ms`.
 pub struct StuckInServer;
 
@@ -86,6 +96,9 @@ impl Rule for StuckInServer {
         for q in cx.dev.queues() {
             for t in q.tags() {
                 match t.state {
+                    TagState::InServer if t.age_ns >= lim && unsure(cx, &t, lim) => {
+                        unknown.push(format!("q{} tag {} (events lost since)", t.q_id, t.tag));
+                    }
                     TagState::InServer if t.age_ns >= lim => out.push(stuck(cx, &q, &t)),
                     TagState::InFlight if t.age_ns >= lim => {
                         unknown.push(format!("q{} tag {}", t.q_id, t.tag));
@@ -180,7 +193,7 @@ impl Rule for NotDelivered {
                 if t.state != TagState::Queued || requeued || t.age_ns < lim {
                     continue;
                 }
-                if q.queue.deliveries == 0 && !t.from_snapshot {
+                if (q.queue.deliveries == 0 && !t.from_snapshot) || unsure(cx, &t, lim) {
                     blind.push(format!("q{} tag {}", t.q_id, t.tag));
                     continue;
                 }

@@ -493,9 +493,10 @@ fn slow_is_informational() {
 #[test]
 fn lost_events_are_named_in_evidence_and_json_is_versioned() {
     let mut m = healthy();
+    // Lost before the request started: its own events are complete.
+    m.apply(&lost(999 * MS, 7));
     m.apply(&queue_rq(0, 0, 2, 1000 * MS, "READ", 4096));
     m.apply(&delivered(0, 0, 2, 1000 * MS + 10, Q_TID));
-    m.apply(&lost(1001 * MS, 7));
     let d = diagnose(&m, 3000 * MS, &th());
     assert!(
         d.findings[0]
@@ -511,4 +512,52 @@ fn lost_events_are_named_in_evidence_and_json_is_versioned() {
     assert!(json.contains("\"class\":\"STUCK_IN_SERVER\""), "{json}");
     let back: Diagnosis = serde_json::from_str(&json).expect("round trip");
     assert_eq!(back, d);
+}
+
+#[test]
+fn lost_events_turn_a_stale_stuck_into_a_recheck() {
+    // The commit of q0 tag 2 may be among the lost events: no STUCK without confirmation.
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 2, 1000 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, 2, 1000 * MS + 10, Q_TID));
+    m.apply(&lost(1001 * MS, 40));
+    assert!(classes(&m, 3000 * MS).is_empty());
+    assert!(rechecks(&m, 3000 * MS).contains(&Class::StuckInServer));
+    // A snapshot 1.5 s later still lists the tag in flight: confirmed.
+    let mut s = snap(2500 * MS, vec![task(Q_TID, 'S', "io_cqring_wait")]);
+    s.blk = Some(busy_blk(&[2]));
+    m.apply_snapshot(&s, 0);
+    assert_eq!(
+        classes(&m, 3000 * MS),
+        vec![(Class::StuckInServer, Some(0), Some(2))]
+    );
+}
+
+#[test]
+fn waiters_behind_a_stuck_request_are_named_at_first_sight() {
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 2, 1000 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, 2, 1000 * MS + 10, Q_TID));
+    let mut s = snap(2900 * MS, vec![task(Q_TID, 'S', "io_cqring_wait")]);
+    s.waiters = vec![TaskInfo {
+        pid: 202,
+        tid: 202,
+        comm: "dd".into(),
+        state: 'D',
+        wchan: "submit_bio_wait".into(),
+        stack: vec![],
+        ctxt_switches: Some(9),
+        wait: Some(WaitKind::RequestInFlight),
+    }];
+    m.apply_snapshot(&s, 0);
+    let f = run(&m, 3000 * MS, &th());
+    let w = f
+        .iter()
+        .find(|f| f.class == Class::Waiters)
+        .expect("waiters");
+    assert_eq!(w.pids, vec![202]);
+    // Same D task on a device with nothing stuck, seen for 0.1 s: not yet a waiter.
+    let mut ok = healthy();
+    ok.apply_snapshot(&s, 0);
+    assert!(classes(&ok, 3000 * MS).is_empty());
 }

@@ -360,6 +360,22 @@ impl Device {
             self.info = snap.dev_info;
         }
         self.removed = !snap.char_dev_present && !snap.block_dev_present;
+        // The tag file first: a tag whose request changed since the last snapshot (seq or
+        // receive time moved) is busy with a *new* request, so its busy age restarts.
+        let mut changed = BTreeSet::new();
+        if let Some(tf) = &snap.tagfile {
+            for p in &tf.tags {
+                let t = self.queue_mut(p.q_id).tag_mut(p.tag);
+                let moved = t
+                    .published
+                    .as_ref()
+                    .is_some_and(|old| old.seq != p.seq || old.received_ns != p.received_ns);
+                if moved {
+                    changed.insert((p.q_id, p.tag));
+                }
+                t.published = Some(p.clone());
+            }
+        }
         if let Some(b) = &snap.blk {
             for h in &b.hctxs {
                 let busy: BTreeSet<u16> = h
@@ -373,16 +389,14 @@ impl Device {
                     q.tag_mut(*t);
                 }
                 for (n, t) in q.tags.iter_mut() {
+                    if changed.contains(&(h.index, *n)) {
+                        t.busy_since_ns = None;
+                    }
                     mark_busy(t, busy.contains(n), ts);
                 }
             }
             let held = !b.held_in_block_layer().is_empty();
             self.persist.held_since = held.then(|| self.persist.held_since.unwrap_or(ts));
-        }
-        if let Some(tf) = &snap.tagfile {
-            for p in &tf.tags {
-                self.queue_mut(p.q_id).tag_mut(p.tag).published = Some(p.clone());
-            }
         }
         if snap.proc_scanned {
             self.persist_procfs(snap, ts);

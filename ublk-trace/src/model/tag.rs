@@ -263,7 +263,8 @@ impl Tag {
             return self.refine_with_published(ev);
         }
         match (self.snap_busy, ev.state.busy()) {
-            (true, true) | (false, false) => self.refine_with_published(ev),
+            (true, true) => self.newer_published_request(ev),
+            (false, false) => self.refine_with_published(ev),
             (true, false) => self.snapshot_busy_state(),
             // blk-mq says no request: the events missed its completion.
             (false, true) => Derived {
@@ -295,6 +296,20 @@ impl Tag {
             // it was not delivered.
             Some(("waiting", _)) => mk(TagState::Queued, since),
             _ => mk(TagState::InFlight, since),
+        }
+    }
+
+    /// Events and blk-mq agree the tag is busy; the tag file may know of a newer request
+    /// (the events of the newer one were lost): trust the newer receive time.
+    fn newer_published_request(&self, ev: Derived) -> Derived {
+        match self.published.as_ref() {
+            Some(p) if p.state == "in_server" && p.received_ns > ev.since_ns => Derived {
+                state: TagState::InServer,
+                since_ns: p.received_ns,
+                delivery_inferred: false,
+                from_snapshot: true,
+            },
+            _ => ev,
         }
     }
 

@@ -218,3 +218,74 @@ fn memory_stays_bounded_under_long_traffic() {
     let json = serde_json::to_string(&m).expect("serializes");
     assert!(json.len() < 200_000, "model JSON is {} bytes", json.len());
 }
+
+#[test]
+fn tag_file_seq_change_restarts_busy_age() {
+    use crate::snapshot::tagfile::{PublishedTag, TagFileSnapshot};
+    // Healthy load seen by snapshots only: the tag is busy at every look, but with a new
+    // request each time (seq moves), so its age must not accumulate.
+    let pt = |seq: u64, received_ns: u64| PublishedTag {
+        q_id: 0,
+        tag: 1,
+        state: "waiting".into(),
+        op: 0,
+        start_sector: 0,
+        nr_sectors: 8,
+        result: 4096,
+        waiting_since_ns: received_ns,
+        received_ns,
+        committed_ns: 0,
+        tid: Q_TID,
+        fault: 0,
+        seq,
+    };
+    let mk = |ts: u64, seq: u64, received_ns: u64| DeviceSnapshot {
+        dev_id: 0,
+        taken_ns: ts,
+        char_dev_present: true,
+        block_dev_present: true,
+        blk: Some(BlkMqSnapshot {
+            hctxs: vec![HctxSnapshot {
+                busy: parse_rq_list(
+                    "0 {.op=READ, .cmd_flags=SYNC, .rq_flags=IO_STAT, .state=in_flight, .tag=1, .internal_tag=-1}",
+                ),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        tagfile: Some(TagFileSnapshot {
+            path: "f".into(),
+            pid: SRV_PID,
+            nr_queues: 1,
+            queue_depth: 2,
+            start_ns: 1,
+            heartbeat_ns: 0,
+            fault_mask: 0,
+            tags: vec![pt(seq, received_ns)],
+        }),
+        ..Default::default()
+    };
+    let mut m = Model::new();
+    for (i, ts) in [100 * MS, 600 * MS, 1100 * MS, 1600 * MS]
+        .into_iter()
+        .enumerate()
+    {
+        m.apply_snapshot(&mk(ts, i as u64, ts - 10), ts);
+    }
+    let t = m
+        .device(0, 1700 * MS)
+        .and_then(|d| d.queue(0))
+        .map(|q| q.tag(1));
+    assert_eq!(t.as_ref().map(|t| t.state), Some(TagState::Queued));
+    assert_eq!(t.map(|t| t.age_ns), Some(100 * MS));
+    // The same request (seq unchanged) keeps aging.
+    let mut same = Model::new();
+    for ts in [100 * MS, 600 * MS, 1100 * MS] {
+        same.apply_snapshot(&mk(ts, 7, 50 * MS), ts);
+    }
+    let age = same
+        .device(0, 1200 * MS)
+        .and_then(|d| d.queue(0))
+        .map(|q| q.tag(1).age_ns);
+    assert_eq!(age, Some(1100 * MS));
+}
