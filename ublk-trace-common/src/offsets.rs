@@ -52,8 +52,10 @@ pub struct Offsets {
     pub rq_data_len: u32,
     pub rq_sector: u32,
     pub rq_next: u32,
-    // struct request_queue / gendisk (vmlinux)
-    pub q_queuedata: u32,
+    // struct request_queue / blk_mq_tag_set / gendisk (vmlinux). ublk sets
+    // `tag_set.driver_data = ub` (queuedata is NULL: blk_mq_alloc_disk(.., NULL)).
+    pub q_tag_set: u32,
+    pub set_driver_data: u32,
     pub q_disk: u32,
     pub disk_name: u32,
     // struct rq_list (vmlinux, 6.13+; NO_OFFSET before)
@@ -65,7 +67,7 @@ pub struct Offsets {
     pub dispatch_req_arg: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 33 * 4);
 
 impl Offsets {
     /// Every field unknown: a program reading with these reports nothing useful, which is
@@ -97,7 +99,8 @@ impl Offsets {
         rq_data_len: NO_OFFSET,
         rq_sector: NO_OFFSET,
         rq_next: NO_OFFSET,
-        q_queuedata: NO_OFFSET,
+        q_tag_set: NO_OFFSET,
+        set_driver_data: NO_OFFSET,
         q_disk: NO_OFFSET,
         disk_name: NO_OFFSET,
         rq_list_head: NO_OFFSET,

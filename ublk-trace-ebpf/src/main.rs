@@ -130,12 +130,18 @@ fn dev_id_of_cmd(o: &Offsets, cmd: u64) -> u32 {
     rd(ub, o.ub_dev_id).unwrap_or(u32::MAX)
 }
 
-/// `rq->q->queuedata` is the `struct ublk_device` (blk_mq_alloc_disk(.., ub)).
+/// `rq->q->tag_set->driver_data` is the `struct ublk_device` (ublk_add_tag_set; the
+/// queue's `queuedata` is NULL).
+#[inline(always)]
+fn dev_id_of_q(o: &Offsets, q: u64) -> u32 {
+    let set: u64 = rd(q, o.q_tag_set).unwrap_or(0);
+    let ub: u64 = rd(set, o.set_driver_data).unwrap_or(0);
+    rd(ub, o.ub_dev_id).unwrap_or(u32::MAX)
+}
+
 #[inline(always)]
 fn dev_id_of_rq(o: &Offsets, rq: u64) -> u32 {
-    let q: u64 = rd(rq, o.rq_q).unwrap_or(0);
-    let ub: u64 = rd(q, o.q_queuedata).unwrap_or(0);
-    rd(ub, o.ub_dev_id).unwrap_or(u32::MAX)
+    dev_id_of_q(o, rd(rq, o.rq_q).unwrap_or(0))
 }
 
 /// Fill the request fields of `ev` from a `struct request *`.
@@ -369,8 +375,7 @@ fn block_event(kind: u32, rq: u64, error: u8, nr_bytes: Option<u32>) {
         return;
     }
     let dev_id = if is_ublk {
-        let ub: u64 = rd(q, o.q_queuedata).unwrap_or(0);
-        rd(ub, o.ub_dev_id).unwrap_or(u32::MAX)
+        dev_id_of_q(&o, q)
     } else {
         u32::MAX
     };

@@ -105,6 +105,17 @@ fn recording_counts_fetches_requests_commits_and_ctrl_order() {
         .filter(|e| e.pid == dd_pid && matches!(e.kind, EventKind::QueueRq { .. }))
         .collect();
     assert_eq!(dd_rqs.len(), N, "queue_rq from dd");
+    let dev_id: u32 = bdev
+        .trim_start_matches("/dev/ublkb")
+        .parse()
+        .expect("ready line names /dev/ublkbN");
+    // The device id is read through rq->q->tag_set->driver_data (BTF offsets).
+    assert!(
+        dd_rqs
+            .iter()
+            .all(|e| e.kind.tag_key().is_some_and(|(d, _, _)| d == dev_id)),
+        "dev_id of dd's requests"
+    );
     let t0 = dd_rqs.iter().map(|e| e.ts_ns).min().expect("N > 0");
     let commits: Vec<&TraceEvent> = accepted(&evs, "COMMIT_AND_FETCH_REQ")
         .filter(|e| e.ts_ns > t0)

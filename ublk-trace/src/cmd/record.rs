@@ -53,6 +53,9 @@ enum Sink {
 }
 
 pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    // First thing: a background job's SIGINT is ignored by default, and start-up (BTF,
+    // kallsyms) takes seconds in an emulated guest; a Ctrl-C during it must not be lost.
+    install_stop_handlers();
     let cfg = TracerConfig {
         dev_filter: args.dev,
         ..Default::default()
@@ -87,7 +90,6 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         ),
         Format::Perfetto => Sink::Perfetto(Vec::new()),
     };
-    install_stop_handlers();
     // Tests and scripts wait for this line before starting I/O.
     eprintln!(
         "ublk-trace: recording ({attached} probes attached) to {}; Ctrl-C to stop",

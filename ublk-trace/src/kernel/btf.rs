@@ -105,6 +105,9 @@ pub enum BtfError {
 
 type Result<T> = std::result::Result<T, BtfError>;
 
+/// Kinds kept in the by-name index.
+const INDEXED: &[Kind] = &[Kind::Struct, Kind::Union, Kind::Enum, Kind::Enum64];
+
 /// One decoded type header plus where its kind-specific data lives.
 #[derive(Debug, Clone, Copy)]
 struct TypeRef {
@@ -143,6 +146,10 @@ pub struct Btf {
     strings: Vec<u8>,
     /// `index[id - 1]` = the type's header; id 0 is `void`.
     index: Vec<TypeRef>,
+    /// Ids of named structs/unions/enums (the ~15k looked up often), sorted by name then id
+    /// for binary search: a linear scan over vmlinux's ~150k types per lookup is slow in an
+    /// emulated guest. Other kinds (functions: one lookup) use a linear scan.
+    by_name: Vec<u32>,
 }
 
 fn u32_at(b: &[u8], o: usize) -> Option<u32> {
@@ -164,6 +171,7 @@ impl Btf {
             types: Vec::new(),
             strings: Vec::new(),
             index: Vec::new(),
+            by_name: Vec::new(),
         };
         btf.append(bytes)?;
         Ok(btf)
@@ -241,7 +249,25 @@ impl Btf {
             });
             off = next;
         }
+        self.rebuild_name_index();
         Ok(())
+    }
+
+    fn rebuild_name_index(&mut self) {
+        let strings = &self.strings;
+        let name_of = |off: u32| {
+            let rest = strings.get(off as usize..).unwrap_or_default();
+            &rest[..rest.iter().position(|&c| c == 0).unwrap_or(rest.len())]
+        };
+        let mut pairs: Vec<(&[u8], u32)> = self
+            .index
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.name_off != 0 && INDEXED.contains(&t.kind))
+            .map(|(i, t)| (name_of(t.name_off), i as u32 + 1))
+            .collect();
+        pairs.sort_unstable();
+        self.by_name = pairs.into_iter().map(|(_, id)| id).collect();
     }
 
     fn ty(&self, id: u32) -> Option<&TypeRef> {
@@ -269,6 +295,14 @@ impl Btf {
 
     /// The first type id with this name and one of these kinds.
     pub fn find(&self, name: &str, kinds: &[Kind]) -> Option<u32> {
+        if kinds.iter().all(|k| INDEXED.contains(k)) {
+            let start = self.by_name.partition_point(|&id| self.name(id) < name);
+            return self.by_name[start..]
+                .iter()
+                .take_while(|&&id| self.name(id) == name)
+                .copied()
+                .find(|&id| self.kind(id).is_some_and(|k| kinds.contains(&k)));
+        }
         self.index
             .iter()
             .position(|t| kinds.contains(&t.kind) && self.str_at(t.name_off) == name)

@@ -76,10 +76,16 @@ impl Kallsyms {
 
     pub fn parse(text: &str, prefixes: &[&str]) -> Self {
         let mut by_base: HashMap<String, Vec<Symbol>> = HashMap::new();
-        for sym in text.lines().filter_map(parse_line) {
-            if !prefixes.iter().any(|p| sym.name.starts_with(p)) {
-                continue;
-            }
+        // /proc/kallsyms has ~200k lines: look at the name (third field) before parsing and
+        // allocating, which keeps this fast even in a TCG guest.
+        let maybe = |line: &str| prefixes.iter().any(|p| line.contains(p));
+        let wanted = |s: &Symbol| prefixes.iter().any(|p| s.name.starts_with(p));
+        for sym in text
+            .lines()
+            .filter(|l| maybe(l))
+            .filter_map(parse_line)
+            .filter(wanted)
+        {
             by_base
                 .entry(sym.base_name().to_string())
                 .or_default()

@@ -141,7 +141,8 @@ pub fn resolve(btf: &Btf) -> Resolution {
     o.rq_data_len = r.get("request", "__data_len", true, None);
     o.rq_sector = r.get("request", "__sector", true, None);
     o.rq_next = r.get("request", "rq_next", false, None);
-    o.q_queuedata = r.get("request_queue", "queuedata", true, None);
+    o.q_tag_set = r.get("request_queue", "tag_set", true, None);
+    o.set_driver_data = r.get("blk_mq_tag_set", "driver_data", true, None);
     o.q_disk = r.get("request_queue", "disk", true, None);
     o.disk_name = r.get("gendisk", "disk_name", true, None);
     // struct rq_list exists from 6.13; before, ->queue_rqs took a `struct request **`.
