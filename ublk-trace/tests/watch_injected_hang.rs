@@ -3,11 +3,13 @@
 //! and no other tag of the device as stuck.
 mod diagnose_common;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diagnose_common::*;
 
 /// Queue 1 when the guest has 2 CPUs (so a swapped queue/tag would show), else queue 0.
+/// blk-mq maps CPU n to hardware queue n when there are as many queues as CPUs.
 fn hang_queue() -> (u16, usize) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus >= 2 { (2, 1) } else { (1, 0) }
@@ -24,25 +26,45 @@ fn injected_hang_is_stuck_in_server_on_exactly_that_tag() {
     let w = HeadlessWatch::start(s.dev_id, 200);
     w.wait_for(Instant::now(), Duration::from_secs(60), |_| true)
         .unwrap_or_else(|| panic!("no output from watch"));
-    // Sequential reads walk the tags; the one landing on the hung tag never completes.
-    let mut reader = dd(&s.bdev(), 0, 256, Some(q));
-    assert!(
-        wait_for_d_state(reader.id(), Duration::from_secs(20)),
-        "reader did not hang on the injected tag: state {}",
-        proc_state(reader.id())
-    );
+    // Four reads in flight on a depth-4 queue use every tag, so the hung one gets a request.
+    let mut fio = Command::new("fio")
+        .args([
+            "--name=hang",
+            &format!("--filename={}", s.bdev()),
+            "--direct=1",
+            "--ioengine=libaio",
+            "--iodepth=4",
+            "--rw=randread",
+            "--bs=4k",
+            "--time_based",
+            "--runtime=120",
+            &format!("--cpus_allowed={q}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn fio: {e}"));
+    let t0 = Instant::now();
+    let want = (q as u64, TAG);
+    while !busy_tags(s.dev_id).contains(&want) && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let fault = Instant::now();
     let busy = busy_tags(s.dev_id);
-    assert_eq!(busy, vec![(q as u64, TAG)], "debugfs ground truth");
+    assert!(
+        busy.contains(&want),
+        "q{q} t{TAG} never in flight per debugfs: {busy:?}"
+    );
     let pid = s.pid();
     let found = w.wait_for(fault, Duration::from_secs(2), |doc| {
         let fs = findings(doc);
         finding_on(&fs, &["STUCK_IN_SERVER"], q as u64, TAG).is_some_and(|f| has_pid(f, pid))
     });
-    let _ = reader.kill();
+    // fio waits for the hung read; killing the server fails it with EIO and fio exits.
+    let _ = fio.kill();
     drop(w);
     drop(s);
-    let _ = wait_timeout(&mut reader, Duration::from_secs(10));
+    let _ = wait_timeout(&mut fio, Duration::from_secs(30));
     let (t, doc) =
         found.unwrap_or_else(|| panic!("no STUCK_IN_SERVER q{q} t{TAG} pid {pid} within 2 s"));
     let fs = findings(&doc);

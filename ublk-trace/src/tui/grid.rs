@@ -15,7 +15,7 @@ use super::style;
 use super::view_model::{CellState, QueueView, TagCell, fmt_age};
 
 /// `q12 4095 `: queue id on the queue's first line, first tag of each line.
-const LABEL_WIDTH: u16 = 9;
+const LABEL_WIDTH: u16 = 8;
 const COMPACT_CELL: u16 = 2;
 const WIDE_CELL: u16 = 8;
 /// More than 64 cells per line is hard to count along.
@@ -110,7 +110,7 @@ fn grid_lines(app: &App, queues: &[QueueView], g: GridGeometry) -> Vec<Line<'sta
             };
             let first = i * cols;
             let mut spans = vec![Span::styled(
-                format!("{q_label:<4}{first:>4} "),
+                format!("{q_label:<3}{first:>4} "),
                 style::dim(),
             )];
             spans.extend(chunk.iter().map(|c| {
@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn deep_queues_use_compact_power_of_two_lines_at_80_columns() {
-        // 78 inner columns: 69 for cells -> 34 compact cells -> 32 per line.
+        // 78 inner columns: 70 for cells -> 35 compact cells -> 32 per line.
         let g = geometry(&[128, 128], 78, 6);
         assert_eq!(
             g,

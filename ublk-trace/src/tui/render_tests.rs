@@ -127,14 +127,14 @@ fn deep_queues_fit_80x24_in_compact_cells_and_scroll_to_the_cursor() {
     let mut app = App::for_device();
     let s = screen(&mut app, &vm, 80, 24);
     // 32 cells per line: the second line of q0 starts at tag 32.
-    assert!(s.lines().any(|l| l.contains("q0     0 . . Q .")), "{s}");
-    assert!(s.lines().any(|l| l.contains("      32 . .")), "{s}");
+    assert!(s.lines().any(|l| l.contains("q0    0 . . Q .")), "{s}");
+    assert!(s.lines().any(|l| l.contains("     32 . .")), "{s}");
     assert!(s.contains("lines 1-"), "scroll indicator: {s}");
     app.on_key(key(KeyCode::End));
     let s = screen(&mut app, &vm, 80, 24);
     assert!(s.contains("of 16 "), "{s}");
     assert!(
-        s.lines().any(|l| l.contains("      96 ")),
+        s.lines().any(|l| l.contains("     96 ")),
         "scrolled to q3's last line: {s}"
     );
 }
