@@ -289,3 +289,59 @@ fn tag_file_seq_change_restarts_busy_age() {
         .map(|q| q.tag(1).age_ns);
     assert_eq!(age, Some(1100 * MS));
 }
+
+#[test]
+fn late_attach_tag_file_gives_request_and_owner() {
+    use crate::snapshot::tagfile::{PublishedTag, TagFileSnapshot};
+    let p = PublishedTag {
+        q_id: 0,
+        tag: 1,
+        state: "in_server".into(),
+        op: 1,
+        start_sector: 64,
+        nr_sectors: 8,
+        result: 0,
+        waiting_since_ns: 0,
+        received_ns: 2 * MS,
+        committed_ns: 0,
+        tid: 172,
+        fault: 1,
+        seq: 3,
+    };
+    let s = DeviceSnapshot {
+        dev_id: 0,
+        taken_ns: 10 * MS,
+        char_dev_present: true,
+        block_dev_present: true,
+        blk: Some(BlkMqSnapshot {
+            hctxs: vec![HctxSnapshot {
+                busy: parse_rq_list(
+                    "0 {.op=WRITE, .cmd_flags=SYNC, .rq_flags=IO_STAT, .state=in_flight, .tag=1, .internal_tag=-1}",
+                ),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        tagfile: Some(TagFileSnapshot {
+            path: "f".into(),
+            pid: SRV_PID,
+            nr_queues: 1,
+            queue_depth: 2,
+            start_ns: 1,
+            heartbeat_ns: 0,
+            fault_mask: 1,
+            tags: vec![p],
+        }),
+        ..Default::default()
+    };
+    let mut m = Model::new();
+    m.apply_snapshot(&s, 0);
+    let d = m.device(0, 12 * MS).expect("device");
+    let t = d.queue(0).expect("q0").tag(1);
+    assert_eq!((t.state, t.age_ns), (TagState::InServer, 10 * MS));
+    assert_eq!(
+        (t.op, t.sector, t.bytes, t.owner_tid),
+        ("WRITE", 64, 4096, Some(172))
+    );
+    assert_eq!(d.geometry(), Some((1, 2)));
+}

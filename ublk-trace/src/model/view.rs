@@ -195,16 +195,27 @@ impl<'a> QueueView<'a> {
         } else {
             self.now_ns.saturating_sub(d.since_ns)
         };
+        // Without events the server's tag file knows the request (late attach).
+        let (op, sector, bytes) = match t.published.as_ref() {
+            Some(p) if t.op.is_empty() && p.nr_sectors > 0 => (
+                ublk_io_op_name(p.op),
+                p.start_sector,
+                p.nr_sectors.saturating_mul(512),
+            ),
+            _ => (t.op.as_str(), t.sector, t.bytes),
+        };
         TagView {
             q_id: self.q_id,
             tag,
             state: d.state,
             since_ns: d.since_ns,
             age_ns,
-            op: &t.op,
-            sector: t.sector,
-            bytes: t.bytes,
-            owner_tid: t.owner_tid,
+            op,
+            sector,
+            bytes,
+            owner_tid: t
+                .owner_tid
+                .or(t.published.as_ref().map(|p| p.tid).filter(|tid| *tid != 0)),
             commit_result: t.commit_result,
             requeues: t.requeues,
             rejected: t.rejected,
@@ -227,6 +238,19 @@ impl<'a> QueueView<'a> {
     }
     pub fn owner_tid(&self) -> Option<u32> {
         self.queue.owner_tid
+    }
+}
+
+/// `UBLK_IO_OP_*` (include/uapi/linux/ublk_cmd.h) as block op names.
+fn ublk_io_op_name(op: u32) -> &'static str {
+    match op {
+        0 => "READ",
+        1 => "WRITE",
+        2 => "FLUSH",
+        3 => "DISCARD",
+        4 => "WRITE_SAME",
+        5 => "WRITE_ZEROES",
+        _ => "OP?",
     }
 }
 
