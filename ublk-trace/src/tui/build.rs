@@ -183,19 +183,37 @@ fn detail(d: &DeviceView, q_id: u16, tag: u16, source: &SourceView) -> TagDetail
             history_note: note,
         };
     };
-    let known = !t.op.is_empty();
-    TagDetail {
+    let mut d = TagDetail {
         q_id,
         tag,
         state: cell_state(t.state),
         age_ns: age(&t),
         op: t.op.to_string(),
-        sector: known.then_some(t.sector),
-        bytes: known.then_some(t.bytes),
+        sector: None,
+        bytes: None,
         owner_tid: t.owner_tid.unwrap_or(0),
         history: t.history().map(history_line).collect(),
         history_note: note,
+    };
+    if !t.op.is_empty() {
+        d.sector = Some(t.sector);
+        d.bytes = Some(t.bytes);
+    } else if let Some(p) = t.published {
+        // Attached after the request started: the server's tag file still knows what it is.
+        d.op = ublk_abi::io_op_name(p.op).to_string();
+        d.sector = Some(p.start_sector);
+        d.bytes = Some(p.nr_sectors.saturating_mul(512));
     }
+    if d.owner_tid == 0
+        && let Some(p) = t.published
+    {
+        d.owner_tid = p.tid;
+    }
+    if d.history.is_empty() && d.history_note.is_none() {
+        d.history_note =
+            Some("nothing seen since the tracer attached: the state comes from snapshots".into());
+    }
+    d
 }
 
 /// The device screen for `input.dev_id`; an empty screen when the model has not seen it.
@@ -234,6 +252,128 @@ mod tests {
         assert_eq!(count_of(100_000), Some(3));
         assert_eq!(count_of(10_000_000_000), Some(1));
         assert_eq!(b.iter().map(|x| x.count).sum::<u64>(), 4);
+    }
+
+    use crate::model::testutil::{delivered, fetch, queue_rq, setup};
+    use crate::snapshot::tagfile::{PublishedTag, TagFileSnapshot};
+    use crate::snapshot::{DevInfo, DeviceSnapshot};
+
+    const S: u64 = 1_000_000_000;
+
+    fn input(findings: &[FindingView], detail: Option<(u16, u16)>) -> BuildInput<'_> {
+        BuildInput {
+            dev_id: 0,
+            now_ns: 10 * S,
+            source: SourceView::Live,
+            findings,
+            detail,
+        }
+    }
+
+    #[test]
+    fn events_give_each_tag_its_state_age_and_history() {
+        let mut m = Model::new();
+        m.apply_all(setup(0, 2, 4, S).iter());
+        m.apply(&queue_rq(0, 1, 3, 2 * S, "READ", 4096));
+        m.apply(&delivered(0, 1, 3, 2 * S + 1000, 77));
+        let f = FindingView {
+            class: "STUCK_IN_SERVER".into(),
+            severity: Severity::Error,
+            dev_id: 0,
+            q_id: Some(1),
+            tag: Some(3),
+            pids: vec![7],
+            age_ns: Some(8 * S),
+            summary: String::new(),
+            evidence: Vec::new(),
+            hint: String::new(),
+        };
+        let vm = build(&m, &input(std::slice::from_ref(&f), Some((1, 3))));
+        let cell = vm.cell(1, 3).cloned();
+        assert_eq!(
+            cell.as_ref().map(|c| c.state),
+            Some(CellState::InServer),
+            "{cell:?}"
+        );
+        assert!(
+            cell.as_ref().is_some_and(|c| c.flagged),
+            "the finding marks its tag"
+        );
+        // q0 t3 is idle: a waiting tag is not flagged by someone else's finding.
+        assert!(
+            vm.cell(0, 3)
+                .is_some_and(|c| !c.flagged && c.state == CellState::Waiting)
+        );
+        assert_eq!(vm.oldest.first().map(|r| (r.q_id, r.tag)), Some((1, 3)));
+        let d = vm.detail.unwrap_or_else(|| panic!("detail requested"));
+        assert_eq!((d.op.as_str(), d.bytes), ("READ", Some(4096)));
+        assert!(d.history.iter().any(|h| h.tid == 77), "{:?}", d.history);
+    }
+
+    #[test]
+    fn late_attach_detail_falls_back_to_the_servers_tag_file() {
+        let tag = PublishedTag {
+            q_id: 0,
+            tag: 1,
+            state: "in_server".into(),
+            op: u32::from(ublk_abi::UBLK_IO_OP_WRITE),
+            start_sector: 2048,
+            nr_sectors: 8,
+            result: 0,
+            waiting_since_ns: S,
+            received_ns: 2 * S,
+            committed_ns: 0,
+            tid: 4243,
+            fault: 1,
+            seq: 1,
+        };
+        let snap = DeviceSnapshot {
+            dev_id: 0,
+            taken_ns: 9 * S,
+            char_dev_present: true,
+            block_dev_present: true,
+            dev_info: Some(DevInfo {
+                state: 1,
+                ublksrv_pid: 4242,
+                nr_hw_queues: 1,
+                queue_depth: 4,
+                flags: 0,
+                max_io_buf_bytes: 0,
+            }),
+            tagfile: Some(TagFileSnapshot {
+                path: "ublkb0.tags".into(),
+                pid: 4242,
+                nr_queues: 1,
+                queue_depth: 4,
+                start_ns: S,
+                heartbeat_ns: 9 * S,
+                fault_mask: 1,
+                tags: vec![tag],
+            }),
+            proc_scanned: true,
+            ..Default::default()
+        };
+        let mut m = Model::new();
+        m.apply_snapshot(&snap, 9 * S);
+        let vm = build(&m, &input(&[], Some((0, 1))));
+        assert_eq!(vm.queues.len(), 1);
+        assert_eq!(vm.queues[0].tags.len(), 4, "depth from GET_DEV_INFO");
+        let d = vm.detail.unwrap_or_else(|| panic!("detail requested"));
+        assert_eq!(d.state, CellState::InServer);
+        assert_eq!(
+            (d.op.as_str(), d.sector, d.bytes),
+            ("WRITE", Some(2048), Some(4096))
+        );
+        assert_eq!(d.owner_tid, 4243);
+        assert!(d.history_note.is_some(), "says why there is no history");
+        assert_eq!(vm.header.dev_state.as_deref(), Some("LIVE"));
+        // A fetch seen now does not erase the tag file's facts of another tag.
+        m.apply_all(fetch(0, 0, 2, 9 * S, 4243).iter());
+        assert!(
+            build(&m, &input(&[], None))
+                .cell(0, 2)
+                .is_some_and(|c| c.state == CellState::Waiting)
+        );
     }
 
     #[test]
