@@ -311,22 +311,30 @@ pub fn queue_rqs(ctx: ProbeContext) -> u32 {
 }
 
 /// `ublk_dispatch_req(.., struct request *req, ..)` (6.15+): the request is being handed to
-/// the server thread (task work ran). The `req` argument's index comes from BTF.
-#[kprobe]
-pub fn dispatch_req(ctx: ProbeContext) -> u32 {
-    if !streaming() {
-        return 0;
+/// the server thread (task work ran). User space attaches the variant whose argument index
+/// matches `req` in the function's BTF prototype: a runtime index into pt_regs compiles to a
+/// computed ctx offset, which the 6.18 verifier rejects ("dereference of modified ctx ptr").
+#[inline(always)]
+fn dispatch(rq: Option<u64>) -> u32 {
+    if streaming() {
+        emit_rq(KIND_DELIVERED, rq.unwrap_or(0), None);
     }
-    let o = OFFSETS.load();
-    let rq: u64 = match o.dispatch_req_arg {
-        0 => ctx.arg(0),
-        1 => ctx.arg(1),
-        2 => ctx.arg(2),
-        _ => None,
-    }
-    .unwrap_or(0);
-    emit_rq(KIND_DELIVERED, rq, None);
     0
+}
+
+#[kprobe]
+pub fn dispatch_req0(ctx: ProbeContext) -> u32 {
+    dispatch(ctx.arg(0))
+}
+
+#[kprobe]
+pub fn dispatch_req1(ctx: ProbeContext) -> u32 {
+    dispatch(ctx.arg(1))
+}
+
+#[kprobe]
+pub fn dispatch_req2(ctx: ProbeContext) -> u32 {
+    dispatch(ctx.arg(2))
 }
 
 /// `ublk_rq_task_work_cb(struct io_uring_cmd *cmd, unsigned issue_flags)` (≤ 6.14): the

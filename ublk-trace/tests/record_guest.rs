@@ -146,6 +146,40 @@ fn recording_counts_fetches_requests_commits_and_ctrl_order() {
         .count();
     assert_eq!(full, N, "commits with result 4096");
 
+    // Delivery to the server thread: per request where the kernel has ublk_dispatch_req
+    // (6.15+), per queue batch (tag u16::MAX) from ublk_rq_task_work_cb (≤ 6.14).
+    let attached = |prefix: &str| {
+        header
+            .probes
+            .iter()
+            .any(|p| p.program.starts_with(prefix) && p.attached)
+    };
+    let delivered: Vec<(u16, u16)> = evs
+        .iter()
+        .filter(|e| e.ts_ns > t0)
+        .filter_map(|e| match e.kind {
+            EventKind::Delivered {
+                dev_id: d,
+                q_id,
+                tag,
+            } if d == dev_id => Some((q_id, tag)),
+            _ => None,
+        })
+        .collect();
+    if attached("dispatch_req") {
+        assert_eq!(delivered.len(), N, "per-request deliveries");
+        assert!(delivered.iter().all(|(_, t)| *t != u16::MAX));
+    } else if attached("rq_task_work") {
+        assert!(
+            !delivered.is_empty() && delivered.len() <= N,
+            "{}",
+            delivered.len()
+        );
+        assert!(delivered.iter().all(|(_, t)| *t == u16::MAX));
+    } else {
+        panic!("no delivery probe attached: {:#?}", header.probes);
+    }
+
     let ctrl: Vec<&str> = evs
         .iter()
         .filter_map(|e| match &e.kind {

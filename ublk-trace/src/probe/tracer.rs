@@ -421,8 +421,14 @@ fn attach_one(ebpf: &mut Ebpf, p: &Plan, facts: &Targets, o: &Offsets) -> ProbeS
                         "; run 'modprobe ublk_drv'"
                     }
                 )),
-                Some(_) if p.program == "dispatch_req" && o.dispatch_req_arg == NO_OFFSET => {
-                    Err("ublk_dispatch_req has no `req` parameter in BTF".to_string())
+                Some(_) if p.program == "dispatch_req" && o.dispatch_req_arg > 2 => Err(
+                    "ublk_dispatch_req has no `req` parameter among its first 3 in BTF".to_string(),
+                ),
+                Some(name) if p.program == "dispatch_req" => {
+                    // One program per argument index (see the eBPF source for why).
+                    st.program = format!("dispatch_req{}", o.dispatch_req_arg);
+                    st.target = name.to_string();
+                    attach_kprobe(ebpf, &st.program, name)
                 }
                 Some(name) => {
                     st.target = name.to_string();
