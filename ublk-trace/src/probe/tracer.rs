@@ -7,7 +7,7 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::{KProbe, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
 use ublk_trace_common::event::*;
-use ublk_trace_common::offsets::{NO_OFFSET, Offsets};
+use ublk_trace_common::offsets::Offsets;
 
 use super::decode::Decoder;
 use super::status::ProbeStatus;
