@@ -21,7 +21,7 @@ fn bin() -> std::path::PathBuf {
 /// A pty pair sized 80x24: (master, slave).
 fn openpty() -> (OwnedFd, OwnedFd) {
     let (mut master, mut slave) = (-1, -1);
-    let mut ws = libc::winsize {
+    let ws = libc::winsize {
         ws_row: 24,
         ws_col: 80,
         ws_xpixel: 0,
@@ -34,7 +34,7 @@ fn openpty() -> (OwnedFd, OwnedFd) {
             &mut slave,
             std::ptr::null_mut(),
             std::ptr::null(),
-            &mut ws,
+            &ws,
         )
     };
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
