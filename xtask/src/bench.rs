@@ -55,7 +55,8 @@ fn ours(name: &'static str, target: &str, queues: u32, depth: u32) -> Config {
         name,
         start: format!(
             "ublk-server run {target}{size} --queues {queues} --depth {depth} > /tmp/srv.out 2>/tmp/srv.err &\n\
-             SRV_PID=$!\nwait_ready /tmp/srv.out || {{ cat /tmp/srv.err; SRV_PID=; }}\nDEV=/dev/ublkb0\n"
+             SRV_PID=$!\nwait_ready /tmp/srv.out || {{ cat /tmp/srv.err; SRV_PID=; }}\n\
+             DEV=$(grep -o '/dev/ublkb[0-9]*' /tmp/srv.out | head -n 1)\n"
         ),
         stop: "kill -INT $SRV_PID 2>/dev/null; wait $SRV_PID 2>/dev/null\n".into(),
         attach: String::new(),
@@ -66,7 +67,7 @@ fn ours(name: &'static str, target: &str, queues: u32, depth: u32) -> Config {
 fn configs(mode: Mode, rublk: bool) -> Vec<Config> {
     let mut v = vec![Config {
         name: "null_blk",
-        start: "insmod /mod/null_blk.ko queue_mode=2 irqmode=0 nr_devices=1 gb=16 hw_queue_depth=64 submit_queues=1 \
+        start: "modload null_blk queue_mode=2 irqmode=0 nr_devices=1 gb=16 hw_queue_depth=64 submit_queues=1 \
                 && SRV_PID= && DEV=/dev/nullb0\n"
             .into(),
         stop: "rmmod null_blk\n".into(),
@@ -115,6 +116,7 @@ const PRELUDE: &str = r#"
 wait_ready() { i=0; while [ $i -lt 300 ]; do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.1; i=$((i+1)); done; return 1; }
 holder() { for p in /proc/[0-9]*; do ls -l $p/fd 2>/dev/null | grep -q "/dev/$1" && { echo ${p#/proc/}; return; }; done; }
 cpu_ns() { [ -n "$1" ] || { echo 0; return; }; s=0; for t in /proc/$1/task/*; do read a b c < $t/schedstat 2>/dev/null && s=$((s+a)); done; echo $s; }
+modload() { m=$1; shift; for f in $(cat /mod/$m.order); do [ "$f" = "$m.ko" ] && insmod /mod/$f "$@" || insmod /mod/$f 2>/dev/null; done; }
 pin_server() { [ -n "$1" ] || return 0; for t in /proc/$1/task/*; do taskset -p -c 0 ${t##*/} >/dev/null 2>&1; done; }
 "#;
 

@@ -85,8 +85,11 @@ pub fn make_initramfs(
     mods.extend(opts.modules.iter().map(String::as_str));
     let order = add_modules(&mut t, kernel, &mods)?;
     let copy: Vec<&str> = opts.copy_modules.iter().map(String::as_str).collect();
-    if !copy.is_empty() {
-        add_modules(&mut t, kernel, &copy)?;
+    for m in copy {
+        // /mod/<name>.order lists the module and its dependencies in load order, so a script
+        // can `insmod` them all and pass its own parameters to the last one.
+        let order = add_modules(&mut t, kernel, &[m])?;
+        t.file(&format!("/mod/{m}.order"), order.join("\n").into_bytes(), 0o644);
     }
     for b in PROJECT_BINS {
         let p = bin_dir.join(b);
