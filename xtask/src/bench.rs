@@ -116,7 +116,7 @@ const PRELUDE: &str = r#"
 wait_ready() { i=0; while [ $i -lt 300 ]; do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.1; i=$((i+1)); done; return 1; }
 holder() { for p in /proc/[0-9]*; do ls -l $p/fd 2>/dev/null | grep -q "/dev/$1" && { echo ${p#/proc/}; return; }; done; }
 cpu_ns() { [ -n "$1" ] || { echo 0; return; }; s=0; for t in /proc/$1/task/*; do read a b c < $t/schedstat 2>/dev/null && s=$((s+a)); done; echo $s; }
-modload() { m=$1; shift; for f in $(cat /mod/$m.order); do [ "$f" = "$m.ko" ] && insmod /mod/$f "$@" || insmod /mod/$f 2>/dev/null; done; }
+modload() { m=$1; shift; for f in $(cat /mod/$m.order); do if [ "$f" = "$m.ko" ]; then insmod /mod/$f "$@"; else insmod /mod/$f 2>/dev/null; fi; done; }
 pin_server() { [ -n "$1" ] || return 0; for t in /proc/$1/task/*; do taskset -p -c 0 ${t##*/} >/dev/null 2>&1; done; }
 "#;
 
