@@ -141,6 +141,13 @@ fn stuck(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
     ));
     f.evidence
         .extend(text::owner_line(cx, t.owner_tid.or(q.owner_tid())));
+    if t.raw.is_some_and(|r| r.cqe_since_ns.is_some()) {
+        f.evidence.push(
+            "its completion (CQE) is posted in the server's queue ring and was never reaped \
+             (user_data read in the libublk layout)"
+                .into(),
+        );
+    }
     f.evidence.extend(published_line(cx, t));
     f.evidence.extend(text::ring_lines(cx));
     f.evidence.extend(text::lost_line(cx));

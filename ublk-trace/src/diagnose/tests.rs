@@ -561,3 +561,91 @@ fn waiters_behind_a_stuck_request_are_named_at_first_sight() {
     ok.apply_snapshot(&s, 0);
     assert!(classes(&ok, 3000 * MS).is_empty());
 }
+
+fn published(tag: u16, state: &str, received_ns: u64) -> crate::snapshot::tagfile::PublishedTag {
+    crate::snapshot::tagfile::PublishedTag {
+        q_id: 0,
+        tag,
+        state: state.into(),
+        op: 0,
+        start_sector: u64::from(tag) * 8,
+        nr_sectors: 8,
+        result: 4096,
+        waiting_since_ns: received_ns,
+        received_ns,
+        committed_ns: received_ns,
+        tid: Q_TID,
+        fault: 0,
+        seq: 5,
+    }
+}
+
+#[test]
+fn stopped_server_with_an_unreaped_cqe_as_seen_in_the_guest() {
+    // Measured in the 6.12 guest (repro stopped-server): tag 0's last request was committed
+    // before the stop; tag 1 was delivered (CQE posted) and never reaped; the tag file still
+    // says "committed" for 0 and "waiting" for 1; blk-mq lists only tag 1.
+    let mk = |ts: u64| {
+        let mut s = snap(
+            ts,
+            vec![
+                task(SRV_PID, 'T', "do_signal_stop"),
+                task(Q_TID, 'T', "do_signal_stop"),
+            ],
+        );
+        s.blk = Some(busy_blk(&[1]));
+        s.servers[0].rings.push(RingInfo {
+            fd: 7,
+            sq_head: 620,
+            sq_tail: 620,
+            cq_head: 611,
+            cq_tail: 612,
+            cqes: vec![crate::snapshot::fdinfo::CqeLine {
+                slot: 3,
+                user_data: 0x21_0001,
+                res: 0,
+                flags: 0,
+            }],
+            user_files: vec!["ublkc0".into()],
+            ..Default::default()
+        });
+        s.tagfile = Some(crate::snapshot::tagfile::TagFileSnapshot {
+            path: "f".into(),
+            pid: SRV_PID,
+            nr_queues: 1,
+            queue_depth: 4,
+            start_ns: 1,
+            heartbeat_ns: 0,
+            fault_mask: 0,
+            tags: vec![
+                published(0, "committed", 100 * MS),
+                published(1, "waiting", 100 * MS),
+            ],
+        });
+        s
+    };
+    let mut m = Model::new();
+    m.apply_snapshot(&mk(1000 * MS), 0);
+    m.apply_snapshot(&mk(2500 * MS), 0);
+    let c = classes(&m, 2600 * MS);
+    assert!(c.contains(&(Class::ServerStopped, None, None)), "{c:?}");
+    assert!(
+        c.contains(&(Class::StuckInServer, Some(0), Some(1))),
+        "{c:?}"
+    );
+    assert!(
+        !c.iter().any(|x| x.2 == Some(0)),
+        "tag 0 is not in flight: {c:?}"
+    );
+    assert!(!c.iter().any(|x| x.0 == Class::NotDelivered), "{c:?}");
+    let f = run(&m, 2600 * MS, &th());
+    let stuck = f
+        .iter()
+        .find(|f| f.class == Class::StuckInServer)
+        .expect("stuck");
+    assert!(
+        stuck.evidence.iter().any(|e| e.contains("never reaped")),
+        "{:?}",
+        stuck.evidence
+    );
+}

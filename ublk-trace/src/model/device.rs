@@ -377,13 +377,9 @@ impl Device {
             }
         }
         if let Some(b) = &snap.blk {
+            let cqes = unreaped_cqes(snap, self.info.map(|i| i.nr_hw_queues));
             for h in &b.hctxs {
-                let busy: BTreeSet<u16> = h
-                    .busy
-                    .iter()
-                    .filter(|r| r.in_flight())
-                    .filter_map(|r| u16::try_from(r.tag).ok())
-                    .collect();
+                let busy = busy_tags(h);
                 let q = self.queue_mut(h.index);
                 for t in &busy {
                     q.tag_mut(*t);
@@ -393,6 +389,8 @@ impl Device {
                         t.busy_since_ns = None;
                     }
                     mark_busy(t, busy.contains(n), ts);
+                    let pending = cqes.contains(&(h.index, *n));
+                    t.cqe_since_ns = pending.then(|| t.cqe_since_ns.unwrap_or(ts));
                 }
             }
             let held = !b.held_in_block_layer().is_empty();
@@ -440,6 +438,42 @@ impl Device {
         }
         p.ctrl_frames_since = frames;
     }
+}
+
+fn busy_tags(h: &crate::snapshot::blkmq::HctxSnapshot) -> BTreeSet<u16> {
+    h.busy
+        .iter()
+        .filter(|r| r.in_flight())
+        .filter_map(|r| u16::try_from(r.tag).ok())
+        .collect()
+}
+
+/// (queue, tag) of delivery CQEs left unreaped in the server's queue rings. fdinfo does not
+/// say which queue a ring serves: a tag maps to the one hctx where it is in flight (or to
+/// queue 0 of a one-queue device).
+fn unreaped_cqes(snap: &DeviceSnapshot, nr_queues: Option<u16>) -> BTreeSet<(u16, u16)> {
+    let hctxs = snap.blk.as_ref().map_or(&[][..], |b| b.hctxs.as_slice());
+    let mut out = BTreeSet::new();
+    let rings = snap.servers.iter().flat_map(|s| s.rings.iter());
+    for r in rings.filter(|r| r.serves_char_dev(snap.dev_id)) {
+        for tag in r.cqes.iter().filter_map(|c| c.ublk_tag()) {
+            let qs: Vec<u16> = hctxs
+                .iter()
+                .filter(|h| busy_tags(h).contains(&tag))
+                .map(|h| h.index)
+                .collect();
+            match (qs.as_slice(), nr_queues) {
+                ([q], _) => {
+                    out.insert((*q, tag));
+                }
+                ([], Some(1)) => {
+                    out.insert((0, tag));
+                }
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 fn mark_busy(t: &mut Tag, busy: bool, ts: u64) {

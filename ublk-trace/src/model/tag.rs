@@ -173,6 +173,8 @@ pub struct Tag {
     /// Snapshot: time of the latest blk-mq read and whether the tag was in flight then.
     pub snap_ns: u64,
     pub snap_busy: bool,
+    /// Snapshot: a delivery CQE for this tag sits unreaped in the server's ring, since.
+    pub cqe_since_ns: Option<u64>,
     /// The server's own view, when it publishes one.
     pub published: Option<PublishedTag>,
     pub history: VecDeque<HistoryEntry>,
@@ -263,8 +265,26 @@ impl Tag {
             return self.refine_with_published(ev);
         }
         match (self.snap_busy, ev.state.busy()) {
+            (true, true) if ev.state == TagState::Queued && self.cqe_since_ns.is_some() => {
+                Derived {
+                    state: TagState::InServer,
+                    since_ns: ev.since_ns,
+                    delivery_inferred: false,
+                    from_snapshot: true,
+                }
+            }
             (true, true) => self.newer_published_request(ev),
-            (false, false) => self.refine_with_published(ev),
+            // blk-mq has no request on the tag: whatever the tag file last said about a
+            // request is over (the kernel is the authority on what is in flight).
+            (false, false) if ev.state == TagState::Unknown && self.published.is_some() => {
+                Derived {
+                    state: TagState::Waiting,
+                    since_ns: 0,
+                    delivery_inferred: false,
+                    from_snapshot: true,
+                }
+            }
+            (false, false) => ev,
             (true, false) => self.snapshot_busy_state(),
             // blk-mq says no request: the events missed its completion.
             (false, true) => Derived {
@@ -289,6 +309,10 @@ impl Tag {
             delivery_inferred: false,
             from_snapshot: true,
         };
+        if self.cqe_since_ns.is_some() {
+            // Delivered: its CQE waits in the server's ring (posted, never reaped).
+            return mk(TagState::InServer, since);
+        }
         match self.published.as_ref().map(|p| (p.state.as_str(), p)) {
             Some(("in_server", p)) if p.received_ns > 0 => mk(TagState::InServer, p.received_ns),
             Some(("committed", p)) if p.received_ns > 0 => mk(TagState::InServer, p.received_ns),

@@ -47,6 +47,18 @@ impl RingInfo {
     }
 }
 
+impl CqeLine {
+    /// The tag of a ublk I/O command's completion, when `user_data` follows the libublk layout
+    /// (bits 0-15 tag, 16-23 command number 0x20..=0x22, nothing above; `ublk-server` uses
+    /// it too) and the result is a delivery (UBLK_IO_RES_OK or NEED_GET_DATA). A server with
+    /// another layout yields `None` or, rarely, a wrong guess: use it as evidence only.
+    pub fn ublk_tag(&self) -> Option<u16> {
+        let nr = (self.user_data >> 16) & 0xff;
+        let plain = self.user_data >> 24 == 0;
+        (plain && (0x20..=0x22).contains(&nr) && self.res >= 0).then_some(self.user_data as u16)
+    }
+}
+
 /// Parse an io_uring fdinfo text; `None` when it is not an io_uring fdinfo.
 pub fn parse_fdinfo(fd: u32, text: &str) -> Option<RingInfo> {
     let mut r = RingInfo {
@@ -173,6 +185,18 @@ NAPI:\tdisabled
         // libublk: tag | op << 16 -> tag 4 of COMMIT_AND_FETCH (0x21).
         assert_eq!(r.cqes[0].user_data, 0x210004);
         assert!(r.serves_char_dev(0));
+        assert_eq!(r.cqes[0].ublk_tag(), Some(4));
+        // A target I/O completion (libublk sets bit 63) or an abort is no delivery.
+        let target = CqeLine {
+            user_data: (1 << 63) | 0x210004,
+            ..r.cqes[0]
+        };
+        assert_eq!(target.ublk_tag(), None);
+        let abort = CqeLine {
+            res: -19,
+            ..r.cqes[0]
+        };
+        assert_eq!(abort.ublk_tag(), None);
         assert!(!r.serves_char_dev(1));
     }
 
