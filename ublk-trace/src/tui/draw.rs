@@ -157,7 +157,7 @@ fn render_device_screen(f: &mut Frame, area: Rect, app: &App, vm: &ViewModel) {
         panels::render_detail(f, body, app, vm.detail.as_ref(), &vm.findings);
     } else {
         grid::render_grid(f, a.grid, app, &vm.queues);
-        panels::render_findings(f, a.findings, app, &vm.findings);
+        panels::render_findings(f, a.findings, app, &vm.findings, &vm.undecided);
         panels::render_oldest(f, a.oldest, app, &vm.oldest);
         panels::render_latency(f, a.latency, &vm.latency);
     }

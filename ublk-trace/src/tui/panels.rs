@@ -219,13 +219,19 @@ pub fn finding_lines(f: &FindingView) -> Vec<Line<'static>> {
     out
 }
 
-pub fn render_findings(f: &mut Frame, area: Rect, app: &App, findings: &[FindingView]) {
+pub fn render_findings(
+    f: &mut Frame,
+    area: Rect,
+    app: &App,
+    findings: &[FindingView],
+    undecided: &[String],
+) {
     let shown: Vec<&FindingView> = findings
         .iter()
         .filter(|x| app.filter.matches_finding(x))
         .collect();
     let title = format!(" Findings ({}) ", shown.len());
-    let lines: Vec<Line> = if shown.is_empty() {
+    let mut lines: Vec<Line> = if shown.is_empty() && undecided.is_empty() {
         vec![Line::styled(
             "No findings: nothing looks stuck.",
             style::good(),
@@ -233,6 +239,11 @@ pub fn render_findings(f: &mut Frame, area: Rect, app: &App, findings: &[Finding
     } else {
         shown.into_iter().flat_map(finding_lines).collect()
     };
+    lines.extend(
+        undecided
+            .iter()
+            .map(|u| Line::styled(format!("could not decide: {u}"), style::warn())),
+    );
     let block = Block::bordered().title(Span::styled(title, style::title()));
     let p = Paragraph::new(lines)
         .block(block)
@@ -328,7 +339,7 @@ pub fn render_detail(
         .filter(|x| x.names_tag(d.q_id, d.tag) || x.tag.is_none())
         .cloned()
         .collect();
-    render_findings(f, right, app, &mine);
+    render_findings(f, right, app, &mine, &[]);
 }
 
 fn health_cell(h: &Health) -> Span<'static> {

@@ -173,6 +173,16 @@ fn large_terminal_shows_evidence_histogram_and_all_tags() {
 }
 
 #[test]
+fn undecided_rules_are_shown_not_hidden() {
+    let mut vm = fixture(1, 8, 0);
+    vm.findings.clear();
+    vm.undecided = vec!["NOT_DELIVERED: no delivery event seen".into()];
+    let s = screen(&mut App::for_device(), &vm, 80, 24);
+    assert!(s.contains("could not decide: NOT_DELIVERED"), "{s}");
+    assert!(!s.contains("nothing looks stuck"), "{s}");
+}
+
+#[test]
 fn healthy_device_says_no_findings() {
     let mut vm = fixture(1, 8, 0);
     vm.findings.clear();

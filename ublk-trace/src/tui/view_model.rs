@@ -229,8 +229,10 @@ pub struct ViewModel {
     /// Oldest first.
     pub oldest: Vec<InflightRow>,
     pub latency: Vec<LatencyBucket>,
-    /// Worst first.
+    /// Rule order: causes before symptoms.
     pub findings: Vec<FindingView>,
+    /// Rules that lacked the data to decide, with what was missing (never a guessed class).
+    pub undecided: Vec<String>,
     /// Filled when a tag is selected for the detail view.
     pub detail: Option<TagDetail>,
 }
@@ -252,6 +254,7 @@ impl ViewModel {
             oldest: Vec::new(),
             latency: Vec::new(),
             findings: Vec::new(),
+            undecided: Vec::new(),
             detail: None,
         }
     }

@@ -255,6 +255,8 @@ impl HeadlessWatch {
         let mut child = Command::new(bin("ublk-trace"))
             .args(["watch", "dev", &dev_id.to_string(), "--headless", "--json"])
             .args(["--interval", &interval_ms.to_string()])
+            // Below the 2 s the tests allow from fault to finding, with room for TCG.
+            .args(["--stuck-ms", "500", "--waiter-ms", "500"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -44,6 +44,8 @@ pub struct DeviceJson {
     pub features: Vec<String>,
     pub queues: Vec<QueueJson>,
     pub findings: Vec<FindingJson>,
+    /// Rules that lacked data to decide ("CLASS: what is missing").
+    pub undecided: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -128,6 +130,7 @@ pub fn device_json(vm: &ViewModel) -> DeviceJson {
         features: vm.header.features.clone(),
         queues: vm.queues.iter().map(queue_json).collect(),
         findings: vm.findings.iter().map(FindingJson::from).collect(),
+        undecided: vm.undecided.clone(),
     }
 }
 

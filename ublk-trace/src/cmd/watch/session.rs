@@ -127,6 +127,16 @@ impl Session {
             .collect()
     }
 
+    /// Rules that could not decide for `dev`, as "CLASS: what is missing".
+    pub fn undecided(&self, dev: u32, now_ns: u64) -> Vec<String> {
+        self.diagnosis(now_ns)
+            .rechecks
+            .iter()
+            .filter(|r| r.dev == dev)
+            .map(|r| format!("{}: {}", r.class.name(), r.reason))
+            .collect()
+    }
+
     /// The device screen's data at `now_ns`.
     pub fn view(&self, dev: u32, now_ns: u64) -> ViewModel {
         let findings = self.findings(dev, now_ns);
@@ -139,6 +149,7 @@ impl Session {
         };
         let mut vm = build(&self.model, &input);
         vm.header.dropped_events = self.dropped_events();
+        vm.undecided = self.undecided(dev, now_ns);
         vm
     }
 
