@@ -120,26 +120,13 @@ impl Session {
 
     /// Findings for one device, in rule order (causes before symptoms).
     pub fn findings(&self, dev: u32, now_ns: u64) -> Vec<FindingView> {
-        diagnose::run(&self.model, now_ns, &self.thresholds)
-            .iter()
-            .filter(|f| f.dev == dev)
-            .map(finding_view)
-            .collect()
+        findings_of(&self.diagnosis(now_ns), dev)
     }
 
-    /// Rules that could not decide for `dev`, as "CLASS: what is missing".
-    pub fn undecided(&self, dev: u32, now_ns: u64) -> Vec<String> {
-        self.diagnosis(now_ns)
-            .rechecks
-            .iter()
-            .filter(|r| r.dev == dev)
-            .map(|r| format!("{}: {}", r.class.name(), r.reason))
-            .collect()
-    }
-
-    /// The device screen's data at `now_ns`.
+    /// The device screen's data at `now_ns` (one diagnosis run).
     pub fn view(&self, dev: u32, now_ns: u64) -> ViewModel {
-        let findings = self.findings(dev, now_ns);
+        let d = self.diagnosis(now_ns);
+        let findings = findings_of(&d, dev);
         let input = BuildInput {
             dev_id: dev,
             now_ns,
@@ -149,22 +136,129 @@ impl Session {
         };
         let mut vm = build(&self.model, &input);
         vm.header.dropped_events = self.dropped_events();
-        vm.undecided = self.undecided(dev, now_ns);
+        vm.undecided = undecided_of(&d, dev);
         vm
     }
 
+    /// One row per device present, with the classes of its findings (one diagnosis run).
     pub fn device_rows(&self, now_ns: u64) -> Vec<DeviceRow> {
+        let d = self.diagnosis(now_ns);
         self.devices
             .iter()
-            .filter_map(|d| self.snapshots.get(d))
+            .filter_map(|id| self.snapshots.get(id))
             .map(|s| {
-                let classes = self
-                    .findings(s.dev_id, now_ns)
-                    .into_iter()
-                    .map(|f| f.class)
-                    .collect();
+                let mut classes: Vec<String> = Vec::new();
+                for f in d.findings.iter().filter(|f| f.dev == s.dev_id) {
+                    let c = f.class.name().to_string();
+                    if !classes.contains(&c) {
+                        classes.push(c);
+                    }
+                }
                 snapshot_view::device_row(s, classes)
             })
             .collect()
+    }
+}
+
+fn findings_of(d: &Diagnosis, dev: u32) -> Vec<FindingView> {
+    d.findings
+        .iter()
+        .filter(|f| f.dev == dev)
+        .map(finding_view)
+        .collect()
+}
+
+/// Rules that could not decide for `dev`, as "CLASS: what is missing".
+fn undecided_of(d: &Diagnosis, dev: u32) -> Vec<String> {
+    d.rechecks
+        .iter()
+        .filter(|r| r.dev == dev)
+        .map(|r| format!("{}: {}", r.class.name(), r.reason))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testutil::{delivered, queue_rq, setup};
+    use crate::tui::view_model::{CellState, Health};
+
+    const S: u64 = 1_000_000_000;
+
+    /// Device 0 (1 queue, depth 4) with q0 t2 delivered at 2 s and never committed.
+    fn stuck_session() -> Session {
+        let mut s = Session::new();
+        s.apply(Msg::ProbesLive);
+        s.apply(Msg::Devices(vec![0]));
+        s.apply(Msg::Snapshot(Box::new(DeviceSnapshot {
+            dev_id: 0,
+            taken_ns: S,
+            char_dev_present: true,
+            block_dev_present: true,
+            proc_scanned: true,
+            ..Default::default()
+        })));
+        let mut evs = setup(0, 1, 4, S / 2);
+        evs.push(queue_rq(0, 0, 2, 2 * S, "READ", 4096));
+        evs.push(delivered(0, 0, 2, 2 * S + 1000, 50));
+        s.apply(Msg::Events(evs));
+        s
+    }
+
+    #[test]
+    fn a_stuck_tag_reaches_the_view_and_the_device_list() {
+        let s = stuck_session();
+        let vm = s.view(0, 10 * S);
+        assert_eq!(vm.header.source, SourceView::Live);
+        assert!(
+            vm.cell(0, 2)
+                .is_some_and(|c| c.state == CellState::InServer && c.flagged)
+        );
+        let f = vm.findings.iter().find(|f| f.class == "STUCK_IN_SERVER");
+        assert_eq!(
+            f.map(|f| (f.q_id, f.tag)),
+            Some((Some(0), Some(2))),
+            "{:?}",
+            vm.findings
+        );
+        let rows = s.device_rows(10 * S);
+        assert_eq!(rows.len(), 1);
+        assert!(
+            matches!(&rows[0].health, Health::Findings(c) if c.iter().any(|c| c == "STUCK_IN_SERVER")),
+            "{:?}",
+            rows[0].health
+        );
+    }
+
+    #[test]
+    fn thresholds_decide_when_a_tag_counts_as_stuck() {
+        let mut s = stuck_session();
+        // 1.5 s after delivery: stuck with the default 1 s, not with 5 s.
+        assert!(
+            s.findings(0, 3 * S + S / 2)
+                .iter()
+                .any(|f| f.class == "STUCK_IN_SERVER")
+        );
+        s.set_thresholds(Thresholds {
+            stuck_ms: 5000,
+            ..Thresholds::default()
+        });
+        assert!(
+            !s.findings(0, 3 * S + S / 2)
+                .iter()
+                .any(|f| f.class == "STUCK_IN_SERVER")
+        );
+    }
+
+    #[test]
+    fn a_device_that_disappears_leaves_the_list_and_the_model() {
+        let mut s = stuck_session();
+        s.apply(Msg::Devices(vec![]));
+        assert!(s.device_rows(10 * S).is_empty());
+        assert!(
+            s.findings(0, 10 * S).is_empty(),
+            "findings of a removed device"
+        );
+        assert!(!s.has_snapshot(0));
     }
 }
