@@ -3,7 +3,6 @@
 //! and no other tag of the device as stuck.
 mod diagnose_common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diagnose_common::*;
@@ -27,34 +26,15 @@ fn injected_hang_is_stuck_in_server_on_exactly_that_tag() {
     w.wait_for(Instant::now(), Duration::from_secs(60), |_| true)
         .unwrap_or_else(|| panic!("no output from watch"));
     // Four reads in flight on a depth-4 queue use every tag, so the hung one gets a request.
-    let mut fio = Command::new("fio")
-        .args([
-            "--name=hang",
-            &format!("--filename={}", s.bdev()),
-            "--direct=1",
-            "--ioengine=libaio",
-            "--iodepth=4",
-            "--rw=randread",
-            "--bs=4k",
-            "--time_based",
-            "--runtime=120",
-            &format!("--cpus_allowed={q}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn fio: {e}"));
-    let t0 = Instant::now();
+    let mut fio = fio_reads(&s.bdev(), 4, q);
     let want = (q as u64, TAG);
-    while !busy_tags(s.dev_id).contains(&want) && t0.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let fault = Instant::now();
-    let busy = busy_tags(s.dev_id);
     assert!(
-        busy.contains(&want),
-        "q{q} t{TAG} never in flight per debugfs: {busy:?}"
+        wait_for_stuck_tag(s.dev_id, want.0, want.1, Duration::from_secs(30)),
+        "q{q} t{TAG} never stuck per debugfs: {:?}",
+        busy_tags(s.dev_id)
     );
+    // The hang began at least the 600 ms of the check ago: count the 2 s from there.
+    let fault = Instant::now() - Duration::from_millis(600);
     let pid = s.pid();
     let found = w.wait_for(fault, Duration::from_secs(2), |doc| {
         let fs = findings(doc);

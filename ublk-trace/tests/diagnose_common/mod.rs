@@ -186,6 +186,47 @@ pub fn busy_tags(dev_id: u32) -> Vec<(u64, u64)> {
     out
 }
 
+/// Wait until debugfs shows `(q, tag)` in flight in every poll over 600 ms (a normal request
+/// completes in milliseconds, so only a hung one stays); false after `limit`.
+pub fn wait_for_stuck_tag(dev_id: u32, q: u64, tag: u64, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    let mut since: Option<Instant> = None;
+    while t0.elapsed() < limit {
+        if busy_tags(dev_id).contains(&(q, tag)) {
+            let first = *since.get_or_insert_with(Instant::now);
+            if first.elapsed() >= Duration::from_millis(600) {
+                return true;
+            }
+        } else {
+            since = None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// `fio` keeping `depth` random reads in flight on `bdev` (every tag of a queue that deep
+/// gets requests), pinned to `cpu` (which picks the hardware queue).
+pub fn fio_reads(bdev: &str, depth: u32, cpu: usize) -> Child {
+    Command::new("fio")
+        .args([
+            "--name=drive",
+            &format!("--filename={bdev}"),
+            "--direct=1",
+            "--ioengine=libaio",
+            &format!("--iodepth={depth}"),
+            "--rw=randread",
+            "--bs=4k",
+            "--time_based",
+            "--runtime=120",
+            &format!("--cpus_allowed={cpu}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn fio: {e}"))
+}
+
 /// `ublk-trace diagnose dev N <extra>`: (exit code, JSON document, wall time).
 pub fn diagnose(dev_id: u32, extra: &[&str]) -> (Option<i32>, Value, Duration) {
     let t0 = Instant::now();
