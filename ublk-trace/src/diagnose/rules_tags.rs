@@ -480,15 +480,49 @@ impl Rule for BadCommit {
             for t in q.tags() {
                 let Some(r) = t.raw else { continue };
                 let storm = r.requeues_within(cx.now_ns, cx.th.storm_window_ms * MS);
-                let bad = r.last_bad.as_ref().filter(|b| b.ts_ns >= recent);
+                let from_file = published_bad(t.published, recent);
+                let bad = r
+                    .last_bad
+                    .clone()
+                    .filter(|b| b.ts_ns >= recent)
+                    .or(from_file.clone());
                 if bad.is_none() && storm < cx.th.storm_requeues {
                     continue;
                 }
-                out.push(bad_commit(cx, &q, &t, bad, storm));
+                let mut f = bad_commit(cx, &q, &t, bad.as_ref(), storm);
+                if r.last_bad.is_none() && from_file.is_some() {
+                    f.evidence.insert(1, "(from the server's tag-state file: the commit happened before tracing started)".into());
+                }
+                out.push(f);
             }
         }
         verdict(out)
     }
+}
+
+/// The last commit the server published for the tag, when it was bad (late attach).
+fn published_bad(
+    p: Option<&crate::snapshot::tagfile::PublishedTag>,
+    recent: u64,
+) -> Option<crate::model::tag::BadCommit> {
+    let p = p?;
+    let rw = match p.op {
+        0 => "READ",
+        1 => "WRITE",
+        _ => "",
+    };
+    let bytes = p.nr_sectors.saturating_mul(512);
+    let bad = p.result < 0 || (p.result == 0 && !rw.is_empty() && bytes > 0);
+    (bad && p.committed_ns >= recent && p.committed_ns > 0).then(|| crate::model::tag::BadCommit {
+        ts_ns: p.committed_ns,
+        result: p.result,
+        op: if rw.is_empty() {
+            format!("op {}", p.op)
+        } else {
+            rw.to_string()
+        },
+        bytes,
+    })
 }
 
 fn bad_commit(

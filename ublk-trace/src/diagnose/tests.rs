@@ -649,3 +649,69 @@ fn stopped_server_with_an_unreaped_cqe_as_seen_in_the_guest() {
         stuck.evidence
     );
 }
+
+fn with_tagfile(
+    mut s: DeviceSnapshot,
+    tags: Vec<crate::snapshot::tagfile::PublishedTag>,
+) -> DeviceSnapshot {
+    s.tagfile = Some(crate::snapshot::tagfile::TagFileSnapshot {
+        path: "f".into(),
+        pid: SRV_PID,
+        nr_queues: 1,
+        queue_depth: 8,
+        start_ns: 1,
+        heartbeat_ns: 0,
+        fault_mask: 0,
+        tags,
+    });
+    s
+}
+
+#[test]
+fn crashed_server_leaves_a_stale_tag_file_that_is_ignored() {
+    // Guest repro "crash": the dead server's tag file still says tag 5 is in the server.
+    let mut s = with_tagfile(
+        snap(1000 * MS, vec![]),
+        vec![published(5, "in_server", 100 * MS)],
+    );
+    s.servers.clear();
+    s.block_dev_present = false;
+    s.blk = None;
+    s.dev_info = Some(DevInfo {
+        ublksrv_pid: -1,
+        ..info(0, 0x42)
+    });
+    let mut m = Model::new();
+    m.apply_snapshot(&s, 0);
+    assert_eq!(
+        classes(&m, 2000 * MS),
+        vec![(Class::ServerDead, None, None)]
+    );
+}
+
+#[test]
+fn bad_commit_before_tracing_is_read_from_the_tag_file() {
+    // Guest repro "zero-commit": the 0-byte READ commit happened before diagnose started.
+    let mut zero = published(2, "waiting", 900 * MS);
+    zero.result = 0;
+    let mut m = Model::new();
+    m.apply_snapshot(
+        &with_tagfile(
+            snap(1000 * MS, vec![]),
+            vec![zero.clone(), published(3, "waiting", 900 * MS)],
+        ),
+        0,
+    );
+    let f = run(&m, 1100 * MS, &th());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!((f[0].class, f[0].tag), (Class::BadCommit, Some(2)));
+    assert!(
+        f[0].evidence
+            .iter()
+            .any(|e| e.contains("fails it with EIO")),
+        "{:?}",
+        f[0].evidence
+    );
+    // Old enough to be out of the recent window: nothing.
+    assert!(classes(&m, 1000 * MS + th().recent_ms * MS + MS).is_empty());
+}

@@ -363,7 +363,16 @@ impl Device {
         // The tag file first: a tag whose request changed since the last snapshot (seq or
         // receive time moved) is busy with a *new* request, so its busy age restarts.
         let mut changed = BTreeSet::new();
-        if let Some(tf) = &snap.tagfile {
+        // A tag file left behind by a server that is gone describes nothing current.
+        let stale_file = snap.proc_scanned && snap.servers.is_empty();
+        if stale_file {
+            for q in self.queues.values_mut() {
+                for t in q.tags.values_mut() {
+                    t.published = None;
+                }
+            }
+        }
+        if let Some(tf) = snap.tagfile.as_ref().filter(|_| !stale_file) {
             for p in &tf.tags {
                 let t = self.queue_mut(p.q_id).tag_mut(p.tag);
                 let moved = t
@@ -374,6 +383,15 @@ impl Device {
                     changed.insert((p.q_id, p.tag));
                 }
                 t.published = Some(p.clone());
+            }
+        }
+        if !snap.block_dev_present {
+            // No disk, no request in flight (the kernel failed them when it removed the disk).
+            for q in self.queues.values_mut() {
+                for t in q.tags.values_mut() {
+                    mark_busy(t, false, ts);
+                    t.cqe_since_ns = None;
+                }
             }
         }
         if let Some(b) = &snap.blk {
