@@ -55,10 +55,11 @@ fn ours(name: &'static str, target: &str, queues: u32, depth: u32) -> Config {
         name,
         start: format!(
             "ublk-server run {target}{size} --queues {queues} --depth {depth} > /tmp/srv.out 2>/tmp/srv.err &\n\
-             SRV_PID=$!\nwait_ready /tmp/srv.out || {{ cat /tmp/srv.err; SRV_PID=; }}\n\
+             SRV_PID=$!\nwait_ready /tmp/srv.out || {{ echo \"server did not start:\"; cat /tmp/srv.out /tmp/srv.err; kill -KILL $SRV_PID; wait $SRV_PID; SRV_PID=; }}\n\
              DEV=$(grep -o '/dev/ublkb[0-9]*' /tmp/srv.out | head -n 1)\n"
         ),
-        stop: "kill -INT $SRV_PID 2>/dev/null; wait $SRV_PID 2>/dev/null\n".into(),
+        // `wait` with an empty pid would wait for every background job: guard it.
+        stop: "[ -n \"$SRV_PID\" ] && { kill -INT $SRV_PID; wait $SRV_PID; }\n".into(),
         attach: String::new(),
         detach: String::new(),
     }
