@@ -36,7 +36,10 @@ pub const SWITCH_DEV_FILTER: u32 = 1;
 /// without ublk, e.g. a loop device). Then `dev_id` is meaningless and `arg1` carries the
 /// first 8 bytes of the disk name.
 pub const SWITCH_ALL_DISKS: u32 = 2;
-pub const NR_SWITCHES: u32 = 3;
+/// Switch: 1 = report block_rq_issue. Redundant with `ublk_queue_rq(s)` (ublk starts each
+/// request there), so user space enables it only when those kprobes are not attached.
+pub const SWITCH_BLOCK_ISSUE: u32 = 3;
+pub const NR_SWITCHES: u32 = 4;
 
 /// `ublk_ctrl_uring_cmd` entered. dev_id/q_id/data0(arg0) from `struct ublksrv_ctrl_cmd`.
 pub const KIND_CTRL_START: u32 = 1;

@@ -28,7 +28,7 @@ use ublk_trace_common::offsets::{NO_OFFSET, Offsets};
 static OFFSETS: Global<Offsets> = Global::new(Offsets::UNSET);
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NR_COUNTERS, 0);
 #[map]
@@ -111,12 +111,31 @@ fn unsafe_ktime() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// Ring size, and the fill level at which a per-I/O record wakes the reader anyway.
+const RING_BYTES: u32 = 4 << 20;
+const WAKE_AT_BYTES: u64 = (RING_BYTES / 4) as u64;
+// bpf_ringbuf_submit / bpf_ringbuf_query flags (include/uapi/linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Write one record. Control commands wake the reader at once (rare, and a START_DEV that
+/// hangs must show up now). Per-I/O records do not: a wake-up per record costs more than
+/// the probe itself, so the reader picks them up on its poll timeout, or when the ring is a
+/// quarter full.
 #[inline(always)]
 fn emit(ev: &RawEvent) {
+    let flags = if ev.kind == KIND_CTRL_START || ev.kind == KIND_CTRL_DONE {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     match EVENTS.reserve::<RawEvent>(0) {
         Some(mut slot) => {
             slot.write(*ev);
-            slot.submit(0);
+            slot.submit(flags);
         }
         None => count(COUNTER_DROPPED),
     }
@@ -407,9 +426,13 @@ pub fn blk_insert(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// ublk starts every request inside ->queue_rq(s), so with those kprobes attached this is a
+/// duplicate of KIND_QUEUE_RQ: user space turns it off to save a record per I/O.
 #[raw_tracepoint(tracepoint = "block_rq_issue")]
 pub fn blk_issue(ctx: RawTracePointContext) -> i32 {
-    block_event(KIND_BLOCK_ISSUE, ctx.arg(0), 0, None);
+    if switch(SWITCH_BLOCK_ISSUE) == 1 {
+        block_event(KIND_BLOCK_ISSUE, ctx.arg(0), 0, None);
+    }
     0
 }
 

@@ -58,6 +58,9 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     install_stop_handlers();
     let cfg = TracerConfig {
         dev_filter: args.dev,
+        // A recording is for offline analysis: keep block_rq_issue (issue -> complete
+        // latency in `report`) although it duplicates queue_rq.
+        block_issue: Some(true),
         ..Default::default()
     };
     let mut tracer = Tracer::start(&cfg).context("start the tracer (see 'ublk-trace doctor')")?;

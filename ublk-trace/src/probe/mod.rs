@@ -19,7 +19,11 @@
 //!   `attached()` with the reason, never an error. It fails only when BPF cannot load
 //!   (not root) or vmlinux BTF is missing.
 //! - `poll` blocks at most `timeout` (no async runtime), drains the ring buffer, and appends
-//!   a `Lost { count }` event where drops happened.
+//!   a `Lost { count }` event where drops happened. Per-I/O records do not wake the reader
+//!   (a wake-up per record is the dominant cost), so they arrive in batches per `timeout`
+//!   (or when the ring is a quarter full): poll with 50-200 ms. Control commands wake it.
+//! - `BlockStage::Issue` events are off by default when the `queue_rq` kprobes are attached
+//!   (duplicates of `QueueRq`); `TracerConfig::block_issue` forces them on.
 //! - Events are system-wide (filtered by `dev_filter` for per-I/O events); control commands
 //!   are always reported, also with streaming off.
 pub mod decode;

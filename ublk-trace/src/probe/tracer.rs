@@ -30,6 +30,10 @@ pub struct TracerConfig {
     pub block: bool,
     /// Block tracepoints report every disk, not only `ublkb*` (tests on hosts without ublk).
     pub all_disks: bool,
+    /// Report block_rq_issue. `None` (default): only when no `queue_rq` kprobe is attached,
+    /// since ublk starts every request inside ->queue_rq(s) and the record would duplicate
+    /// `QueueRq` at the cost of one more ring record per I/O.
+    pub block_issue: Option<bool>,
 }
 
 impl Default for TracerConfig {
@@ -40,6 +44,7 @@ impl Default for TracerConfig {
             kprobes: true,
             block: true,
             all_disks: false,
+            block_issue: None,
         }
     }
 }
@@ -252,6 +257,12 @@ impl Tracer {
             cfg.dev_filter.map_or(0, |d| d.wrapping_add(1)),
         )?;
         t.set_switch(SWITCH_ALL_DISKS, cfg.all_disks as u32)?;
+        let queue_rq_attached = t
+            .attached
+            .iter()
+            .any(|p| p.attached && p.program.starts_with("queue_rq"));
+        let issue = cfg.block_issue.unwrap_or(!queue_rq_attached);
+        t.set_switch(SWITCH_BLOCK_ISSUE, issue as u32)?;
         t.set_streaming(cfg.stream)?;
         Ok(t)
     }
