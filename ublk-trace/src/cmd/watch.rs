@@ -37,7 +37,7 @@ pub struct WatchArgs {
     /// No TUI: print what is observed to stdout (needs --json).
     #[arg(long)]
     pub headless: bool,
-    /// With --headless: one JSON document per interval (see README "JSON output").
+    /// With --headless: one versioned JSON document per interval, one per line.
     #[arg(long, requires = "headless")]
     pub json: bool,
     /// Sampling period in milliseconds (snapshots; the TUI redraws on its own cadence).
