@@ -134,7 +134,8 @@ pub struct Thresholds {
     pub waiter_ms: u64,
     /// Server threads stopped for this long (0: as soon as seen).
     pub stopped_ms: u64,
-    /// Completions slower than this are SLOW (informational).
+    /// Completions slower than this are SLOW (informational; healthy requests take well
+    /// under 10 ms even in a TCG guest).
     pub slow_ms: u64,
     /// BAD_COMMIT / CMD_REJECTED / SLOW look back this far.
     pub recent_ms: u64,
@@ -151,7 +152,7 @@ impl Default for Thresholds {
             ctrl_ms: 2000,
             waiter_ms: 1000,
             stopped_ms: 0,
-            slow_ms: 1000,
+            slow_ms: 200,
             recent_ms: 60_000,
             storm_requeues: 16,
             storm_window_ms: 1000,

@@ -554,8 +554,10 @@ fn bad_commit(
                 b.bytes, b.op
             )
         });
-        f.evidence
-            .push(format!("{count} bad commit(s) on this tag so far"));
+        if count > 0 {
+            f.evidence
+                .push(format!("{count} bad commit(s) on this tag while traced"));
+        }
         if b.result < 0 {
             f.severity = Severity::Warning;
         }
@@ -567,7 +569,13 @@ fn bad_commit(
             dur(cx.th.storm_window_ms * MS)
         ));
     }
-    f.summary = format!("q{} tag {}: bad commit ({count} so far)", t.q_id, t.tag);
+    f.summary = match bad {
+        Some(b) => format!(
+            "q{} tag {}: {} commit result {} for {} bytes",
+            t.q_id, t.tag, b.op, b.result, b.bytes
+        ),
+        None => format!("q{} tag {}: requeue storm", t.q_id, t.tag),
+    };
     f.evidence.extend(text::lost_line(cx));
     f.hint = "Commit the number of bytes transferred (> 0) for reads and writes, or a negative \
               errno to fail the request on purpose; a short write is requeued."
