@@ -39,7 +39,9 @@ pub const SWITCH_ALL_DISKS: u32 = 2;
 /// Switch: 1 = report block_rq_issue. Redundant with `ublk_queue_rq(s)` (ublk starts each
 /// request there), so user space enables it only when those kprobes are not attached.
 pub const SWITCH_BLOCK_ISSUE: u32 = 3;
-pub const NR_SWITCHES: u32 = 4;
+/// Switch: 1 = keep the per-tag state map (`tagmap`) up to date, independent of streaming.
+pub const SWITCH_STATE: u32 = 4;
+pub const NR_SWITCHES: u32 = 5;
 
 /// `ublk_ctrl_uring_cmd` entered. dev_id/q_id/data0(arg0) from `struct ublksrv_ctrl_cmd`.
 pub const KIND_CTRL_START: u32 = 1;

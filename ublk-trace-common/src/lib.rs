@@ -2,8 +2,10 @@
 //! - [`tagstate`]: the per-tag state file that `ublk-server` publishes and `ublk-trace` reads.
 //! - [`event`]: the raw ring-buffer record the eBPF programs write, map names and counters.
 //! - [`offsets`]: kernel structure offsets passed to the eBPF programs as a global.
+//! - [`tagmap`]: the in-kernel per-tag state map (watch's cheap path).
 #![no_std]
 
 pub mod event;
 pub mod offsets;
+pub mod tagmap;
 pub mod tagstate;

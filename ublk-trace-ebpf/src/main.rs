@@ -23,6 +23,7 @@ use aya_ebpf::{
 };
 use ublk_trace_common::event::*;
 use ublk_trace_common::offsets::{NO_OFFSET, Offsets};
+use ublk_trace_common::tagmap::{KernelTag, TAGS_MAX_ENTRIES, tag_key};
 
 #[unsafe(no_mangle)]
 static OFFSETS: Global<Offsets> = Global::new(Offsets::UNSET);
@@ -40,6 +41,10 @@ static CTRL_INFLIGHT: HashMap<u64, RawEvent> = HashMap::with_max_entries(1024, 0
 /// I/O commands between entry and return, by pid_tgid.
 #[map]
 static IO_INFLIGHT: HashMap<u64, RawEvent> = HashMap::with_max_entries(4096, 0);
+
+/// Per-(dev, queue, tag) state for readers that do not stream (see `tagmap`).
+#[map]
+static TAGS: HashMap<u64, KernelTag> = HashMap::with_max_entries(TAGS_MAX_ENTRIES, 0);
 
 /// Longest `ublk_queue_rqs` list walked (the plug flushes at 32-64 requests).
 const MAX_RQ_LIST: u32 = 64;
@@ -60,6 +65,17 @@ fn switch(idx: u32) -> u32 {
 #[inline(always)]
 fn streaming() -> bool {
     switch(SWITCH_STREAM) == 1
+}
+
+#[inline(always)]
+fn state_on() -> bool {
+    switch(SWITCH_STATE) == 1
+}
+
+/// Per-I/O programs have work to do: someone streams, or the state map is kept.
+#[inline(always)]
+fn active() -> bool {
+    streaming() || state_on()
 }
 
 #[inline(always)]
@@ -141,6 +157,86 @@ fn emit(ev: &RawEvent) {
     }
 }
 
+/// A per-I/O record: to the ring when streaming, into the tag map when keeping state.
+#[inline(always)]
+fn publish(ev: &RawEvent) {
+    if streaming() {
+        emit(ev);
+    }
+    if state_on() {
+        update_tag(ev);
+    }
+}
+
+/// The tag's slot in `TAGS`, created zeroed on first use.
+#[inline(always)]
+fn tag_slot(dev_id: u32, q_id: u16, tag: u16) -> Option<*mut KernelTag> {
+    let key = tag_key(dev_id, q_id, tag);
+    if let Some(p) = TAGS.get_ptr_mut(&key) {
+        return Some(p);
+    }
+    // BPF_NOEXIST: another CPU may have created it meanwhile; either way it exists now.
+    let _ = TAGS.insert(&key, &KernelTag::default(), 1);
+    TAGS.get_ptr_mut(&key)
+}
+
+/// Apply one record to its tag's state (the same transitions the user-space model makes).
+#[inline(always)]
+fn update_tag(ev: &RawEvent) {
+    if ev.dev_id == u32::MAX {
+        return;
+    }
+    let Some(t) = tag_slot(ev.dev_id, ev.q_id, ev.tag) else {
+        return;
+    };
+    // SAFETY: `t` points into a hash-map value owned by the map; fields are plain integers
+    // and a torn update between CPUs only mixes two valid values of one tag.
+    let t = unsafe { &mut *t };
+    match ev.kind {
+        KIND_IO_CMD => {
+            let o = OFFSETS.load();
+            if o.issue_flag_cancel != 0 && ev.flags & o.issue_flag_cancel != 0 {
+                return;
+            }
+            let nr = ev.cmd_op & 0xff;
+            if ev.ret != EIOCBQUEUED {
+                t.rejected += 1;
+                t.reject_ret = ev.ret;
+                t.reject_cmd_op = ev.cmd_op;
+                return;
+            }
+            t.owner_tid = ev.pid_tgid as u32;
+            t.fetch_ns = ev.ts_ns;
+            if nr == IO_COMMIT_AND_FETCH_REQ {
+                t.commit_ns = ev.ts_ns;
+                t.commits += 1;
+                t.commit_result = ev.result;
+            } else if nr == IO_FETCH_REQ {
+                t.fetches += 1;
+            }
+        }
+        KIND_QUEUE_RQ => {
+            t.queue_rq_ns = ev.ts_ns;
+            t.sector = ev.arg0;
+            t.bytes = ev.bytes;
+            t.cmd_flags = ev.flags;
+        }
+        KIND_DELIVERED => t.delivered_ns = ev.ts_ns,
+        KIND_BLOCK_COMPLETE => t.complete_ns = ev.ts_ns,
+        KIND_BLOCK_REQUEUE => {
+            t.requeue_ns = ev.ts_ns;
+            t.requeues += 1;
+        }
+        _ => {}
+    }
+}
+
+/// -EIOCBQUEUED: the I/O command handler accepted and parked the command.
+const EIOCBQUEUED: i32 = -529;
+/// UBLK_IO_FETCH_REQ / UBLK_IO_COMMIT_AND_FETCH_REQ (`cmd_op & 0xff`, legacy or ioctl).
+const IO_FETCH_REQ: u32 = 0x20;
+const IO_COMMIT_AND_FETCH_REQ: u32 = 0x21;
+
 /// `cmd->file->private_data` is the `struct ublk_device` of a /dev/ublkcN command.
 #[inline(always)]
 fn dev_id_of_cmd(o: &Offsets, cmd: u64) -> u32 {
@@ -190,7 +286,7 @@ fn emit_rq(kind: u32, rq: u64, q_id: Option<u16>) {
     let mut ev = new_event(kind);
     ev.dev_id = dev_id;
     fill_rq(&o, &mut ev, rq, q_id);
-    emit(&ev);
+    publish(&ev);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -239,7 +335,7 @@ pub fn ctrl_exit(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn io_enter(ctx: ProbeContext) -> u32 {
-    if !streaming() {
+    if !active() {
         return 0;
     }
     let o = OFFSETS.load();
@@ -269,7 +365,7 @@ pub fn io_exit(ctx: RetProbeContext) -> u32 {
     let key = bpf_get_current_pid_tgid();
     // SAFETY: as in ctrl_exit: copied out, then removed; only this thread uses the key.
     let Some(start) = (unsafe { IO_INFLIGHT.get(&key) }).copied() else {
-        if streaming() {
+        if active() {
             count(COUNTER_UNPAIRED);
         }
         return 0;
@@ -278,7 +374,7 @@ pub fn io_exit(ctx: RetProbeContext) -> u32 {
     let mut ev = start;
     ev.arg1 = unsafe_ktime().wrapping_sub(start.ts_ns);
     ev.ret = ctx.ret::<i64>() as i32;
-    emit(&ev);
+    publish(&ev);
     0
 }
 
@@ -289,7 +385,7 @@ pub fn io_exit(ctx: RetProbeContext) -> u32 {
 /// `ublk_queue_rq(struct blk_mq_hw_ctx *hctx, const struct blk_mq_queue_data *bd)`.
 #[kprobe]
 pub fn queue_rq(ctx: ProbeContext) -> u32 {
-    if !streaming() {
+    if !active() {
         return 0;
     }
     let o = OFFSETS.load();
@@ -304,7 +400,7 @@ pub fn queue_rq(ctx: ProbeContext) -> u32 {
 /// `ublk_queue_rqs(struct rq_list *rqlist)` (6.15+): walk the singly linked list, bounded.
 #[kprobe]
 pub fn queue_rqs(ctx: ProbeContext) -> u32 {
-    if !streaming() {
+    if !active() {
         return 0;
     }
     let o = OFFSETS.load();
@@ -335,7 +431,7 @@ pub fn queue_rqs(ctx: ProbeContext) -> u32 {
 /// computed ctx offset, which the 6.18 verifier rejects ("dereference of modified ctx ptr").
 #[inline(always)]
 fn dispatch(rq: Option<u64>) -> u32 {
-    if streaming() {
+    if active() {
         emit_rq(KIND_DELIVERED, rq.unwrap_or(0), None);
     }
     0
@@ -360,7 +456,7 @@ pub fn dispatch_req2(ctx: ProbeContext) -> u32 {
 /// queue's pending requests are being delivered as a batch; the tag is not known here.
 #[kprobe]
 pub fn rq_task_work(ctx: ProbeContext) -> u32 {
-    if !streaming() {
+    if !active() {
         return 0;
     }
     let o = OFFSETS.load();
@@ -374,7 +470,7 @@ pub fn rq_task_work(ctx: ProbeContext) -> u32 {
     let ubq: u64 = rd2(cmd, o.uc_pdu, o.pdu_ubq).unwrap_or(0);
     ev.q_id = rd::<i32>(ubq, o.ubq_q_id).unwrap_or(-1) as u16;
     ev.tag = u16::MAX;
-    emit(&ev);
+    publish(&ev);
     0
 }
 
@@ -387,7 +483,9 @@ pub fn rq_task_work(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn block_event(kind: u32, rq: u64, error: u8, nr_bytes: Option<u32>) {
-    if !streaming() {
+    // The state map only records completions and requeues.
+    let for_state = state_on() && (kind == KIND_BLOCK_COMPLETE || kind == KIND_BLOCK_REQUEUE);
+    if !streaming() && !for_state {
         return;
     }
     let o = OFFSETS.load();
@@ -417,7 +515,7 @@ fn block_event(kind: u32, rq: u64, error: u8, nr_bytes: Option<u32>) {
     if let Some(n) = nr_bytes {
         ev.bytes = n;
     }
-    emit(&ev);
+    publish(&ev);
 }
 
 #[raw_tracepoint(tracepoint = "block_rq_insert")]

@@ -22,6 +22,10 @@
 //!   a `Lost { count }` event where drops happened. Per-I/O records do not wake the reader
 //!   (a wake-up per record is the dominant cost), so they arrive in batches per `timeout`
 //!   (or when the ring is a quarter full): poll with 50-200 ms. Control commands wake it.
+//! - State path (DESIGN "Two eBPF paths"): with `TracerConfig { state: true, stream: false }`
+//!   the programs keep every tag's last FETCH / queue_rq / delivery / commit / completion
+//!   time in a kernel map and send nothing per I/O; `tracer.tag_states()` reads it once per
+//!   tick ([`KernelTag`] per (dev, queue, tag)). Control commands still stream.
 //! - `BlockStage::Issue` events are off by default when the `queue_rq` kprobes are attached
 //!   (duplicates of `QueueRq`); `TracerConfig::block_issue` forces them on.
 //! - Events are system-wide (filtered by `dev_filter` for per-I/O events); control commands
@@ -31,4 +35,5 @@ pub mod status;
 pub mod tracer;
 
 pub use status::ProbeStatus;
-pub use tracer::{Counters, ProbeError, Tracer, TracerConfig, monotonic_ns};
+pub use tracer::{Counters, ProbeError, TagStateEntry, Tracer, TracerConfig, monotonic_ns};
+pub use ublk_trace_common::tagmap::KernelTag;

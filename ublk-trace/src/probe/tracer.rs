@@ -3,11 +3,12 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{KProbe, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
 use ublk_trace_common::event::*;
 use ublk_trace_common::offsets::Offsets;
+use ublk_trace_common::tagmap::{KernelTag, TAGS_MAP, split_tag_key};
 
 use super::decode::Decoder;
 use super::status::ProbeStatus;
@@ -34,6 +35,9 @@ pub struct TracerConfig {
     /// since ublk starts every request inside ->queue_rq(s) and the record would duplicate
     /// `QueueRq` at the cost of one more ring record per I/O.
     pub block_issue: Option<bool>,
+    /// Keep the in-kernel per-tag state map ([`Tracer::tag_states`]): watch's cheap path,
+    /// whose cost does not grow with the events read. Independent of `stream`.
+    pub state: bool,
 }
 
 impl Default for TracerConfig {
@@ -45,6 +49,7 @@ impl Default for TracerConfig {
             block: true,
             all_disks: false,
             block_issue: None,
+            state: false,
         }
     }
 }
@@ -175,6 +180,16 @@ impl Targets<'_> {
     }
 }
 
+/// One tag of the in-kernel state map. `tag == u16::MAX`: queue-level facts (≤ 6.14's
+/// batched delivery only knows the queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TagStateEntry {
+    pub dev_id: u32,
+    pub q_id: u16,
+    pub tag: u16,
+    pub state: KernelTag,
+}
+
 /// Totals of the eBPF-side counters (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -263,6 +278,7 @@ impl Tracer {
             .any(|p| p.attached && p.program.starts_with("queue_rq"));
         let issue = cfg.block_issue.unwrap_or(!queue_rq_attached);
         t.set_switch(SWITCH_BLOCK_ISSUE, issue as u32)?;
+        t.set_switch(SWITCH_STATE, cfg.state as u32)?;
         t.set_streaming(cfg.stream)?;
         Ok(t)
     }
@@ -295,6 +311,39 @@ impl Tracer {
             name: SWITCHES_MAP,
             source,
         })
+    }
+
+    /// Turn the per-tag state map on or off.
+    pub fn set_state_tracking(&mut self, on: bool) -> Result<(), ProbeError> {
+        self.set_switch(SWITCH_STATE, on as u32)
+    }
+
+    /// Every tag in the in-kernel state map (needs `TracerConfig::state`), sorted by key.
+    /// One map walk: call it once per UI tick, not per event.
+    pub fn tag_states(&self) -> Result<Vec<TagStateEntry>, ProbeError> {
+        let map = self
+            .ebpf
+            .map(TAGS_MAP)
+            .ok_or(ProbeError::Missing("map TAGS"))?;
+        let tags: AyaHashMap<_, u64, KernelTag> =
+            AyaHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: TAGS_MAP,
+                source,
+            })?;
+        let mut out = Vec::new();
+        for item in tags.iter() {
+            // A key deleted while iterating is skipped, not an error.
+            let Ok((key, state)) = item else { continue };
+            let (dev_id, q_id, tag) = split_tag_key(key);
+            out.push(TagStateEntry {
+                dev_id,
+                q_id,
+                tag,
+                state,
+            });
+        }
+        out.sort_by_key(|e| (e.dev_id, e.q_id, e.tag));
+        Ok(out)
     }
 
     /// The eBPF-side counters, summed over CPUs.
