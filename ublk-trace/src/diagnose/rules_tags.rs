@@ -653,13 +653,30 @@ impl Rule for Slow {
         let lim = cx.th.slow_ms * MS;
         let mut out = Vec::new();
         for q in cx.dev.queues() {
-            let slow: Vec<_> = q
+            let mut slow: Vec<(crate::model::queue::SlowIo, &str)> = q
                 .queue
                 .slow
                 .iter()
                 .filter(|s| s.done_ns >= recent && s.latency_ns >= lim)
+                .map(|s| (*s, "queue_rq -> commit"))
                 .collect();
-            let Some(worst) = slow.iter().max_by_key(|s| s.latency_ns) else {
+            // Without events, the tag file's last request per tag: received -> committed.
+            if slow.is_empty() {
+                slow.extend(q.tags().iter().filter_map(|t| {
+                    let p = t.published?;
+                    let took = p.committed_ns.checked_sub(p.received_ns)?;
+                    let fresh = p.received_ns > 0 && p.committed_ns >= recent;
+                    (fresh && took >= lim).then_some((
+                        crate::model::queue::SlowIo {
+                            done_ns: p.committed_ns,
+                            tag: t.tag,
+                            latency_ns: took,
+                        },
+                        "received -> committed, from the server's tag file",
+                    ))
+                }));
+            }
+            let Some((worst, how)) = slow.iter().max_by_key(|s| s.0.latency_ns).copied() else {
                 continue;
             };
             let h = q.server_latency();
@@ -675,7 +692,7 @@ impl Rule for Slow {
                 dur(worst.latency_ns)
             );
             f.evidence.push(format!(
-                "slowest: tag {} took {} (queue_rq -> commit), {} ago",
+                "slowest: tag {} took {} ({how}), {} ago",
                 worst.tag,
                 dur(worst.latency_ns),
                 dur(cx.now_ns.saturating_sub(worst.done_ns))

@@ -715,3 +715,24 @@ fn bad_commit_before_tracing_is_read_from_the_tag_file() {
     // Old enough to be out of the recent window: nothing.
     assert!(classes(&m, 1000 * MS + th().recent_ms * MS + MS).is_empty());
 }
+
+#[test]
+fn slow_from_the_tag_file_without_events() {
+    let mut slow = published(4, "waiting", 500 * MS);
+    slow.committed_ns = 900 * MS;
+    let mut fast = published(5, "waiting", 800 * MS);
+    fast.committed_ns = 800 * MS + 50_000;
+    let mut m = Model::new();
+    m.apply_snapshot(
+        &with_tagfile(snap(1000 * MS, vec![]), vec![slow, fast.clone()]),
+        0,
+    );
+    let f = run(&m, 1100 * MS, &th());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!((f[0].class, f[0].tag), (Class::Slow, Some(4)));
+    assert!(f[0].evidence[0].contains("400.0 ms"), "{:?}", f[0].evidence);
+    // Only fast requests: nothing.
+    let mut ok = Model::new();
+    ok.apply_snapshot(&with_tagfile(snap(1000 * MS, vec![]), vec![fast]), 0);
+    assert!(classes(&ok, 1100 * MS).is_empty());
+}
