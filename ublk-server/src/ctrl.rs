@@ -251,6 +251,43 @@ impl Ctrl {
         }
     }
 
+    /// Cancel the pending START_DEV / END_USER_RECOVERY and reap it (bounded).
+    ///
+    /// Needed before DEL_DEV when START never completed: the pending command holds a device
+    /// reference, and DEL_DEV waits for every reference, so the two would wait on each other.
+    /// The cancel interrupts the kernel's wait_for_completion_interruptible().
+    pub fn cancel_async(&mut self) {
+        const CANCEL_USER_DATA: u64 = 3;
+        let sqe = squeue::Entry128::from(
+            opcode::AsyncCancel::new(ASYNC_USER_DATA)
+                .build()
+                .user_data(CANCEL_USER_DATA),
+        );
+        // SAFETY: a cancel SQE points at no memory.
+        if unsafe { self.ring.submission().push(&sqe) }.is_err() {
+            return;
+        }
+        let ts = types::Timespec::from(Duration::from_millis(500));
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let mut seen_async = false;
+        for _ in 0..10 {
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            loop {
+                let Some(cqe) = self.ring.completion().next() else {
+                    break;
+                };
+                if cqe.user_data() == ASYNC_USER_DATA {
+                    log::info!("pending control command ended with {}", cqe.result());
+                    seen_async = true;
+                }
+            }
+            if seen_async {
+                return;
+            }
+        }
+        log::warn!("the pending control command did not end after cancel");
+    }
+
     /// ADD_DEV: `info` in, the kernel's adjusted info out (queues clamped to CPUs, flags
     /// filtered to what it supports, the id it picked when `dev_id` was `u32::MAX`).
     pub fn add_dev(&mut self, info: &ublksrv_ctrl_dev_info) -> Result<ublksrv_ctrl_dev_info> {

@@ -512,14 +512,37 @@ fn start_and_serve(
     {
         log::warn!("injected no-start-wait: START_DEV submitted, never reaped");
         wait_for_path(&format!("/dev/ublkb{}", served.dev_id), bound);
-    } else if !await_start(ctrl, cmd, served, sigs, bound)? {
-        return Ok(());
+    } else {
+        match await_start(ctrl, cmd, served, sigs, bound) {
+            Ok(true) => {}
+            other => {
+                // Interrupted or failed: the pending START holds a device reference that
+                // DEL_DEV would wait for.
+                ctrl.cancel_async();
+                return other.map(|_| ());
+            }
+        }
+    }
+    if !served.faults.is_empty() {
+        settle_partition_scan(served.dev_id);
     }
     for sh in &served.shared {
         sh.armed.store(true, Ordering::Relaxed);
     }
     print_ready(served.dev_id);
     serve_until_signal(ctrl, served, sigs).map(|_| ())
+}
+
+/// Wait for the kernel's partition scan before arming faults, so injected faults hit the
+/// user's I/O, not the scan. From 6.18 the scan runs in a work item after START_DEV returns;
+/// it holds the disk's open_mutex, so an open() returns once it is done (6.12 scans inside
+/// START_DEV, and the open returns at once). No I/O is done through this descriptor.
+fn settle_partition_scan(dev_id: u32) {
+    let path = format!("/dev/ublkb{dev_id}");
+    match std::fs::File::open(&path) {
+        Ok(_) => log::debug!("{path}: partition scan settled"),
+        Err(e) => log::debug!("{path}: open for partition scan sync failed: {e}"),
+    }
 }
 
 fn wait_for_path(path: &str, bound: Duration) {

@@ -202,3 +202,17 @@ pub fn assert_no_d_state() {
 pub fn have(tool: &str) -> bool {
     sh(&format!("command -v {tool}")).0.success()
 }
+
+/// A child process killed (SIGKILL) on drop, so a failed assertion cannot leave a server
+/// holding a device that later tests' `del` would wait on forever.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = wait_timeout(&mut self.0, Duration::from_secs(30));
+            let _ = Command::new(bin()).args(["del", "--all"]).output();
+        }
+    }
+}
