@@ -55,11 +55,53 @@ pub struct TagFacts {
     pub delivered_ns: u64,
     pub commit_ns: u64,
     pub complete_ns: u64,
+    pub requeue_ns: u64,
+    /// Counters since the tracer attached (monotonic in the map).
+    pub requeues: u64,
+    pub rejected: u64,
     pub op: String,
     pub sector: u64,
     pub bytes: u32,
     pub result: Option<i32>,
     pub owner_tid: Option<u32>,
+}
+
+/// Block op name of `request.cmd_flags & REQ_OP_MASK` (include/linux/blk_types.h).
+fn req_op_name(cmd_flags: u32) -> &'static str {
+    match cmd_flags & 0xff {
+        0 => "READ",
+        1 => "WRITE",
+        2 => "FLUSH",
+        3 => "DISCARD",
+        5 => "SECURE_ERASE",
+        7 => "ZONE_APPEND",
+        9 => "WRITE_ZEROES",
+        _ => "OP?",
+    }
+}
+
+impl From<&ublk_trace_common::tagmap::KernelTag> for TagFacts {
+    fn from(k: &ublk_trace_common::tagmap::KernelTag) -> Self {
+        Self {
+            fetch_ns: k.fetch_ns,
+            queue_rq_ns: k.queue_rq_ns,
+            delivered_ns: k.delivered_ns,
+            commit_ns: k.commit_ns,
+            complete_ns: k.complete_ns,
+            requeue_ns: k.requeue_ns,
+            requeues: k.requeues,
+            rejected: k.rejected,
+            op: if k.queue_rq_ns > 0 {
+                req_op_name(k.cmd_flags).to_string()
+            } else {
+                String::new()
+            },
+            sector: k.sector,
+            bytes: k.bytes,
+            result: (k.commits > 0).then_some(k.commit_result),
+            owner_tid: (k.owner_tid != 0).then_some(k.owner_tid),
+        }
+    }
 }
 
 /// The whole model.
@@ -207,6 +249,27 @@ impl Model {
         self.device_mut(snap.dev_id, ts).apply_snapshot(snap, ts);
     }
 
+    /// Merge one entry of the in-kernel state map (`probe::Tracer::tag_states`); `tag`
+    /// u16::MAX is the queue-level entry (batched delivery on ≤ 6.14).
+    pub fn apply_kernel_tag(
+        &mut self,
+        dev_id: u32,
+        q_id: u16,
+        tag: u16,
+        k: &ublk_trace_common::tagmap::KernelTag,
+    ) {
+        if tag == NO_TAG {
+            let d = self.device_mut(dev_id, k.delivered_ns);
+            let q = d.queue_mut(q_id);
+            if k.delivered_ns > q.last_delivered_ns {
+                q.last_delivered_ns = k.delivered_ns;
+                q.deliveries += 1;
+            }
+            return;
+        }
+        self.apply_tag_facts(dev_id, q_id, tag, &TagFacts::from(k));
+    }
+
     /// Merge per-tag timestamps read from the eBPF state maps (newest wins per field).
     pub fn apply_tag_facts(&mut self, dev_id: u32, q_id: u16, tag: u16, f: &TagFacts) {
         let first = [f.fetch_ns, f.queue_rq_ns, f.delivered_ns, f.commit_ns]
@@ -237,6 +300,15 @@ impl Model {
             t.commit_ns = f.commit_ns;
             t.commit_result = f.result;
         }
+        if f.requeue_ns > t.requeue_ns {
+            t.requeue_ns = f.requeue_ns;
+            if t.requeue_times.len() == tag::REQUEUE_WINDOW {
+                t.requeue_times.pop_front();
+            }
+            t.requeue_times.push_back(f.requeue_ns);
+        }
+        t.requeues = t.requeues.max(f.requeues);
+        t.rejected = t.rejected.max(f.rejected);
         t.fetch_ns = t.fetch_ns.max(f.fetch_ns);
         t.delivered_ns = t.delivered_ns.max(f.delivered_ns);
         t.complete_ns = t.complete_ns.max(f.complete_ns);

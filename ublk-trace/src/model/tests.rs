@@ -345,3 +345,52 @@ fn late_attach_tag_file_gives_request_and_owner() {
     );
     assert_eq!(d.geometry(), Some((1, 2)));
 }
+
+#[test]
+fn kernel_state_map_entries_drive_states() {
+    use ublk_trace_common::tagmap::KernelTag;
+    let mut m = Model::new();
+    let k = KernelTag {
+        fetch_ns: 10 * MS,
+        queue_rq_ns: 20 * MS,
+        delivered_ns: 21 * MS,
+        cmd_flags: 1,
+        sector: 64,
+        bytes: 8192,
+        owner_tid: Q_TID,
+        fetches: 1,
+        ..Default::default()
+    };
+    m.apply_kernel_tag(0, 0, 3, &k);
+    let t = m
+        .device(0, 30 * MS)
+        .and_then(|d| d.queue(0))
+        .map(|q| q.tag(3));
+    let t = t.expect("tag");
+    assert_eq!(
+        (t.state, t.age_ns, t.op, t.owner_tid),
+        (TagState::InServer, 9 * MS, "WRITE", Some(Q_TID))
+    );
+    // The next tick: committed.
+    let done = KernelTag {
+        commit_ns: 25 * MS,
+        fetch_ns: 25 * MS,
+        commits: 1,
+        commit_result: 8192,
+        ..k
+    };
+    m.apply_kernel_tag(0, 0, 3, &done);
+    assert_eq!(state(&m, 0, 0, 3, 30 * MS), TagState::Waiting);
+    // Queue-level entry (tag u16::MAX): a batched delivery run.
+    let batch = KernelTag {
+        delivered_ns: 40 * MS,
+        ..Default::default()
+    };
+    m.apply_kernel_tag(0, 0, u16::MAX, &batch);
+    assert_eq!(
+        m.raw_device(0)
+            .and_then(|d| d.queues.get(&0))
+            .map(|q| q.last_delivered_ns),
+        Some(40 * MS)
+    );
+}
