@@ -303,6 +303,16 @@ impl Device {
         }
     }
 
+    /// A batched delivery run on the queue (tags unknown).
+    pub fn queue_delivered(&mut self, ts: u64, q_id: u16) {
+        self.touch(ts);
+        let q = self.queue_mut(q_id);
+        if ts > q.last_delivered_ns {
+            q.last_delivered_ns = ts;
+            q.deliveries += 1;
+        }
+    }
+
     pub fn delivered(&mut self, ts: u64, tid: u32, q_id: u16, tag: u16) {
         self.touch(ts);
         let q = self.queue_mut(q_id);

@@ -155,10 +155,15 @@ impl Model {
         let Some((dev_id, q_id, tag)) = ev.kind.tag_key() else {
             return;
         };
+        let (ts, tid) = (ev.ts_ns, ev.tid);
         if tag == NO_TAG {
+            // ≤ 6.14 delivers a queue's pending requests as one batch (ublk_rq_task_work_cb):
+            // the probe knows the queue, not the tags.
+            if matches!(ev.kind, EventKind::Delivered { .. }) {
+                self.device_mut(dev_id, ts).queue_delivered(ts, q_id);
+            }
             return;
         }
-        let (ts, tid) = (ev.ts_ns, ev.tid);
         let d = self.device_mut(dev_id, ts);
         match &ev.kind {
             EventKind::IoCmd {
@@ -259,11 +264,9 @@ impl Model {
         k: &ublk_trace_common::tagmap::KernelTag,
     ) {
         if tag == NO_TAG {
-            let d = self.device_mut(dev_id, k.delivered_ns);
-            let q = d.queue_mut(q_id);
-            if k.delivered_ns > q.last_delivered_ns {
-                q.last_delivered_ns = k.delivered_ns;
-                q.deliveries += 1;
+            if k.delivered_ns > 0 {
+                self.device_mut(dev_id, k.delivered_ns)
+                    .queue_delivered(k.delivered_ns, q_id);
             }
             return;
         }

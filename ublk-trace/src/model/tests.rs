@@ -394,3 +394,26 @@ fn kernel_state_map_entries_drive_states() {
         Some(40 * MS)
     );
 }
+
+#[test]
+fn batched_delivery_event_without_tag_delivers_earlier_requests() {
+    // 6.12's ublk_rq_task_work_cb probe reports tag u16::MAX: the queue's batch.
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 4, MS));
+    m.apply(&queue_rq(0, 0, 1, 10 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, u16::MAX, 11 * MS, Q_TID));
+    m.apply(&queue_rq(0, 0, 2, 12 * MS, "READ", 4096));
+    assert_eq!(state(&m, 0, 0, 1, 20 * MS), TagState::InServer);
+    assert_eq!(state(&m, 0, 0, 2, 20 * MS), TagState::Queued);
+    assert_eq!(
+        m.raw_device(0)
+            .and_then(|d| d.queues.get(&0))
+            .map(|q| q.deliveries),
+        Some(1)
+    );
+    assert!(
+        m.raw_device(0)
+            .and_then(|d| d.queues.get(&0))
+            .is_some_and(|q| !q.tags.contains_key(&u16::MAX))
+    );
+}
