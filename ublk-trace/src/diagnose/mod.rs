@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{DeviceView, Model};
 
+mod rules_commits;
 mod rules_server;
 mod rules_tags;
 mod text;
@@ -203,13 +204,13 @@ pub fn rules() -> Vec<Box<dyn Rule>> {
         Box::new(rules_server::TeardownBlocked),
         Box::new(rules_server::CtrlPending),
         Box::new(rules_tags::NoFetch),
-        Box::new(rules_tags::CmdRejected),
+        Box::new(rules_commits::CmdRejected),
         Box::new(rules_tags::StuckInServer),
         Box::new(rules_tags::NotDelivered),
         Box::new(rules_tags::HeldInBlockLayer),
-        Box::new(rules_tags::BadCommit),
+        Box::new(rules_commits::BadCommit),
         Box::new(rules_server::Waiters),
-        Box::new(rules_tags::Slow),
+        Box::new(rules_commits::Slow),
     ]
 }
 

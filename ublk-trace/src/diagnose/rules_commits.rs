@@ -1,0 +1,258 @@
+//! Rules about what the server committed or sent: bad commits, rejected commands, and slow
+//! requests.
+use std::collections::BTreeMap;
+
+use super::rules_tags::{MS, finding, tag_finding, verdict};
+use super::text::{self, dur};
+use super::{Class, Ctx, Finding, Rule, Severity, Verdict};
+use crate::model::tag::errno_name;
+use crate::model::{QueueView, TagView};
+
+/// Negative commit, 0 bytes for a non-empty read/write, or a requeue storm.
+pub struct BadCommit;
+
+impl Rule for BadCommit {
+    fn class(&self) -> Class {
+        Class::BadCommit
+    }
+    fn summary(&self) -> &'static str {
+        "commits that fail the request or make the kernel requeue it"
+    }
+    fn check(&self, cx: &Ctx<'_>) -> Verdict {
+        let recent = cx.now_ns.saturating_sub(cx.th.recent_ms * MS);
+        let mut out = Vec::new();
+        for q in cx.dev.queues() {
+            for t in q.tags() {
+                let Some(r) = t.raw else { continue };
+                let storm = r.requeues_within(cx.now_ns, cx.th.storm_window_ms * MS);
+                let from_file = published_bad(t.published, recent);
+                let bad = r
+                    .last_bad
+                    .clone()
+                    .filter(|b| b.ts_ns >= recent)
+                    .or(from_file.clone());
+                if bad.is_none() && storm < cx.th.storm_requeues {
+                    continue;
+                }
+                let mut f = bad_commit(cx, &q, &t, bad.as_ref(), storm);
+                if r.last_bad.is_none() && from_file.is_some() {
+                    f.evidence.insert(1, "(from the server's tag-state file: the commit happened before tracing started)".into());
+                }
+                out.push(f);
+            }
+        }
+        verdict(out)
+    }
+}
+
+/// The last commit the server published for the tag, when it was bad (late attach).
+fn published_bad(
+    p: Option<&crate::snapshot::tagfile::PublishedTag>,
+    recent: u64,
+) -> Option<crate::model::tag::BadCommit> {
+    let p = p?;
+    let rw = match p.op {
+        0 => "READ",
+        1 => "WRITE",
+        _ => "",
+    };
+    let bytes = p.nr_sectors.saturating_mul(512);
+    let bad = p.result < 0 || (p.result == 0 && !rw.is_empty() && bytes > 0);
+    (bad && p.committed_ns >= recent && p.committed_ns > 0).then(|| crate::model::tag::BadCommit {
+        ts_ns: p.committed_ns,
+        result: p.result,
+        op: if rw.is_empty() {
+            format!("op {}", p.op)
+        } else {
+            rw.to_string()
+        },
+        bytes,
+    })
+}
+
+fn bad_commit(
+    cx: &Ctx<'_>,
+    q: &QueueView<'_>,
+    t: &TagView<'_>,
+    bad: Option<&crate::model::tag::BadCommit>,
+    storm: usize,
+) -> Finding {
+    let mut f = tag_finding(cx, Class::BadCommit, q, t);
+    let count = t.bad_commits;
+    if let Some(b) = bad {
+        f.age_ms = cx.age_ms(b.ts_ns);
+        f.evidence.push(if b.result < 0 {
+            format!(
+                "COMMIT_AND_FETCH_REQ result {} for a {}-byte {}: the request fails",
+                errno_name(b.result),
+                b.bytes,
+                b.op
+            )
+        } else if b.op == "READ" {
+            format!(
+                "COMMIT_AND_FETCH_REQ result 0 for a {}-byte READ: the kernel fails it with EIO",
+                b.bytes
+            )
+        } else {
+            format!(
+                "COMMIT_AND_FETCH_REQ result 0 for a {}-byte {}: the kernel requeues the remainder",
+                b.bytes, b.op
+            )
+        });
+        if count > 0 {
+            f.evidence
+                .push(format!("{count} bad commit(s) on this tag while traced"));
+        }
+        if b.result < 0 {
+            f.severity = Severity::Warning;
+        }
+    }
+    if storm >= cx.th.storm_requeues {
+        f.severity = Severity::Error;
+        f.evidence.push(format!(
+            "{storm} requeues of this tag within {}: a requeue storm (livelock), not a stall",
+            dur(cx.th.storm_window_ms * MS)
+        ));
+    }
+    f.summary = match bad {
+        Some(b) => format!(
+            "q{} tag {}: {} commit result {} for {} bytes",
+            t.q_id, t.tag, b.op, b.result, b.bytes
+        ),
+        None => format!("q{} tag {}: requeue storm", t.q_id, t.tag),
+    };
+    f.evidence.extend(text::lost_line(cx));
+    f.hint = "Commit the number of bytes transferred (> 0) for reads and writes, or a negative \
+              errno to fail the request on purpose; a short write is requeued."
+        .into();
+    f
+}
+
+/// Commands the kernel rejected (wrong thread, tag not owned, double commit, bad address).
+pub struct CmdRejected;
+
+impl Rule for CmdRejected {
+    fn class(&self) -> Class {
+        Class::CmdRejected
+    }
+    fn summary(&self) -> &'static str {
+        "I/O commands the kernel refused"
+    }
+    fn check(&self, cx: &Ctx<'_>) -> Verdict {
+        let recent = cx.now_ns.saturating_sub(cx.th.recent_ms * MS);
+        type Key = (u16, u16, String, i32, u32);
+        let mut groups: BTreeMap<Key, (u64, u64, Option<u32>)> = BTreeMap::new();
+        for r in cx.dev.rejected().filter(|r| r.ts_ns >= recent) {
+            let k = (r.q_id, r.tag, r.op.clone(), r.errno, r.tid);
+            let e = groups.entry(k).or_insert((0, r.ts_ns, r.owner_tid));
+            e.0 += 1;
+            e.1 = e.1.min(r.ts_ns);
+            e.2 = r.owner_tid.or(e.2);
+        }
+        let out = groups
+            .into_iter()
+            .map(|((q, tag, op, errno, tid), (n, first, owner))| {
+                let mut f = finding(cx, Class::CmdRejected, Severity::Error);
+                f.queue = Some(q);
+                f.tag = Some(tag);
+                f.age_ms = cx.age_ms(first);
+                f.pids = text::pids(cx, [tid]);
+                f.summary = format!("q{q} tag {tag}: {op} rejected with {} ({n}x)", errno_name(errno));
+                f.evidence.push(format!(
+                    "{op} from tid {tid} returned {} {n} time(s), first {} ago",
+                    errno_name(errno),
+                    dur(cx.now_ns.saturating_sub(first))
+                ));
+                f.evidence.push(match owner {
+                    Some(o) if o != tid => format!(
+                        "the tag is owned by tid {o}: commands from another thread are rejected \
+                         (per queue up to 6.15, per tag from 6.16)"
+                    ),
+                    Some(_) => "sent by the owner thread: a double commit, a commit for a tag \
+                                that holds no request, or a bad buffer address"
+                        .to_string(),
+                    None => "the owner thread is unknown (its FETCH_REQ was not seen)".to_string(),
+                });
+                f.hint = "A rejected command changes nothing in the kernel: the tag stays where \
+                          it was. Send each COMMIT once, from the owner thread, for a delivered request."
+                    .into();
+                f
+            })
+            .collect();
+        verdict(out)
+    }
+}
+
+/// Latency outliers (informational).
+pub struct Slow;
+
+impl Rule for Slow {
+    fn class(&self) -> Class {
+        Class::Slow
+    }
+    fn summary(&self) -> &'static str {
+        "requests much slower than the threshold (informational)"
+    }
+    fn check(&self, cx: &Ctx<'_>) -> Verdict {
+        let recent = cx.now_ns.saturating_sub(cx.th.recent_ms * MS);
+        let lim = cx.th.slow_ms * MS;
+        let mut out = Vec::new();
+        for q in cx.dev.queues() {
+            let mut slow: Vec<(crate::model::queue::SlowIo, &str)> = q
+                .queue
+                .slow
+                .iter()
+                .filter(|s| s.done_ns >= recent && s.latency_ns >= lim)
+                .map(|s| (*s, "queue_rq -> commit"))
+                .collect();
+            // Without events, the tag file's last request per tag: received -> committed.
+            if slow.is_empty() {
+                slow.extend(q.tags().iter().filter_map(|t| {
+                    let p = t.published?;
+                    let took = p.committed_ns.checked_sub(p.received_ns)?;
+                    let fresh = p.received_ns > 0 && p.committed_ns >= recent;
+                    (fresh && took >= lim).then_some((
+                        crate::model::queue::SlowIo {
+                            done_ns: p.committed_ns,
+                            tag: t.tag,
+                            latency_ns: took,
+                        },
+                        "received -> committed, from the server's tag file",
+                    ))
+                }));
+            }
+            let Some((worst, how)) = slow.iter().max_by_key(|s| s.0.latency_ns).copied() else {
+                continue;
+            };
+            let h = q.server_latency();
+            let mut f = finding(cx, Class::Slow, Severity::Info);
+            f.queue = Some(q.q_id());
+            f.tag = Some(worst.tag);
+            f.age_ms = cx.age_ms(worst.done_ns);
+            f.summary = format!(
+                "q{}: {} request(s) slower than {} (max {})",
+                q.q_id(),
+                slow.len(),
+                dur(lim),
+                dur(worst.latency_ns)
+            );
+            f.evidence.push(format!(
+                "slowest: tag {} took {} ({how}), {} ago",
+                worst.tag,
+                dur(worst.latency_ns),
+                dur(cx.now_ns.saturating_sub(worst.done_ns))
+            ));
+            if let (Some(p50), Some(p99)) = (h.quantile_ns(0.5), h.quantile_ns(0.99)) {
+                f.evidence.push(format!(
+                    "queue distribution over {} requests: p50 {}, p99 {}",
+                    h.count(),
+                    dur(p50),
+                    dur(p99)
+                ));
+            }
+            f.hint = "Informational: look at the server's backend for these requests.".into();
+            out.push(f);
+        }
+        verdict(out)
+    }
+}
