@@ -347,6 +347,16 @@ impl Queue {
 
     fn serve(&mut self) -> Result<()> {
         loop {
+            // The commits queued in the last pass reach the kernel at the start of this
+            // io_uring_enter, before it blocks: publish those tags as waiting now, or the
+            // state file would claim "committed, not submitted" for as long as the queue idles.
+            for i in 0..self.committed.len() {
+                let tag = self.committed[i];
+                if let Some(s) = self.slot(tag) {
+                    s.set_waiting();
+                }
+            }
+            self.committed.clear();
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
@@ -357,14 +367,6 @@ impl Queue {
                     ));
                 }
             }
-            // The commits queued in the last pass are now in the kernel: those tags wait again.
-            for i in 0..self.committed.len() {
-                let tag = self.committed[i];
-                if let Some(s) = self.slot(tag) {
-                    s.set_waiting();
-                }
-            }
-            self.committed.clear();
             loop {
                 let Some(cqe) = self.ring.completion().next() else {
                     break;
