@@ -193,6 +193,11 @@ pub trait Rule {
     /// What the class means, for help screens and the report.
     fn summary(&self) -> &'static str;
     fn check(&self, cx: &Ctx<'_>) -> Verdict;
+    /// The rule judges past events (bad commits, rejections, slow requests), so it still
+    /// means something for a device that is gone (a recording's deleted device).
+    fn historical(&self) -> bool {
+        false
+    }
 }
 
 /// Every rule, in the order findings are listed (causes before symptoms).
@@ -219,13 +224,24 @@ pub fn run(model: &Model, now_ns: u64, th: &Thresholds) -> Vec<Finding> {
     diagnose(model, now_ns, th).findings
 }
 
-/// Findings and rechecks, versioned.
+/// Findings and rechecks, versioned. Removed devices are skipped.
 pub fn diagnose(model: &Model, now_ns: u64, th: &Thresholds) -> Diagnosis {
+    diagnose_inner(model, now_ns, th, false)
+}
+
+/// Like [`diagnose`], and for removed devices the historical rules too (a recording that
+/// ends with DEL_DEV still reports its bad commits and slow requests).
+pub fn diagnose_recording(model: &Model, now_ns: u64, th: &Thresholds) -> Diagnosis {
+    diagnose_inner(model, now_ns, th, true)
+}
+
+fn diagnose_inner(model: &Model, now_ns: u64, th: &Thresholds, history: bool) -> Diagnosis {
     let rules = rules();
     let mut findings = Vec::new();
     let mut rechecks = Vec::new();
     for dev in model.devices(now_ns) {
-        if dev.dev.removed {
+        let removed = dev.dev.removed;
+        if removed && !history {
             continue;
         }
         let cx = Ctx {
@@ -234,7 +250,7 @@ pub fn diagnose(model: &Model, now_ns: u64, th: &Thresholds) -> Diagnosis {
             now_ns,
             th,
         };
-        for r in &rules {
+        for r in rules.iter().filter(|r| !removed || r.historical()) {
             match r.check(&cx) {
                 Verdict::Ok => {}
                 Verdict::Findings(f) => findings.extend(f),

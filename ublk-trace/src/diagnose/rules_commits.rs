@@ -12,6 +12,9 @@ use crate::model::{QueueView, TagView};
 pub struct BadCommit;
 
 impl Rule for BadCommit {
+    fn historical(&self) -> bool {
+        true
+    }
     fn class(&self) -> Class {
         Class::BadCommit
     }
@@ -132,6 +135,9 @@ fn bad_commit(
 pub struct CmdRejected;
 
 impl Rule for CmdRejected {
+    fn historical(&self) -> bool {
+        true
+    }
     fn class(&self) -> Class {
         Class::CmdRejected
     }
@@ -187,6 +193,9 @@ impl Rule for CmdRejected {
 pub struct Slow;
 
 impl Rule for Slow {
+    fn historical(&self) -> bool {
+        true
+    }
     fn class(&self) -> Class {
         Class::Slow
     }

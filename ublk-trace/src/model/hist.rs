@@ -1,9 +1,11 @@
-//! Fixed-size latency histogram (log-linear: 4 buckets per power of two, ≤ 19 % error), so a
-//! queue's memory does not grow with the number of I/Os.
+//! Fixed-size latency histogram (log-linear: 16 buckets per power of two, ≤ 6 % error;
+//! 8 KiB), so a queue's memory does not grow with the number of I/Os.
 use serde::{Deserialize, Serialize};
 
-const SUB: u32 = 4;
-const BUCKETS: usize = 252;
+const SUB_BITS: u32 = 4;
+const SUB: u32 = 1 << SUB_BITS;
+/// Values below SUB get one bucket each; then SUB buckets per power of two up to 2^63.
+const BUCKETS: usize = (SUB * (64 - SUB_BITS + 1)) as usize;
 
 /// Latencies in ns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,6 +14,8 @@ pub struct Histogram {
     count: u64,
     sum_ns: u64,
     max_ns: u64,
+    #[serde(default)]
+    min_ns: u64,
 }
 
 impl Default for Histogram {
@@ -21,6 +25,7 @@ impl Default for Histogram {
             count: 0,
             sum_ns: 0,
             max_ns: 0,
+            min_ns: 0,
         }
     }
 }
@@ -30,8 +35,8 @@ fn bucket_of(v: u64) -> usize {
         return v as usize;
     }
     let msb = 63 - v.leading_zeros();
-    let sub = (v >> (msb - 2)) & 3;
-    (SUB * (msb - 1)) as usize + sub as usize
+    let sub = (v >> (msb - SUB_BITS)) & u64::from(SUB - 1);
+    (SUB * (msb - SUB_BITS + 1)) as usize + sub as usize
 }
 
 /// Largest value that falls into bucket `b`.
@@ -39,10 +44,10 @@ fn bucket_upper(b: usize) -> u64 {
     if b < SUB as usize {
         return b as u64;
     }
-    let msb = (b / SUB as usize + 1) as u32;
+    let msb = (b / SUB as usize) as u32 + SUB_BITS - 1;
     let sub = (b % SUB as usize) as u64;
-    let lower = (4 + sub) << (msb - 2);
-    lower.saturating_add((1u64 << (msb - 2)) - 1)
+    let lower = (u64::from(SUB) + sub) << (msb - SUB_BITS);
+    lower.saturating_add((1u64 << (msb - SUB_BITS)) - 1)
 }
 
 impl Histogram {
@@ -50,6 +55,11 @@ impl Histogram {
         if let Some(c) = self.counts.get_mut(bucket_of(v_ns)) {
             *c += 1;
         }
+        self.min_ns = if self.count == 0 {
+            v_ns
+        } else {
+            self.min_ns.min(v_ns)
+        };
         self.count += 1;
         self.sum_ns = self.sum_ns.saturating_add(v_ns);
         self.max_ns = self.max_ns.max(v_ns);
@@ -63,18 +73,22 @@ impl Histogram {
     pub fn mean_ns(&self) -> Option<u64> {
         self.sum_ns.checked_div(self.count)
     }
-    /// Value at quantile `q` in [0, 1] (upper bound of its bucket, never above the max);
-    /// `None` when empty.
+    /// Value at quantile `q` in [0, 1]: the middle of its bucket, clamped to the recorded
+    /// min and max; `None` when empty.
     pub fn quantile_ns(&self, q: f64) -> Option<u64> {
         if self.count == 0 {
             return None;
+        }
+        if q >= 1.0 {
+            return Some(self.max_ns);
         }
         let want = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
         let mut seen = 0u64;
         for (b, c) in self.counts.iter().enumerate() {
             seen += c;
             if seen >= want {
-                return Some(bucket_upper(b).min(self.max_ns));
+                let mid = bucket_lower(b) / 2 + bucket_upper(b) / 2;
+                return Some(mid.clamp(self.min_ns, self.max_ns));
             }
         }
         Some(self.max_ns)
@@ -149,8 +163,14 @@ mod tests {
         }
         let p50 = h.quantile_ns(0.5).expect("not empty");
         let p99 = h.quantile_ns(0.99).expect("not empty");
-        assert!((500_000..=600_000).contains(&p50), "p50 {p50}");
-        assert!((990_000..=1_000_000).contains(&p99), "p99 {p99}");
+        assert!((470_000..=530_000).contains(&p50), "p50 {p50}");
+        assert!((960_000..=1_000_000).contains(&p99), "p99 {p99}");
+        // All samples alike: the quantiles are that value, not a bucket edge.
+        let mut same = Histogram::default();
+        for _ in 0..19 {
+            same.record(311_491_460);
+        }
+        assert_eq!(same.quantile_ns(0.5), Some(311_491_460));
         assert_eq!(h.quantile_ns(1.0), Some(1_000_000));
         assert_eq!(h.max_ns(), 1_000_000);
         assert_eq!(h.count(), 1000);

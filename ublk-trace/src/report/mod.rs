@@ -153,7 +153,7 @@ pub fn build(model: &Model, src: &Source, th: &Thresholds) -> Report {
         last_ns,
         devices,
         ctrl,
-        diagnosis: diagnose::diagnose(model, last_ns, th),
+        diagnosis: diagnose::diagnose_recording(model, last_ns, th),
     }
 }
 

@@ -135,3 +135,22 @@ fn damaged_recording_names_the_line() {
     let msg = format!("{err:#}");
     assert!(msg.contains(":5:") && msg.contains("bad event"), "{msg}");
 }
+
+#[test]
+fn deleted_device_still_reports_its_slow_requests() {
+    // Measured shape: a server with 300 ms delays, recorded from ADD to DEL.
+    let mut evs = setup(0, 1, 2, MS);
+    for i in 0..5u64 {
+        let t0 = 100 * MS + i * 400 * MS;
+        evs.push(queue_rq(0, 0, 0, t0, "READ", 4096));
+        evs.push(delivered(0, 0, 0, t0 + 10_000, Q_TID));
+        evs.extend(commit(0, 0, 0, t0 + 300 * MS, Q_TID, 4096));
+    }
+    evs.push(ctrl_start(0, 3000 * MS, SRV_PID, "DEL_DEV"));
+    evs.push(ctrl_done(0, 3001 * MS, SRV_PID, "DEL_DEV", 0));
+    let f = write_recording("deleted", &evs);
+    let out = report_file(&f.0, false, &Thresholds::default()).expect("report");
+    assert!(out.contains("SLOW dev 0 q0"), "{out}");
+    assert!(out.contains("queue_rq -> commit: p50 300.00ms"), "{out}");
+    assert!(!out.contains("STUCK"), "{out}");
+}
