@@ -1,6 +1,6 @@
 //! The `/` filter: which tags, requests and findings stay bright.
 //!
-//! Words are ANDed. A word is `qN` (queue), `tN` (tag), `flagged` (named by a finding),
+//! Words are ANDed. A word is `qN` (queue), `tN` (tag), `flagged` or `stuck` (named by a finding),
 //! `busy` (in flight), or a prefix of a state or finding class (`in_s`, `stuck`), case-insensitive.
 //! An empty filter matches everything.
 
@@ -37,7 +37,7 @@ impl Filter {
                     Term::Queue(q)
                 } else if let Some(t) = number_after(&lower, 't') {
                     Term::Tag(t)
-                } else if lower == "flagged" {
+                } else if lower == "flagged" || lower == "stuck" {
                     Term::Flagged
                 } else if lower == "busy" {
                     Term::Busy
@@ -122,9 +122,11 @@ mod tests {
         let busy = Filter::parse("busy");
         assert!(busy.matches_tag(0, &cell(0, CellState::Queued, false)));
         assert!(!busy.matches_tag(0, &cell(0, CellState::Waiting, false)));
-        let flagged = Filter::parse("flagged");
-        assert!(flagged.matches_tag(0, &cell(0, CellState::Waiting, true)));
-        assert!(!flagged.matches_tag(0, &cell(0, CellState::InServer, false)));
+        for word in ["flagged", "stuck"] {
+            let flagged = Filter::parse(word);
+            assert!(flagged.matches_tag(0, &cell(0, CellState::Waiting, true)));
+            assert!(!flagged.matches_tag(0, &cell(0, CellState::InServer, false)));
+        }
     }
 
     #[test]
@@ -143,7 +145,7 @@ mod tests {
         };
         assert!(Filter::parse("q3").matches_finding(&f));
         assert!(Filter::parse("server").matches_finding(&f));
-        assert!(!Filter::parse("stuck").matches_finding(&f));
+        assert!(!Filter::parse("waiters").matches_finding(&f));
     }
 
     #[test]
