@@ -10,7 +10,7 @@ use super::tag::{BadCommit, HistoryKind, PendingCmd, Tag};
 use crate::snapshot::{DevInfo, DeviceSnapshot};
 
 /// Two starts of one (queue, tag) closer than this are one request seen by two probes.
-const SAME_START_NS: u64 = 1_000_000;
+const SAME_START_NS: u64 = 50_000_000;
 
 /// Rejected commands kept per device.
 pub const REJECTED_LEN: usize = 64;
@@ -283,8 +283,14 @@ impl Device {
         let t = q.tag_mut(tag);
         // ublk_queue_rq and block_rq_issue report the same start microseconds apart: keep
         // the earlier one, so latency and age count from the real start.
-        let open = t.queue_rq_ns > t.commit_ns && t.requeue_ns <= t.queue_rq_ns;
-        if open && ts.abs_diff(t.queue_rq_ns) < SAME_START_NS {
+        // A tag starts a new request only after the previous one was delivered (and then
+        // committed or completed), so a second start with no delivery in between is a second
+        // probe seeing the same request (a TCG guest can put >1 ms between them).
+        let open = t.queue_rq_ns > t.commit_ns
+            && t.requeue_ns <= t.queue_rq_ns
+            && t.complete_ns < t.queue_rq_ns;
+        let undelivered = t.delivered_ns < t.queue_rq_ns.min(ts);
+        if open && (ts.abs_diff(t.queue_rq_ns) < SAME_START_NS || undelivered) {
             t.queue_rq_ns = t.queue_rq_ns.min(ts);
             return;
         }

@@ -228,7 +228,10 @@ impl Tag {
             from_snapshot: false,
         };
         let req = self.request_ns();
-        if req > 0 && req > self.commit_ns {
+        // Completed without a commit (the kernel failed it: abort at teardown, timeout):
+        // the request is over.
+        let ended_by_kernel = self.complete_ns >= req && self.requeue_ns <= self.queue_rq_ns;
+        if req > 0 && req > self.commit_ns && !ended_by_kernel {
             if self.delivered_ns >= req {
                 return d(TagState::InServer, self.delivered_ns);
             }

@@ -417,3 +417,36 @@ fn batched_delivery_event_without_tag_delivers_earlier_requests() {
             .is_some_and(|q| !q.tags.contains_key(&u16::MAX))
     );
 }
+
+#[test]
+fn second_probe_start_is_not_a_second_request_and_kernel_abort_ends_one() {
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 2, MS));
+    m.apply(&queue_rq(0, 0, 0, 10 * MS, "READ", 4096));
+    // block_rq_issue 5 ms later (int3 emulation in TCG), before any delivery.
+    m.apply(&block(0, 0, 0, 15 * MS, crate::event::BlockStage::Issue, 0));
+    let q = |m: &Model| {
+        m.raw_device(0)
+            .and_then(|d| d.queues.get(&0))
+            .map(|q| q.requests)
+    };
+    assert_eq!(q(&m), Some(1));
+    assert_eq!(
+        m.device(0, 20 * MS)
+            .and_then(|d| d.queue(0))
+            .map(|q| q.tag(0).age_ns),
+        Some(10 * MS)
+    );
+    // The kernel fails it at teardown (complete with -EIO, no commit): no longer in flight.
+    m.apply(&delivered(0, 0, 0, 16 * MS, Q_TID));
+    m.apply(&block(
+        0,
+        0,
+        0,
+        30 * MS,
+        crate::event::BlockStage::Complete,
+        -5,
+    ));
+    assert_eq!(state(&m, 0, 0, 0, 40 * MS), TagState::Waiting);
+    assert_eq!(m.raw_device(0).map(|d| d.io_errors), Some(1));
+}
