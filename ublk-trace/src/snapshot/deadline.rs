@@ -12,13 +12,19 @@ pub struct TimedOut {
     pub waited_ms: u64,
 }
 
-/// Run `f` on a helper thread and wait for it until `deadline`.
-pub fn run<T, F>(deadline: Instant, f: F) -> Result<T, TimedOut>
+/// Work started on a helper thread; [`Pending::wait`] collects it or gives up.
+pub struct Pending<T> {
+    rx: Option<mpsc::Receiver<T>>,
+    start: Instant,
+}
+
+/// Start `f` on a helper thread now (several reads can then run side by side, so one
+/// blocked source does not eat the others' time).
+pub fn spawn<T, F>(f: F) -> Pending<T>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let start = Instant::now();
     let (tx, rx) = mpsc::sync_channel(1);
     let spawned = std::thread::Builder::new()
         .name("snapshot-read".into())
@@ -26,14 +32,33 @@ where
             // The receiver may be gone after a timeout; nothing to do then.
             let _ = tx.send(f());
         });
-    let timed_out = || TimedOut {
-        waited_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
-    };
-    if spawned.is_err() {
-        return Err(timed_out());
+    Pending {
+        rx: spawned.ok().map(|_| rx),
+        start: Instant::now(),
     }
-    let left = deadline.saturating_duration_since(Instant::now());
-    rx.recv_timeout(left).map_err(|_| timed_out())
+}
+
+impl<T> Pending<T> {
+    /// The result, or [`TimedOut`] at `deadline` (the thread is left behind).
+    pub fn wait(self, deadline: Instant) -> Result<T, TimedOut> {
+        let timed_out = || TimedOut {
+            waited_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        let Some(rx) = self.rx.as_ref() else {
+            return Err(timed_out());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        rx.recv_timeout(left).map_err(|_| timed_out())
+    }
+}
+
+/// Run `f` on a helper thread and wait for it until `deadline`.
+pub fn run<T, F>(deadline: Instant, f: F) -> Result<T, TimedOut>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    spawn(f).wait(deadline)
 }
 
 #[cfg(test)]
@@ -45,6 +70,18 @@ mod tests {
     fn fast_work_returns_its_value() {
         let r = run(Instant::now() + Duration::from_secs(5), || 41 + 1);
         assert_eq!(r, Ok(42));
+    }
+
+    #[test]
+    fn parallel_reads_share_the_deadline() {
+        // One blocked read must not starve the others: both start at once.
+        let t0 = Instant::now();
+        let slow = spawn(|| std::thread::sleep(Duration::from_secs(3)));
+        let fast = spawn(|| 7);
+        let until = t0 + Duration::from_millis(300);
+        assert!(slow.wait(until).is_err());
+        assert_eq!(fast.wait(until), Ok(7));
+        assert!(t0.elapsed() < Duration::from_secs(2));
     }
 
     #[test]

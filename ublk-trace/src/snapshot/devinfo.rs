@@ -5,12 +5,25 @@ use std::time::Instant;
 use super::{DevInfo, SourceError, deadline};
 use crate::kernel::ctrl::{self, CtrlError};
 
+/// Start GET_DEV_INFO for `dev_id` on a helper thread; [`finish`] collects it.
+pub fn start(dev_id: u32, until: Instant) -> deadline::Pending<Result<ctrl::DevInfo, CtrlError>> {
+    let left = until.saturating_duration_since(Instant::now());
+    // The client has its own deadline; the helper thread also bounds opening the device.
+    deadline::spawn(move || ctrl::get_dev_info(dev_id, left))
+}
+
 /// Ask the kernel for device `dev_id`'s info, giving up at `deadline` (a timeout is recorded
 /// as evidence: the control path is blocked).
 pub fn query(dev_id: u32, until: Instant) -> Result<DevInfo, SourceError> {
-    let left = until.saturating_duration_since(Instant::now());
-    // The client has its own deadline; the helper thread also bounds opening the device.
-    let res = deadline::run(until, move || ctrl::get_dev_info(dev_id, left));
+    finish(start(dev_id, until), until)
+}
+
+/// Collect a query started with [`start`].
+pub fn finish(
+    p: deadline::Pending<Result<ctrl::DevInfo, CtrlError>>,
+    until: Instant,
+) -> Result<DevInfo, SourceError> {
+    let res = p.wait(until);
     let err = |detail: String, timed_out: bool| SourceError {
         source: "GET_DEV_INFO".into(),
         detail,

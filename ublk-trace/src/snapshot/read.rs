@@ -47,7 +47,7 @@ fn names_in(dir: &str, prefix: &str) -> Vec<u32> {
 }
 
 /// Snapshot device `dev_id`. Never opens `/dev/ublkbN` or `/dev/ublkcN`; reads that can block
-/// are abandoned at `deadline` and recorded as timed out.
+/// run side by side on helper threads and are abandoned at `deadline` (recorded as timed out).
 pub fn take(dev_id: u32, deadline: Instant) -> DeviceSnapshot {
     let mut s = DeviceSnapshot {
         dev_id,
@@ -56,14 +56,24 @@ pub fn take(dev_id: u32, deadline: Instant) -> DeviceSnapshot {
         block_dev_present: Path::new(&format!("/sys/block/ublkb{dev_id}")).exists(),
         ..Default::default()
     };
-    match devinfo::query(dev_id, deadline) {
-        Ok(i) => s.dev_info = Some(i),
-        Err(e) => s.errors.push(e),
-    }
+    let info = devinfo::start(dev_id, deadline);
+    let procs =
+        deadline::spawn(move || (procfs::find_servers(dev_id), procfs::find_waiters(dev_id)));
     if s.block_dev_present {
         read_block_side(&mut s, deadline);
     }
-    read_proc_side(&mut s, deadline);
+    match devinfo::finish(info, deadline) {
+        Ok(i) => s.dev_info = Some(i),
+        Err(e) => s.errors.push(e),
+    }
+    match procs.wait(deadline) {
+        Ok((servers, waiters)) => {
+            s.servers = servers;
+            s.waiters = waiters;
+            s.proc_scanned = true;
+        }
+        Err(e) => s.errors.push(err("/proc scan", &e, true)),
+    }
     match tagfile::find(tagfile::default_dir(), dev_id) {
         Ok(t) => s.tagfile = t,
         Err(e) => s.errors.push(err("tag-state file", &e, false)),
@@ -102,20 +112,6 @@ fn read_block_side(s: &mut DeviceSnapshot, deadline: Instant) {
     match deadline::run(deadline, move || read_blkmq(Path::new(&dir))) {
         Ok(b) => s.blk = Some(b),
         Err(e) => s.errors.push(err("blk-mq debugfs", &e, true)),
-    }
-}
-
-fn read_proc_side(s: &mut DeviceSnapshot, deadline: Instant) {
-    let dev_id = s.dev_id;
-    match deadline::run(deadline, move || {
-        (procfs::find_servers(dev_id), procfs::find_waiters(dev_id))
-    }) {
-        Ok((servers, waiters)) => {
-            s.servers = servers;
-            s.waiters = waiters;
-            s.proc_scanned = true;
-        }
-        Err(e) => s.errors.push(err("/proc scan", &e, true)),
     }
 }
 
