@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 pub mod output;
 
 use crate::cmd::watch::session::Session;
+use crate::cmd::watch::headless::PROBE_WAIT;
 use crate::cmd::watch::sources::{Msg, RoundTracker};
 use crate::cmd::watch::{DevTarget, start_sources};
 use crate::diagnose::{Diagnosis, Thresholds};
@@ -82,9 +83,6 @@ fn observe_for(args: &DiagnoseArgs) -> anyhow::Result<Duration> {
     }
     Ok(Duration::from_secs_f64(args.for_secs))
 }
-
-/// How long `diagnose` waits for the probes to load before judging from snapshots alone.
-const PROBE_WAIT: Duration = Duration::from_secs(5);
 
 /// Feed the session until `window` has passed and at least one full round arrived.
 fn observe(

@@ -150,19 +150,25 @@ pub fn document(session: &Session, devs: &[u32], now_ns: u64) -> WatchJson {
     }
 }
 
+/// How long the first document waits for the probes to load (BTF parsing can take many
+/// seconds in a TCG guest); until they are live the documents say "snapshots".
+pub const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Print a document each time every device of the round has been snapshotted.
 pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
     let sources = super::start_sources(dev, args.period(), args.no_probes)?;
     let mut session = Session::new();
     session.set_thresholds(args.thresholds.to_thresholds());
     let mut rounds = RoundTracker::default();
+    let started = std::time::Instant::now();
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();
     for msg in sources.rx.iter() {
         let complete = rounds.observe(&msg, dev);
         session.apply(msg);
-        // The first document waits until the probes said whether they run.
-        if !complete || !session.source_known() {
+        // The first document waits (a bounded time) until the probes said whether they run.
+        let settled = session.source_known() || started.elapsed() >= PROBE_WAIT;
+        if !complete || !settled {
             continue;
         }
         let doc = document(&session, rounds.round(), monotonic_ns());
