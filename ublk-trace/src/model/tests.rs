@@ -450,3 +450,39 @@ fn second_probe_start_is_not_a_second_request_and_kernel_abort_ends_one() {
     assert_eq!(state(&m, 0, 0, 0, 40 * MS), TagState::Waiting);
     assert_eq!(m.raw_device(0).map(|d| d.io_errors), Some(1));
 }
+
+#[test]
+fn blind_spots_say_what_was_not_known() {
+    let mut m = Model::new();
+    m.apply(&queue_rq(0, 0, 0, 10 * MS, "READ", 4096));
+    m.apply(&lost(11 * MS, 2));
+    let d = m.device(0, 12 * MS).expect("device");
+    let b = d.blind_spots().join("\n");
+    assert!(b.contains("no snapshot"), "{b}");
+    assert!(b.contains("attached after the device was set up"), "{b}");
+    assert!(b.contains("q0: no delivery event"), "{b}");
+    assert!(b.contains("2 trace events were lost"), "{b}");
+    // Set up in view, delivered, snapshot with the tag file: nothing unknown.
+    let mut ok = Model::new();
+    ok.apply_all(&setup(0, 1, 2, MS));
+    ok.apply_all(&healthy_io(0, 0, 0, 10 * MS, Q_TID));
+    let mut s = DeviceSnapshot {
+        dev_id: 0,
+        taken_ns: 20 * MS,
+        char_dev_present: true,
+        block_dev_present: true,
+        ..Default::default()
+    };
+    s.tagfile = Some(crate::snapshot::tagfile::TagFileSnapshot {
+        path: "f".into(),
+        pid: SRV_PID,
+        nr_queues: 1,
+        queue_depth: 2,
+        start_ns: 1,
+        heartbeat_ns: 0,
+        fault_mask: 0,
+        tags: vec![],
+    });
+    ok.apply_snapshot(&s, 0);
+    assert_eq!(ok.device(0, 30 * MS).map(|d| d.blind_spots()), Some(vec![]));
+}

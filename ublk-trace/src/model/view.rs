@@ -133,6 +133,55 @@ impl<'a> DeviceView<'a> {
         v.truncate(n);
         v
     }
+    /// What the model could not know for this device, one sentence each (late attach, failed
+    /// sources, missing probes, lost events): shown next to the findings so an empty list of
+    /// findings is not read as "all is well" when the data was not there.
+    pub fn blind_spots(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let dev = self.dev;
+        match dev.snapshot.as_ref() {
+            None => {
+                out.push("no snapshot of the device yet (debugfs, procfs, GET_DEV_INFO)".into())
+            }
+            Some(s) => {
+                out.extend(s.errors.iter().map(|e| {
+                    let t = if e.timed_out { " (timed out)" } else { "" };
+                    format!("{}: {}{t}", e.source, e.detail)
+                }));
+                if s.tagfile.is_none() {
+                    out.push(
+                        "no server tag-state file (not ublk-server): what the server does with a \
+                         request is known from events only"
+                            .into(),
+                    );
+                }
+            }
+        }
+        if !dev.setup_observed {
+            out.push(
+                "attached after the device was set up: tags not seen since are UNKNOWN and \
+                 missing FETCHes cannot be judged"
+                    .into(),
+            );
+        }
+        for q in dev.queues.values() {
+            if q.requests > 0 && q.deliveries == 0 {
+                out.push(format!(
+                    "q{}: no delivery event seen: requests not yet delivered cannot be told \
+                     from requests in the server",
+                    q.q_id
+                ));
+            }
+        }
+        if self.model.lost_events() > 0 {
+            out.push(format!(
+                "{} trace events were lost (ring buffer full)",
+                self.model.lost_events()
+            ));
+        }
+        out
+    }
+
     pub fn rejected(&self) -> impl Iterator<Item = &'a RejectedCmd> {
         self.dev.rejected.iter()
     }
