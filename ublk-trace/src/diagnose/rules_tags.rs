@@ -278,68 +278,96 @@ impl Rule for HeldInBlockLayer {
         "requests held by blk-mq before ublk sees them"
     }
     fn check(&self, cx: &Ctx<'_>) -> Verdict {
-        let mut ev = Vec::new();
-        let mut since = u64::MAX;
-        let lim = cx.th.held_ms * MS;
-        let p = &cx.dev.dev.persist;
-        if let (Some(s), Some(blk)) = (p.held_since, cx.dev.snapshot().and_then(|s| s.blk.as_ref()))
-            && cx.now_ns.saturating_sub(s) >= lim
-        {
-            ev.extend(blk.held_in_block_layer());
-            since = since.min(s);
+        let mut held = Held {
+            ev: Vec::new(),
+            since: u64::MAX,
+            pids: Vec::new(),
+        };
+        held.debugfs(cx);
+        held.requeued(cx);
+        held.starved_waiters(cx);
+        if held.ev.is_empty() {
+            return Verdict::Ok;
         }
+        let mut f = finding(cx, Class::HeldInBlockLayer, Severity::Error);
+        f.age_ms = cx.age_ms(held.since);
+        f.pids = text::pids(cx, held.pids);
+        f.summary = format!(
+            "requests held in the block layer for {}",
+            dur(f.age_ms * MS)
+        );
+        f.evidence = held.ev;
+        f.hint = "No ublk_queue_rq can run for these requests: look for a quiesced or frozen \
+                  queue (recovery, update-size, teardown), all tags busy (requests stuck in the \
+                  server), or a requeue loop."
+            .into();
+        Verdict::Findings(vec![f])
+    }
+}
+
+/// Evidence of requests blk-mq holds, gathered from three sources.
+struct Held {
+    ev: Vec<String>,
+    since: u64,
+    pids: Vec<u32>,
+}
+
+impl Held {
+    /// debugfs: quiesced queue, dispatch/requeue/per-CPU lists, scheduler, tag waiters.
+    fn debugfs(&mut self, cx: &Ctx<'_>) {
+        let p = &cx.dev.dev.persist;
+        let blk = cx.dev.snapshot().and_then(|s| s.blk.as_ref());
+        if let (Some(s), Some(blk)) = (p.held_since, blk)
+            && cx.now_ns.saturating_sub(s) >= cx.th.held_ms * MS
+        {
+            self.ev.extend(blk.held_in_block_layer());
+            self.since = self.since.min(s);
+        }
+    }
+
+    /// Events: requests requeued and not started again.
+    fn requeued(&mut self, cx: &Ctx<'_>) {
         for q in cx.dev.queues() {
             for t in q.tags() {
                 let Some(r) = t.raw.filter(|r| r.requeue_ns > r.queue_rq_ns) else {
                     continue;
                 };
-                if cx.now_ns.saturating_sub(r.requeue_ns) >= lim {
-                    ev.push(format!(
+                let age = cx.now_ns.saturating_sub(r.requeue_ns);
+                if age >= cx.th.held_ms * MS {
+                    self.ev.push(format!(
                         "q{} tag {}: requeued {} ago and not started again",
                         t.q_id,
                         t.tag,
-                        dur(cx.now_ns.saturating_sub(r.requeue_ns))
+                        dur(age)
                     ));
-                    since = since.min(r.requeue_ns);
+                    self.since = self.since.min(r.requeue_ns);
                 }
             }
         }
-        let mut pids = Vec::new();
+    }
+
+    /// procfs: tasks waiting for a tag or to enter a frozen queue.
+    fn starved_waiters(&mut self, cx: &Ctx<'_>) {
+        let p = &cx.dev.dev.persist;
         for w in cx.dev.snapshot().map_or(&[][..], |s| s.waiters.as_slice()) {
             let starved = matches!(w.wait, Some(WaitKind::TagStarved | WaitKind::QueueFrozen));
             let Some((_, s)) = p.waiter_since.get(&w.tid) else {
                 continue;
             };
-            if starved && cx.now_ns.saturating_sub(*s) >= cx.th.waiter_ms * MS {
-                ev.push(format!(
+            let age = cx.now_ns.saturating_sub(*s);
+            if starved && age >= cx.th.waiter_ms * MS {
+                self.ev.push(format!(
                     "pid {} ({}) in D for at least {}, wchan {}: {}",
                     w.pid,
                     w.comm,
-                    dur(cx.now_ns.saturating_sub(*s)),
+                    dur(age),
                     w.wchan,
                     w.wait.map_or("", WaitKind::explain)
                 ));
-                since = since.min(*s);
-                pids.push(w.pid);
+                self.since = self.since.min(*s);
+                self.pids.push(w.pid);
             }
         }
-        if ev.is_empty() {
-            return Verdict::Ok;
-        }
-        let mut f = finding(cx, Class::HeldInBlockLayer, Severity::Error);
-        f.age_ms = cx.age_ms(since);
-        f.pids = text::pids(cx, pids);
-        f.summary = format!(
-            "requests held in the block layer for {}",
-            dur(f.age_ms * MS)
-        );
-        f.evidence = ev;
-        f.hint =
-            "No ublk_queue_rq can run for these requests: look for a quiesced or frozen queue \
-                  (recovery, update-size, teardown), all tags busy (requests stuck in the server), \
-                  or a requeue loop."
-                .into();
-        Verdict::Findings(vec![f])
     }
 }
 
@@ -393,7 +421,12 @@ impl Rule for NoFetch {
     }
 }
 
-fn no_fetch(cx: &Ctx<'_>, since: u64, (nr, depth): (u16, u16), add_seen: bool) -> Verdict {
+/// Tags without an accepted FETCH per queue, and whether the server's tag file was seen.
+fn unfetched(
+    cx: &Ctx<'_>,
+    (nr, depth): (u16, u16),
+    add_seen: bool,
+) -> (BTreeMap<u16, Vec<u16>>, bool) {
     let mut missing: BTreeMap<u16, Vec<u16>> = BTreeMap::new();
     let mut told_by_file = false;
     for q in 0..nr {
@@ -413,6 +446,11 @@ fn no_fetch(cx: &Ctx<'_>, since: u64, (nr, depth): (u16, u16), add_seen: bool) -
             }
         }
     }
+    (missing, told_by_file)
+}
+
+fn no_fetch(cx: &Ctx<'_>, since: u64, (nr, depth): (u16, u16), add_seen: bool) -> Verdict {
+    let (missing, told_by_file) = unfetched(cx, (nr, depth), add_seen);
     if missing.is_empty() {
         if !add_seen && !told_by_file {
             return Verdict::Recheck(

@@ -376,64 +376,79 @@ impl Device {
             self.info = snap.dev_info;
         }
         self.removed = !snap.char_dev_present && !snap.block_dev_present;
-        // The tag file first: a tag whose request changed since the last snapshot (seq or
-        // receive time moved) is busy with a *new* request, so its busy age restarts.
-        let mut changed = BTreeSet::new();
-        // A tag file left behind by a server that is gone describes nothing current.
-        let stale_file = snap.proc_scanned && snap.servers.is_empty();
-        if stale_file {
-            for q in self.queues.values_mut() {
-                for t in q.tags.values_mut() {
-                    t.published = None;
-                }
-            }
-        }
-        if let Some(tf) = snap.tagfile.as_ref().filter(|_| !stale_file) {
-            for p in &tf.tags {
-                let t = self.queue_mut(p.q_id).tag_mut(p.tag);
-                let moved = t
-                    .published
-                    .as_ref()
-                    .is_some_and(|old| old.seq != p.seq || old.received_ns != p.received_ns);
-                if moved {
-                    changed.insert((p.q_id, p.tag));
-                }
-                t.published = Some(p.clone());
-            }
-        }
+        // The tag file first: a tag whose request changed since the last snapshot is busy
+        // with a *new* request, so its busy age restarts.
+        let changed = self.apply_tagfile(snap);
         if !snap.block_dev_present {
             // No disk, no request in flight (the kernel failed them when it removed the disk).
-            for q in self.queues.values_mut() {
-                for t in q.tags.values_mut() {
-                    mark_busy(t, false, ts);
-                    t.cqe_since_ns = None;
-                }
+            for t in self.queues.values_mut().flat_map(|q| q.tags.values_mut()) {
+                mark_busy(t, false, ts);
+                t.cqe_since_ns = None;
             }
         }
         if let Some(b) = &snap.blk {
-            let cqes = unreaped_cqes(snap, self.info.map(|i| i.nr_hw_queues));
-            for h in &b.hctxs {
-                let busy = busy_tags(h);
-                let q = self.queue_mut(h.index);
-                for t in &busy {
-                    q.tag_mut(*t);
-                }
-                for (n, t) in q.tags.iter_mut() {
-                    if changed.contains(&(h.index, *n)) {
-                        t.busy_since_ns = None;
-                    }
-                    mark_busy(t, busy.contains(n), ts);
-                    let pending = cqes.contains(&(h.index, *n));
-                    t.cqe_since_ns = pending.then(|| t.cqe_since_ns.unwrap_or(ts));
-                }
-            }
-            let held = !b.held_in_block_layer().is_empty();
-            self.persist.held_since = held.then(|| self.persist.held_since.unwrap_or(ts));
+            self.apply_blkmq(snap, b, &changed, ts);
         }
         if snap.proc_scanned {
             self.persist_procfs(snap, ts);
         }
         self.snapshot = Some(snap.clone());
+    }
+
+    /// Store the server's published tag states; returns the tags whose request changed
+    /// (seq or receive time moved) since the previous snapshot.
+    fn apply_tagfile(&mut self, snap: &DeviceSnapshot) -> BTreeSet<(u16, u16)> {
+        let mut changed = BTreeSet::new();
+        // A tag file left behind by a server that is gone describes nothing current.
+        let stale_file = snap.proc_scanned && snap.servers.is_empty();
+        if stale_file {
+            for t in self.queues.values_mut().flat_map(|q| q.tags.values_mut()) {
+                t.published = None;
+            }
+        }
+        let Some(tf) = snap.tagfile.as_ref().filter(|_| !stale_file) else {
+            return changed;
+        };
+        for p in &tf.tags {
+            let t = self.queue_mut(p.q_id).tag_mut(p.tag);
+            let moved = t
+                .published
+                .as_ref()
+                .is_some_and(|old| old.seq != p.seq || old.received_ns != p.received_ns);
+            if moved {
+                changed.insert((p.q_id, p.tag));
+            }
+            t.published = Some(p.clone());
+        }
+        changed
+    }
+
+    /// Which tags blk-mq lists in flight (and since when), unreaped CQEs, held requests.
+    fn apply_blkmq(
+        &mut self,
+        snap: &DeviceSnapshot,
+        b: &crate::snapshot::blkmq::BlkMqSnapshot,
+        changed: &BTreeSet<(u16, u16)>,
+        ts: u64,
+    ) {
+        let cqes = unreaped_cqes(snap, self.info.map(|i| i.nr_hw_queues));
+        for h in &b.hctxs {
+            let busy = busy_tags(h);
+            let q = self.queue_mut(h.index);
+            for t in &busy {
+                q.tag_mut(*t);
+            }
+            for (n, t) in q.tags.iter_mut() {
+                if changed.contains(&(h.index, *n)) {
+                    t.busy_since_ns = None;
+                }
+                mark_busy(t, busy.contains(n), ts);
+                let pending = cqes.contains(&(h.index, *n));
+                t.cqe_since_ns = pending.then(|| t.cqe_since_ns.unwrap_or(ts));
+            }
+        }
+        let held = !b.held_in_block_layer().is_empty();
+        self.persist.held_since = held.then(|| self.persist.held_since.unwrap_or(ts));
     }
 
     fn persist_procfs(&mut self, snap: &DeviceSnapshot, ts: u64) {
