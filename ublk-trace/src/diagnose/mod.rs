@@ -250,6 +250,9 @@ fn diagnose_inner(model: &Model, now_ns: u64, th: &Thresholds, history: bool) ->
             now_ns,
             th,
         };
+        if !removed {
+            rechecks.extend(timed_out_sources(&cx));
+        }
         for r in rules.iter().filter(|r| !removed || r.historical()) {
             match r.check(&cx) {
                 Verdict::Ok => {}
@@ -271,6 +274,41 @@ fn diagnose_inner(model: &Model, now_ns: u64, th: &Thresholds, history: bool) ->
         findings,
         rechecks,
     }
+}
+
+/// A read that hit its deadline is evidence in itself, but of no single class: say which
+/// rule it leaves blind.
+fn timed_out_sources(cx: &Ctx<'_>) -> Vec<Recheck> {
+    let Some(snap) = cx.dev.snapshot() else {
+        return Vec::new();
+    };
+    snap.errors
+        .iter()
+        .filter(|e| e.timed_out)
+        .map(|e| {
+            let (class, why) = match e.source.as_str() {
+                "GET_DEV_INFO" => (
+                    Class::CtrlPending,
+                    "the ublk control path did not answer: a control command may be stuck in \
+                     the kernel",
+                ),
+                "blk-mq debugfs" => (
+                    Class::HeldInBlockLayer,
+                    "reading blk-mq debugfs blocked: what blk-mq holds is unknown",
+                ),
+                _ => (
+                    Class::Waiters,
+                    "scanning /proc blocked (a task stuck on the disk?): servers and waiters \
+                     are unknown",
+                ),
+            };
+            Recheck {
+                class,
+                dev: cx.dev_id(),
+                reason: format!("{}: {} ({})", e.source, why, e.detail),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

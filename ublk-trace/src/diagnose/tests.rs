@@ -736,3 +736,21 @@ fn slow_from_the_tag_file_without_events() {
     ok.apply_snapshot(&with_tagfile(snap(1000 * MS, vec![]), vec![fast]), 0);
     assert!(classes(&ok, 1100 * MS).is_empty());
 }
+
+#[test]
+fn a_timed_out_source_is_a_recheck_not_a_finding() {
+    let mut m = healthy();
+    let mut s = snap(2000 * MS, vec![task(Q_TID, 'S', "io_cqring_wait")]);
+    s.dev_info = None;
+    s.errors.push(crate::snapshot::SourceError {
+        source: "GET_DEV_INFO".into(),
+        detail: "timed out after 2000 ms".into(),
+        timed_out: true,
+    });
+    m.apply_snapshot(&s, 0);
+    let d = diagnose(&m, 2100 * MS, &th());
+    assert!(d.findings.is_empty(), "{:?}", d.findings);
+    assert_eq!(d.rechecks.len(), 1, "{:?}", d.rechecks);
+    assert_eq!(d.rechecks[0].class, Class::CtrlPending);
+    assert!(d.rechecks[0].reason.contains("control path did not answer"));
+}
