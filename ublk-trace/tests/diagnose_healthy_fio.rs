@@ -13,8 +13,7 @@ use diagnose_common::*;
 fn thirty_seconds_of_fio_give_no_findings() {
     let s = Server::start(&["null", "--queues", "2", "--depth", "64"]);
     let w = HeadlessWatch::start(s.dev_id, 500);
-    w.wait_for(Instant::now(), Duration::from_secs(60), |_| true)
-        .unwrap_or_else(|| panic!("no output from watch"));
+    w.wait_until_attached();
     let fio = Command::new("fio")
         .args([
             "--name=healthy",

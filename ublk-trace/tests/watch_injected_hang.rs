@@ -23,8 +23,7 @@ fn injected_hang_is_stuck_in_server_on_exactly_that_tag() {
     let nq = queues.to_string();
     let s = Server::start(&["null", "--queues", &nq, "--depth", "4", "--inject", &inject]);
     let w = HeadlessWatch::start(s.dev_id, 200);
-    w.wait_for(Instant::now(), Duration::from_secs(60), |_| true)
-        .unwrap_or_else(|| panic!("no output from watch"));
+    w.wait_until_attached();
     // Four reads in flight on a depth-4 queue use every tag, so the hung one gets a request.
     let mut fio = fio_reads(&s.bdev(), 4, q);
     let want = (q as u64, TAG);

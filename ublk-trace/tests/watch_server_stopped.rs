@@ -12,11 +12,7 @@ use diagnose_common::*;
 fn sigstopped_server_mid_io_is_stopped_stuck_and_waited_on() {
     let s = Server::start(&["null", "--queues", "1", "--depth", "8"]);
     let w = HeadlessWatch::start(s.dev_id, 200);
-    // The first document means the probes attached (or said why not) and snapshots flow.
-    let (_, first) = w
-        .wait_for(Instant::now(), Duration::from_secs(60), |_| true)
-        .unwrap_or_else(|| panic!("no output from watch"));
-    println!("first document: {first}");
+    w.wait_until_attached();
     let mut reader = dd(&s.bdev(), 0, 1_000_000, None);
     std::thread::sleep(Duration::from_millis(300));
     s.signal(libc::SIGSTOP);

@@ -340,6 +340,27 @@ impl HeadlessWatch {
     }
 }
 
+impl HeadlessWatch {
+    /// Wait (up to a minute: loading eBPF parses BTF, slow under TCG) for a document that
+    /// says the probes are live; say so when they never come and the snapshots carry on.
+    pub fn wait_until_attached(&self) {
+        let live = self.wait_for(Instant::now(), Duration::from_secs(60), |d| {
+            d["source"] == "ebpf+snapshots"
+                || d["source_note"]
+                    .as_str()
+                    .is_some_and(|n| n != "eBPF probes starting")
+        });
+        match live {
+            Some((_, d)) if d["source"] == "ebpf+snapshots" => {}
+            Some((_, d)) => println!(
+                "NOTE: probes off ({}); judging the snapshot path",
+                d["source_note"]
+            ),
+            None => println!("NOTE: probes not live after 60 s; judging the snapshot path"),
+        }
+    }
+}
+
 impl Drop for HeadlessWatch {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child's pid.
