@@ -187,7 +187,6 @@ impl CtrlClient {
     }
 
     /// Submit one command whose reply lands in `buf`, wait at most `deadline`.
-    /// On timeout `buf` is leaked on purpose: the kernel may still write the reply into it.
     fn submit(
         &self,
         op: &'static str,
@@ -196,52 +195,64 @@ impl CtrlClient {
         mut buf: Box<[u8]>,
         deadline: Duration,
     ) -> Result<Box<[u8]>, CtrlError> {
-        let mut ring: IoUring<squeue::Entry128, cqueue::Entry> = IoUring::builder()
-            .build(2)
-            .map_err(|source| CtrlError::Ring { source })?;
         cmd.addr = buf.as_mut_ptr() as u64;
         let mut area = [0u8; 80];
         area[..32].copy_from_slice(&cmd.to_bytes());
         let sqe = opcode::UringCmd80::new(types::Fd(self.fd.as_raw_fd()), cmd_op)
             .cmd(area)
-            .build()
-            .user_data(1);
-        // SAFETY: the SQE references `buf`, which stays alive until the CQE is reaped below,
-        // or is leaked if it never arrives (so a late kernel write hits live memory).
-        unsafe { ring.submission().push(&sqe) }.map_err(|_| CtrlError::Ring {
-            source: std::io::Error::other("submission queue full"),
-        })?;
-        let dev_id = cmd.dev_id;
-        let start = Instant::now();
-        loop {
-            if let Some(cqe) = ring.completion().next() {
-                let res = cqe.result();
-                if res < 0 {
-                    return Err(CtrlError::Kernel {
-                        op,
-                        dev_id,
-                        errno: -res,
-                    });
-                }
-                return Ok(buf);
-            }
-            let Some(left) = deadline.checked_sub(start.elapsed()) else {
+            .build();
+        let (res, buf) = run_one(sqe, buf, deadline, op, cmd.dev_id)?;
+        if res < 0 {
+            return Err(CtrlError::Kernel {
+                op,
+                dev_id: cmd.dev_id,
+                errno: -res,
+            });
+        }
+        Ok(buf)
+    }
+}
+
+/// Run one SQE that references `buf` on a fresh ring and wait at most `deadline` for its
+/// completion; returns the CQE result and the buffer. On timeout `buf` is leaked on purpose:
+/// the kernel may still write the reply into it later.
+fn run_one(
+    sqe: squeue::Entry128,
+    buf: Box<[u8]>,
+    deadline: Duration,
+    op: &'static str,
+    dev_id: u32,
+) -> Result<(i32, Box<[u8]>), CtrlError> {
+    let mut ring: IoUring<squeue::Entry128, cqueue::Entry> = IoUring::builder()
+        .build(2)
+        .map_err(|source| CtrlError::Ring { source })?;
+    let sqe = sqe.user_data(1);
+    // SAFETY: the SQE references `buf`, which stays alive until the CQE is reaped below,
+    // or is leaked if it never arrives (so a late kernel write hits live memory).
+    unsafe { ring.submission().push(&sqe) }.map_err(|_| CtrlError::Ring {
+        source: std::io::Error::other("submission queue full"),
+    })?;
+    let start = Instant::now();
+    loop {
+        if let Some(cqe) = ring.completion().next() {
+            return Ok((cqe.result(), buf));
+        }
+        let Some(left) = deadline.checked_sub(start.elapsed()) else {
+            Box::leak(buf);
+            return Err(CtrlError::Timeout {
+                op,
+                dev_id,
+                after: deadline,
+            });
+        };
+        let ts = types::Timespec::from(left);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+            Err(source) => {
                 Box::leak(buf);
-                return Err(CtrlError::Timeout {
-                    op,
-                    dev_id,
-                    after: deadline,
-                });
-            };
-            let ts = types::Timespec::from(left);
-            let args = types::SubmitArgs::new().timespec(&ts);
-            match ring.submitter().submit_with_args(1, &args) {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
-                Err(source) => {
-                    Box::leak(buf);
-                    return Err(CtrlError::Ring { source });
-                }
+                return Err(CtrlError::Ring { source });
             }
         }
     }
@@ -299,6 +310,38 @@ mod tests {
             (2, 64, 77)
         );
         assert!(decode_dev_info("GET_DEV_INFO", 3, &[0u8; 10]).is_err());
+    }
+
+    /// The deadline must really end the wait: a read from an empty pipe never completes,
+    /// like a control command stuck behind `ub->mutex`.
+    #[test]
+    fn a_command_that_never_completes_times_out() {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two fds into the array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both fds were just returned by pipe2 and are owned only here.
+        let (rd, _wr) = unsafe {
+            use std::os::fd::FromRawFd;
+            (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+        };
+        let mut buf = vec![0u8; 8].into_boxed_slice();
+        let sqe = opcode::Read::new(types::Fd(rd.as_raw_fd()), buf.as_mut_ptr(), 8)
+            .build()
+            .into();
+        let t0 = Instant::now();
+        let deadline = Duration::from_millis(300);
+        match run_one(sqe, buf, deadline, "TEST", 7) {
+            Err(CtrlError::Timeout { op, dev_id, after }) => {
+                assert_eq!((op, dev_id, after), ("TEST", 7, deadline));
+            }
+            other => panic!("expected Timeout, got {other:?}"),
+        }
+        let took = t0.elapsed();
+        assert!(
+            took >= deadline && took < deadline + Duration::from_secs(2),
+            "{took:?}"
+        );
+        // `rd` closes while the read is still pending: the leaked buffer keeps that safe.
     }
 
     #[test]
