@@ -4,7 +4,6 @@
 mod diagnose_common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use diagnose_common::*;
 
