@@ -101,10 +101,15 @@ impl Rule for StuckInServer {
         for q in cx.dev.queues() {
             for t in q.tags() {
                 match t.state {
-                    TagState::InServer if t.age_ns >= lim && unsure(cx, &t, lim) => {
+                    TagState::InServer | TagState::Committed
+                        if t.age_ns >= lim && unsure(cx, &t, lim) =>
+                    {
                         unknown.push(format!("q{} tag {} (events lost since)", t.q_id, t.tag));
                     }
                     TagState::InServer if t.age_ns >= lim => out.push(stuck(cx, &q, &t)),
+                    TagState::Committed if t.age_ns >= lim => {
+                        out.push(committed_not_completed(cx, &q, &t));
+                    }
                     TagState::InFlight if t.age_ns >= lim => {
                         unknown.push(format!("q{} tag {}", t.q_id, t.tag));
                     }
@@ -122,6 +127,30 @@ impl Rule for StuckInServer {
         }
         verdict(out)
     }
+}
+
+/// The commit was accepted but the block request never completed: the request still
+/// holds something of the server's (a zero-copy / auto-registered buffer).
+fn committed_not_completed(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
+    let mut f = tag_finding(cx, Class::StuckInServer, q, t);
+    f.summary = format!(
+        "q{} tag {}: committed {} ago, the block request has not completed",
+        t.q_id,
+        t.tag,
+        dur(t.age_ns)
+    );
+    f.evidence.push(format!(
+        "{}: COMMIT_AND_FETCH_REQ (result {}) accepted {} ago, no block_rq_complete since",
+        text::request(t.op, t.sector, t.bytes),
+        t.commit_result.unwrap_or(0),
+        dur(t.age_ns)
+    ));
+    f.evidence.extend(text::lost_line(cx));
+    f.hint = "With zero copy the request completes only when its buffer is unregistered: \
+              send UNREGISTER_IO_BUF (or let auto-registration release it) after the backend \
+              I/O is done."
+        .into();
+    f
 }
 
 fn stuck(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {

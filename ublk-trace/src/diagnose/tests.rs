@@ -407,6 +407,7 @@ fn cmd_rejected_names_thread_and_owner() {
     m.apply(&delivered(0, 0, 2, 1000 * MS + 10, Q_TID));
     m.apply_all(&commit_rejected(0, 0, 2, 1000 * MS + 20, 777, -22));
     m.apply_all(&commit(0, 0, 2, 1000 * MS + 30, Q_TID, 4096));
+    m.apply(&block(0, 0, 2, 1000 * MS + 31, BlockStage::Complete, 0));
     let f = run(&m, 1100 * MS, &th());
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!((f[0].class, f[0].tag), (Class::CmdRejected, Some(2)));
@@ -482,6 +483,7 @@ fn slow_is_informational() {
     m.apply(&queue_rq(0, 0, 0, 1000 * MS, "READ", 4096));
     m.apply(&delivered(0, 0, 0, 1000 * MS + 10, Q_TID));
     m.apply_all(&commit(0, 0, 0, 2500 * MS, Q_TID, 4096));
+    m.apply(&block(0, 0, 0, 2500 * MS + 1, BlockStage::Complete, 0));
     let f = run(&m, 2600 * MS, &th());
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].class, Class::Slow);
@@ -753,4 +755,24 @@ fn a_timed_out_source_is_a_recheck_not_a_finding() {
     assert_eq!(d.rechecks.len(), 1, "{:?}", d.rechecks);
     assert_eq!(d.rechecks[0].class, Class::CtrlPending);
     assert!(d.rechecks[0].reason.contains("control path did not answer"));
+}
+
+#[test]
+fn committed_but_never_completed_is_stuck() {
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 3, 1000 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, 3, 1000 * MS + 10, Q_TID));
+    m.apply_all(&commit(0, 0, 3, 1000 * MS + 50_000, Q_TID, 4096));
+    // No block_rq_complete: a zero-copy buffer still registered.
+    let f = run(&m, 2500 * MS, &th());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!((f[0].class, f[0].tag), (Class::StuckInServer, Some(3)));
+    assert!(
+        f[0].summary.contains("has not completed"),
+        "{}",
+        f[0].summary
+    );
+    // Completed: nothing.
+    m.apply(&block(0, 0, 3, 1000 * MS + 60_000, BlockStage::Complete, 0));
+    assert!(classes(&m, 2500 * MS).is_empty());
 }
