@@ -23,7 +23,10 @@ pub const COUNTER_UNPAIRED: u32 = 1;
 pub const COUNTER_RQ_LIST_TRUNCATED: u32 = 2;
 /// Counter: failed kernel reads (`bpf_probe_read_kernel`); non-zero means an offset is wrong.
 pub const COUNTER_READ_FAILED: u32 = 3;
-pub const NR_COUNTERS: u32 = 4;
+/// Counters `COUNTER_DROPPED_KIND + kind`: drops per `KIND_*`, so a consumer can check
+/// conservation per kind (seen + dropped == emitted).
+pub const COUNTER_DROPPED_KIND: u32 = 16;
+pub const NR_COUNTERS: u32 = 32;
 
 /// Switch: 1 = stream events to the ring buffer (record, detail view); 0 = stay quiet.
 /// Streaming every I/O costs user-space CPU per event (DESIGN "Two eBPF paths"), so it is

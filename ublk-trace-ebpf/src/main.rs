@@ -127,13 +127,13 @@ fn unsafe_ktime() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Ring size, and the fill level at which a per-I/O record wakes the reader anyway.
+/// Default ring size (user space may override it at load time).
 const RING_BYTES: u32 = 4 << 20;
-const WAKE_AT_BYTES: u64 = (RING_BYTES / 4) as u64;
 // bpf_ringbuf_submit / bpf_ringbuf_query flags (include/uapi/linux/bpf.h).
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
 
 /// Write one record. Control commands wake the reader at once (rare, and a START_DEV that
 /// hangs must show up now). Per-I/O records do not: a wake-up per record costs more than
@@ -143,7 +143,7 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 fn emit(ev: &RawEvent) {
     let flags = if ev.kind == KIND_CTRL_START || ev.kind == KIND_CTRL_DONE {
         0
-    } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_BYTES {
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / 4 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -153,7 +153,12 @@ fn emit(ev: &RawEvent) {
             slot.write(*ev);
             slot.submit(flags);
         }
-        None => count(COUNTER_DROPPED),
+        None => {
+            count(COUNTER_DROPPED);
+            if ev.kind < NR_COUNTERS - COUNTER_DROPPED_KIND {
+                count(COUNTER_DROPPED_KIND + ev.kind);
+            }
+        }
     }
 }
 

@@ -35,6 +35,9 @@ pub struct TracerConfig {
     /// since ublk starts every request inside ->queue_rq(s) and the record would duplicate
     /// `QueueRq` at the cost of one more ring record per I/O.
     pub block_issue: Option<bool>,
+    /// Ring-buffer size in bytes (power of two, multiple of the page size); `None` = the
+    /// object's default (4 MiB). Small rings let tests provoke drops.
+    pub ring_bytes: Option<u32>,
     /// Keep the in-kernel per-tag state map ([`Tracer::tag_states`]): watch's cheap path,
     /// whose cost does not grow with the events read. Independent of `stream`.
     pub state: bool,
@@ -50,6 +53,7 @@ impl Default for TracerConfig {
             all_disks: false,
             block_issue: None,
             state: false,
+            ring_bytes: None,
         }
     }
 }
@@ -197,6 +201,8 @@ pub struct Counters {
     pub unpaired: u64,
     pub rq_list_truncated: u64,
     pub read_failed: u64,
+    /// Drops per raw record kind (`KIND_*` index).
+    pub dropped_by_kind: [u64; (NR_COUNTERS - COUNTER_DROPPED_KIND) as usize],
 }
 
 /// A running tracer. Dropping it detaches every program.
@@ -239,10 +245,12 @@ impl Tracer {
         }
         raise_memlock_rlimit();
         let offsets: Offsets = res.offsets;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(OFFSETS_GLOBAL, &offsets, true)
-            .load(EBPF_OBJECT)
-            .map_err(ProbeError::Load)?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global(OFFSETS_GLOBAL, &offsets, true);
+        if let Some(bytes) = cfg.ring_bytes {
+            loader.map_max_entries(EVENTS_MAP, bytes);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Load)?;
         let targets = Targets {
             concepts: &concepts,
             ublk_loaded,
@@ -369,6 +377,13 @@ impl Tracer {
             unpaired: sum(COUNTER_UNPAIRED)?,
             rq_list_truncated: sum(COUNTER_RQ_LIST_TRUNCATED)?,
             read_failed: sum(COUNTER_READ_FAILED)?,
+            dropped_by_kind: {
+                let mut by_kind = [0u64; (NR_COUNTERS - COUNTER_DROPPED_KIND) as usize];
+                for (k, slot) in by_kind.iter_mut().enumerate() {
+                    *slot = sum(COUNTER_DROPPED_KIND + k as u32)?;
+                }
+                by_kind
+            },
         })
     }
 
