@@ -7,7 +7,8 @@
 //! let mut m = Model::new();
 //! m.apply(&trace_event);                      // live eBPF or replayed JSON lines, any order
 //! m.apply_snapshot(&device_snapshot, now_ns); // snapshot::take(..): attach-late truth
-//! m.apply_tag_facts(dev, q, tag, &facts);     // per-tag timestamps read from eBPF maps
+//! m.apply_kernel_tag(dev, q, tag, &kernel_tag); // the eBPF state map (probe::Tracer::tag_states)
+//! m.set_events_horizon(ts);                  // live reader: ring drained at ts (lag-proof ages)
 //! for d in m.devices(now_ns) {                // DeviceView
 //!     d.dev_id(); d.info(); d.geometry(); d.server_pids(); d.state_counts();
 //!     for q in d.queues() {                   // QueueView
@@ -116,11 +117,26 @@ pub struct Model {
     last_event_ns: u64,
     /// Our own pid: its control commands (GET_DEV_INFO) are not the server's.
     ignore_pid: Option<u32>,
+    /// Every event emitted before this time has been applied (set by the live reader).
+    events_horizon_ns: Option<u64>,
 }
 
 impl Model {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The live reader drained the kernel's ring at `ts_ns`: every event emitted before it
+    /// has been applied. Ages of event-derived states then count up to this horizon instead
+    /// of `now`, so a reader that lags behind (debug build, emulated guest) does not make
+    /// healthy requests look stuck. Readers that cannot tell never call it (ages use `now`).
+    pub fn set_events_horizon(&mut self, ts_ns: u64) {
+        self.events_horizon_ns = Some(self.events_horizon_ns.unwrap_or(0).max(ts_ns));
+    }
+
+    /// `now_ns`, capped by the events horizon when one was set.
+    pub fn events_now(&self, now_ns: u64) -> u64 {
+        self.events_horizon_ns.map_or(now_ns, |h| h.min(now_ns))
     }
 
     /// Do not count control commands sent by `pid` (the tracer itself).

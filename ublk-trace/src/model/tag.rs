@@ -264,6 +264,7 @@ impl Tag {
     /// overrides what the events imply (late attach, lost events).
     pub fn derive(&self, queue_delivered_ns: u64, completes_seen: bool) -> Derived {
         let ev = self.derive_from_events(queue_delivered_ns, completes_seen);
+        let ev = self.server_rearmed_since(ev);
         if self.snap_ns == 0 || self.snap_ns <= self.latest_event_ns() {
             return self.refine_with_published(ev);
         }
@@ -300,6 +301,26 @@ impl Tag {
                 delivery_inferred: false,
                 from_snapshot: true,
             },
+        }
+    }
+
+    /// The server's tag file says it re-armed the tag (FETCH/COMMIT submitted) after the
+    /// moment the events put a request on it: that request is over and its end has not been
+    /// read yet (a lagging or lossy event stream). Timestamps share CLOCK_MONOTONIC, so this
+    /// holds whatever the order in which the sources were read.
+    fn server_rearmed_since(&self, ev: Derived) -> Derived {
+        let Some(p) = self.published.as_ref() else {
+            return ev;
+        };
+        let rearmed = p.state == "waiting" && p.waiting_since_ns > ev.since_ns;
+        if !ev.state.busy() || ev.since_ns == 0 || !rearmed {
+            return ev;
+        }
+        Derived {
+            state: TagState::Waiting,
+            since_ns: p.waiting_since_ns,
+            delivery_inferred: false,
+            from_snapshot: true,
         }
     }
 

@@ -486,3 +486,72 @@ fn blind_spots_say_what_was_not_known() {
     ok.apply_snapshot(&s, 0);
     assert_eq!(ok.device(0, 30 * MS).map(|d| d.blind_spots()), Some(vec![]));
 }
+
+#[test]
+fn tag_file_rearm_overrides_a_lagging_event_stream() {
+    // Guest healthy fio, debug build: the reader lagged, the commit events were not read
+    // yet, but the tag file already says the server re-armed the tag after the delivery.
+    use crate::snapshot::tagfile::{PublishedTag, TagFileSnapshot};
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 2, MS));
+    m.apply(&queue_rq(0, 0, 1, 10 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, u16::MAX, 11 * MS, Q_TID));
+    let p = PublishedTag {
+        q_id: 0,
+        tag: 1,
+        state: "waiting".into(),
+        op: 0,
+        start_sector: 8,
+        nr_sectors: 8,
+        result: 4096,
+        waiting_since_ns: 12 * MS,
+        received_ns: 11 * MS,
+        committed_ns: 12 * MS,
+        tid: Q_TID,
+        fault: 0,
+        seq: 1,
+    };
+    let s = DeviceSnapshot {
+        dev_id: 0,
+        taken_ns: 5 * MS, // read before the events: order of reading does not matter
+        char_dev_present: true,
+        block_dev_present: true,
+        tagfile: Some(TagFileSnapshot {
+            path: "f".into(),
+            pid: SRV_PID,
+            nr_queues: 1,
+            queue_depth: 2,
+            start_ns: 1,
+            heartbeat_ns: 0,
+            fault_mask: 0,
+            tags: vec![p],
+        }),
+        ..Default::default()
+    };
+    m.apply_snapshot(&s, 0);
+    assert_eq!(state(&m, 0, 0, 1, 600 * MS), TagState::Waiting);
+}
+
+#[test]
+fn a_lagging_reader_does_not_age_requests() {
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 2, MS));
+    m.apply(&queue_rq(0, 0, 0, 10 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, 0, 11 * MS, Q_TID));
+    let age = |m: &Model, now| {
+        m.device(0, now)
+            .and_then(|d| d.queue(0))
+            .map(|q| q.tag(0).age_ns)
+    };
+    assert_eq!(
+        age(&m, 2000 * MS),
+        Some(1989 * MS),
+        "no horizon: ages count to now"
+    );
+    // The reader has only drained the ring up to 20 ms: the commit may still be in it.
+    m.set_events_horizon(20 * MS);
+    assert_eq!(age(&m, 2000 * MS), Some(9 * MS));
+    // Caught up at 1.9 s and still no commit: the request really is that old.
+    m.set_events_horizon(1900 * MS);
+    assert_eq!(age(&m, 2000 * MS), Some(1889 * MS));
+}

@@ -29,6 +29,9 @@ pub struct QueueView<'a> {
     pub depth: Option<u16>,
     pub completes_seen: bool,
     pub now_ns: u64,
+    /// Ages of event-derived states count up to here: `now_ns`, or the events horizon when
+    /// the reader lags behind the kernel (see `Model::set_events_horizon`).
+    pub events_now_ns: u64,
 }
 
 /// One tag at `now_ns`.
@@ -98,6 +101,7 @@ impl<'a> DeviceView<'a> {
                 depth,
                 completes_seen: self.dev.completes_seen,
                 now_ns: self.now_ns,
+                events_now_ns: self.model.events_now(self.now_ns),
             })
             .collect()
     }
@@ -242,7 +246,12 @@ impl<'a> QueueView<'a> {
         let age_ns = if d.since_ns == 0 {
             0
         } else {
-            self.now_ns.saturating_sub(d.since_ns)
+            let now = if d.from_snapshot {
+                self.now_ns
+            } else {
+                self.events_now_ns
+            };
+            now.saturating_sub(d.since_ns)
         };
         // Without events the server's tag file knows the request (late attach).
         let (op, sector, bytes) = match t.published.as_ref() {
