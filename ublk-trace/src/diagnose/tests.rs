@@ -214,11 +214,12 @@ fn not_delivered_needs_observable_delivery() {
 
 #[test]
 fn batched_delivery_is_not_not_delivered() {
-    // 6.12 drains several tags per task-work run: one Delivered (tag 0) covers tag 1 too.
+    // 6.12 drains several tags per task-work run: the probe reports the queue (tag
+    // u16::MAX), which delivers every request started before it.
     let mut m = healthy();
     m.apply(&queue_rq(0, 0, 0, 1000 * MS, "READ", 4096));
     m.apply(&queue_rq(0, 0, 1, 1000 * MS + 10, "READ", 4096));
-    m.apply(&delivered(0, 0, 0, 1000 * MS + 100, Q_TID));
+    m.apply(&delivered(0, 0, u16::MAX, 1000 * MS + 100, Q_TID));
     let c = classes(&m, 3000 * MS);
     assert_eq!(
         c,

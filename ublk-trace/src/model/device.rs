@@ -78,6 +78,8 @@ pub struct Device {
     pub cancels: u64,
     pub last_cancel_ns: u64,
     pub persist: Persist,
+    /// Latest thing the server's tag file says it did (receive, commit, re-arm), CLOCK_MONOTONIC.
+    pub server_activity_ns: u64,
 }
 
 /// An I/O command's entry or return, as the device needs it.
@@ -313,6 +315,7 @@ impl Device {
     pub fn queue_delivered(&mut self, ts: u64, q_id: u16) {
         self.touch(ts);
         let q = self.queue_mut(q_id);
+        q.last_batch_delivered_ns = q.last_batch_delivered_ns.max(ts);
         if ts > q.last_delivered_ns {
             q.last_delivered_ns = ts;
             q.deliveries += 1;
@@ -410,6 +413,8 @@ impl Device {
             return changed;
         };
         for p in &tf.tags {
+            let last = p.received_ns.max(p.committed_ns).max(p.waiting_since_ns);
+            self.server_activity_ns = self.server_activity_ns.max(last);
             let t = self.queue_mut(p.q_id).tag_mut(p.tag);
             let moved = t
                 .published

@@ -45,6 +45,9 @@ pub use hist::Histogram;
 pub use tag::{Derived, HistoryEntry, HistoryKind, TagState};
 pub use view::{DeviceView, QueueView, TagView};
 
+/// Server activity this much newer than the last event read means the reader lags.
+const LAG_SLACK_NS: u64 = 20_000_000;
+
 /// Tags with no driver tag in block tracepoints (insert before a tag is assigned).
 const NO_TAG: u16 = u16::MAX;
 
@@ -134,9 +137,17 @@ impl Model {
         self.events_horizon_ns = Some(self.events_horizon_ns.unwrap_or(0).max(ts_ns));
     }
 
-    /// `now_ns`, capped by the events horizon when one was set.
-    pub fn events_now(&self, now_ns: u64) -> u64 {
-        self.events_horizon_ns.map_or(now_ns, |h| h.min(now_ns))
+    /// Up to when event-derived ages of device `dev` count: the horizon set by the reader;
+    /// else, when the server's tag file shows activity later than the device's last event
+    /// (the reader lags: those events are still in the ring), that last event; else `now_ns`.
+    pub fn events_now(&self, dev: &Device, now_ns: u64) -> u64 {
+        if let Some(h) = self.events_horizon_ns {
+            return h.min(now_ns);
+        }
+        if dev.last_event_ns > 0 && dev.server_activity_ns > dev.last_event_ns + LAG_SLACK_NS {
+            return dev.last_event_ns.min(now_ns);
+        }
+        now_ns
     }
 
     /// Do not count control commands sent by `pid` (the tracer itself).

@@ -87,6 +87,9 @@ pub struct Queue {
     /// Delivery runs seen on this queue (task work / CQE); 0 = delivery not observable.
     pub deliveries: u64,
     pub last_delivered_ns: u64,
+    /// Last batched delivery run (≤ 6.14 task work: the tags are not known), which delivers
+    /// every request started before it.
+    pub last_batch_delivered_ns: u64,
     /// Last thread whose FETCH/COMMIT was accepted (the queue's daemon up to 6.15).
     pub owner_tid: Option<u32>,
     pub slow: VecDeque<SlowIo>,

@@ -555,3 +555,58 @@ fn a_lagging_reader_does_not_age_requests() {
     m.set_events_horizon(1900 * MS);
     assert_eq!(age(&m, 2000 * MS), Some(1889 * MS));
 }
+
+#[test]
+fn tag_file_activity_after_the_last_event_reveals_a_lagging_reader() {
+    use crate::snapshot::tagfile::{PublishedTag, TagFileSnapshot};
+    // Guest healthy fio: queue_rq read at 674 ms before "now", its delivery still in the
+    // ring; the tag file shows the server committed other tags much later.
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 4, MS));
+    m.apply(&queue_rq(0, 0, 2, 100 * MS, "WRITE", 4096));
+    let other = PublishedTag {
+        q_id: 0,
+        tag: 3,
+        state: "waiting".into(),
+        op: 0,
+        start_sector: 0,
+        nr_sectors: 8,
+        result: 4096,
+        waiting_since_ns: 700 * MS,
+        received_ns: 690 * MS,
+        committed_ns: 700 * MS,
+        tid: Q_TID,
+        fault: 0,
+        seq: 40,
+    };
+    let s = DeviceSnapshot {
+        dev_id: 0,
+        taken_ns: 750 * MS,
+        char_dev_present: true,
+        block_dev_present: true,
+        tagfile: Some(TagFileSnapshot {
+            path: "f".into(),
+            pid: SRV_PID,
+            nr_queues: 1,
+            queue_depth: 4,
+            start_ns: 1,
+            heartbeat_ns: 0,
+            fault_mask: 0,
+            tags: vec![other],
+        }),
+        ..Default::default()
+    };
+    m.apply_snapshot(&s, 0);
+    let age = m
+        .device(0, 775 * MS)
+        .and_then(|d| d.queue(0))
+        .map(|q| q.tag(2).age_ns);
+    assert_eq!(age, Some(0), "ages stop at the last event read (100 ms)");
+    // Events catch up: the age counts to now again.
+    m.apply(&delivered(0, 0, 3, 760 * MS, Q_TID));
+    let age = m
+        .device(0, 775 * MS)
+        .and_then(|d| d.queue(0))
+        .map(|q| q.tag(2).age_ns);
+    assert_eq!(age, Some(675 * MS));
+}

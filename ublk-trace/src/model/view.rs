@@ -101,7 +101,7 @@ impl<'a> DeviceView<'a> {
                 depth,
                 completes_seen: self.dev.completes_seen,
                 now_ns: self.now_ns,
-                events_now_ns: self.model.events_now(self.now_ns),
+                events_now_ns: self.model.events_now(self.dev, self.now_ns),
             })
             .collect()
     }
@@ -242,7 +242,7 @@ impl<'a> QueueView<'a> {
         let Some(t) = t else {
             return TagView::unknown(self.q_id, tag);
         };
-        let d = t.derive(self.queue.last_delivered_ns, self.completes_seen);
+        let d = t.derive(self.queue.last_batch_delivered_ns, self.completes_seen);
         let age_ns = if d.since_ns == 0 {
             0
         } else {
