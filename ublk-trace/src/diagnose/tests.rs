@@ -777,3 +777,20 @@ fn committed_but_never_completed_is_stuck() {
     m.apply(&block(0, 0, 3, 1000 * MS + 60_000, BlockStage::Complete, 0));
     assert!(classes(&m, 2500 * MS).is_empty());
 }
+
+#[test]
+fn owner_progress_after_the_start_means_delivery_is_only_late() {
+    // Guest healthy fio under a busy debug-build watch: the queue kept committing other tags
+    // after the request started; its batch delivery event was just not read yet.
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 3, 1000 * MS, "READ", 4096));
+    m.apply(&queue_rq(0, 0, 0, 1000 * MS + 5, "READ", 4096));
+    m.apply(&delivered(0, 0, 0, 1000 * MS + 10, Q_TID));
+    m.apply_all(&commit(0, 0, 0, 1100 * MS, Q_TID, 4096));
+    m.apply(&block(0, 0, 0, 1100 * MS + 1, BlockStage::Complete, 0));
+    assert!(
+        !classes(&m, 2500 * MS)
+            .iter()
+            .any(|c| c.0 == Class::NotDelivered)
+    );
+}

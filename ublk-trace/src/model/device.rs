@@ -188,6 +188,8 @@ impl Device {
     }
 
     fn accepted(&mut self, a: &IoCmdArgs<'_>, ts: u64, result: Option<i32>) {
+        let q = self.queue_mut(a.q_id);
+        q.last_accepted_ns = q.last_accepted_ns.max(ts);
         match a.op_nr {
             IO_FETCH_REQ => {
                 self.setup_observed = true;

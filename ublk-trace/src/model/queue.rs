@@ -90,6 +90,8 @@ pub struct Queue {
     /// Last batched delivery run (≤ 6.14 task work: the tags are not known), which delivers
     /// every request started before it.
     pub last_batch_delivered_ns: u64,
+    /// Last accepted FETCH/COMMIT on the queue: the owner thread entered io_uring then.
+    pub last_accepted_ns: u64,
     /// Last thread whose FETCH/COMMIT was accepted (the queue's daemon up to 6.15).
     pub owner_tid: Option<u32>,
     pub slow: VecDeque<SlowIo>,
