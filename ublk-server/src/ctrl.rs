@@ -17,9 +17,13 @@ use crate::error::{Error, Result};
 
 pub const CONTROL_PATH: &str = "/dev/ublk-control";
 
-/// user_data of the one asynchronous command in flight (START_DEV or END_USER_RECOVERY).
-const ASYNC_USER_DATA: u64 = 1;
 const SYNC_USER_DATA: u64 = 2;
+
+/// user_data of an asynchronous command (START_DEV, END_USER_RECOVERY, STOP_DEV): one per
+/// command number, so a late START completion is never taken for a STOP's.
+fn async_user_data(cmd: &CtrlCmd) -> u64 {
+    0x100 | u64::from(cmd.nr)
+}
 
 /// One control command: its number and header. The buffer (if any) is referenced by
 /// `header.addr`/`header.len` and must live until the command completes.
@@ -48,6 +52,10 @@ impl CtrlCmd {
         // Every buffer we pass is < 64 KiB (dev_info 64, params 152, affinity <= 1 KiB).
         self.header.len = u16::try_from(buf.len()).unwrap_or(u16::MAX);
         self
+    }
+
+    pub fn stop_dev(dev_id: u32) -> Self {
+        Self::new(UBLK_CMD_STOP_DEV, dev_id)
     }
 
     pub fn start_dev(dev_id: u32, pid: i32) -> Self {
@@ -213,9 +221,9 @@ impl Ctrl {
         }
     }
 
-    /// Submit START_DEV or END_USER_RECOVERY without waiting (see [`Self::wait_async`]).
+    /// Submit a command without waiting (see [`Self::wait_async`]).
     pub fn submit_async(&mut self, cmd: CtrlCmd) -> Result<()> {
-        self.push(&cmd, ASYNC_USER_DATA)?;
+        self.push(&cmd, async_user_data(&cmd))?;
         self.ring
             .submit()
             .map(|_| ())
@@ -226,10 +234,11 @@ impl Ctrl {
     pub fn wait_async(&mut self, cmd: &CtrlCmd, timeout: Duration) -> Result<Option<i32>> {
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
+        let ud = async_user_data(cmd);
         loop {
             let next = self.ring.completion().next();
             if let Some(cqe) = next {
-                if cqe.user_data() == ASYNC_USER_DATA {
+                if cqe.user_data() == ud {
                     return self.check(cmd, cqe.result()).map(Some);
                 }
                 continue;
@@ -239,7 +248,7 @@ impl Ctrl {
                 Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
                     let next = self.ring.completion().next();
                     if let Some(cqe) = next
-                        && cqe.user_data() == ASYNC_USER_DATA
+                        && cqe.user_data() == ud
                     {
                         return self.check(cmd, cqe.result()).map(Some);
                     }
@@ -256,10 +265,11 @@ impl Ctrl {
     /// Needed before DEL_DEV when START never completed: the pending command holds a device
     /// reference, and DEL_DEV waits for every reference, so the two would wait on each other.
     /// The cancel interrupts the kernel's wait_for_completion_interruptible().
-    pub fn cancel_async(&mut self) {
+    pub fn cancel_async(&mut self, cmd: &CtrlCmd) {
         const CANCEL_USER_DATA: u64 = 3;
+        let ud = async_user_data(cmd);
         let sqe = squeue::Entry128::from(
-            opcode::AsyncCancel::new(ASYNC_USER_DATA)
+            opcode::AsyncCancel::new(ud)
                 .build()
                 .user_data(CANCEL_USER_DATA),
         );
@@ -276,7 +286,7 @@ impl Ctrl {
                 let Some(cqe) = self.ring.completion().next() else {
                     break;
                 };
-                if cqe.user_data() == ASYNC_USER_DATA {
+                if cqe.user_data() == ud {
                     log::info!("pending control command ended with {}", cqe.result());
                     seen_async = true;
                 }

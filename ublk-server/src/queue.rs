@@ -85,6 +85,8 @@ pub struct QueueShared {
     pub served: AtomicU64,
     /// Set when the thread has left its loop.
     pub exited: AtomicBool,
+    /// Set by main on a second signal: fail the requests faults hold, then serve normally.
+    pub release: AtomicBool,
     /// Request faults act only once this is set (after START_DEV completed), so the
     /// partition-scan reads that 6.12's START_DEV waits for are served normally.
     pub armed: AtomicBool,
@@ -162,6 +164,10 @@ pub struct Queue {
     total_served: u64,
     /// Whether request faults apply to the request being handled.
     faults_armed: bool,
+    /// Tags whose request a hang fault holds.
+    hung: Vec<bool>,
+    /// Faults were released by main: serve normally from now on.
+    released: bool,
 }
 
 impl Queue {
@@ -212,6 +218,8 @@ impl Queue {
             live_tags: 0,
             total_served: 0,
             faults_armed: false,
+            hung: vec![false; depth],
+            released: false,
             cfg,
             ring,
             descs,
@@ -311,6 +319,38 @@ impl Queue {
         result
     }
 
+    fn arm_stop_poll(&mut self) -> Result<()> {
+        let poll =
+            opcode::PollAdd::new(types::Fd(self.cfg.stop_fd.as_raw_fd()), libc::POLLIN as u32)
+                .build()
+                .user_data(user_data(Kind::Stop as u8, 0, 0));
+        self.push(&poll)
+    }
+
+    /// The stop eventfd fired: on `release`, fail what faults hold and keep serving.
+    fn on_wake(&mut self) -> Result<()> {
+        if self.cfg.shared.stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut v = [0u8; 8];
+        // SAFETY: reading 8 bytes into a valid local from our eventfd resets its counter, so
+        // the re-armed poll does not fire again at once. A rare event, not the I/O path.
+        unsafe { libc::read(self.cfg.stop_fd.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
+        if self.cfg.shared.release.load(Ordering::Acquire) && !self.released {
+            self.released = true;
+            for tag in 0..self.cfg.depth {
+                if std::mem::take(&mut self.hung[usize::from(tag)]) {
+                    log::warn!(
+                        "queue {} tag {tag}: failing the held request",
+                        self.cfg.q_id
+                    );
+                    self.commit(tag, -libc::EIO)?;
+                }
+            }
+        }
+        self.arm_stop_poll()
+    }
+
     fn fetch_all(&mut self, tid: u32) -> Result<()> {
         for tag in 0..self.cfg.depth {
             if let Some(s) = self.slot(tag) {
@@ -383,7 +423,8 @@ impl Queue {
                             .unwrap_or(-libc::EIO);
                         self.commit(tag, res)?;
                     }
-                    Some(Kind::Stop) | None => {}
+                    Some(Kind::Stop) => self.on_wake()?,
+                    None => {}
                 }
             }
             if self.cfg.shared.stop.load(Ordering::Acquire) {
@@ -434,8 +475,9 @@ impl Queue {
     }
 
     fn on_request(&mut self, tag: u16) -> Result<()> {
-        self.faults_armed =
-            !self.cfg.faults.is_empty() && self.cfg.shared.armed.load(Ordering::Relaxed);
+        self.faults_armed = !self.released
+            && !self.cfg.faults.is_empty()
+            && self.cfg.shared.armed.load(Ordering::Relaxed);
         let iod = self.read_desc(tag);
         let t = usize::from(tag);
         self.cur_op[t] = iod.op();
@@ -455,6 +497,7 @@ impl Queue {
                 if let Some(s) = self.slot(tag) {
                     s.fault.store(FaultKind::Hang as u32, Ordering::Relaxed);
                 }
+                self.hung[t] = true;
                 return Ok(());
             }
         }
@@ -513,9 +556,12 @@ impl Queue {
                         .store(FaultKind::StallQueue as u32, Ordering::Relaxed);
                 }
             }
-            while !self.cfg.shared.stop.load(Ordering::Acquire) {
+            let shared = self.cfg.shared.clone();
+            while !shared.stop.load(Ordering::Acquire) && !shared.release.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            // Released: serve normally (the rest of the queue's backlog is in the CQ).
+            self.released = shared.release.load(Ordering::Acquire);
         }
     }
 

@@ -283,13 +283,19 @@ impl Served {
         self.shared.iter().any(|s| s.exited.load(Ordering::Acquire))
     }
 
+    /// Ask every queue to fail the requests its faults hold (hang, stall) with EIO.
+    fn release_held(&self) {
+        for (sh, fd) in self.shared.iter().zip(&self.stop_fds) {
+            sh.release.store(true, Ordering::Release);
+            wake(fd);
+        }
+    }
+
     /// Tell every queue to leave and join them.
     fn stop_queues(&mut self) -> Result<u64> {
         for (sh, fd) in self.shared.iter().zip(&self.stop_fds) {
             sh.stop.store(true, Ordering::Release);
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: writing 8 bytes from a valid local to our own eventfd.
-            unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+            wake(fd);
         }
         let mut first_err = None;
         for (q, h) in self.threads.drain(..).enumerate() {
@@ -314,6 +320,12 @@ impl Served {
             .sum();
         first_err.map_or(Ok(served), Err)
     }
+}
+
+fn wake(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writing 8 bytes from a valid local to our own eventfd.
+    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
 }
 
 /// "tags 0-3,7" style list.
@@ -386,7 +398,7 @@ fn print_ready(dev_id: u32) {
     let _ = out.flush();
 }
 
-/// Serve until a signal or an outside stop, then STOP (if we own the teardown) and join.
+/// Serve until a signal or an outside stop, then STOP (if we own the teardown).
 fn serve_until_signal(ctrl: &mut Ctrl, served: &mut Served, sigs: &libc::sigset_t) -> Result<bool> {
     let bdev = PathBuf::from(format!("/sys/block/ublkb{}", served.dev_id));
     let had_bdev = bdev.exists();
@@ -394,7 +406,7 @@ fn serve_until_signal(ctrl: &mut Ctrl, served: &mut Served, sigs: &libc::sigset_
         served.heartbeat();
         if let Some(sig) = wait_signal(sigs, Duration::from_millis(500)) {
             log::info!("signal {sig}: stopping device {}", served.dev_id);
-            ctrl.stop_dev(served.dev_id)?;
+            stop_device(ctrl, served, sigs)?;
             return Ok(true);
         }
         // Never send control commands here: an outside DEL holds locks a command would
@@ -402,6 +414,34 @@ fn serve_until_signal(ctrl: &mut Ctrl, served: &mut Served, sigs: &libc::sigset_
         if served.any_queue_exited() || (had_bdev && !bdev.exists()) {
             log::warn!("device {} was stopped from outside; exiting", served.dev_id);
             return Ok(false);
+        }
+    }
+}
+
+/// STOP_DEV, which returns only once in-flight I/O is done. Faults can hold I/O forever
+/// (hang, stall-queue): that wait is itself a scenario worth tracing, so the first signal
+/// leaves them alone and a second one makes the queues fail what they hold.
+fn stop_device(ctrl: &mut Ctrl, served: &Served, sigs: &libc::sigset_t) -> Result<()> {
+    let cmd = CtrlCmd::stop_dev(served.dev_id);
+    ctrl.submit_async(cmd)?;
+    let mut released = false;
+    let mut hinted = false;
+    let t0 = Instant::now();
+    loop {
+        if ctrl.wait_async(&cmd, Duration::from_millis(250))?.is_some() {
+            return Ok(());
+        }
+        served.heartbeat();
+        if !hinted && !served.faults.is_empty() && t0.elapsed() > Duration::from_secs(2) {
+            log::warn!(
+                "STOP_DEV waits for I/O that injected faults hold; send SIGINT again to fail it"
+            );
+            hinted = true;
+        }
+        if !released && wait_signal(sigs, Duration::ZERO).is_some() {
+            log::warn!("second signal: failing requests held by injected faults (EIO)");
+            served.release_held();
+            released = true;
         }
     }
 }
@@ -518,7 +558,7 @@ fn start_and_serve(
             other => {
                 // Interrupted or failed: the pending START holds a device reference that
                 // DEL_DEV would wait for.
-                ctrl.cancel_async();
+                ctrl.cancel_async(cmd);
                 return other.map(|_| ());
             }
         }

@@ -221,3 +221,66 @@ fn crash_aborts_the_server() {
     assert!(server_cmd(&["del", &id.to_string()]).status.success());
     assert_no_d_state();
 }
+
+/// A held request blocks STOP_DEV (the TEARDOWN_BLOCKED scenario): the first SIGINT leaves
+/// it blocked and says so; a second SIGINT fails the held request and the server exits 0.
+#[test]
+#[ignore = "needs ublk guest"]
+fn second_sigint_releases_a_hang() {
+    let mut s = Server::start(&[
+        "ramdisk",
+        "--size",
+        "16M",
+        "--depth",
+        "4",
+        "--inject",
+        "hang:q=0,tag=0",
+    ]);
+    let mut fio = KillOnDrop(
+        Command::new("fio")
+            .args([
+                "--name=hang",
+                &format!("--filename={}", s.bdev()),
+                "--direct=1",
+                "--ioengine=io_uring",
+                "--iodepth=4",
+                "--rw=randread",
+                "--bs=4k",
+                "--time_based",
+                "--runtime=120",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn fio"),
+    );
+    let tags = format!("/run/ublk-server/ublkb{}.tags", s.dev_id);
+    let t0 = Instant::now();
+    loop {
+        let b = std::fs::read(&tags).expect("tag state");
+        let off = ublk_trace_common::tagstate::slot_offset(4, 0, 0);
+        let slot = ublk_trace_common::tagstate::TagSlot::decode(&b[off..]).expect("slot");
+        if slot.fault == 1 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "tag 0 never hung");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        matches!(s.child.try_wait(), Ok(None)),
+        "STOP_DEV cannot finish while tag 0 is held"
+    );
+    assert!(s.stderr().contains("send SIGINT again"), "{}", s.stderr());
+    s.signal(libc::SIGINT);
+    let st = wait_timeout(&mut s.child, Duration::from_secs(60))
+        .expect("server still blocked after 2nd SIGINT");
+    assert!(st.success(), "exit {st:?}:\n{}", s.stderr());
+    assert!(
+        wait_timeout(&mut fio.0, Duration::from_secs(60)).is_some(),
+        "fio hung"
+    );
+    assert_eq!(String::from_utf8_lossy(&server_cmd(&["list"]).stdout), "");
+    assert_no_d_state();
+}
