@@ -8,8 +8,8 @@ use anyhow::{Context, bail};
 
 pub mod output;
 
-use crate::cmd::watch::session::Session;
 use crate::cmd::watch::headless::PROBE_WAIT;
+use crate::cmd::watch::session::Session;
 use crate::cmd::watch::sources::{Msg, RoundTracker};
 use crate::cmd::watch::{DevTarget, start_sources};
 use crate::diagnose::{Diagnosis, Thresholds};
@@ -106,7 +106,7 @@ fn observe(
         have_round && waited >= window && (s.source_known() || waited >= probe_wait)
     };
     while Instant::now() < give_up && !done(have_round, session) {
-        match sources.rx.recv_timeout(Duration::from_millis(50)) {
+        match sources.recv(Duration::from_millis(50)) {
             Ok(msg) => {
                 have_round |= tracker.observe(&msg, dev);
                 session.apply(msg);

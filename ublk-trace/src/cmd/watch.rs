@@ -83,7 +83,7 @@ pub fn start_sources(
         let _ =
             s.tx.send(sources::Msg::ProbesOff("--no-probes given".into()));
     } else {
-        let h = sources::spawn_probes(s.tx.clone(), dev, s.stop.clone())
+        let h = sources::spawn_probes(s.tx.clone(), s.ev_tx.clone(), dev, s.stop.clone())
             .context("start the probe thread")?;
         s.add_detached(h);
     }

@@ -8,6 +8,8 @@
 //!   "oldest_in_flight_ms":null}],"findings":[..]}]}`
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -163,7 +165,12 @@ pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();
-    for msg in sources.rx.iter() {
+    loop {
+        let msg = match sources.recv(Duration::from_millis(100)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let complete = rounds.observe(&msg, dev);
         session.apply(msg);
         // The first document waits (a bounded time) until the probes said whether they run.

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -139,6 +139,7 @@ fn missing_required(t: &Tracer) -> Option<String> {
 /// goes on with snapshots only.
 pub fn spawn_probes(
     tx: Sender<Msg>,
+    ev_tx: Sender<Msg>,
     dev_filter: Option<u32>,
     stop: Stop,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -169,7 +170,7 @@ pub fn spawn_probes(
                     let _ = tx.send(Msg::ProbesOff(format!("probes stopped: {e}")));
                     return;
                 }
-                if !events.is_empty() && tx.send(Msg::Events(events)).is_err() {
+                if !events.is_empty() && ev_tx.send(Msg::Events(events)).is_err() {
                     return;
                 }
             }
@@ -204,10 +205,14 @@ impl RoundTracker {
     }
 }
 
-/// A channel and the handles of the threads feeding it.
+/// Two channels and the handles of the threads feeding them: snapshots and status on one,
+/// probe events on the other, so a flood of events (tens of thousands a second under fio)
+/// never delays a snapshot: the model merges late events by their timestamps.
 pub struct Sources {
-    pub rx: Receiver<Msg>,
+    rx: Receiver<Msg>,
     pub tx: Sender<Msg>,
+    ev_rx: Receiver<Msg>,
+    pub ev_tx: Sender<Msg>,
     pub stop: Stop,
     pub focus: Focus,
     /// Threads joined on drop (they notice `stop` within a step or a deadline).
@@ -217,13 +222,46 @@ pub struct Sources {
 impl Sources {
     pub fn new(focus: Option<u32>) -> Self {
         let (tx, rx) = channel();
+        let (ev_tx, ev_rx) = channel();
         Self {
             rx,
             tx,
+            ev_rx,
+            ev_tx,
             stop: Stop::default(),
             focus: Focus::new(focus),
             handles: Vec::new(),
         }
+    }
+
+    /// The next message, snapshots and status first, waiting up to `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Result<Msg, RecvTimeoutError> {
+        const STEP: Duration = Duration::from_millis(10);
+        let end = Instant::now() + timeout;
+        loop {
+            match self.rx.try_recv() {
+                Ok(m) => return Ok(m),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {}
+            }
+            if let Ok(m) = self.ev_rx.try_recv() {
+                return Ok(m);
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            match self.rx.recv_timeout(left.min(STEP)) {
+                Ok(m) => return Ok(m),
+                Err(RecvTimeoutError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    /// A message if one is waiting (snapshots and status first).
+    pub fn try_recv(&self) -> Option<Msg> {
+        self.recv(Duration::ZERO).ok()
     }
 
     /// A thread to join on drop.
@@ -286,6 +324,25 @@ mod tests {
         assert!(!r.observe(&Msg::Devices(vec![]), Some(5)));
         assert!(r.observe(&snap(5), Some(5)));
         assert_eq!(r.round(), &[5]);
+    }
+
+    #[test]
+    fn snapshots_overtake_a_backlog_of_events() {
+        let s = Sources::new(None);
+        for _ in 0..3 {
+            let _ = s.ev_tx.send(Msg::Events(Vec::new()));
+        }
+        let _ = s.tx.send(Msg::ProbesLive);
+        assert!(matches!(s.try_recv(), Some(Msg::ProbesLive)));
+        assert!(matches!(s.try_recv(), Some(Msg::Events(_))));
+        let t = Instant::now();
+        let _ = s.recv(Duration::from_millis(30));
+        let _ = s.recv(Duration::from_millis(30));
+        assert!(matches!(
+            s.recv(Duration::from_millis(30)),
+            Err(RecvTimeoutError::Timeout)
+        ));
+        assert!(t.elapsed() >= Duration::from_millis(30));
     }
 
     #[test]

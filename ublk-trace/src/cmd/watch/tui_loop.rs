@@ -113,7 +113,7 @@ pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
         if changed {
             next_draw = Instant::now();
         }
-        for msg in sources.rx.try_iter().take(DRAIN_BUDGET) {
+        for msg in std::iter::from_fn(|| sources.try_recv()).take(DRAIN_BUDGET) {
             session.apply(msg);
         }
         if Instant::now() >= next_draw {
@@ -163,7 +163,7 @@ pub fn dump_screen(args: &WatchArgs, dev: Option<u32>, w: u16, h: u16) -> anyhow
     // Bounded even if a source stalls: ticks periods plus slack for slow snapshots.
     let give_up = Instant::now() + args.period() * (args.ticks + 2) + Duration::from_secs(5);
     while (rounds < args.ticks.max(1) || !session.source_known()) && Instant::now() < give_up {
-        match sources.rx.recv_timeout(Duration::from_millis(100)) {
+        match sources.recv(Duration::from_millis(100)) {
             Ok(msg) => {
                 let ends_round = tracker.observe(&msg, dev);
                 session.apply(msg);
