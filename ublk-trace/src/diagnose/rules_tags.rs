@@ -84,6 +84,18 @@ fn unsure(cx: &Ctx<'_>, t: &TagView<'_>, lim: u64) -> bool {
     lost_since && !confirmed
 }
 
+/// The server has not read the request yet (its tag file still says waiting) and the owner
+/// thread is runnable: on a loaded machine it may just be waiting for a CPU, so it gets twice
+/// the time before the request counts as stuck (a busy loop stays R far longer).
+fn maybe_starved(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>, lim: u64) -> bool {
+    let unread = t.published.is_some_and(|p| p.state == "waiting");
+    let owner = t.owner_tid.or(q.owner_tid());
+    let runnable = owner
+        .and_then(|tid| text::find_thread(cx, tid))
+        .is_some_and(|th| th.state == 'R');
+    unread && runnable && t.age_ns < lim.saturating_mul(2)
+}
+
 /// Delivered to the owner thread, no commit for longer than `stuck_ms`.
 pub struct StuckInServer;
 
@@ -106,7 +118,9 @@ impl Rule for StuckInServer {
                     {
                         unknown.push(format!("q{} tag {} (events lost since)", t.q_id, t.tag));
                     }
-                    TagState::InServer if t.age_ns >= lim => out.push(stuck(cx, &q, &t)),
+                    TagState::InServer if t.age_ns >= lim && !maybe_starved(cx, &q, &t, lim) => {
+                        out.push(stuck(cx, &q, &t));
+                    }
                     TagState::Committed if t.age_ns >= lim => {
                         out.push(committed_not_completed(cx, &q, &t));
                     }

@@ -794,3 +794,21 @@ fn owner_progress_after_the_start_means_delivery_is_only_late() {
             .any(|c| c.0 == Class::NotDelivered)
     );
 }
+
+#[test]
+fn a_runnable_owner_that_has_not_read_the_request_gets_twice_the_time() {
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 3, 1000 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, u16::MAX, 1000 * MS + 10, Q_TID));
+    let s = with_tagfile(
+        snap(1500 * MS, vec![task(Q_TID, 'R', "")]),
+        vec![published(3, "waiting", 900 * MS)],
+    );
+    m.apply_snapshot(&s, 0);
+    // 1.5 s: starved, maybe; 2.5 s: stuck.
+    assert!(classes(&m, 2500 * MS - 10 * MS).is_empty());
+    assert_eq!(
+        classes(&m, 3100 * MS),
+        vec![(Class::StuckInServer, Some(0), Some(3))]
+    );
+}
