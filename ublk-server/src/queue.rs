@@ -196,9 +196,17 @@ impl Queue {
         // Per tag at most one ublk command plus one backend op or delay timeout, plus the
         // stop poll.
         let entries = (2 * depth as u32 + 2).next_power_of_two();
+        // Task work (how ublk delivers requests) runs only when this thread enters the ring
+        // (DEFER_TASKRUN) and never interrupts it (COOP_TASKRUN): no IPIs on the I/O path.
+        // SINGLE_ISSUER binds the ring to the creating thread, so Queue::new must run on the
+        // queue thread. Kernels before 6.1 lack DEFER_TASKRUN: fall back to a plain ring.
         let ring = IoUring::builder()
             .setup_cqsize(2 * entries)
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
             .build(entries)
+            .or_else(|_| IoUring::builder().setup_cqsize(2 * entries).build(entries))
             .map_err(|e| Error::io(format!("create io_uring for queue {}", cfg.q_id), e))?;
         let mut files = vec![cfg.char_fd.as_raw_fd()];
         if let Some(fd) = cfg.target.backend_fd() {
