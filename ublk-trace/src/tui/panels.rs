@@ -46,6 +46,9 @@ fn source_span(s: &SourceView) -> Span<'static> {
     }
 }
 
+/// An event backlog shorter than this is normal batching, not worth a word.
+const LAG_SHOWN_NS: u64 = 500_000_000;
+
 fn fmt_rate(n: u64) -> String {
     match n {
         n if n >= 10_000_000 => format!("{}M", n / 1_000_000),
@@ -103,6 +106,13 @@ pub fn render_header(f: &mut Frame, area: Rect, h: &HeaderView, paused: bool) {
     ];
     if paused {
         spans.push(Span::styled("PAUSED", style::bad()));
+        spans.push(sep());
+    }
+    if h.stream_lag_ns >= LAG_SHOWN_NS {
+        spans.push(Span::styled(
+            format!("events lag {}", fmt_age(h.stream_lag_ns)),
+            style::warn(),
+        ));
         spans.push(sep());
     }
     spans.push(source_span(&h.source));

@@ -143,6 +143,15 @@ fn deep_queues_fit_80x24_in_compact_cells_and_scroll_to_the_cursor() {
 fn dropped_events_are_shown() {
     let s = screen(&mut App::for_device(), &fixture(1, 8, 17), 80, 24);
     assert!(s.contains("dropped 17 events"), "{s}");
+    assert!(!s.contains("events lag"), "no lag, no word: {s}");
+}
+
+#[test]
+fn an_event_backlog_is_shown() {
+    let mut vm = fixture(1, 8, 0);
+    vm.header.stream_lag_ns = 1_500_000_000;
+    let s = screen(&mut App::for_device(), &vm, 120, 30);
+    assert!(s.contains("events lag 1.5s"), "{s}");
 }
 
 #[test]

@@ -112,6 +112,9 @@ pub struct HeaderView {
     pub iops_history: Vec<u64>,
     /// Events the probes lost (ring buffer full): shown in red when > 0.
     pub dropped_events: u64,
+    /// How far the applied event stream is behind the wall clock (ns); the screen is judged
+    /// at the stream's time, so a large lag is shown.
+    pub stream_lag_ns: u64,
     pub source: SourceView,
 }
 
@@ -248,6 +251,7 @@ impl ViewModel {
                 features: Vec::new(),
                 iops_history: Vec::new(),
                 dropped_events: 0,
+                stream_lag_ns: 0,
                 source,
             },
             queues: Vec::new(),

@@ -34,6 +34,9 @@ pub struct WatchJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_note: Option<String>,
     pub dropped_events: u64,
+    /// How far the applied event stream was behind `ts_ns`; findings are judged at
+    /// `ts_ns - stream_lag_ms`.
+    pub stream_lag_ms: u64,
     pub devices: Vec<DeviceJson>,
 }
 
@@ -145,6 +148,7 @@ pub fn document(session: &Session, devs: &[u32], now_ns: u64) -> WatchJson {
         source,
         source_note,
         dropped_events: session.dropped_events(),
+        stream_lag_ms: session.stream_lag_ns(now_ns) / 1_000_000,
         devices: devs
             .iter()
             .map(|d| device_json(&session.view(*d, now_ns)))

@@ -23,6 +23,8 @@ pub struct Session {
     /// The probe thread has said whether it runs.
     source_known: bool,
     dropped_events: u64,
+    /// The event stream is complete up to this time (0: no word from the probes yet).
+    stream_ns: u64,
     thresholds: Thresholds,
     /// The tag whose event history the detail view shows.
     pub detail: Option<(u16, u16)>,
@@ -49,6 +51,7 @@ impl Session {
             },
             source_known: false,
             dropped_events: 0,
+            stream_ns: 0,
             thresholds: Thresholds::default(),
             detail: None,
         }
@@ -82,6 +85,16 @@ impl Session {
                 self.source_known = true;
             }
             Msg::Lost(n) => self.dropped_events = n,
+            Msg::CaughtUp(t) => {
+                self.stream_ns = self.stream_ns.max(t);
+                self.model.set_events_horizon(t);
+            }
+            Msg::KernelTags(tags) => {
+                for e in &tags {
+                    self.model
+                        .apply_kernel_tag(e.dev_id, e.q_id, e.tag, &e.state);
+                }
+            }
         }
     }
 
@@ -113,6 +126,18 @@ impl Session {
         self.thresholds = th;
     }
 
+    /// How far the applied event stream is behind `now_ns` (0 without live probes). The model
+    /// caps event-derived ages at the stream's horizon, so a backlog (debug build, emulated
+    /// guest) does not make healthy requests look stuck; a real hang still ages from the
+    /// snapshots and the in-kernel state map.
+    pub fn stream_lag_ns(&self, now_ns: u64) -> u64 {
+        if self.source != SourceView::Live || self.stream_ns == 0 {
+            return 0;
+        }
+        let (_, last_event_ns) = self.model.event_span_ns();
+        now_ns.saturating_sub(self.stream_ns.max(last_event_ns))
+    }
+
     /// All rules over the model at `now_ns`, with the checks that lacked data.
     pub fn diagnosis(&self, now_ns: u64) -> Diagnosis {
         diagnose::diagnose(&self.model, now_ns, &self.thresholds)
@@ -136,6 +161,7 @@ impl Session {
         };
         let mut vm = build(&self.model, &input);
         vm.header.dropped_events = self.dropped_events();
+        vm.header.stream_lag_ns = self.stream_lag_ns(now_ns);
         vm.undecided = undecided_of(&d, dev);
         vm
     }
@@ -248,6 +274,36 @@ mod tests {
                 .iter()
                 .any(|f| f.class == "STUCK_IN_SERVER")
         );
+    }
+
+    #[test]
+    fn a_backlogged_event_stream_does_not_make_requests_look_stuck() {
+        let mut s = Session::new();
+        s.apply(Msg::ProbesLive);
+        let mut evs = setup(0, 1, 4, S / 2);
+        // Deliveries work on this queue (tag 2 at 1.5 s), so an undelivered request is decidable.
+        evs.push(queue_rq(0, 0, 2, S + S / 2, "READ", 4096));
+        evs.push(delivered(0, 0, 2, S + S / 2 + 1000, 50));
+        evs.push(queue_rq(0, 0, 1, 2 * S, "READ", 4096));
+        s.apply(Msg::Events(evs));
+        // The stream is known complete only up to 2.1 s; wall time is 5 s.
+        s.apply(Msg::CaughtUp(2 * S + S / 10));
+        assert_eq!(s.stream_lag_ns(5 * S), 2 * S + 9 * S / 10);
+        assert_eq!(s.view(0, 5 * S).header.stream_lag_ns, 2 * S + 9 * S / 10);
+        let f = s.findings(0, 5 * S);
+        assert!(!f.iter().any(|f| f.class == "NOT_DELIVERED"), "{f:?}");
+        // Caught up: the same request is 3 s old and really not delivered.
+        s.apply(Msg::CaughtUp(5 * S));
+        assert_eq!(s.stream_lag_ns(5 * S), 0);
+        let f = s.findings(0, 5 * S);
+        assert!(
+            f.iter()
+                .any(|f| f.class == "NOT_DELIVERED" && f.tag == Some(1)),
+            "{f:?}"
+        );
+        // Without probes there is no stream to lag.
+        s.apply(Msg::ProbesOff("x".into()));
+        assert_eq!(s.stream_lag_ns(9 * S), 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::event::TraceEvent;
-use crate::probe::{Tracer, TracerConfig};
+use crate::probe::{TagStateEntry, Tracer, TracerConfig};
 use crate::snapshot::{self, DeviceSnapshot};
 
 /// What a source tells the loop.
@@ -27,6 +27,12 @@ pub enum Msg {
     ProbesOff(String),
     /// Total events lost by the probes so far.
     Lost(u64),
+    /// Every event the kernel emitted before this CLOCK_MONOTONIC time has been sent (it
+    /// follows them on the event channel): the model is complete up to here.
+    CaughtUp(u64),
+    /// The in-kernel per-tag state map, read once per tick (the state path: its cost does
+    /// not grow with IOPS, and it is never behind like a backlogged event stream).
+    KernelTags(Vec<TagStateEntry>),
 }
 
 /// Shared stop flag for all source threads.
@@ -134,6 +140,9 @@ fn missing_required(t: &Tracer) -> Option<String> {
         .then(|| format!("probes {} not attached: {first_error}", targets.join(", ")))
 }
 
+/// How often the probe thread reads the in-kernel tag state map.
+const STATE_EVERY: Duration = Duration::from_millis(200);
+
 /// Stream probe events for `dev_filter` (all devices when None) until stopped. If the probes
 /// cannot load or attach (no kprobes, not root, no ublk_drv), say why once and end: the loop
 /// goes on with snapshots only.
@@ -148,6 +157,7 @@ pub fn spawn_probes(
         .spawn(move || {
             let cfg = TracerConfig {
                 dev_filter,
+                state: true,
                 ..Default::default()
             };
             let mut tracer = match Tracer::start(&cfg) {
@@ -164,13 +174,30 @@ pub fn spawn_probes(
             if tx.send(Msg::ProbesLive).is_err() {
                 return;
             }
+            let mut last_state_read = Instant::now();
             while !stop.is_set() {
+                if last_state_read.elapsed() >= STATE_EVERY {
+                    last_state_read = Instant::now();
+                    match tracer.tag_states() {
+                        Ok(tags) => {
+                            if tx.send(Msg::KernelTags(tags)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => log::debug!("read the tag state map: {e}"),
+                    }
+                }
                 let mut events = Vec::new();
+                // poll drains the ring buffer: all that happened before `t` is in `events`.
+                let t = crate::probe::monotonic_ns();
                 if let Err(e) = tracer.poll(Duration::from_millis(100), &mut events) {
                     let _ = tx.send(Msg::ProbesOff(format!("probes stopped: {e}")));
                     return;
                 }
                 if !events.is_empty() && ev_tx.send(Msg::Events(events)).is_err() {
+                    return;
+                }
+                if ev_tx.send(Msg::CaughtUp(t)).is_err() {
                     return;
                 }
             }
