@@ -125,3 +125,22 @@ fn ext4_on_loop_survives_server_restart() {
     assert!(s.stop().success());
     let _ = std::fs::remove_file(f);
 }
+
+/// Four queues need four CPUs (the kernel caps queues at the CPU count): boot with `--smp 4`.
+#[test]
+#[ignore = "needs ublk guest"]
+fn fio_verify_ramdisk_four_queues() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 4 {
+        eprintln!(
+            "SKIP: fio_verify_ramdisk_four_queues needs 4 CPUs, the guest has {cpus} (use --smp 4)"
+        );
+        return;
+    }
+    for depth in [1u16, 128] {
+        let d = depth.to_string();
+        let s = Server::start(&["ramdisk", "--size", "16M", "--queues", "4", "--depth", &d]);
+        fio_verify(&s.bdev(), depth);
+        assert!(s.stop().success());
+    }
+}
