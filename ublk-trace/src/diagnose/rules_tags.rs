@@ -175,8 +175,11 @@ fn stuck(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
         t.tag,
         dur(t.age_ns)
     );
+    let cqe = t.raw.is_some_and(|r| r.cqe_since_ns.is_some());
     let how = if t.delivery_inferred {
         " (delivery inferred from the queue's batched task-work run)"
+    } else if cqe {
+        " (its CQE sits in the server's ring; age counted from the first snapshot that saw it)"
     } else if t.from_snapshot {
         " (from the server's tag-state file)"
     } else {

@@ -11,6 +11,8 @@
 //! m.set_events_horizon(ts);                  // live reader: ring drained at ts (lag-proof ages)
 //! for d in m.devices(now_ns) {                // DeviceView
 //!     d.dev_id(); d.info(); d.geometry(); d.server_pids(); d.state_counts();
+//!     d.blind_spots();                        // what could not be known (show it!)
+//!     d.oldest_in_flight(n); d.iops(secs); d.iops_series(secs); d.rejected();
 //!     for q in d.queues() {                   // QueueView
 //!         q.iops(); q.server_latency(); q.block_latency();
 //!         for t in q.tags() { t.state; t.age_ns; t.op; t.sector; t.bytes; t.owner_tid; t.history; }
