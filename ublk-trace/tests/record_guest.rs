@@ -35,7 +35,7 @@ fn recording_counts_fetches_requests_commits_and_ctrl_order() {
         .spawn()
         .expect("spawn ublk-trace record");
     let rec_err = line_channel(rec.stderr.take().expect("piped"));
-    if let Err(seen) = wait_line(&rec_err, "recording", Duration::from_secs(60)) {
+    if let Err(seen) = wait_line(&rec_err, "recording", Duration::from_secs(180)) {
         let _ = rec.kill();
         panic!("recorder never started: {seen:#?}");
     }
