@@ -221,7 +221,10 @@ impl Tracer {
     /// Gather kernel facts, load, set globals, attach. Missing optional probes are
     /// reported in [`Tracer::attached`], never an error.
     pub fn start(cfg: &TracerConfig) -> Result<Self, ProbeError> {
+        let t0 = std::time::Instant::now();
         let facts = Facts::gather();
+        // Start-up takes seconds in an emulated guest; say where the time goes.
+        log::info!("kernel facts (kallsyms, BTF) in {:?}", t0.elapsed());
         Self::start_with(cfg, facts)
     }
 
@@ -250,12 +253,16 @@ impl Tracer {
         if let Some(bytes) = cfg.ring_bytes {
             loader.map_max_entries(EVENTS_MAP, bytes);
         }
+        let t0 = std::time::Instant::now();
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Load)?;
+        log::info!("eBPF object loaded in {:?}", t0.elapsed());
+        let t0 = std::time::Instant::now();
         let targets = Targets {
             concepts: &concepts,
             ublk_loaded,
         };
         let attached = attach_all(&mut ebpf, cfg, &targets, &offsets);
+        log::info!("programs verified and attached in {:?}", t0.elapsed());
         let ring_map = ebpf
             .take_map(EVENTS_MAP)
             .ok_or(ProbeError::Missing("map EVENTS"))?;
@@ -612,6 +619,7 @@ pub fn verify_programs() -> Result<Vec<(String, String)>, ProbeError> {
         .map_err(ProbeError::Load)?;
     let mut failed = Vec::new();
     for (name, prog) in ebpf.programs_mut() {
+        let t0 = std::time::Instant::now();
         let res = match prog {
             aya::programs::Program::KProbe(p) => p.load(),
             aya::programs::Program::RawTracePoint(p) => p.load(),
@@ -623,6 +631,7 @@ pub fn verify_programs() -> Result<Vec<(String, String)>, ProbeError> {
                 continue;
             }
         };
+        log::debug!("{name} verified in {:?}", t0.elapsed());
         if let Err(e) = res {
             failed.push((name.to_string(), format!("{e:?}")));
         }
