@@ -88,12 +88,35 @@ fn unsure(cx: &Ctx<'_>, t: &TagView<'_>, lim: u64) -> bool {
 /// thread is runnable: on a loaded machine it may just be waiting for a CPU, so it gets twice
 /// the time before the request counts as stuck (a busy loop stays R far longer).
 fn maybe_starved(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>, lim: u64) -> bool {
-    let unread = t.published.is_some_and(|p| p.state == "waiting");
     let owner = t.owner_tid.or(q.owner_tid());
+    if let Some(d) = owner.and_then(|tid| cx.dev.dev.persist.sched_delta.get(&tid)) {
+        return d.starved();
+    }
+    // No scheduler counters: a runnable owner that has not read the request gets 2x.
+    let unread = t.published.is_some_and(|p| p.state == "waiting");
     let runnable = owner
         .and_then(|tid| text::find_thread(cx, tid))
         .is_some_and(|th| th.state == 'R');
     unread && runnable && t.age_ns < lim.saturating_mul(2)
+}
+
+/// `q1 tag 3 (owner tid 179 waited for a CPU 620 ms of the last 700 ms)`.
+fn starved_note(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> String {
+    let owner = t.owner_tid.or(q.owner_tid());
+    let d = owner.and_then(|tid| Some((tid, cx.dev.dev.persist.sched_delta.get(&tid)?)));
+    match d {
+        Some((tid, d)) => format!(
+            "q{} tag {} (owner tid {tid} waited for a CPU {} of the last {}: overloaded)",
+            t.q_id,
+            t.tag,
+            dur(d.wait_ns),
+            dur(d.elapsed_ns)
+        ),
+        None => format!(
+            "q{} tag {} (owner thread runnable, not yet run)",
+            t.q_id, t.tag
+        ),
+    }
 }
 
 /// Delivered to the owner thread, no commit for longer than `stuck_ms`.
@@ -118,9 +141,10 @@ impl Rule for StuckInServer {
                     {
                         unknown.push(format!("q{} tag {} (events lost since)", t.q_id, t.tag));
                     }
-                    TagState::InServer if t.age_ns >= lim && !maybe_starved(cx, &q, &t, lim) => {
-                        out.push(stuck(cx, &q, &t));
+                    TagState::InServer if t.age_ns >= lim && maybe_starved(cx, &q, &t, lim) => {
+                        unknown.push(starved_note(cx, &q, &t));
                     }
+                    TagState::InServer if t.age_ns >= lim => out.push(stuck(cx, &q, &t)),
                     TagState::Committed if t.age_ns >= lim => {
                         out.push(committed_not_completed(cx, &q, &t));
                     }
@@ -133,8 +157,9 @@ impl Rule for StuckInServer {
         }
         if out.is_empty() && !unknown.is_empty() {
             return Verdict::Recheck(format!(
-                "blk-mq lists {} in flight for at least {}; whether the server received them is \
-                 unknown (no delivery events, no tag-state file)",
+                "{} in flight for at least {} but not judged: whether the server received them \
+                 is unknown (no delivery events, no tag-state file), events were lost, or the \
+                 machine is too loaded to tell",
                 unknown.join(", "),
                 dur(lim)
             ));
@@ -261,13 +286,18 @@ impl Rule for NotDelivered {
                     blind.push(format!("q{} tag {}", t.q_id, t.tag));
                     continue;
                 }
+                if maybe_starved(cx, &q, &t, lim) {
+                    blind.push(starved_note(cx, &q, &t));
+                    continue;
+                }
                 out.push(not_delivered(cx, &q, &t));
             }
         }
         if out.is_empty() && !blind.is_empty() {
             return Verdict::Recheck(format!(
-                "{} started over {} ago, but no delivery event was ever seen on their queue \
-                 (task-work probe missing on this kernel?): cannot tell undelivered from in server",
+                "{} started over {} ago but not judged: no delivery event was ever seen on the \
+                 queue (task-work probe missing?), events were lost, or the owner thread is \
+                 starved of CPU",
                 blind.join(", "),
                 dur(lim)
             ));

@@ -812,3 +812,30 @@ fn a_runnable_owner_that_has_not_read_the_request_gets_twice_the_time() {
         vec![(Class::StuckInServer, Some(0), Some(3))]
     );
 }
+
+#[test]
+fn an_owner_starved_of_cpu_is_not_judged() {
+    // Guest healthy fio on a loaded host: the owner was runnable but waited for a CPU
+    // most of the last snapshot interval (schedstat), so the delay is load, not a hang.
+    let mut m = healthy();
+    m.apply(&queue_rq(0, 0, 3, 1000 * MS, "READ", 4096));
+    let sched = |ts: u64, run: u64, wait: u64| {
+        let mut s = snap(ts, vec![task(Q_TID, 'R', "")]);
+        s.sched = vec![crate::snapshot::ThreadSched {
+            tid: Q_TID,
+            run_ns: run,
+            wait_ns: wait,
+        }];
+        s
+    };
+    m.apply_snapshot(&sched(1500 * MS, 10 * MS, 10 * MS), 0);
+    m.apply_snapshot(&sched(2500 * MS, 20 * MS, 900 * MS), 0);
+    assert!(classes(&m, 2600 * MS).is_empty());
+    assert!(rechecks(&m, 2600 * MS).contains(&Class::NotDelivered));
+    // The next interval it ran and still did not take the request: now it is judged.
+    m.apply_snapshot(&sched(3500 * MS, 900 * MS, 950 * MS), 0);
+    assert_eq!(
+        classes(&m, 3600 * MS),
+        vec![(Class::NotDelivered, Some(0), Some(3))]
+    );
+}

@@ -52,6 +52,27 @@ pub struct Persist {
     pub server_absent_since: Option<u64>,
     /// tid -> (`ublk_ctrl_*` frame, seen since): a control command in progress.
     pub ctrl_frames_since: BTreeMap<u32, (String, u64)>,
+    /// tid -> scheduler counters at the latest snapshot: (snapshot ts, run ns, wait ns).
+    pub sched_prev: BTreeMap<u32, (u64, u64, u64)>,
+    /// tid -> what the thread did between the last two snapshots.
+    pub sched_delta: BTreeMap<u32, SchedDelta>,
+}
+
+/// A server thread between two snapshots: elapsed time, time on a CPU, time runnable but
+/// waiting for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedDelta {
+    pub elapsed_ns: u64,
+    pub run_ns: u64,
+    pub wait_ns: u64,
+}
+
+impl SchedDelta {
+    /// Runnable but kept off the CPU for at least half the interval: an overloaded machine,
+    /// not a thread that does not do its job.
+    pub fn starved(&self) -> bool {
+        self.elapsed_ns > 0 && self.wait_ns.saturating_mul(2) >= self.elapsed_ns
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -493,6 +514,23 @@ impl Device {
             }
         }
         p.ctrl_frames_since = frames;
+        let mut prev = BTreeMap::new();
+        let mut delta = BTreeMap::new();
+        for t in &snap.sched {
+            if let Some((ts0, run0, wait0)) = p.sched_prev.get(&t.tid)
+                && ts > *ts0
+            {
+                let d = SchedDelta {
+                    elapsed_ns: ts - ts0,
+                    run_ns: t.run_ns.saturating_sub(*run0),
+                    wait_ns: t.wait_ns.saturating_sub(*wait0),
+                };
+                delta.insert(t.tid, d);
+            }
+            prev.insert(t.tid, (ts, t.run_ns, t.wait_ns));
+        }
+        p.sched_prev = prev;
+        p.sched_delta = delta;
     }
 }
 

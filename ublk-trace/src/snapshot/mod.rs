@@ -54,6 +54,10 @@ pub struct DeviceSnapshot {
     pub proc_scanned: bool,
     /// Tasks in D state whose wait concerns this disk (or any disk, for `bdev_open`).
     pub waiters: Vec<TaskInfo>,
+    /// Scheduler counters of the server's threads (`/proc/PID/task/TID/schedstat`): tell a
+    /// thread starved of CPU (runnable, waiting) from one that runs or sleeps.
+    #[serde(default)]
+    pub sched: Vec<ThreadSched>,
     /// The server's published per-tag state (`ublk-server` only).
     pub tagfile: Option<tagfile::TagFileSnapshot>,
     /// Kernel log lines about this device or hung tasks (tail, newest last).
@@ -173,6 +177,14 @@ pub struct TaskInfo {
     /// For waiters: why the wchan means this disk is involved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitKind>,
+}
+
+/// `/proc/PID/task/TID/schedstat`: cumulative ns on a CPU and ns waiting on a runqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadSched {
+    pub tid: u32,
+    pub run_ns: u64,
+    pub wait_ns: u64,
 }
 
 /// Why a D-state task matters, from its wchan (DESIGN.md "Snapshot sources").

@@ -31,6 +31,30 @@ pub fn parse_ctxt_switches(status: &str) -> Option<u64> {
     total
 }
 
+/// `/proc/.../schedstat`: `run_ns wait_ns timeslices` -> (run_ns, wait_ns).
+pub fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+    let mut it = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+    Some((it.next()??, it.next()??))
+}
+
+/// Scheduler counters of every thread of the given servers (threads that vanished skipped).
+pub fn read_sched(servers: &[ServerProcess]) -> Vec<super::ThreadSched> {
+    servers
+        .iter()
+        .flat_map(|s| s.threads.iter())
+        .filter_map(|t| {
+            let text =
+                fs::read_to_string(format!("/proc/{}/task/{}/schedstat", t.pid, t.tid)).ok()?;
+            let (run_ns, wait_ns) = parse_schedstat(&text)?;
+            Some(super::ThreadSched {
+                tid: t.tid,
+                run_ns,
+                wait_ns,
+            })
+        })
+        .collect()
+}
+
 /// `/proc/.../stack`: `[<0>] submit_bio_wait+0x79/0xc0` -> `submit_bio_wait`.
 pub fn parse_stack(text: &str) -> Vec<String> {
     text.lines()
@@ -263,6 +287,13 @@ mod tests {
             Some(WaitKind::Teardown)
         );
         assert_eq!(classify_wait("do_signal_stop", &[]), None);
+    }
+
+    #[test]
+    fn schedstat_fields() {
+        assert_eq!(parse_schedstat("1234 5678 9\n"), Some((1234, 5678)));
+        assert_eq!(parse_schedstat("12"), None);
+        assert_eq!(parse_schedstat("x y z"), None);
     }
 
     #[test]

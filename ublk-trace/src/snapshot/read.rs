@@ -57,8 +57,11 @@ pub fn take(dev_id: u32, deadline: Instant) -> DeviceSnapshot {
         ..Default::default()
     };
     let info = devinfo::start(dev_id, deadline);
-    let procs =
-        deadline::spawn(move || (procfs::find_servers(dev_id), procfs::find_waiters(dev_id)));
+    let procs = deadline::spawn(move || {
+        let servers = procfs::find_servers(dev_id);
+        let sched = procfs::read_sched(&servers);
+        (servers, procfs::find_waiters(dev_id), sched)
+    });
     if s.block_dev_present {
         read_block_side(&mut s, deadline);
     }
@@ -67,9 +70,10 @@ pub fn take(dev_id: u32, deadline: Instant) -> DeviceSnapshot {
         Err(e) => s.errors.push(e),
     }
     match procs.wait(deadline) {
-        Ok((servers, waiters)) => {
+        Ok((servers, waiters, sched)) => {
             s.servers = servers;
             s.waiters = waiters;
+            s.sched = sched;
             s.proc_scanned = true;
         }
         Err(e) => s.errors.push(err("/proc scan", &e, true)),
