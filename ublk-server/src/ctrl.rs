@@ -290,6 +290,10 @@ impl Ctrl {
                     log::info!("pending control command ended with {}", cqe.result());
                     seen_async = true;
                 }
+                // -ENOENT/-EALREADY: nothing left to cancel (it completed on its own).
+                if cqe.user_data() == CANCEL_USER_DATA && cqe.result() == -libc::ENOENT {
+                    return;
+                }
             }
             if seen_async {
                 return;

@@ -578,12 +578,17 @@ fn start_and_serve(
     } else {
         match await_start(ctrl, cmd, served, sigs, bound) {
             Ok(true) => {}
-            other => {
-                // Interrupted or failed: the pending START holds a device reference that
-                // DEL_DEV would wait for.
+            // Interrupted or timed out: the pending START holds a device reference that
+            // DEL_DEV would wait for. (A START that completed with an error holds nothing.)
+            Ok(false) => {
                 ctrl.cancel_async(cmd);
-                return other.map(|_| ());
+                return Ok(());
             }
+            Err(e @ Error::StartTimeout { .. }) => {
+                ctrl.cancel_async(cmd);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
         }
     }
     if !served.faults.is_empty() {
