@@ -54,5 +54,19 @@ fn record_writes_header_and_perfetto_without_ublk() {
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&pf).expect("written")).expect("valid JSON");
     assert!(doc["traceEvents"].is_array(), "{doc}");
+
+    // Offline conversion of the JSON-lines recording.
+    let conv = dir.join("conv.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_ublk-trace"))
+        .args(["record", "--format", "perfetto", "--from"])
+        .arg(&jsonl)
+        .arg("-o")
+        .arg(&conv)
+        .output()
+        .expect("run ublk-trace record --from");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&conv).expect("written")).expect("valid JSON");
+    assert!(doc["traceEvents"].is_array());
     let _ = std::fs::remove_dir_all(&dir);
 }

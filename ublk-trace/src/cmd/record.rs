@@ -31,6 +31,9 @@ pub struct RecordArgs {
     /// Output file.
     #[arg(short = 'o', long)]
     pub output: PathBuf,
+    /// Do not trace: convert this JSON-lines recording to `--format perfetto`.
+    #[arg(long, value_name = "JSONL")]
+    pub from: Option<PathBuf>,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -47,12 +50,32 @@ fn install_stop_handlers() {
     }
 }
 
+/// Offline conversion of a recording to a Perfetto trace.
+fn convert(from: &std::path::Path, args: &RecordArgs) -> anyhow::Result<ExitCode> {
+    if args.format != Format::Perfetto {
+        anyhow::bail!("--from converts a recording; add '--format perfetto'");
+    }
+    let (_, events) = crate::record::read_jsonl(from)?;
+    let doc = perfetto::export(&events);
+    std::fs::write(&args.output, doc.to_string())
+        .with_context(|| format!("write {}", args.output.display()))?;
+    eprintln!(
+        "ublk-trace: converted {} events -> {}",
+        events.len(),
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 enum Sink {
     Jsonl(JsonlWriter<std::io::BufWriter<std::fs::File>>),
     Perfetto(Vec<TraceEvent>),
 }
 
 pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    if let Some(from) = &args.from {
+        return convert(from, &args);
+    }
     // First thing: a background job's SIGINT is ignored by default, and start-up (BTF,
     // kallsyms) takes seconds in an emulated guest; a Ctrl-C during it must not be lost.
     install_stop_handlers();
