@@ -6,9 +6,10 @@
 //! full) is counted in `COUNTERS[COUNTER_DROPPED]`, so a gap in the stream is never silent.
 //!
 //! Cost (DESIGN "Two eBPF paths"): per-I/O programs return at once unless
-//! `SWITCHES[SWITCH_STREAM]` is 1; control commands (rare, and the evidence for a wedged
-//! START/STOP/DEL) are always reported. A later per-tag state map fits next to `emit`: the
-//! same field reads, a map update instead of a ring-buffer record.
+//! `SWITCHES[SWITCH_STREAM]` (event path: records to the ring, which do not wake the
+//! reader) or `SWITCHES[SWITCH_STATE]` (state path: the `TAGS` per-tag map, read by user
+//! space once per tick) is on. Control commands (rare, and the evidence for a wedged
+//! START/STOP/DEL) are always reported.
 #![no_std]
 #![no_main]
 
