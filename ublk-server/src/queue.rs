@@ -168,6 +168,8 @@ pub struct Queue {
     hung: Vec<bool>,
     /// Faults were released by main: serve normally from now on.
     released: bool,
+    /// CLOCK_MONOTONIC ns of the current pass over completions (one clock read per pass).
+    now_ns: u64,
 }
 
 impl Queue {
@@ -228,6 +230,7 @@ impl Queue {
             faults_armed: false,
             hung: vec![false; depth],
             released: false,
+            now_ns: 0,
             cfg,
             ring,
             descs,
@@ -360,6 +363,7 @@ impl Queue {
     }
 
     fn fetch_all(&mut self, tid: u32) -> Result<()> {
+        self.now_ns = crate::tagstate::now_ns();
         for tag in 0..self.cfg.depth {
             if let Some(s) = self.slot(tag) {
                 s.tid.store(tid, Ordering::Relaxed);
@@ -373,7 +377,7 @@ impl Queue {
             }
             self.send_io_cmd(UBLK_IO_FETCH_REQ, tag, 0)?;
             if let Some(s) = self.slot(tag) {
-                s.set_waiting();
+                s.set_waiting(self.now_ns);
             }
             self.live_tags += 1;
             self.cfg.shared.fetch_sent.fetch_add(1, Ordering::Relaxed);
@@ -401,7 +405,7 @@ impl Queue {
             for i in 0..self.committed.len() {
                 let tag = self.committed[i];
                 if let Some(s) = self.slot(tag) {
-                    s.set_waiting();
+                    s.set_waiting(self.now_ns);
                 }
             }
             self.committed.clear();
@@ -414,6 +418,9 @@ impl Queue {
                         e,
                     ));
                 }
+            }
+            if self.cfg.tagstate.is_some() {
+                self.now_ns = crate::tagstate::now_ns();
             }
             loop {
                 let Some(cqe) = self.ring.completion().next() else {
@@ -490,7 +497,12 @@ impl Queue {
         let t = usize::from(tag);
         self.cur_op[t] = iod.op();
         if let Some(s) = self.slot(tag) {
-            s.set_received(u32::from(iod.op()), iod.start_sector, iod.nr_sectors);
+            s.set_received(
+                self.now_ns,
+                u32::from(iod.op()),
+                iod.start_sector,
+                iod.nr_sectors,
+            );
         }
         if self.faults_armed {
             let served = self.served[t];
@@ -608,7 +620,7 @@ impl Queue {
     fn commit(&mut self, tag: u16, res: i32) -> Result<()> {
         self.send_io_cmd(UBLK_IO_COMMIT_AND_FETCH_REQ, tag, res)?;
         if let Some(s) = self.slot(tag) {
-            s.set_committed(res);
+            s.set_committed(self.now_ns, res);
         }
         self.committed.push(tag);
         self.cfg.shared.served.fetch_add(1, Ordering::Relaxed);
