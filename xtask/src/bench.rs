@@ -468,7 +468,10 @@ pub fn run(o: &BenchOpts) -> Result<()> {
         if !matches!(outcome, crate::qemu::Outcome::Exited(0)) {
             // Keep what was measured before the failure; the table says which rounds exist.
             crate::guest::report_outcome(&outcome, &lines, &log);
-            eprintln!("[bench] warning: the {} guest failed; keeping its partial results", layout.name);
+            eprintln!(
+                "[bench] warning: the {} guest failed; keeping its partial results",
+                layout.name
+            );
         }
         for l in lines.iter().filter(|l| l.starts_with("TRACER")) {
             println!("[bench] {} {l}", layout.name);

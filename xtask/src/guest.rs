@@ -89,7 +89,11 @@ pub fn make_initramfs(
         // /mod/<name>.order lists the module and its dependencies in load order, so a script
         // can `insmod` them all and pass its own parameters to the last one.
         let order = add_modules(&mut t, kernel, &[m])?;
-        t.file(&format!("/mod/{m}.order"), order.join("\n").into_bytes(), 0o644);
+        t.file(
+            &format!("/mod/{m}.order"),
+            order.join("\n").into_bytes(),
+            0o644,
+        );
     }
     for b in PROJECT_BINS {
         let p = bin_dir.join(b);
