@@ -79,7 +79,9 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "stall-queue",
         symptom: "I/O hangs although the server process is running",
         server: "null --queues 1 --depth 8 --inject stall-queue:q=0,after=100",
-        workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=1000000 iflag=direct 2>/dev/null",
+        // Several requests in flight: the one the thread stalled on is in the server, the
+        // others are queued to a thread that never runs their delivery task work.
+        workload: "fio --name=r --filename=/dev/ublkb0 --rw=randread --bs=4k --iodepth=8 --ioengine=io_uring --direct=1 --time_based --runtime=600 >/dev/null 2>&1",
         action: "",
         expect: "NOT_DELIVERED",
     },
