@@ -38,7 +38,9 @@ extern "C" fn on_stop_signal(_sig: libc::c_int) {
 }
 
 /// SIGTERM/SIGINT/SIGHUP end the loop instead of killing the process with the terminal raw.
-fn install_signal_handlers() {
+/// Also used by headless mode: a shell starts background jobs with SIGINT ignored, so the
+/// default action cannot be relied on.
+pub fn install_signal_handlers() {
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
         // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler only
         // stores to an atomic, which is async-signal-safe; `sig` is a valid catchable signal.

@@ -169,7 +169,8 @@ pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();
-    loop {
+    crate::tui::term::install_signal_handlers();
+    while !crate::tui::term::stop_requested() {
         let msg = match sources.recv(Duration::from_millis(100)) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => continue,
