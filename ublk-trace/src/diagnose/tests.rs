@@ -839,3 +839,123 @@ fn an_owner_starved_of_cpu_is_not_judged() {
         vec![(Class::NotDelivered, Some(0), Some(3))]
     );
 }
+
+#[test]
+fn a_hung_tag_among_busy_batched_tags_is_stuck_in_server() {
+    // Guest 6.12, `--inject hang:q=1,tag=2`, fio iodepth 4, live watch: q1 tag 2 was delivered
+    // by a batched task-work run and never committed while tags 0, 1, 3 of q1 keep cycling
+    // (each cycle has its own batched run); the reader drains the ring every 100 ms
+    // (horizon), snapshots and the in-kernel state map come every 200 ms.
+    use crate::snapshot::tagfile::PublishedTag;
+    use ublk_trace_common::tagmap::KernelTag;
+    const Q: u16 = 1;
+    const HUNG: u16 = 2;
+    let tid = Q_TID + 1;
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 2, 4, MS));
+    let hung_start = 1000 * MS;
+    m.apply(&queue_rq(0, Q, HUNG, hung_start, "READ", 4096));
+    m.apply(&delivered(0, Q, u16::MAX, hung_start + 20_000, tid));
+    let mut last_batch = hung_start + 20_000;
+    let mut waiting_since = [0u64; 4];
+    let mut seq = [0u64; 4];
+    let mut t = hung_start + MS;
+    let end = hung_start + 2600 * MS;
+    let mut next_drain = hung_start + 100 * MS;
+    let mut next_snap = hung_start + 200 * MS;
+    while t < end {
+        for tag in [0u16, 1, 3] {
+            let t0 = t + u64::from(tag) * 30_000;
+            m.apply(&queue_rq(0, Q, tag, t0, "READ", 4096));
+            m.apply(&delivered(0, Q, u16::MAX, t0 + 20_000, tid));
+            last_batch = t0 + 20_000;
+            m.apply_all(&commit(0, Q, tag, t0 + 100_000, tid, 4096));
+            m.apply(&block(0, Q, tag, t0 + 100_500, BlockStage::Complete, 0));
+            waiting_since[usize::from(tag)] = t0 + 100_000;
+            seq[usize::from(tag)] += 1;
+        }
+        t += 2 * MS;
+        if t >= next_drain {
+            m.set_events_horizon(t);
+            next_drain += 100 * MS;
+        }
+        if t >= next_snap {
+            next_snap += 200 * MS;
+            let kq = KernelTag {
+                delivered_ns: last_batch,
+                ..Default::default()
+            };
+            m.apply_kernel_tag(0, Q, u16::MAX, &kq);
+            let kh = KernelTag {
+                fetch_ns: MS,
+                queue_rq_ns: hung_start,
+                owner_tid: tid,
+                fetches: 1,
+                ..Default::default()
+            };
+            m.apply_kernel_tag(0, Q, HUNG, &kh);
+            let mut s = snap(
+                t,
+                vec![task(Q_TID, 'S', "io_cqring_wait"), task(tid, 'R', "")],
+            );
+            s.dev_info = Some(DevInfo {
+                nr_hw_queues: 2,
+                ..info(1, 0)
+            });
+            let text = format!(
+                "0 {{.op=READ, .cmd_flags=SYNC, .rq_flags=IO_STAT, .state=in_flight, .tag={HUNG}, .internal_tag=-1}}\n"
+            );
+            s.blk = Some(BlkMqSnapshot {
+                hctxs: vec![
+                    HctxSnapshot {
+                        index: 0,
+                        ..Default::default()
+                    },
+                    HctxSnapshot {
+                        index: Q,
+                        busy: parse_rq_list(&text),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            });
+            let tags = (0..4u16)
+                .map(|tag| {
+                    let i = usize::from(tag);
+                    let hung = tag == HUNG;
+                    PublishedTag {
+                        q_id: Q,
+                        tid,
+                        seq: seq[i],
+                        fault: u32::from(hung),
+                        waiting_since_ns: if hung { MS } else { waiting_since[i] },
+                        ..published(
+                            tag,
+                            if hung { "in_server" } else { "waiting" },
+                            if hung {
+                                hung_start + 30_000
+                            } else {
+                                waiting_since[i] - 90_000
+                            },
+                        )
+                    }
+                })
+                .collect();
+            let mut s = with_tagfile(s, tags);
+            if let Some(tf) = s.tagfile.as_mut() {
+                tf.nr_queues = 2;
+                tf.queue_depth = 4;
+            }
+            m.apply_snapshot(&s, 0);
+        }
+    }
+    let now = end + 10 * MS;
+    let v = m.device(0, now).expect("device");
+    let hung = v.queue(Q).expect("q1").tag(HUNG);
+    assert_eq!(hung.state, crate::model::TagState::InServer);
+    assert!(hung.age_ns > 2000 * MS, "age {} ms", hung.age_ns / MS);
+    assert_eq!(
+        classes(&m, now),
+        vec![(Class::StuckInServer, Some(Q), Some(HUNG))]
+    );
+}

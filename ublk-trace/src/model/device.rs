@@ -343,6 +343,9 @@ impl Device {
             q.last_delivered_ns = ts;
             q.deliveries += 1;
         }
+        for t in q.tags.values_mut() {
+            t.note_batch_delivery(ts);
+        }
     }
 
     pub fn delivered(&mut self, ts: u64, tid: u32, q_id: u16, tag: u16) {

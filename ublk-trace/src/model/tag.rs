@@ -145,6 +145,10 @@ pub struct Tag {
     /// Last request start (ublk_queue_rq or block_rq_issue).
     pub queue_rq_ns: u64,
     pub delivered_ns: u64,
+    /// First batched delivery run on the queue (≤ 6.14 task work, tags unknown) after the
+    /// current request started: when that request reached the server. The queue's latest
+    /// run cannot say it: other tags' requests move it on while this one sits in the server.
+    pub batch_delivered_ns: u64,
     /// Last accepted COMMIT_AND_FETCH_REQ (entry time of the command).
     pub commit_ns: u64,
     pub complete_ns: u64,
@@ -217,8 +221,20 @@ impl Tag {
         self.queue_rq_ns.max(self.requeue_ns)
     }
 
+    /// A batched delivery run on the tag's queue at `ts`: it delivered the current request if
+    /// that started before it; keep the earliest such run (any arrival order of runs).
+    pub(crate) fn note_batch_delivery(&mut self, ts: u64) {
+        let req = self.request_ns();
+        let seen = self.batch_delivered_ns > req;
+        if req > 0 && ts > req && (!seen || ts < self.batch_delivered_ns) {
+            self.batch_delivered_ns = ts;
+        }
+    }
+
     /// State from events alone. `queue_delivered_ns`: the queue's last delivery run (batched
-    /// task work delivers several tags per run); `completes_seen`: the device emits block
+    /// task work delivers several tags per run); the request's own first run after its start
+    /// ([`Self::batch_delivered_ns`]) dates the delivery when known, else (its start was read
+    /// after the run) the queue's last run does; `completes_seen`: the device emits block
     /// completions (else COMMITTED cannot be told from done).
     pub fn derive_from_events(&self, queue_delivered_ns: u64, completes_seen: bool) -> Derived {
         let d = |state, since_ns| Derived {
@@ -237,9 +253,14 @@ impl Tag {
             }
             // A requeued request sits in the block layer: no delivery run can have taken it.
             if queue_delivered_ns > req && self.requeue_ns <= self.queue_rq_ns {
+                let since = if self.batch_delivered_ns > req {
+                    self.batch_delivered_ns
+                } else {
+                    queue_delivered_ns
+                };
                 return Derived {
                     delivery_inferred: true,
-                    ..d(TagState::InServer, queue_delivered_ns)
+                    ..d(TagState::InServer, since)
                 };
             }
             return d(TagState::Queued, req);

@@ -610,3 +610,44 @@ fn tag_file_activity_after_the_last_event_reveals_a_lagging_reader() {
         .map(|q| q.tag(2).age_ns);
     assert_eq!(age, Some(675 * MS));
 }
+
+#[test]
+fn batched_runs_for_other_tags_do_not_restart_a_delivered_requests_age() {
+    // 6.12: tag 2 is delivered by the run at 11 ms and never committed; runs for tags 0 and 1
+    // keep coming. Its age counts from the run that delivered it, not the queue's latest one.
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 4, MS));
+    m.apply(&queue_rq(0, 0, 2, 10 * MS, "READ", 4096));
+    m.apply(&delivered(0, 0, u16::MAX, 11 * MS, Q_TID));
+    for i in 0..100u64 {
+        let t0 = 20 * MS + i * 10 * MS;
+        let tag = (i % 2) as u16;
+        m.apply(&queue_rq(0, 0, tag, t0, "READ", 4096));
+        m.apply(&delivered(0, 0, u16::MAX, t0 + 20_000, Q_TID));
+        m.apply_all(&commit(0, 0, tag, t0 + 100_000, Q_TID, 4096));
+    }
+    m.set_events_horizon(1100 * MS);
+    let t = m
+        .device(0, 1100 * MS)
+        .and_then(|d| d.queue(0))
+        .map(|q| q.tag(2));
+    let t = t.expect("tag 2");
+    assert_eq!((t.state, t.age_ns), (TagState::InServer, 1089 * MS));
+    assert!(t.delivery_inferred);
+    // A run that came before the start (read late) delivered nothing of it.
+    m.apply(&delivered(0, 0, u16::MAX, 9 * MS, Q_TID));
+    assert_eq!(
+        m.device(0, 1100 * MS)
+            .and_then(|d| d.queue(0))
+            .map(|q| q.tag(2).age_ns),
+        Some(1089 * MS)
+    );
+    // An earlier run read late (reordered stream) dates the delivery.
+    m.apply(&delivered(0, 0, u16::MAX, 10 * MS + 500_000, Q_TID));
+    assert_eq!(
+        m.device(0, 1100 * MS)
+            .and_then(|d| d.queue(0))
+            .map(|q| q.tag(2).age_ns),
+        Some(1090 * MS - 500_000)
+    );
+}
