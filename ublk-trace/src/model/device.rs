@@ -331,6 +331,7 @@ impl Device {
             };
             t.push_history(ts, tid, what);
             q.requests += 1;
+            q.undelivered.insert(tag);
         }
     }
 
@@ -343,9 +344,10 @@ impl Device {
             q.last_delivered_ns = ts;
             q.deliveries += 1;
         }
-        for t in q.tags.values_mut() {
-            t.note_batch_delivery(ts);
-        }
+        let Queue {
+            undelivered, tags, ..
+        } = q;
+        undelivered.retain(|n| !tags.get_mut(n).is_some_and(|t| t.note_batch_delivery(ts)));
     }
 
     pub fn delivered(&mut self, ts: u64, tid: u32, q_id: u16, tag: u16) {

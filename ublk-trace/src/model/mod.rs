@@ -321,6 +321,9 @@ impl Model {
         if let Some(o) = f.owner_tid {
             q.owner_tid = Some(o);
         }
+        if f.queue_rq_ns > q.tags.get(&tag).map_or(0, |t| t.queue_rq_ns) {
+            q.undelivered.insert(tag);
+        }
         let t = q.tag_mut(tag);
         if f.queue_rq_ns > t.queue_rq_ns {
             t.queue_rq_ns = f.queue_rq_ns;

@@ -1,5 +1,5 @@
 //! One ublk queue (= blk-mq hctx): its tags, latency histograms, counters and rates.
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +90,10 @@ pub struct Queue {
     /// Last batched delivery run (≤ 6.14 task work: the tags are not known), which delivers
     /// every request started before it.
     pub last_batch_delivered_ns: u64,
+    /// Tags whose current request started after the last batched delivery run seen: the next
+    /// run delivers them and dates their delivery (`Tag::batch_delivered_ns`). Bounded by the
+    /// depth, usually a few tags, so a run costs no walk over every tag.
+    pub undelivered: BTreeSet<u16>,
     /// Last accepted FETCH/COMMIT on the queue: the owner thread entered io_uring then.
     pub last_accepted_ns: u64,
     /// Last thread whose FETCH/COMMIT was accepted (the queue's daemon up to 6.15).

@@ -221,14 +221,17 @@ impl Tag {
         self.queue_rq_ns.max(self.requeue_ns)
     }
 
-    /// A batched delivery run on the tag's queue at `ts`: it delivered the current request if
-    /// that started before it; keep the earliest such run (any arrival order of runs).
-    pub(crate) fn note_batch_delivery(&mut self, ts: u64) {
+    /// A batched delivery run on the tag's queue at `ts`: true when it delivered the current
+    /// request (which started before it); the earliest such run dates the delivery.
+    pub(crate) fn note_batch_delivery(&mut self, ts: u64) -> bool {
         let req = self.request_ns();
-        let seen = self.batch_delivered_ns > req;
-        if req > 0 && ts > req && (!seen || ts < self.batch_delivered_ns) {
+        if req == 0 || ts <= req {
+            return false;
+        }
+        if self.batch_delivered_ns <= req || ts < self.batch_delivered_ns {
             self.batch_delivered_ns = ts;
         }
+        true
     }
 
     /// State from events alone. `queue_delivered_ns`: the queue's last delivery run (batched

@@ -642,12 +642,13 @@ fn batched_runs_for_other_tags_do_not_restart_a_delivered_requests_age() {
             .map(|q| q.tag(2).age_ns),
         Some(1089 * MS)
     );
-    // An earlier run read late (reordered stream) dates the delivery.
-    m.apply(&delivered(0, 0, u16::MAX, 10 * MS + 500_000, Q_TID));
+    // Its start read after its run (reordered stream): the queue's latest run stands in.
+    m.apply(&delivered(0, 0, u16::MAX, 1060 * MS, Q_TID));
+    m.apply(&queue_rq(0, 0, 3, 1050 * MS, "READ", 4096));
     assert_eq!(
         m.device(0, 1100 * MS)
             .and_then(|d| d.queue(0))
-            .map(|q| q.tag(2).age_ns),
-        Some(1090 * MS - 500_000)
+            .map(|q| (q.tag(2).age_ns, q.tag(3).age_ns)),
+        Some((1089 * MS, 40 * MS))
     );
 }
