@@ -168,8 +168,6 @@ pub struct Queue {
     hung: Vec<bool>,
     /// Faults were released by main: serve normally from now on.
     released: bool,
-    /// CLOCK_MONOTONIC ns of the current pass over completions (one clock read per pass).
-    now_ns: u64,
 }
 
 impl Queue {
@@ -198,17 +196,9 @@ impl Queue {
         // Per tag at most one ublk command plus one backend op or delay timeout, plus the
         // stop poll.
         let entries = (2 * depth as u32 + 2).next_power_of_two();
-        // Task work (how ublk delivers requests) runs only when this thread enters the ring
-        // (DEFER_TASKRUN) and never interrupts it (COOP_TASKRUN): no IPIs on the I/O path.
-        // SINGLE_ISSUER binds the ring to the creating thread, so Queue::new must run on the
-        // queue thread. Kernels before 6.1 lack DEFER_TASKRUN: fall back to a plain ring.
         let ring = IoUring::builder()
             .setup_cqsize(2 * entries)
-            .setup_coop_taskrun()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
             .build(entries)
-            .or_else(|_| IoUring::builder().setup_cqsize(2 * entries).build(entries))
             .map_err(|e| Error::io(format!("create io_uring for queue {}", cfg.q_id), e))?;
         let mut files = vec![cfg.char_fd.as_raw_fd()];
         if let Some(fd) = cfg.target.backend_fd() {
@@ -230,7 +220,6 @@ impl Queue {
             faults_armed: false,
             hung: vec![false; depth],
             released: false,
-            now_ns: 0,
             cfg,
             ring,
             descs,
@@ -363,7 +352,6 @@ impl Queue {
     }
 
     fn fetch_all(&mut self, tid: u32) -> Result<()> {
-        self.now_ns = crate::tagstate::now_ns();
         for tag in 0..self.cfg.depth {
             if let Some(s) = self.slot(tag) {
                 s.tid.store(tid, Ordering::Relaxed);
@@ -377,7 +365,7 @@ impl Queue {
             }
             self.send_io_cmd(UBLK_IO_FETCH_REQ, tag, 0)?;
             if let Some(s) = self.slot(tag) {
-                s.set_waiting(self.now_ns);
+                s.set_waiting();
             }
             self.live_tags += 1;
             self.cfg.shared.fetch_sent.fetch_add(1, Ordering::Relaxed);
@@ -405,7 +393,7 @@ impl Queue {
             for i in 0..self.committed.len() {
                 let tag = self.committed[i];
                 if let Some(s) = self.slot(tag) {
-                    s.set_waiting(self.now_ns);
+                    s.set_waiting();
                 }
             }
             self.committed.clear();
@@ -418,9 +406,6 @@ impl Queue {
                         e,
                     ));
                 }
-            }
-            if self.cfg.tagstate.is_some() {
-                self.now_ns = crate::tagstate::now_ns();
             }
             loop {
                 let Some(cqe) = self.ring.completion().next() else {
@@ -497,12 +482,7 @@ impl Queue {
         let t = usize::from(tag);
         self.cur_op[t] = iod.op();
         if let Some(s) = self.slot(tag) {
-            s.set_received(
-                self.now_ns,
-                u32::from(iod.op()),
-                iod.start_sector,
-                iod.nr_sectors,
-            );
+            s.set_received(u32::from(iod.op()), iod.start_sector, iod.nr_sectors);
         }
         if self.faults_armed {
             let served = self.served[t];
@@ -620,7 +600,7 @@ impl Queue {
     fn commit(&mut self, tag: u16, res: i32) -> Result<()> {
         self.send_io_cmd(UBLK_IO_COMMIT_AND_FETCH_REQ, tag, res)?;
         if let Some(s) = self.slot(tag) {
-            s.set_committed(self.now_ns, res);
+            s.set_committed(res);
         }
         self.committed.push(tag);
         self.cfg.shared.served.fetch_add(1, Ordering::Relaxed);

@@ -227,37 +227,14 @@ impl Served {
                 cpus,
                 crash_counter: crash_counter.clone(),
             };
-            // The queue is built on its own thread (its ring is single-issuer); the thread
-            // reports set-up success before serving, so a failure stops start-up here.
-            let (tx, rx) = std::sync::mpsc::channel();
+            let queue = Queue::new(cfg)?;
             let h = std::thread::Builder::new()
                 .name(format!("ublk-q{q_id}"))
-                .spawn(move || match Queue::new(cfg) {
-                    Ok(queue) => {
-                        let _ = tx.send(Ok(()));
-                        queue.run()
-                    }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        let _ = tx.send(Err(msg));
-                        Err(e)
-                    }
-                })
+                .spawn(move || queue.run())
                 .map_err(|e| Error::io("spawn queue thread", e))?;
             s.shared.push(shared);
             s.stop_fds.push(stop_fd);
             s.threads.push(h);
-            let setup = rx
-                .recv()
-                .unwrap_or_else(|_| Err("queue thread ended during set-up".into()));
-            if let Err(msg) = setup {
-                // Queues already running hold /dev/ublkcN: stop them before DEL_DEV.
-                let _ = s.stop_queues();
-                return Err(Error::io(
-                    format!("set up queue {q_id}"),
-                    std::io::Error::other(msg),
-                ));
-            }
         }
         Ok(s)
     }

@@ -161,30 +161,29 @@ impl Drop for TagStateFile {
     }
 }
 
-/// Writer helpers on one slot, named after the protocol step they record. Timestamps are
-/// passed in: the queue reads the clock once per pass over its completions, not per field.
+/// Writer helpers on one slot, named after the protocol step they record.
 pub trait SlotWriter {
-    fn set_waiting(&self, now_ns: u64);
-    fn set_received(&self, now_ns: u64, op: u32, start_sector: u64, nr_sectors: u32);
-    fn set_committed(&self, now_ns: u64, result: i32);
+    fn set_waiting(&self);
+    fn set_received(&self, op: u32, start_sector: u64, nr_sectors: u32);
+    fn set_committed(&self, result: i32);
     fn set_state(&self, s: SlotState);
 }
 
 impl SlotWriter for TagSlotAtomic {
-    fn set_waiting(&self, now_ns: u64) {
-        self.waiting_since_ns.store(now_ns, Relaxed);
+    fn set_waiting(&self) {
+        self.waiting_since_ns.store(now_ns(), Relaxed);
         self.state.store(SlotState::Waiting as u32, Relaxed);
     }
-    fn set_received(&self, now_ns: u64, op: u32, start_sector: u64, nr_sectors: u32) {
+    fn set_received(&self, op: u32, start_sector: u64, nr_sectors: u32) {
         self.op.store(op, Relaxed);
         self.start_sector.store(start_sector, Relaxed);
         self.nr_sectors.store(nr_sectors, Relaxed);
-        self.received_ns.store(now_ns, Relaxed);
+        self.received_ns.store(now_ns(), Relaxed);
         self.state.store(SlotState::InServer as u32, Relaxed);
     }
-    fn set_committed(&self, now_ns: u64, result: i32) {
+    fn set_committed(&self, result: i32) {
         self.result.store(result, Relaxed);
-        self.committed_ns.store(now_ns, Relaxed);
+        self.committed_ns.store(now_ns(), Relaxed);
         self.state.store(SlotState::Committed as u32, Relaxed);
         // Only the owning queue thread writes a slot: a plain load+store avoids a locked RMW.
         self.seq
