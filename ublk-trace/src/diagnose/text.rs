@@ -110,6 +110,14 @@ pub fn lost_line(cx: &Ctx<'_>) -> Option<String> {
 /// Server pid(s) plus extra tids, deduplicated.
 pub fn pids(cx: &Ctx<'_>, extra: impl IntoIterator<Item = u32>) -> Vec<u32> {
     let mut v: Vec<u32> = servers(cx).iter().map(|s| s.pid).collect();
+    // The /proc scan can miss the server (deadline under load, another pid namespace); the
+    // server's own tag-state file still names its pid.
+    if v.is_empty()
+        && let Some(tf) = cx.dev.snapshot().and_then(|s| s.tagfile.as_ref())
+        && tf.pid != 0
+    {
+        v.push(tf.pid);
+    }
     v.extend(extra);
     v.sort_unstable();
     v.dedup();
