@@ -293,11 +293,17 @@ pub struct HeadlessWatch {
 
 impl HeadlessWatch {
     pub fn start(dev_id: u32, interval_ms: u64) -> HeadlessWatch {
+        // Below the 2 s the tests allow from fault to finding, with room for TCG.
+        Self::start_with(dev_id, interval_ms, 500)
+    }
+
+    /// With the stuck/waiter threshold `stuck_ms`.
+    pub fn start_with(dev_id: u32, interval_ms: u64, stuck_ms: u64) -> HeadlessWatch {
+        let stuck = stuck_ms.to_string();
         let mut child = Command::new(bin("ublk-trace"))
             .args(["watch", "dev", &dev_id.to_string(), "--headless", "--json"])
             .args(["--interval", &interval_ms.to_string()])
-            // Below the 2 s the tests allow from fault to finding, with room for TCG.
-            .args(["--stuck-ms", "500", "--waiter-ms", "500"])
+            .args(["--stuck-ms", &stuck, "--waiter-ms", &stuck])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
