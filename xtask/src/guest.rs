@@ -188,6 +188,7 @@ fn probe_kvm(kernel: &GuestKernel) -> Result<bool> {
         timeout: Duration::from_secs(15),
         append: String::new(),
         accel: Accel::Kvm,
+        single_thread_tcg: false,
     };
     let log = cache_dir().join("kvm-probe.log");
     let (outcome, _) = crate::qemu::boot_captured(&o, &log, |_| {})?;
@@ -204,6 +205,7 @@ pub fn boot_opts(opts: &GuestOpts, kernel: &GuestKernel, initrd: &Path) -> BootO
         timeout: opts.timeout,
         append: String::new(),
         accel: choose_accel(opts, kernel),
+        single_thread_tcg: false,
     }
 }
 

@@ -20,6 +20,9 @@ pub struct BootOpts {
     /// Extra kernel command line.
     pub append: String,
     pub accel: Accel,
+    /// TCG with one host thread for all vCPUs: slower, but immune to multi-threaded TCG's
+    /// races on cross-modifying code (kernel text patching while kprobes are armed).
+    pub single_thread_tcg: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +55,7 @@ impl Outcome {
 fn base_args(o: &BootOpts) -> Vec<String> {
     let accel = match o.accel {
         // thread=multi: one host thread per vCPU; -cpu max: every feature TCG can emulate.
+        Accel::Tcg if o.single_thread_tcg => ["-accel", "tcg,thread=single", "-cpu", "max"],
         Accel::Tcg => ["-accel", "tcg,thread=multi", "-cpu", "max"],
         Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
     };
