@@ -69,7 +69,16 @@ fn state_map_tracks_tags_without_streaming() {
         .status()
         .expect("run dd");
     assert!(st.success());
-    let after = tracer.tag_states().expect("read TAGS");
+    // dd wakes when the request completes, which happens inside the COMMIT's handler, before
+    // the return probe records the commit: give the map a moment to catch up (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut after = tracer.tag_states().expect("read TAGS");
+    while commits(&after, dev_id) - commits(&before, dev_id) < N
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        after = tracer.tag_states().expect("read TAGS");
+    }
     let mut events = Vec::new();
     tracer
         .poll(Duration::from_millis(300), &mut events)
