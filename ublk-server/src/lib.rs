@@ -9,7 +9,6 @@ pub mod admin;
 pub mod ctrl;
 pub mod error;
 pub mod inject;
-pub mod logging;
 pub mod queue;
 pub mod server;
 pub mod tagstate;

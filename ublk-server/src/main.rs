@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ublk_server::ctrl::Ctrl;
 use ublk_server::inject::Fault;
 use ublk_server::server::{self, RunOpts, TargetSpec};
-use ublk_server::{Error, admin, logging};
+use ublk_server::{Error, admin};
+use ublk_trace_common::logging::{self, Prefix};
 
 #[derive(Parser)]
 #[command(
@@ -212,7 +213,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(cli.verbose);
+    logging::init(cli.verbose, Prefix::Program("ublk-server"));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

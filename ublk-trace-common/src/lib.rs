@@ -9,3 +9,8 @@ pub mod event;
 pub mod offsets;
 pub mod tagmap;
 pub mod tagstate;
+
+#[cfg(feature = "logging")]
+extern crate std;
+#[cfg(feature = "logging")]
+pub mod logging;

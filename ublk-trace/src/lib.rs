@@ -10,7 +10,6 @@ pub mod diagnose;
 pub mod doctor;
 pub mod event;
 pub mod kernel;
-pub mod logging;
 pub mod model;
 pub mod probe;
 pub mod record;

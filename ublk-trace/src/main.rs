@@ -34,7 +34,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ublk_trace::logging::init(cli.verbose);
+    ublk_trace_common::logging::init(cli.verbose, ublk_trace_common::logging::Prefix::Target);
     let res = match cli.cmd {
         Cmd::Doctor(a) => cmd::doctor::run(a),
         Cmd::Record(a) => cmd::record::run(a),
