@@ -13,6 +13,7 @@ mod initramfs;
 mod kernel;
 mod qemu;
 mod repro;
+mod scenarios;
 mod setup;
 mod test;
 mod util;

@@ -1,7 +1,8 @@
 //! `cargo xtask repro <scenario>`: boot the guest, turn `ublk-server` into a known-broken server
 //! (`--inject`, or a signal), run the workload that triggers the bug, and show what
-//! `ublk-trace diagnose` says about it (`--watch`: the TUI instead). The catalogue below is the
-//! single source for `--list` and is documented, scenario by scenario, in docs/scenarios.md.
+//! `ublk-trace diagnose` says about it (`--watch`: the TUI instead). The catalogue lives in
+//! scenarios.rs (shared with the guest tests in ublk-trace/tests/repro_scenarios.rs) and is
+//! documented, scenario by scenario, in docs/scenarios.md.
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -10,90 +11,8 @@ use crate::guest::{
     GuestOpts, boot_opts, build_project, interactive_sh, make_initramfs, terminal_size,
 };
 use crate::kernel::KernelSpec;
+pub use crate::scenarios::{SCENARIOS, Scenario};
 use crate::util::cache_dir;
-
-pub struct Scenario {
-    pub name: &'static str,
-    /// What the user sees.
-    pub symptom: &'static str,
-    /// `ublk-server` arguments after `run`.
-    pub server: &'static str,
-    /// Shell run in the background to trigger the bug (device is /dev/ublkb0).
-    pub workload: &'static str,
-    /// Shell run after the workload started (e.g. stop the server); `$SRV` is its pid.
-    pub action: &'static str,
-    /// The finding class that names the bug.
-    pub expect: &'static str,
-}
-
-pub const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "hang-tag",
-        symptom: "one request never completes; its reader sits in D state",
-        server: "null --queues 1 --depth 4 --inject hang:q=0,tag=1",
-        workload: "fio --name=r --filename=/dev/ublkb0 --rw=randread --bs=4k --iodepth=4 --ioengine=io_uring --direct=1 --time_based --runtime=600 >/dev/null 2>&1",
-        action: "",
-        expect: "STUCK_IN_SERVER",
-    },
-    Scenario {
-        name: "stopped-server",
-        symptom: "all I/O hangs; GET_DEV_INFO still says LIVE",
-        server: "null --queues 1 --depth 8",
-        workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=1000000 iflag=direct 2>/dev/null",
-        action: "kill -STOP $SRV",
-        expect: "SERVER_STOPPED",
-    },
-    Scenario {
-        name: "crash",
-        symptom: "I/O errors, the block device disappears, /dev/ublkc0 stays",
-        server: "null --queues 1 --depth 8 --inject crash:after=200",
-        workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=1000000 iflag=direct 2>/dev/null",
-        action: "",
-        expect: "SERVER_DEAD",
-    },
-    Scenario {
-        name: "error-commit",
-        symptom: "reads fail with EIO although the backend is fine",
-        server: "null --queues 1 --depth 8 --inject error:errno=5",
-        workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=100 iflag=direct 2>/dev/null",
-        action: "",
-        expect: "BAD_COMMIT",
-    },
-    Scenario {
-        name: "zero-commit",
-        symptom: "reads fail, writes spin (partial-completion requeue storm)",
-        server: "null --queues 1 --depth 8 --inject zero-commit",
-        workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=100 iflag=direct 2>/dev/null",
-        action: "",
-        expect: "BAD_COMMIT",
-    },
-    Scenario {
-        name: "slow",
-        symptom: "I/O completes, but each request takes hundreds of ms",
-        server: "null --queues 1 --depth 8 --inject delay:ms=400",
-        workload: "fio --name=r --filename=/dev/ublkb0 --rw=randread --bs=4k --iodepth=4 --ioengine=io_uring --direct=1 --time_based --runtime=600 >/dev/null 2>&1",
-        action: "",
-        expect: "SLOW",
-    },
-    Scenario {
-        name: "stall-queue",
-        symptom: "I/O hangs although the server process is running",
-        server: "null --queues 1 --depth 8 --inject stall-queue:q=0,after=100",
-        // Several requests in flight: the one the thread stalled on is in the server, the
-        // others are queued to a thread that never runs their delivery task work.
-        workload: "fio --name=r --filename=/dev/ublkb0 --rw=randread --bs=4k --iodepth=8 --ioengine=io_uring --direct=1 --time_based --runtime=600 >/dev/null 2>&1",
-        action: "",
-        expect: "NOT_DELIVERED",
-    },
-    Scenario {
-        name: "skip-fetch",
-        symptom: "START_DEV never completes; the server waits forever for the device",
-        server: "null --queues 1 --depth 8 --inject skip-fetch:q=0,tags=2",
-        workload: "true",
-        action: "",
-        expect: "NO_FETCH",
-    },
-];
 
 pub fn list() {
     println!("{:<16} {:<18} symptom", "scenario", "finding");
