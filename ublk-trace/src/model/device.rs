@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::queue::Queue;
-use super::tag::{BadCommit, HistoryKind, PendingCmd, Tag};
+use super::tag::{BadCommit, CqeId, HistoryKind, PendingCmd, Tag};
 use crate::snapshot::{DevInfo, DeviceSnapshot};
 
 /// Two starts of one (queue, tag) closer than this are one request seen by two probes.
@@ -415,6 +415,7 @@ impl Device {
             for t in self.queues.values_mut().flat_map(|q| q.tags.values_mut()) {
                 mark_busy(t, false, ts);
                 t.cqe_since_ns = None;
+                t.cqe_id = None;
             }
         }
         if let Some(b) = &snap.blk {
@@ -476,8 +477,14 @@ impl Device {
                     t.busy_since_ns = None;
                 }
                 mark_busy(t, busy.contains(n), ts);
-                let pending = cqes.contains(&(h.index, *n));
-                t.cqe_since_ns = pending.then(|| t.cqe_since_ns.unwrap_or(ts));
+                // The same CQE still unreaped keeps its age; another one restarts it.
+                let cqe = cqes.get(&(h.index, *n)).copied();
+                t.cqe_since_ns = match cqe {
+                    Some(id) if t.cqe_id == Some(id) => Some(t.cqe_since_ns.unwrap_or(ts)),
+                    Some(_) => Some(ts),
+                    None => None,
+                };
+                t.cqe_id = cqe;
             }
         }
         let held = !b.held_in_block_layer().is_empty();
@@ -547,28 +554,29 @@ fn busy_tags(h: &crate::snapshot::blkmq::HctxSnapshot) -> BTreeSet<u16> {
         .collect()
 }
 
-/// (queue, tag) of delivery CQEs left unreaped in the server's queue rings. fdinfo does not
-/// say which queue a ring serves: a tag maps to the one hctx where it is in flight (or to
-/// queue 0 of a one-queue device).
-fn unreaped_cqes(snap: &DeviceSnapshot, nr_queues: Option<u16>) -> BTreeSet<(u16, u16)> {
+/// (queue, tag) of delivery CQEs left unreaped in the server's queue rings, with the CQE's
+/// identity. fdinfo does not say which queue a ring serves: a tag maps to the one hctx where
+/// it is in flight (or to queue 0 of a one-queue device).
+fn unreaped_cqes(snap: &DeviceSnapshot, nr_queues: Option<u16>) -> BTreeMap<(u16, u16), CqeId> {
     let hctxs = snap.blk.as_ref().map_or(&[][..], |b| b.hctxs.as_slice());
-    let mut out = BTreeSet::new();
-    let rings = snap.servers.iter().flat_map(|s| s.rings.iter());
-    for r in rings.filter(|r| r.serves_char_dev(snap.dev_id)) {
-        for tag in r.cqes.iter().filter_map(|c| c.ublk_tag()) {
-            let qs: Vec<u16> = hctxs
-                .iter()
-                .filter(|h| busy_tags(h).contains(&tag))
-                .map(|h| h.index)
-                .collect();
-            match (qs.as_slice(), nr_queues) {
-                ([q], _) => {
-                    out.insert((*q, tag));
-                }
-                ([], Some(1)) => {
-                    out.insert((0, tag));
-                }
-                _ => {}
+    let mut out = BTreeMap::new();
+    for s in &snap.servers {
+        for r in s.rings.iter().filter(|r| r.serves_char_dev(snap.dev_id)) {
+            for (i, c) in r.cqes.iter().enumerate() {
+                let Some(tag) = c.ublk_tag() else {
+                    continue;
+                };
+                let qs: Vec<u16> = hctxs
+                    .iter()
+                    .filter(|h| busy_tags(h).contains(&tag))
+                    .map(|h| h.index)
+                    .collect();
+                let q = match (qs.as_slice(), nr_queues) {
+                    ([q], _) => *q,
+                    ([], Some(1)) => 0,
+                    _ => continue,
+                };
+                out.insert((q, tag), (s.pid, r.fd, r.cqe_position(c, i)));
             }
         }
     }

@@ -179,10 +179,17 @@ pub struct Tag {
     pub snap_busy: bool,
     /// Snapshot: a delivery CQE for this tag sits unreaped in the server's ring, since.
     pub cqe_since_ns: Option<u64>,
+    /// Which CQE that is: a tag's user_data repeats for every request, so only the CQE's
+    /// position in the ring tells a CQE left unreaped from the next one posted for the tag.
+    pub cqe_id: Option<CqeId>,
     /// The server's own view, when it publishes one.
     pub published: Option<PublishedTag>,
     pub history: VecDeque<HistoryEntry>,
 }
+
+/// One posted CQE: (server pid, ring fd, position in the completion queue counted since the
+/// ring was created; it wraps at 2^32 like the kernel's counters).
+pub type CqeId = (u32, u32, u32);
 
 /// Derived state with the time it was entered and how it was known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,16 +357,25 @@ impl Tag {
 
     /// In flight per debugfs and nothing in the events: ask the server's tag file.
     fn snapshot_busy_state(&self) -> Derived {
-        let since = self.busy_since_ns.unwrap_or(self.snap_ns);
+        // Snapshots are sparse: a tag busy in two of them may have served several requests
+        // in between. The request seen now started after the last event that saw the tag
+        // (the events call it idle) and after the server last re-armed it.
+        let rearmed = self
+            .published
+            .as_ref()
+            .filter(|p| p.state == "waiting")
+            .map_or(0, |p| p.waiting_since_ns);
+        let floor = self.latest_event_ns().max(rearmed);
+        let since = self.busy_since_ns.unwrap_or(self.snap_ns).max(floor);
         let mk = |state, since_ns| Derived {
             state,
             since_ns,
             delivery_inferred: false,
             from_snapshot: true,
         };
-        if self.cqe_since_ns.is_some() {
+        if let Some(cqe) = self.cqe_since_ns {
             // Delivered: its CQE waits in the server's ring (posted, never reaped).
-            return mk(TagState::InServer, since);
+            return mk(TagState::InServer, cqe.max(floor));
         }
         match self.published.as_ref().map(|p| (p.state.as_str(), p)) {
             Some(("in_server", p)) if p.received_ns > 0 => mk(TagState::InServer, p.received_ns),

@@ -40,6 +40,17 @@ impl RingInfo {
     pub fn cq_unreaped(&self) -> u32 {
         self.cq_tail.wrapping_sub(self.cq_head)
     }
+    /// Position of a listed CQE in the completion queue, counted like CqHead (since the ring
+    /// was created): fdinfo lists CQEs from CqHead on and prints each one's slot
+    /// (`position & CqMask`). `index` is its place in the list, used when the mask is unknown.
+    pub fn cqe_position(&self, c: &CqeLine, index: usize) -> u32 {
+        if self.cq_mask == 0 {
+            return self.cq_head.wrapping_add(index as u32);
+        }
+        let first_slot = self.cq_head & self.cq_mask;
+        self.cq_head
+            .wrapping_add(c.slot.wrapping_sub(first_slot) & self.cq_mask)
+    }
     /// The ring has `/dev/ublkcN` registered: a queue ring of device N.
     pub fn serves_char_dev(&self, dev_id: u32) -> bool {
         let want = format!("ublkc{dev_id}");
