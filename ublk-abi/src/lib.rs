@@ -189,6 +189,11 @@ pub const UBLK_F_BATCH_IO: u64 = 1 << 15;
 pub const UBLK_F_INTEGRITY: u64 = 1 << 16;
 pub const UBLK_F_SAFE_STOP_DEV: u64 = 1 << 17;
 pub const UBLK_F_NO_AUTO_PART_SCAN: u64 = 1 << 18;
+/// 7.3: zero copy through a shared memory region registered by the server.
+pub const UBLK_F_SHMEM_ZC: u64 = 1 << 19;
+/// 7.3: the server picks `io_desc_size` (24..=256, a multiple of 8) at ADD_DEV; descriptors and
+/// the per-queue mmap stride scale with it.
+pub const UBLK_F_IO_DESC_SIZE: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // Device states (ublksrv_ctrl_dev_info.state).
