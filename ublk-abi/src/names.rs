@@ -75,7 +75,7 @@ pub const fn dev_state_name(state: u16) -> &'static str {
 }
 
 /// Every known `UBLK_F_*` flag with its name, lowest bit first.
-pub const FEATURES: [(u64, &str); 19] = [
+pub const FEATURES: [(u64, &str); 21] = [
     (UBLK_F_SUPPORT_ZERO_COPY, "SUPPORT_ZERO_COPY"),
     (UBLK_F_URING_CMD_COMP_IN_TASK, "URING_CMD_COMP_IN_TASK"),
     (UBLK_F_NEED_GET_DATA, "NEED_GET_DATA"),
