@@ -117,12 +117,23 @@ fn bad_commit(
             dur(cx.th.storm_window_ms * MS)
         ));
     }
-    f.summary = match bad {
-        Some(b) => format!(
+    let storm_part = (storm >= cx.th.storm_requeues).then(|| {
+        format!(
+            "requeue storm ({storm} requeues in {})",
+            dur(cx.th.storm_window_ms * MS)
+        )
+    });
+    f.summary = match (bad, storm_part) {
+        (Some(b), Some(st)) => format!(
+            "q{} tag {}: {st}: {} commit result {} for {} bytes",
+            t.q_id, t.tag, b.op, b.result, b.bytes
+        ),
+        (Some(b), None) => format!(
             "q{} tag {}: {} commit result {} for {} bytes",
             t.q_id, t.tag, b.op, b.result, b.bytes
         ),
-        None => format!("q{} tag {}: requeue storm", t.q_id, t.tag),
+        (None, Some(st)) => format!("q{} tag {}: {st}", t.q_id, t.tag),
+        (None, None) => format!("q{} tag {}: bad commit", t.q_id, t.tag),
     };
     f.evidence.extend(text::lost_line(cx));
     f.hint = "Commit the number of bytes transferred (> 0) for reads and writes, or a negative \
@@ -169,16 +180,7 @@ impl Rule for CmdRejected {
                     errno_name(errno),
                     dur(cx.now_ns.saturating_sub(first))
                 ));
-                f.evidence.push(match owner {
-                    Some(o) if o != tid => format!(
-                        "the tag is owned by tid {o}: commands from another thread are rejected \
-                         (per queue up to 6.15, per tag from 6.16)"
-                    ),
-                    Some(_) => "sent by the owner thread: a double commit, a commit for a tag \
-                                that holds no request, or a bad buffer address"
-                        .to_string(),
-                    None => "the owner thread is unknown (its FETCH_REQ was not seen)".to_string(),
-                });
+                f.evidence.push(rejection_cause(&op, errno, tid, owner));
                 f.hint = "A rejected command changes nothing in the kernel: the tag stays where \
                           it was. Send each COMMIT once, from the owner thread, for a delivered request."
                     .into();
@@ -186,6 +188,30 @@ impl Rule for CmdRejected {
             })
             .collect();
         verdict(out)
+    }
+}
+
+/// Why the kernel refused a command, from its errno and who sent it.
+fn rejection_cause(op: &str, errno: i32, tid: u32, owner: Option<u32>) -> String {
+    match owner {
+        Some(o) if o != tid => format!(
+            "the tag is owned by tid {o}, the command came from tid {tid}: commands from another \
+             thread are rejected (the owner is per queue up to 6.15, per tag from 6.16)"
+        ),
+        Some(o) if errno == -libc::EBUSY && op == "COMMIT_AND_FETCH_REQ" => format!(
+            "sent by the owner thread (tid {o}) for a tag that held no request (it was waiting \
+             for one): a second commit of a request, or a commit meant for another tag"
+        ),
+        Some(o) if errno == -libc::EBUSY => format!(
+            "sent by the owner thread (tid {o}) while the tag already had a command in the kernel"
+        ),
+        Some(o) => format!(
+            "sent by the owner thread (tid {o}): a commit for a tag that holds no request, a \
+             NEED_GET_DATA mismatch, or a bad buffer address"
+        ),
+        None => format!(
+            "sent by tid {tid}; the owner thread is unknown (its FETCH_REQ was not seen)"
+        ),
     }
 }
 
@@ -237,6 +263,8 @@ impl Rule for Slow {
             let mut f = finding(cx, Class::Slow, Severity::Info);
             f.queue = Some(q.q_id());
             f.tag = Some(worst.tag);
+            // The slow server and the queue's thread: where to look.
+            f.pids = text::pids(cx, q.owner_tid());
             f.age_ms = cx.age_ms(worst.done_ns);
             f.summary = format!(
                 "q{}: {} request(s) slower than {} (max {})",

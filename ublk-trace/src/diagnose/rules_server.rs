@@ -46,12 +46,38 @@ fn server_gone_since(cx: &Ctx<'_>) -> Option<u64> {
     cx.dev.dev.persist.server_absent_since
 }
 
+/// The server that is gone: the pids last seen holding `/dev/ublkcN`, else the pid in the
+/// tag-state file it left behind (a tracer that attached after the exit).
+fn gone_pids(cx: &Ctx<'_>) -> Vec<u32> {
+    let seen = &cx.dev.dev.persist.last_server_pids;
+    if !seen.is_empty() {
+        return seen.clone();
+    }
+    cx.dev
+        .snapshot()
+        .and_then(|s| s.tagfile.as_ref())
+        .map(|tf| tf.pid)
+        .filter(|pid| *pid != 0)
+        .into_iter()
+        .collect()
+}
+
 fn gone_evidence(cx: &Ctx<'_>, since: u64) -> Vec<String> {
     let mut ev = vec![format!(
         "no process holds /dev/ublkc{} (all of /proc checked), for at least {}",
         cx.dev_id(),
         dur(cx.now_ns.saturating_sub(since))
     )];
+    let pids = gone_pids(cx);
+    if !pids.is_empty() {
+        let from = if cx.dev.dev.persist.last_server_pids.is_empty() {
+            "named by the tag-state file it left behind"
+        } else {
+            "last seen holding it"
+        };
+        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        ev.push(format!("the server was pid {} ({from})", list.join(", ")));
+    }
     if let Some(i) = cx.dev.info() {
         ev.push(format!(
             "GET_DEV_INFO: state {}, ublksrv_pid {}, flags {:#x}",
@@ -110,6 +136,7 @@ impl Rule for ServerDead {
         }
         let mut f = finding(cx, Class::ServerDead, Severity::Error);
         f.age_ms = cx.age_ms(since);
+        f.pids = gone_pids(cx);
         f.summary = format!(
             "ublk{}: the server is gone, the device is dead",
             cx.dev_id()
@@ -147,6 +174,7 @@ impl Rule for RecoveryPending {
         }
         let mut f = finding(cx, Class::RecoveryPending, Severity::Warning);
         f.age_ms = cx.age_ms(since);
+        f.pids = gone_pids(cx);
         f.summary = format!(
             "ublk{}: server gone, device {} waiting for recovery",
             cx.dev_id(),

@@ -301,6 +301,8 @@ fn server_dead_and_recovery_pending() {
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(f[0].class, Class::ServerDead);
     assert!(f[0].evidence.iter().any(|e| e.contains("state DEAD")));
+    // Never seen alive and no tag file: the dead server's pid is unknown, none is made up.
+    assert!(f[0].pids.is_empty(), "{:?}", f[0].pids);
     // With recovery the device is QUIESCED: RECOVERY_PENDING, not dead.
     let mut r = healthy();
     let mut q = s.clone();
@@ -325,6 +327,47 @@ fn server_dead_and_recovery_pending() {
     u.apply_snapshot(&b, 0);
     assert!(classes(&u, 1200 * MS).is_empty());
     assert!(rechecks(&u, 1200 * MS).contains(&Class::ServerDead));
+}
+
+#[test]
+fn server_dead_names_the_pid_that_held_the_char_dev() {
+    // Watched alive, then gone: SERVER_DEAD names the pid last seen holding /dev/ublkc0.
+    let mut m = healthy();
+    m.apply_snapshot(&snap(900 * MS, vec![task(Q_TID, 'S', "io_cqring_wait")]), 0);
+    let mut s = snap(1100 * MS, vec![]);
+    s.servers.clear();
+    s.block_dev_present = false;
+    s.dev_info = Some(DevInfo {
+        ublksrv_pid: -1,
+        ..info(0, 0)
+    });
+    m.apply_snapshot(&s, 0);
+    let f = run(&m, 1200 * MS, &th());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        (f[0].class, f[0].pids.clone()),
+        (Class::ServerDead, vec![SRV_PID])
+    );
+    assert!(
+        f[0].evidence
+            .iter()
+            .any(|e| e.contains(&format!("the server was pid {SRV_PID} (last seen"))),
+        "{:?}",
+        f[0].evidence
+    );
+    // Attached after the exit: the tag-state file the server left names it.
+    let mut late = Model::new();
+    let mut t = with_tagfile(s.clone(), vec![published(1, "waiting", 500 * MS)]);
+    if let Some(tf) = t.tagfile.as_mut() {
+        tf.pid = 4242;
+    }
+    late.apply_snapshot(&t, 0);
+    let f = run(&late, 1200 * MS, &th());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        (f[0].class, f[0].pids.clone()),
+        (Class::ServerDead, vec![4242])
+    );
 }
 
 #[test]
@@ -489,6 +532,14 @@ fn slow_is_informational() {
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].class, Class::Slow);
     assert!(!f[0].is_problem());
+    // It names the queue's thread (the server process only when a snapshot found it).
+    assert_eq!(f[0].pids, vec![Q_TID], "{f:?}");
+    m.apply_snapshot(
+        &snap(2550 * MS, vec![task(Q_TID, 'S', "io_cqring_wait")]),
+        0,
+    );
+    let f = run(&m, 2600 * MS, &th());
+    assert_eq!(f[0].pids, vec![SRV_PID, Q_TID], "{f:?}");
     // Healthy 100 µs requests are never SLOW; and the window forgets old outliers.
     assert!(classes(&m, 200_000 * MS).is_empty());
 }

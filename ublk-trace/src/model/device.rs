@@ -50,6 +50,9 @@ pub struct Persist {
     pub held_since: Option<u64>,
     /// `/proc` was scanned and nobody holds `/dev/ublkcN`, since.
     pub server_absent_since: Option<u64>,
+    /// Pids of the processes last seen holding `/dev/ublkcN`: who it was once it is gone.
+    #[serde(default)]
+    pub last_server_pids: Vec<u32>,
     /// tid -> (`ublk_ctrl_*` frame, seen since): a control command in progress.
     pub ctrl_frames_since: BTreeMap<u32, (String, u64)>,
     /// tid -> scheduler counters at the latest snapshot: (snapshot ts, run ns, wait ns).
@@ -515,6 +518,9 @@ impl Device {
             .servers
             .is_empty()
             .then(|| p.server_absent_since.unwrap_or(ts));
+        if !snap.servers.is_empty() {
+            p.last_server_pids = snap.servers.iter().map(|s| s.pid).collect();
+        }
         let mut frames = BTreeMap::new();
         for t in threads() {
             if let Some(f) = t.ctrl_frame() {
