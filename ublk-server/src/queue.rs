@@ -170,6 +170,30 @@ pub struct Queue {
     released: bool,
 }
 
+/// A queue's io_uring. Plain by default. With `defer_taskrun` (the stall-queue fault) it is a
+/// DEFER_TASKRUN ring, created disabled so the queue thread can enable it and become its single
+/// issuer: the kernel then runs the ring's task work, which delivers ublk requests, only inside
+/// that thread's io_uring_enter, so a thread that stops entering leaves requests undelivered
+/// (NOT_DELIVERED). On a plain ring the task work runs whenever the thread returns to user
+/// space (a sleep is interrupted for it), and a stalled thread has them all delivered.
+/// Kernels before 6.1 lack DEFER_TASKRUN: the fault then falls back to a plain ring.
+fn queue_ring(entries: u32, defer_taskrun: bool) -> std::io::Result<IoUring> {
+    let plain = || IoUring::builder().setup_cqsize(2 * entries).build(entries);
+    if !defer_taskrun {
+        return plain();
+    }
+    IoUring::builder()
+        .setup_cqsize(2 * entries)
+        .setup_r_disabled()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(entries)
+        .or_else(|e| {
+            log::warn!("no DEFER_TASKRUN ring ({e}): stall-queue on a plain ring delivers anyway");
+            plain()
+        })
+}
+
 impl Queue {
     pub fn new(cfg: QueueConfig) -> Result<Self> {
         let page = crate::page_size();
@@ -196,9 +220,7 @@ impl Queue {
         // Per tag at most one ublk command plus one backend op or delay timeout, plus the
         // stop poll.
         let entries = (2 * depth as u32 + 2).next_power_of_two();
-        let ring = IoUring::builder()
-            .setup_cqsize(2 * entries)
-            .build(entries)
+        let ring = queue_ring(entries, cfg.faults.stall_after.is_some())
             .map_err(|e| Error::io(format!("create io_uring for queue {}", cfg.q_id), e))?;
         let mut files = vec![cfg.char_fd.as_raw_fd()];
         if let Some(fd) = cfg.target.backend_fd() {
@@ -301,6 +323,14 @@ impl Queue {
     /// Run until main sets `stop` or every tag is aborted by the kernel.
     pub fn run(mut self) -> Result<()> {
         self.pin_cpus();
+        if self.ring.params().is_setup_single_issuer() {
+            // The stall-queue ring was created disabled: enabling it here makes this thread
+            // its single issuer, the one whose io_uring_enter runs its deferred task work.
+            self.ring
+                .submitter()
+                .register_enable_rings()
+                .map_err(|e| Error::io("enable the stall-queue fault's DEFER_TASKRUN ring", e))?;
+        }
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
         let stop_poll =
@@ -647,6 +677,43 @@ mod tests {
                 &cmd.to_bytes(),
                 "ublksrv_io_cmd in the cmd area"
             );
+        }
+    }
+
+    /// The stall-queue fault relies on this: on a DEFER_TASKRUN ring a completion that needs
+    /// task work (a poll, like ublk's request delivery) is posted only when the issuer enters
+    /// io_uring; on a plain ring it is posted as soon as the thread returns to user space.
+    #[test]
+    fn only_the_defer_taskrun_ring_holds_task_work_until_io_uring_enter() {
+        for defer in [false, true] {
+            let ring = queue_ring(8, defer).expect("io_uring_setup");
+            assert_eq!(ring.params().is_setup_single_issuer(), defer);
+            if defer {
+                ring.submitter()
+                    .register_enable_rings()
+                    .expect("enable the ring on this thread");
+            }
+            let mut ring = ring;
+            let mut fds = [0i32; 2];
+            // SAFETY: pipe2 writes two fds into the array we own.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            let poll = opcode::PollAdd::new(types::Fd(fds[0]), libc::POLLIN as u32)
+                .build()
+                .user_data(7);
+            // SAFETY: the SQE refers to no memory; the fd outlives the ring's use of it.
+            unsafe { ring.submission().push(&poll).expect("SQ has room") };
+            ring.submit().expect("submit the poll");
+            // SAFETY: one byte from a local buffer into our own pipe.
+            assert_eq!(unsafe { libc::write(fds[1], [1u8].as_ptr().cast(), 1) }, 1);
+            let posted_at_once = ring.completion().len();
+            assert_eq!(posted_at_once, usize::from(!defer), "defer_taskrun={defer}");
+            ring.submit_and_wait(1).expect("enter io_uring");
+            assert_eq!(ring.completion().len(), 1, "defer_taskrun={defer}");
+            // SAFETY: closing the two fds pipe2 gave us.
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
         }
     }
 }
