@@ -21,6 +21,7 @@ const MATRIX_FILTERS: &[&str] = &[
     "state_map_tracks_tags",
     "fio_null_completes",
     "control_round_trip",
+    "a_minute_of_fio",
 ];
 
 /// Tests named `known_failure_*` reproduce bugs we know about and have not fixed yet. They are
