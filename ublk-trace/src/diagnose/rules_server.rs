@@ -356,7 +356,19 @@ impl Rule for CtrlPending {
             },
             dur(f.age_ms * MS)
         );
-        if start {
+        let unfetched = start
+            && matches!(super::rules_tags::NoFetch.check(cx), Verdict::Findings(ref v) if !v.is_empty());
+        if unfetched {
+            // The NO_FETCH finding explains it: the partition-scan advice would mislead.
+            f.evidence.push(
+                "START_DEV completes only when every tag has a FETCH_REQ, and some never had \
+                 one (NO_FETCH)"
+                    .into(),
+            );
+            f.hint = "Submit a FETCH_REQ for every tag of every queue; START_DEV waits for them \
+                      (see NO_FETCH for the tags)."
+                .into();
+        } else if start {
             f.evidence.extend(start_scan_line(cx));
             f.hint = "Up to 6.17 START_DEV waits for the partition-scan reads: serve I/O while \
                       START_DEV is in flight (do not wait for its completion first)."

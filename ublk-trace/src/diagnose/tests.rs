@@ -396,6 +396,7 @@ fn ctrl_pending_start_dev_and_teardown() {
         "{:?}",
         cp.evidence
     );
+    assert!(cp.hint.contains("partition-scan"), "{}", cp.hint);
     // Negative: commands that return are fine, EAGAIN + retry included.
     let mut ok = Model::new();
     ok.apply(&ctrl_start(0, 10, SRV_PID, "START_DEV"));
@@ -426,6 +427,14 @@ fn no_fetch_only_when_setup_observed() {
         "{:?}",
         nf.evidence
     );
+    // START_DEV is pending too: its hint points at the missing FETCH_REQs, not at the
+    // partition scan (the skip-fetch scenario).
+    let cp = f
+        .iter()
+        .find(|f| f.class == Class::CtrlPending)
+        .expect("START_DEV pending");
+    assert!(cp.hint.contains("FETCH_REQ"), "{}", cp.hint);
+    assert!(!cp.hint.contains("partition"), "{}", cp.hint);
     // Not enough data: attached after ADD_DEV (FETCHes may have been before us).
     let mut late = Model::new();
     late.apply(&ctrl_start(0, 5 * MS, SRV_PID, "START_DEV"));
