@@ -1,6 +1,7 @@
 //! Our server with an injected hang of one tag, watched from before the fault: within 2 s the
-//! headless watch names STUCK_IN_SERVER on exactly that queue and tag, with the server's pid,
-//! and no other tag of the device as stuck.
+//! headless watch names STUCK_IN_SERVER on exactly that queue and tag, with the server's pid
+//! and its queue thread, and no other tag of the device as stuck; after the teardown the guest
+//! is clean (no device left, nothing in D state).
 mod diagnose_common;
 
 use std::time::{Duration, Instant};
@@ -35,17 +36,23 @@ fn injected_hang_is_stuck_in_server_on_exactly_that_tag() {
     // The hang began at least the 600 ms of the check ago: count the 2 s from there.
     let fault = Instant::now() - Duration::from_millis(600);
     let pid = s.pid();
+    // The queue thread that holds the tag (named ublk-q<N> by the server).
+    let qtid = s.thread_tid(&format!("ublk-q{q}"));
     let found = w.wait_for(fault, Duration::from_secs(2), |doc| {
         let fs = findings(doc);
-        finding_on(&fs, &["STUCK_IN_SERVER"], q as u64, TAG).is_some_and(|f| has_pid(f, pid))
+        finding_on(&fs, &["STUCK_IN_SERVER"], q as u64, TAG)
+            .is_some_and(|f| has_pid(f, pid) && qtid.is_none_or(|tid| has_pid(f, tid)))
     });
     // fio waits for the hung read; killing the server fails it with EIO and fio exits.
     let _ = fio.kill();
+    let dev_id = s.dev_id;
     drop(w);
     drop(s);
     let _ = wait_timeout(&mut fio, Duration::from_secs(30));
-    let (t, doc) =
-        found.unwrap_or_else(|| panic!("no STUCK_IN_SERVER q{q} t{TAG} pid {pid} within 2 s"));
+    assert_recovered(dev_id, Duration::from_secs(30));
+    let (t, doc) = found.unwrap_or_else(|| {
+        panic!("no STUCK_IN_SERVER q{q} t{TAG} pids {pid} + queue thread {qtid:?} within 2 s")
+    });
     let fs = findings(&doc);
     println!(
         "found after {:?}: {:?}",

@@ -1,6 +1,7 @@
 //! A server SIGSTOPped with I/O in flight, watched from before the fault: within 2 s the
 //! headless watch names SERVER_STOPPED with the server's pid, the stuck request on the exact
-//! (queue, tag) blk-mq debugfs lists, and the reader in D state under WAITERS.
+//! (queue, tag) blk-mq debugfs lists, and the reader in D state under WAITERS; after the
+//! teardown (SIGKILL, then DEL) the guest is clean (no device left, nothing in D state).
 mod diagnose_common;
 
 use std::time::{Duration, Instant};
@@ -31,9 +32,10 @@ fn sigstopped_server_mid_io_is_stopped_stuck_and_waited_on() {
         let stopped = fs
             .iter()
             .any(|f| f["class"] == "SERVER_STOPPED" && has_pid(f, server_pid));
-        let stuck = busy
-            .iter()
-            .any(|&(q, t)| finding_on(&fs, &["NOT_DELIVERED", "STUCK_IN_SERVER"], q, t).is_some());
+        let stuck = busy.iter().any(|&(q, t)| {
+            finding_on(&fs, &["NOT_DELIVERED", "STUCK_IN_SERVER"], q, t)
+                .is_some_and(|f| has_pid(f, server_pid))
+        });
         let waiter = fs
             .iter()
             .any(|f| f["class"] == "WAITERS" && has_pid(f, dd_pid));
@@ -41,10 +43,12 @@ fn sigstopped_server_mid_io_is_stopped_stuck_and_waited_on() {
     });
     let elapsed = fault.elapsed();
     // Never `del` a stopped server's device: SIGKILL first (Server's drop), then the reader.
+    let dev_id = s.dev_id;
     drop(w);
     drop(s);
     let _ = reader.kill();
     let _ = wait_timeout(&mut reader, Duration::from_secs(10));
+    assert_recovered(dev_id, Duration::from_secs(30));
     let (t, doc) = found.unwrap_or_else(|| {
         panic!("no document named SERVER_STOPPED pid {server_pid}, the stuck tag of {busy:?} and WAITERS pid {dd_pid} within 2 s ({elapsed:?})")
     });

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -98,9 +98,18 @@ impl Drop for Server {
             let _ = self.child.kill();
             let _ = wait_timeout(&mut self.child, Duration::from_secs(30));
         }
-        let _ = Command::new(bin("ublk-server"))
+        // Bounded: a `del` that blocks must fail the test (assert_recovered), not hang it.
+        let del = Command::new(bin("ublk-server"))
             .args(["del", &self.dev_id.to_string()])
-            .output();
+            .stdout(Stdio::null())
+            .spawn();
+        if let Ok(mut del) = del
+            && wait_timeout(&mut del, Duration::from_secs(30)).is_none()
+        {
+            // Not waited for: a DEL stuck in the kernel may not die even on SIGKILL.
+            println!("ublk-server del {} still running after 30 s", self.dev_id);
+            let _ = del.kill();
+        }
     }
 }
 
@@ -375,5 +384,180 @@ impl Drop for HeadlessWatch {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+impl Server {
+    /// Start `ublk-server run <args>` without waiting for its ready line (a server whose
+    /// START_DEV never completes prints none): the device id is read from the
+    /// `/dev/ublkcN` the process holds open.
+    pub fn spawn_unready(args: &[&str]) -> Server {
+        let mut child = Command::new(bin("ublk-server"))
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ublk-server {args:?}: {e}"));
+        let t0 = Instant::now();
+        loop {
+            if let Some(dev_id) = held_char_dev(child.id()) {
+                return Server { child, dev_id };
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("ublk-server {args:?} exited ({st}) before opening /dev/ublkcN");
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ublk-server {args:?} held no /dev/ublkcN after 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Tid of the thread whose name is `comm` (e.g. `ublk-q0`, the server's queue threads).
+    pub fn thread_tid(&self, comm: &str) -> Option<u32> {
+        let dir = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        dir.flatten().find_map(|e| {
+            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let c = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            (c.trim_end() == comm).then_some(tid)
+        })
+    }
+}
+
+/// N of the `/dev/ublkcN` that `pid` holds open.
+pub fn held_char_dev(pid: u32) -> Option<u32> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    dir.flatten().find_map(|e| {
+        let target = std::fs::read_link(e.path()).ok()?;
+        target.to_str()?.strip_prefix("/dev/ublkc")?.parse().ok()
+    })
+}
+
+/// A shell command line (`sh -c`) in its own process group; on drop the whole group is
+/// SIGKILLed (fio forks its jobs) and reaped.
+pub struct ShellJob {
+    pub child: Child,
+}
+
+impl ShellJob {
+    pub fn start(script: &str, env: &[(&str, String)]) -> ShellJob {
+        let child = Command::new("sh")
+            .args(["-c", script])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .process_group(0)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn sh -c {script:?}: {e}"));
+        ShellJob { child }
+    }
+
+    /// Run `script` to its end (bounded by `limit`); its exit status.
+    pub fn run(script: &str, env: &[(&str, String)], limit: Duration) -> ExitStatus {
+        let mut job = Self::start(script, env);
+        wait_timeout(&mut job.child, limit)
+            .unwrap_or_else(|| panic!("sh -c {script:?} still running after {limit:?}"))
+    }
+
+    /// Whether the job's shell has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for ShellJob {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group our own child leads; no memory involved.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = wait_timeout(&mut self.child, Duration::from_secs(30));
+    }
+}
+
+/// Completed reads + writes of `/sys/block/ublkb<id>/stat` (None when the disk is gone).
+pub fn completed_ios(dev_id: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/sys/block/ublkb{dev_id}/stat")).ok()?;
+    let f: Vec<u64> = stat
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    Some(f.first()? + f.get(4)?)
+}
+
+/// Wait until the disk has completed `n` more requests than when called; false after `limit`.
+pub fn wait_for_ios(dev_id: u32, n: u64, limit: Duration) -> bool {
+    let base = completed_ios(dev_id).unwrap_or(0);
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if completed_ios(dev_id).is_some_and(|c| c >= base + n) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// User-space tasks in D state: (pid, tid, comm, wchan). Kernel threads (PF_KTHREAD) are left
+/// out: kworkers sleep in D briefly all the time.
+pub fn d_state_tasks() -> Vec<(u32, u32, String, String)> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let Some((head, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            let comm = head.split_once(" (").map_or("", |(_, c)| c).to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // rest: state(3) ppid pgrp session tty tpgid flags(9)
+            let flags: u64 = f.get(6).and_then(|x| x.parse().ok()).unwrap_or(0);
+            if f.first() != Some(&"D") || flags & PF_KTHREAD != 0 {
+                continue;
+            }
+            let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+            out.push((pid, tid, comm, wchan));
+        }
+    }
+    out
+}
+
+/// After a scenario's teardown (server SIGKILLed, device deleted, workload killed): within
+/// `limit` the device nodes and the disk are gone and no user task is left in D state, so
+/// the guest can run the next test. Panics with what is left otherwise.
+pub fn assert_recovered(dev_id: u32, limit: Duration) {
+    let paths = [
+        format!("/dev/ublkb{dev_id}"),
+        format!("/dev/ublkc{dev_id}"),
+        format!("/sys/block/ublkb{dev_id}"),
+    ];
+    let t0 = Instant::now();
+    loop {
+        let left: Vec<&String> = paths
+            .iter()
+            .filter(|p| std::path::Path::new(p).exists())
+            .collect();
+        let d = d_state_tasks();
+        if left.is_empty() && d.is_empty() {
+            println!("recovered {:?} after the teardown", t0.elapsed());
+            return;
+        }
+        if t0.elapsed() > limit {
+            panic!("not recovered after {limit:?}: still present {left:?}, tasks in D {d:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -1,0 +1,455 @@
+//! One guest test per bug-reproduction scenario of `cargo xtask repro` (docs/scenarios.md).
+//!
+//! The scenarios are not copied here: `xtask/src/scenarios.rs` is compiled into this test too
+//! (`#[path]`), so each test starts `ublk-server run <scenario.server>` and runs
+//! `<scenario.workload>` / `<scenario.action>` exactly as the repro does, and expects the
+//! scenario's finding class. What a test adds is the ground truth the finding is checked
+//! against (blk-mq debugfs, the server's own tag-state file, /proc), the queue, tag and pid
+//! the finding must name, the time limit, and the guest's recovery after the teardown.
+//! The host test at the end fails when a scenario has no guest test here.
+mod diagnose_common;
+#[allow(dead_code)]
+#[path = "../../xtask/src/scenarios.rs"]
+mod scenarios;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use diagnose_common::*;
+use scenarios::{SCENARIOS, Scenario};
+use serde_json::Value;
+
+/// Watch interval and the stuck/waiter threshold of the other watch tests (500 ms: below the
+/// 2 s allowed from fault to finding, with room for TCG).
+const INTERVAL_MS: u64 = 200;
+/// From the fault to the finding.
+const FIND_WITHIN: Duration = Duration::from_secs(2);
+/// From the teardown to a clean guest.
+const RECOVER_WITHIN: Duration = Duration::from_secs(30);
+
+/// Prints how long the test took when it ends (pass or fail).
+struct Took(&'static str, Instant);
+
+impl Drop for Took {
+    fn drop(&mut self) {
+        println!("{} took {:?}", self.0, self.1.elapsed());
+    }
+}
+
+/// The scenario named `name` of the shared table, and a timer for the test.
+fn scenario(name: &str) -> (&'static Scenario, Took) {
+    let s = SCENARIOS
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no scenario {name:?} in xtask/src/scenarios.rs"));
+    (s, Took(s.name, Instant::now()))
+}
+
+/// `key=` of the scenario's `--inject` spec (`hang:q=0,tag=1` -> q = 0).
+fn inject_arg(s: &Scenario, key: &str) -> u64 {
+    s.server
+        .split_whitespace()
+        .skip_while(|a| *a != "--inject")
+        .nth(1)
+        .and_then(|spec| spec.split_once(':'))
+        .and_then(|(_, args)| {
+            args.split(',')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{}: no {key}= in {:?}", s.name, s.server))
+}
+
+/// `--depth N` of the scenario's server.
+fn depth(s: &Scenario) -> u64 {
+    let a: Vec<&str> = s.server.split_whitespace().collect();
+    a.windows(2)
+        .find(|w| w[0] == "--depth")
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or_else(|| panic!("{}: no --depth in {:?}", s.name, s.server))
+}
+
+/// The scenario's server, started as `cargo xtask repro` starts it.
+fn start_server(s: &Scenario) -> Server {
+    let args: Vec<&str> = s.server.split_whitespace().collect();
+    Server::start(&args)
+}
+
+/// The scenario's workload on this test's device (the table names /dev/ublkb0).
+fn start_workload(s: &Scenario, srv: &Server) -> ShellJob {
+    ShellJob::start(&s.workload.replace("/dev/ublkb0", &srv.bdev()), &[])
+}
+
+/// The scenario's action (`$SRV` is the server's pid), run to its end.
+fn run_action(s: &Scenario, srv: &Server) {
+    let st = ShellJob::run(
+        s.action,
+        &[("SRV", srv.pid().to_string())],
+        Duration::from_secs(10),
+    );
+    assert!(st.success(), "{}: action {:?}: {st}", s.name, s.action);
+}
+
+/// The findings of `class` in a watch document.
+fn of_class(doc: &Value, class: &str) -> Vec<Value> {
+    findings(doc)
+        .into_iter()
+        .filter(|f| f["class"] == class)
+        .collect()
+}
+
+/// Tear down (watch, workload, server: SIGKILL, then DEL) and check the guest is clean.
+fn teardown(dev_id: u32, w: Option<HeadlessWatch>, wl: Option<ShellJob>, srv: Server) {
+    drop(w);
+    drop(wl);
+    drop(srv);
+    assert_recovered(dev_id, RECOVER_WITHIN);
+}
+
+fn report(name: &str, t0: Instant, found: Option<(Instant, Value)>, class: &str) -> Value {
+    let (t, doc) =
+        found.unwrap_or_else(|| panic!("{name}: no matching {class} within {FIND_WITHIN:?}"));
+    println!(
+        "{name}: {class} {:?} after the fault: {:?}",
+        t.duration_since(t0),
+        classes(&findings(&doc))
+    );
+    doc
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_hang_tag_gives_stuck_in_server() {
+    let (s, _took) = scenario("hang-tag");
+    let (q, tag) = (inject_arg(s, "q"), inject_arg(s, "tag"));
+    let srv = start_server(s);
+    let w = HeadlessWatch::start(srv.dev_id, INTERVAL_MS);
+    w.wait_until_attached();
+    let wl = start_workload(s, &srv);
+    assert!(
+        wait_for_stuck_tag(srv.dev_id, q, tag, Duration::from_secs(60)),
+        "q{q} t{tag} never stuck per debugfs: {:?}",
+        busy_tags(srv.dev_id)
+    );
+    // The hang began at least the 600 ms of the check ago.
+    let fault = Instant::now() - Duration::from_millis(600);
+    let (pid, qtid) = (srv.pid(), srv.thread_tid(&format!("ublk-q{q}")));
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
+        let fs = findings(doc);
+        finding_on(&fs, &[s.expect], q, tag).is_some_and(|f| has_pid(f, pid))
+    });
+    let id = srv.dev_id;
+    teardown(id, Some(w), Some(wl), srv);
+    let doc = report(s.name, fault, found, s.expect);
+    let fs = findings(&doc);
+    let f = finding_on(&fs, &[s.expect], q, tag).expect("matched above");
+    if let Some(tid) = qtid {
+        assert!(has_pid(f, tid), "queue thread {tid} missing: {f}");
+    }
+    let others: Vec<_> = of_class(&doc, s.expect)
+        .into_iter()
+        .filter(|f| f["queue"].as_u64() != Some(q) || f["tag"].as_u64() != Some(tag))
+        .collect();
+    assert!(others.is_empty(), "other tags called stuck: {others:?}");
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_stopped_server_gives_server_stopped() {
+    let (s, _took) = scenario("stopped-server");
+    let srv = start_server(s);
+    let w = HeadlessWatch::start(srv.dev_id, INTERVAL_MS);
+    w.wait_until_attached();
+    let wl = start_workload(s, &srv);
+    assert!(
+        wait_for_ios(srv.dev_id, 20, Duration::from_secs(60)),
+        "the workload did no I/O"
+    );
+    run_action(s, &srv);
+    let fault = Instant::now();
+    // Ground truth: the blocked reader(s) and the request(s) blk-mq holds in flight.
+    let t0 = Instant::now();
+    let mut blocked = Vec::new();
+    while blocked.is_empty() && t0.elapsed() < FIND_WITHIN {
+        blocked = d_state_tasks();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let busy = busy_tags(srv.dev_id);
+    let pid = srv.pid();
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
+        let fs = findings(doc);
+        let stopped = of_class(doc, s.expect).iter().any(|f| has_pid(f, pid));
+        let stuck = busy.iter().any(|&(q, t)| {
+            finding_on(&fs, &["NOT_DELIVERED", "STUCK_IN_SERVER"], q, t)
+                .is_some_and(|f| has_pid(f, pid))
+        });
+        let waiter = of_class(doc, "WAITERS")
+            .iter()
+            .any(|f| blocked.iter().any(|b| has_pid(f, b.0)));
+        stopped && stuck && waiter
+    });
+    // SIGKILL (never DEL a stopped server's device first), then DEL.
+    let id = srv.dev_id;
+    teardown(id, Some(w), Some(wl), srv);
+    assert!(!blocked.is_empty(), "no reader blocked in D after the stop");
+    assert!(!busy.is_empty(), "debugfs shows no request in flight");
+    report(s.name, fault, found, s.expect);
+    println!("blocked {blocked:?}, busy {busy:?}");
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_crash_gives_server_dead() {
+    let (s, _took) = scenario("crash");
+    let mut srv = start_server(s);
+    let w = HeadlessWatch::start(srv.dev_id, INTERVAL_MS);
+    w.wait_until_attached();
+    let wl = start_workload(s, &srv);
+    let pid = srv.pid();
+    let st = wait_timeout(&mut srv.child, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("the server did not crash within 120 s"));
+    let fault = Instant::now();
+    assert!(!st.success(), "the server exited cleanly: {st}");
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
+        of_class(doc, s.expect).iter().any(|f| has_pid(f, pid))
+    });
+    let id = srv.dev_id;
+    // The block disk goes away with the server; the char device stays until DEL.
+    let char_dev_stayed = std::path::Path::new(&format!("/dev/ublkc{id}")).exists();
+    teardown(id, Some(w), Some(wl), srv);
+    let doc = report(s.name, fault, found, s.expect);
+    println!("{}", of_class(&doc, s.expect)[0]);
+    assert!(char_dev_stayed, "/dev/ublkc{id} vanished before DEL");
+}
+
+/// error-commit and zero-commit: BAD_COMMIT on a tag the server's own tag-state file says it
+/// committed `bad` (its published result), with the server's pid and its evidence naming
+/// `what` (the result).
+fn bad_commit_scenario(name: &str, bad: fn(i32) -> bool, what: &str) {
+    let (s, _took) = scenario(name);
+    let srv = start_server(s);
+    let w = HeadlessWatch::start(srv.dev_id, INTERVAL_MS);
+    w.wait_until_attached();
+    let wl = start_workload(s, &srv);
+    let dir = ublk_trace::snapshot::tagfile::default_dir();
+    let bad_tags = || -> BTreeSet<(u64, u64)> {
+        let Ok(Some(tf)) = ublk_trace::snapshot::tagfile::find(dir, srv.dev_id) else {
+            return BTreeSet::new();
+        };
+        tf.tags
+            .iter()
+            .filter(|t| t.committed_ns > 0 && bad(t.result))
+            .map(|t| (u64::from(t.q_id), u64::from(t.tag)))
+            .collect()
+    };
+    let t0 = Instant::now();
+    let mut truth = BTreeSet::new();
+    while truth.is_empty() && t0.elapsed() < Duration::from_secs(60) {
+        truth = bad_tags();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fault = Instant::now();
+    assert!(
+        !truth.is_empty(),
+        "{name}: the server never published a bad commit"
+    );
+    let pid = srv.pid();
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
+        let fs = findings(doc);
+        truth.iter().any(|&(q, t)| {
+            finding_on(&fs, &[s.expect], q, t)
+                .is_some_and(|f| has_pid(f, pid) && f["evidence"].to_string().contains(what))
+        })
+    });
+    let id = srv.dev_id;
+    teardown(id, Some(w), Some(wl), srv);
+    let doc = report(name, fault, found, s.expect);
+    println!("bad commits per the tag file: {truth:?}");
+    for f in of_class(&doc, s.expect) {
+        let at = (
+            f["queue"].as_u64().unwrap_or(u64::MAX),
+            f["tag"].as_u64().unwrap_or(u64::MAX),
+        );
+        println!("{f}");
+        assert!(
+            at.1 < depth(s),
+            "{name}: {} on q{} t{} outside the queue depth",
+            s.expect,
+            at.0,
+            at.1
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_error_commit_gives_bad_commit() {
+    bad_commit_scenario("error-commit", |r| r < 0, "EIO");
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_zero_commit_gives_bad_commit() {
+    bad_commit_scenario("zero-commit", |r| r == 0, "result 0");
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_slow_gives_slow() {
+    let (s, _took) = scenario("slow");
+    let srv = start_server(s);
+    let w = HeadlessWatch::start(srv.dev_id, INTERVAL_MS);
+    w.wait_until_attached();
+    let wl = start_workload(s, &srv);
+    // Ground truth: the tags blk-mq has in flight; each request stays 400 ms, far longer
+    // than the 50 ms poll and the watch interval.
+    let mut seen: BTreeSet<(u64, u64)> = BTreeSet::new();
+    let t0 = Instant::now();
+    while seen.is_empty() && t0.elapsed() < Duration::from_secs(60) {
+        seen.extend(busy_tags(srv.dev_id));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fault = Instant::now();
+    assert!(!seen.is_empty(), "no request ever in flight");
+    let pid = srv.pid();
+    let qtid = srv.thread_tid("ublk-q0");
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
+        seen.extend(busy_tags(srv.dev_id));
+        let fs = findings(doc);
+        seen.iter().any(|&(q, t)| {
+            finding_on(&fs, &[s.expect], q, t)
+                .is_some_and(|f| has_pid(f, pid) && qtid.is_none_or(|tid| has_pid(f, tid)))
+        })
+    });
+    let id = srv.dev_id;
+    teardown(id, Some(w), Some(wl), srv);
+    let doc = report(s.name, fault, found, s.expect);
+    println!("in flight per debugfs: {seen:?}");
+    // Slow is all it is: nothing stuck, no bad commit.
+    let problems: Vec<_> = findings(&doc)
+        .into_iter()
+        .filter(|f| f["class"] != s.expect)
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "a slow server called more: {problems:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_stall_queue_gives_not_delivered() {
+    let (s, _took) = scenario("stall-queue");
+    let q = inject_arg(s, "q");
+    let srv = start_server(s);
+    let w = HeadlessWatch::start(srv.dev_id, INTERVAL_MS);
+    w.wait_until_attached();
+    let wl = start_workload(s, &srv);
+    // Ground truth: requests of the stalled queue that blk-mq keeps in flight for 600 ms.
+    let t0 = Instant::now();
+    let mut stuck = Vec::new();
+    while stuck.is_empty() && t0.elapsed() < Duration::from_secs(60) {
+        let busy = busy_tags(srv.dev_id);
+        std::thread::sleep(Duration::from_millis(600));
+        let again = busy_tags(srv.dev_id);
+        stuck = busy
+            .into_iter()
+            .filter(|b| b.0 == q && again.contains(b))
+            .collect();
+    }
+    let fault = Instant::now() - Duration::from_millis(600);
+    assert!(!stuck.is_empty(), "no request of q{q} stuck per debugfs");
+    let pid = srv.pid();
+    let qtid = srv.thread_tid(&format!("ublk-q{q}"));
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
+        let fs = findings(doc);
+        stuck.iter().any(|&(q, t)| {
+            finding_on(&fs, &[s.expect], q, t)
+                .is_some_and(|f| has_pid(f, pid) && qtid.is_none_or(|tid| has_pid(f, tid)))
+        })
+    });
+    let id = srv.dev_id;
+    teardown(id, Some(w), Some(wl), srv);
+    let doc = report(s.name, fault, found, s.expect);
+    println!("stuck per debugfs: {stuck:?}, queue thread {qtid:?}");
+    for f in of_class(&doc, s.expect) {
+        println!("{f}");
+    }
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_skip_fetch_gives_no_fetch() {
+    let (s, _took) = scenario("skip-fetch");
+    let (q, n) = (inject_arg(s, "q"), inject_arg(s, "tags"));
+    // START_DEV never completes: there is no ready line and no watch before the device.
+    let args: Vec<&str> = s.server.split_whitespace().collect();
+    let srv = Server::spawn_unready(&args);
+    let fault = Instant::now();
+    let wl = start_workload(s, &srv);
+    // The tracer attaches late (the device did not exist before): `diagnose`, as the repro.
+    let (code, doc, took) = diagnose(srv.dev_id, &["--for", "0.5", "--stuck-ms", "500"]);
+    let found_after = fault.elapsed();
+    let pid = srv.pid();
+    let id = srv.dev_id;
+    teardown(id, None, Some(wl), srv);
+    let fs = of_class(&doc, s.expect);
+    println!(
+        "{}: {:?} after the server started",
+        s.name,
+        classes(&findings(&doc))
+    );
+    assert_eq!(code, Some(1), "findings mean exit 1: {doc}");
+    let f = fs
+        .iter()
+        .find(|f| f["queue"].as_u64() == Some(q))
+        .unwrap_or_else(|| panic!("no {} on q{q}: {:?}", s.expect, classes(&findings(&doc))));
+    assert!(has_pid(f, pid), "server pid {pid} missing: {f}");
+    let want: Vec<String> = (0..n).map(|t| t.to_string()).collect();
+    let line = format!(
+        "q{q}: {n} of {} tags never had a FETCH_REQ accepted: {}",
+        depth(s),
+        want.join(", ")
+    );
+    assert!(
+        f["evidence"].to_string().contains(&line),
+        "evidence lacks {line:?}: {f}"
+    );
+    // START_DEV is pending because of the missing FETCH_REQs, not a partition scan.
+    for c in of_class(&doc, "CTRL_PENDING") {
+        assert!(c["hint"].to_string().contains("FETCH_REQ"), "misleading hint: {c}");
+    }
+    assert!(took < Duration::from_secs(10), "diagnose took {took:?}");
+    println!("found {found_after:?} after the server started (diagnose {took:?})");
+}
+
+/// Host check: every scenario of the shared table has its guest test here, named
+/// `repro_<scenario>_gives_<class>` and marked for the guest, so a new scenario (or a changed
+/// expected class) cannot go untested.
+#[test]
+fn every_scenario_has_a_guest_test() {
+    let src = include_str!("repro_scenarios.rs");
+    for s in SCENARIOS {
+        let name = format!(
+            "fn repro_{}_gives_{}()",
+            s.name.replace('-', "_"),
+            s.expect.to_lowercase()
+        );
+        let at = src
+            .find(&name)
+            .unwrap_or_else(|| panic!("scenario {} has no guest test `{name}`", s.name));
+        let head = &src[..at];
+        let attrs = &head[head.rfind("\n\n").unwrap_or(0)..];
+        assert!(
+            attrs.contains("#[ignore = \"needs ublk guest\"]"),
+            "`{name}` is not a guest test"
+        );
+        let body = &src[at..];
+        let body = &body[..body.find("\n}\n").unwrap_or(body.len())];
+        assert!(
+            body.contains(&format!("(\"{}\"", s.name)),
+            "`{name}` does not run scenario {:?}",
+            s.name
+        );
+    }
+}
