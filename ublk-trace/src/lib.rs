@@ -5,6 +5,7 @@
 //! sysfs/debugfs/procfs/ublk-control -> `snapshot` -----+-> `model` -> `diagnose` -> `tui` | JSON | `report`
 //! recorded JSON lines (`record`) ------------------------+
 //! `model` and `diagnose` are pure: no I/O, no clock (time is a parameter).
+pub mod bundle;
 pub mod cmd;
 pub mod diagnose;
 pub mod doctor;

@@ -1,11 +1,14 @@
-//! `ublk-trace diagnose dev N [--for S] [--json]` and `diagnose --all`: observe (snapshots and,
-//! when available, events) for a while, run the rules, print the findings.
+//! `ublk-trace diagnose dev N [--for S] [--json] [--bundle FILE.tar.gz]` and `diagnose --all`:
+//! observe (snapshots and, when available, events) for a while, run the rules, print the
+//! findings; with `--bundle`, also pack everything for a bug report (see `bundle`).
 //! Exit code: 0 no findings, 1 findings, 2 error (mapped in main).
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod bundle;
 pub mod output;
 
 use crate::cmd::watch::headless::PROBE_WAIT;
@@ -39,7 +42,27 @@ pub struct DiagnoseArgs {
     pub no_probes: bool,
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
+    /// Also write a bug bundle (gzip-compressed tar) with everything a maintainer asks for.
+    #[arg(long, value_name = "FILE.tar.gz", long_help = BUNDLE_HELP)]
+    pub bundle: Option<PathBuf>,
 }
+
+const BUNDLE_HELP: &str = "\
+Also write a bug bundle: a gzip-compressed tar with everything a maintainer asks for. \
+Open it with 'ublk-trace report FILE.tar.gz' (or tar xzf). The findings are printed as usual.
+With --bundle the probes get up to 60 s to load and events are recorded for --for seconds \
+(at least 2) once they run. Written to a temp file next to FILE, then renamed: never partial.
+Layout, under ublk-bundle-<UTC time>/:
+  MANIFEST.json        version, kernel, time, command line, files, what was not collected and why
+  findings.txt/.json   the findings (text, and the --json document)
+  doctor.txt/.json     'ublk-trace doctor'
+  recording.jsonl      events seen while observing, as 'record' writes them (recording.txt: why none)
+  kmsg.txt             kernel log tail
+  devN/snapshot.json   parsed snapshot: GET_DEV_INFO, blk-mq, inflight, procfs, fdinfo, tag-state file
+  devN/stacks.txt      kernel stacks of the server threads and the D-state waiters
+  devN/sysfs/ devN/debugfs/   /sys/block/ublkbN files; the blk-mq debugfs tree
+  devN/server-PID/ devN/waiter-PID/   status, fd.txt, fdinfo/FD (io_uring), task/TID/{stat,wchan,stack,...}
+  devN/tagstate.bin    the server's tag-state file (ublk-server only)";
 
 /// Rule thresholds as flags (defaults from `diagnose::Thresholds`), shared with `watch`.
 #[derive(Debug, Clone, clap::Args)]
@@ -84,31 +107,52 @@ fn observe_for(args: &DiagnoseArgs) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(args.for_secs))
 }
 
-/// Feed the session until `window` has passed and at least one full round arrived.
+/// Feed the session until `window` has passed and at least one full round arrived. With a
+/// `capture` (a bundle), wait longer for the probes and record at least `MIN_RECORD`.
 fn observe(
     session: &mut Session,
     args: &DiagnoseArgs,
     dev: Option<u32>,
     window: Duration,
+    mut capture: Option<&mut bundle::Capture>,
 ) -> anyhow::Result<()> {
     let period = Duration::from_millis(args.interval.max(50));
-    let sources = start_sources(dev, period, args.no_probes)?;
+    let sources = match capture.as_deref() {
+        Some(c) => bundle::start_sources(dev, period, args.no_probes, c)?,
+        None => start_sources(dev, period, args.no_probes)?,
+    };
     let start = Instant::now();
-    // A hung device's snapshot is bounded by its deadline; this bounds the whole wait.
-    let give_up = start + window + Duration::from_secs(10);
-    let mut have_round = false;
-    let mut tracker = RoundTracker::default();
     // Loading eBPF parses BTF (seconds in a TCG guest): wait for it a bounded time, then go
     // on with snapshots, which are what a late attach relies on anyway.
-    let probe_wait = window.max(PROBE_WAIT);
-    let done = |have_round: bool, s: &Session| {
-        let waited = start.elapsed();
-        have_round && waited >= window && (s.source_known() || waited >= probe_wait)
+    let (probe_wait, record_for) = match capture {
+        Some(_) => (
+            window.max(bundle::PROBE_WAIT),
+            window.max(bundle::MIN_RECORD),
+        ),
+        None => (window.max(PROBE_WAIT), Duration::ZERO),
     };
-    while Instant::now() < give_up && !done(have_round, session) {
+    // A hung device's snapshot is bounded by its deadline; this bounds the whole wait.
+    let give_up = start
+        + window
+        + Duration::from_secs(10)
+        + capture
+            .as_ref()
+            .map_or(Duration::ZERO, |_| probe_wait + record_for);
+    let mut have_round = false;
+    let mut tracker = RoundTracker::default();
+    let done = |have_round: bool, s: &Session, c: Option<&bundle::Capture>| {
+        let waited = start.elapsed();
+        let settled = s.source_known() || waited >= probe_wait;
+        let recorded = c.is_none_or(|c| c.recorded_enough(record_for, settled));
+        have_round && waited >= window && settled && recorded
+    };
+    while Instant::now() < give_up && !done(have_round, session, capture.as_deref()) {
         match sources.recv(Duration::from_millis(50)) {
             Ok(msg) => {
                 have_round |= tracker.observe(&msg, dev);
+                if let Some(c) = capture.as_deref_mut() {
+                    c.observe(&msg);
+                }
                 session.apply(msg);
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -137,9 +181,16 @@ pub fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         bail!("name a device (`diagnose dev N`) or use --all");
     }
     let window = observe_for(&args)?;
+    // Before minutes of observing: an unwritable destination fails now.
+    let pending = args
+        .bundle
+        .as_deref()
+        .map(crate::bundle::Pending::create)
+        .transpose()?;
+    let mut capture = pending.as_ref().map(|_| bundle::Capture::default());
     let mut session = Session::new();
     session.set_thresholds(args.thresholds.to_thresholds());
-    observe(&mut session, &args, dev, window).context("observe")?;
+    observe(&mut session, &args, dev, window, capture.as_mut()).context("observe")?;
     let now = monotonic_ns();
     let devices: Vec<u32> = match dev {
         Some(d) => vec![d],
@@ -162,8 +213,21 @@ pub fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         note,
         dropped_events: session.dropped_events(),
     };
-    let problems = print_report(&report, &diagnosis, args.json)?;
-    Ok(if problems {
+    let out = render_report(&report, &diagnosis)?;
+    print!("{}", if args.json { &out.json } else { &out.text });
+    if let (Some(dest), Some(path), Some(c)) = (pending, args.bundle.as_deref(), capture.as_ref()) {
+        let outcome = bundle::Outcome {
+            devices: &devices,
+            dev,
+            observed_ms,
+            source: report.source,
+            source_note: report.note.clone(),
+            findings_text: out.text,
+            findings_json: out.json,
+        };
+        bundle::write(dest, path, c, outcome).context("write the bug bundle")?;
+    }
+    Ok(if out.problems {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -179,8 +243,16 @@ struct Report<'a> {
     dropped_events: u64,
 }
 
-/// Print findings of the observed devices; true when any is a problem (not just SLOW).
-fn print_report(r: &Report, d: &Diagnosis, json: bool) -> anyhow::Result<bool> {
+/// The report in both forms, and whether any finding is a problem (not just SLOW).
+struct Rendered {
+    text: String,
+    /// One line, newline-terminated.
+    json: String,
+    problems: bool,
+}
+
+/// Findings of the observed devices, as text and as the JSON document.
+fn render_report(r: &Report, d: &Diagnosis) -> anyhow::Result<Rendered> {
     let mine = |dev: u32| r.devices.contains(&dev);
     let findings: Vec<_> = d.findings.iter().filter(|f| mine(f.dev)).collect();
     let problems = findings.iter().any(|f| f.is_problem());
@@ -191,31 +263,30 @@ fn print_report(r: &Report, d: &Diagnosis, json: bool) -> anyhow::Result<bool> {
         .filter(|c| mine(c.dev))
         .map(|c| format!("dev {} {}: {}", c.dev, c.class.name(), c.reason))
         .collect();
-    if json {
-        let doc = DiagnoseJson {
-            kind: "ublk-trace.diagnose",
-            version: JSON_VERSION,
-            devices: r.devices.to_vec(),
-            observed_ms: r.observed_ms,
-            source: r.source.to_string(),
-            source_note: r.note.clone(),
-            dropped_events: r.dropped_events,
-            findings: views.iter().map(FindingJson::from).collect(),
-            undecided: rechecks,
-        };
-        println!("{}", serde_json::to_string(&doc).context("encode JSON")?);
-    } else {
-        let note = match &r.note {
-            Some(n) => format!("snapshots only: {n}"),
-            None => r.source.to_string(),
-        };
-        print!(
-            "{}",
-            output::human_report(&views, r.devices, r.observed_ms, &note)
-        );
-        for c in &rechecks {
-            println!("could not decide: {c}");
-        }
+    let doc = DiagnoseJson {
+        kind: "ublk-trace.diagnose",
+        version: JSON_VERSION,
+        devices: r.devices.to_vec(),
+        observed_ms: r.observed_ms,
+        source: r.source.to_string(),
+        source_note: r.note.clone(),
+        dropped_events: r.dropped_events,
+        findings: views.iter().map(FindingJson::from).collect(),
+        undecided: rechecks.clone(),
+    };
+    let mut json = serde_json::to_string(&doc).context("encode JSON")?;
+    json.push('\n');
+    let note = match &r.note {
+        Some(n) => format!("snapshots only: {n}"),
+        None => r.source.to_string(),
+    };
+    let mut text = output::human_report(&views, r.devices, r.observed_ms, &note);
+    for c in &rechecks {
+        text.push_str(&format!("could not decide: {c}\n"));
     }
-    Ok(problems)
+    Ok(Rendered {
+        text,
+        json,
+        problems,
+    })
 }
