@@ -525,9 +525,18 @@ fn serve_added(
             target: opts.target.clone(),
             need_get_data: opts.need_get_data,
         };
-        if let Ok(json) = serde_json::to_vec(&saved) {
-            let _ = std::fs::write(saved_run_path(info.dev_id), json);
-        }
+        // Without this file `recover` cannot rebuild the target: fail now, not after a crash.
+        let path = saved_run_path(info.dev_id);
+        let json = serde_json::to_vec(&saved)
+            .map_err(|e| Error::io("encode the saved run", std::io::Error::other(e)))?;
+        std::fs::create_dir_all(ublk_trace_common::tagstate::DIR)
+            .and_then(|()| std::fs::write(&path, json))
+            .map_err(|e| {
+                Error::io(
+                    format!("save the target for recovery in {}", path.display()),
+                    e,
+                )
+            })?;
     }
     let mut served = Served::start(ctrl, info, target, opts.faults.clone())?;
     let cmd = CtrlCmd::start_dev(info.dev_id, std::process::id() as i32);
