@@ -375,6 +375,10 @@ fn repro_stall_queue_gives_not_delivered() {
     for f in of_class(&doc, s.expect) {
         println!("{f}");
     }
+    // The thread answered everything it had received before it stalled: nothing is stuck
+    // in the server, the requests wait for a delivery that never runs.
+    let in_server = of_class(&doc, "STUCK_IN_SERVER");
+    assert!(in_server.is_empty(), "stuck in the server: {in_server:?}");
 }
 
 #[test]
@@ -417,7 +421,10 @@ fn repro_skip_fetch_gives_no_fetch() {
     );
     // START_DEV is pending because of the missing FETCH_REQs, not a partition scan.
     for c in of_class(&doc, "CTRL_PENDING") {
-        assert!(c["hint"].to_string().contains("FETCH_REQ"), "misleading hint: {c}");
+        assert!(
+            c["hint"].to_string().contains("FETCH_REQ"),
+            "misleading hint: {c}"
+        );
     }
     assert!(took < Duration::from_secs(10), "diagnose took {took:?}");
     println!("found {found_after:?} after the server started (diagnose {took:?})");
