@@ -18,7 +18,14 @@ fault specs (--inject, repeatable):
   skip-fetch:q=Q[,tags=N]       never send FETCH_REQ for the first N tags of queue Q (all if no N)
   no-start-wait                 submit START_DEV and never reap its completion
   stall-queue:q=Q,after=N       queue Q's thread stops entering io_uring after N requests
-  crash:after=N                 abort the process after N requests";
+  crash:after=N                 abort the process after N requests
+  wrong-tag[:q=Q,tag=T]         commit tag (T+1) mod depth instead of T (once; first request if no T)
+  double-commit[:q=Q,tag=T]     commit a request twice (once; first request if no T)
+  wrong-thread[:q=Q]            commit queue Q's next request from a thread that does not own it
+  no-submit[:q=Q,tag=T]         write the COMMIT into an SQ, never call io_uring_enter for it (once)
+  no-reap[:q=Q]                 queue Q's thread stops reaping CQEs (it keeps sleeping)
+  start-gate                    serve I/O only after START_DEV's completion was reaped
+(q defaults to 0)";
 
 /// Fault numbers as published in the tag-state file (`fault` = kind, `fault_mask` bit = 1<<kind).
 #[repr(u32)]
@@ -33,6 +40,12 @@ pub enum FaultKind {
     NoStartWait = 7,
     StallQueue = 8,
     Crash = 9,
+    WrongTag = 10,
+    DoubleCommit = 11,
+    WrongThread = 12,
+    NoSubmit = 13,
+    NoReap = 14,
+    StartGate = 15,
 }
 
 impl FaultKind {
@@ -52,6 +65,12 @@ pub enum Fault {
     NoStartWait,
     StallQueue { q_id: u16, after: u64 },
     Crash { after: u64 },
+    WrongTag { q_id: u16, tag: Option<u16> },
+    DoubleCommit { q_id: u16, tag: Option<u16> },
+    WrongThread { q_id: u16 },
+    NoSubmit { q_id: u16, tag: Option<u16> },
+    NoReap { q_id: u16 },
+    StartGate,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -80,6 +99,12 @@ impl Fault {
             Self::NoStartWait => FaultKind::NoStartWait,
             Self::StallQueue { .. } => FaultKind::StallQueue,
             Self::Crash { .. } => FaultKind::Crash,
+            Self::WrongTag { .. } => FaultKind::WrongTag,
+            Self::DoubleCommit { .. } => FaultKind::DoubleCommit,
+            Self::WrongThread { .. } => FaultKind::WrongThread,
+            Self::NoSubmit { .. } => FaultKind::NoSubmit,
+            Self::NoReap { .. } => FaultKind::NoReap,
+            Self::StartGate => FaultKind::StartGate,
         }
     }
 
@@ -129,6 +154,25 @@ impl Fault {
             "crash" => Self::Crash {
                 after: kv.req("after").map_err(err)?,
             },
+            "wrong-tag" => Self::WrongTag {
+                q_id: kv.opt("q").map_err(err)?.unwrap_or(0),
+                tag: kv.opt("tag").map_err(err)?,
+            },
+            "double-commit" => Self::DoubleCommit {
+                q_id: kv.opt("q").map_err(err)?.unwrap_or(0),
+                tag: kv.opt("tag").map_err(err)?,
+            },
+            "wrong-thread" => Self::WrongThread {
+                q_id: kv.opt("q").map_err(err)?.unwrap_or(0),
+            },
+            "no-submit" => Self::NoSubmit {
+                q_id: kv.opt("q").map_err(err)?.unwrap_or(0),
+                tag: kv.opt("tag").map_err(err)?,
+            },
+            "no-reap" => Self::NoReap {
+                q_id: kv.opt("q").map_err(err)?.unwrap_or(0),
+            },
+            "start-gate" => Self::StartGate,
             other => return Err(err(format!("unknown fault '{other}'"))),
         };
         kv.finish().map_err(err)?;
@@ -146,17 +190,36 @@ impl Fault {
                 ))
             }
         };
+        let tag_ok = |tag: u16| {
+            if tag < depth {
+                Ok(())
+            } else {
+                Err(format!("--inject {self}: tag {tag} >= queue depth {depth}"))
+            }
+        };
         match *self {
             Self::Hang { q_id, tag, .. } => {
                 q_ok(q_id)?;
-                if tag >= depth {
-                    return Err(format!("--inject {self}: tag {tag} >= queue depth {depth}"));
+                tag_ok(tag)
+            }
+            Self::WrongTag { q_id, tag } => {
+                q_ok(q_id)?;
+                if depth < 2 {
+                    return Err(format!(
+                        "--inject {self}: needs a queue depth of at least 2 (another tag to commit)"
+                    ));
                 }
-                Ok(())
+                tag.map_or(Ok(()), tag_ok)
+            }
+            Self::DoubleCommit { q_id, tag } | Self::NoSubmit { q_id, tag } => {
+                q_ok(q_id)?;
+                tag.map_or(Ok(()), tag_ok)
             }
             Self::Delay { q_id: Some(q), .. }
             | Self::SkipFetch { q_id: q, .. }
-            | Self::StallQueue { q_id: q, .. } => q_ok(q),
+            | Self::StallQueue { q_id: q, .. }
+            | Self::WrongThread { q_id: q }
+            | Self::NoReap { q_id: q } => q_ok(q),
             _ => Ok(()),
         }
     }
@@ -180,6 +243,21 @@ impl fmt::Display for Fault {
             Self::NoStartWait => write!(f, "no-start-wait"),
             Self::StallQueue { q_id, after } => write!(f, "stall-queue:q={q_id},after={after}"),
             Self::Crash { after } => write!(f, "crash:after={after}"),
+            Self::WrongTag { q_id, tag } => {
+                write!(f, "wrong-tag:q={q_id}")?;
+                tag.map_or(Ok(()), |t| write!(f, ",tag={t}"))
+            }
+            Self::DoubleCommit { q_id, tag } => {
+                write!(f, "double-commit:q={q_id}")?;
+                tag.map_or(Ok(()), |t| write!(f, ",tag={t}"))
+            }
+            Self::WrongThread { q_id } => write!(f, "wrong-thread:q={q_id}"),
+            Self::NoSubmit { q_id, tag } => {
+                write!(f, "no-submit:q={q_id}")?;
+                tag.map_or(Ok(()), |t| write!(f, ",tag={t}"))
+            }
+            Self::NoReap { q_id } => write!(f, "no-reap:q={q_id}"),
+            Self::StartGate => write!(f, "start-gate"),
         }
     }
 }
@@ -246,6 +324,13 @@ pub struct QueueFaults {
     pub skip_fetch: Option<u16>,
     pub stall_after: Option<u64>,
     pub crash_after: Option<u64>,
+    /// Commit faults that act once, on the first matching request after arming:
+    /// (kind, tag or any, already fired).
+    pub once: Vec<(FaultKind, Option<u16>, bool)>,
+    /// This queue's thread stops reaping CQEs once armed.
+    pub no_reap: bool,
+    /// Serve I/O only after main reaped START_DEV's completion.
+    pub start_gate: bool,
     rng: u64,
 }
 
@@ -273,10 +358,37 @@ impl QueueFaults {
                 }
                 Fault::StallQueue { q_id: q, after } if q == q_id => qf.stall_after = Some(after),
                 Fault::Crash { after } => qf.crash_after = Some(after),
+                Fault::WrongTag { q_id: q, tag }
+                | Fault::DoubleCommit { q_id: q, tag }
+                | Fault::NoSubmit { q_id: q, tag }
+                    if q == q_id =>
+                {
+                    qf.once.push((f.kind(), tag, false))
+                }
+                Fault::WrongThread { q_id: q } if q == q_id => {
+                    qf.once.push((FaultKind::WrongThread, None, false))
+                }
+                Fault::NoReap { q_id: q } if q == q_id => qf.no_reap = true,
+                Fault::StartGate => qf.start_gate = true,
                 _ => {}
             }
         }
         qf
+    }
+
+    /// The once-only commit fault that takes this request on `tag`, if any (marked fired).
+    pub fn take_once(&mut self, tag: u16) -> Option<FaultKind> {
+        let hit = self
+            .once
+            .iter_mut()
+            .find(|(_, t, fired)| !*fired && t.is_none_or(|t| t == tag))?;
+        hit.2 = true;
+        Some(hit.0)
+    }
+
+    /// A once-only fault of `kind` is configured for this queue.
+    pub fn has_once(&self, kind: FaultKind) -> bool {
+        self.once.iter().any(|(k, _, _)| *k == kind)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -288,6 +400,8 @@ impl QueueFaults {
             && self.skip_fetch.is_none()
             && self.stall_after.is_none()
             && self.crash_after.is_none()
+            && self.once.is_empty()
+            && !self.no_reap
     }
 
     /// xorshift64: cheap, allocation-free, good enough for fault probabilities.
@@ -506,5 +620,119 @@ mod tests {
         assert!((800..1200).contains(&hits), "{hits} of 4000 at p=0.25");
         // Flushes carry no data: zero-commit leaves them alone.
         assert_eq!(q.rewrite_result(ublk_abi::UBLK_IO_OP_FLUSH, 0), None);
+    }
+
+    #[test]
+    fn parses_commit_and_ring_faults() {
+        assert_eq!(
+            Fault::parse("wrong-tag:q=1,tag=3"),
+            Ok(Fault::WrongTag {
+                q_id: 1,
+                tag: Some(3)
+            })
+        );
+        assert_eq!(
+            Fault::parse("wrong-tag"),
+            Ok(Fault::WrongTag { q_id: 0, tag: None })
+        );
+        assert_eq!(
+            Fault::parse("double-commit:tag=2"),
+            Ok(Fault::DoubleCommit {
+                q_id: 0,
+                tag: Some(2)
+            })
+        );
+        assert_eq!(
+            Fault::parse("wrong-thread:q=1"),
+            Ok(Fault::WrongThread { q_id: 1 })
+        );
+        assert_eq!(
+            Fault::parse("wrong-thread"),
+            Ok(Fault::WrongThread { q_id: 0 })
+        );
+        assert_eq!(
+            Fault::parse("no-submit:q=0,tag=1"),
+            Ok(Fault::NoSubmit {
+                q_id: 0,
+                tag: Some(1)
+            })
+        );
+        assert_eq!(Fault::parse("no-reap"), Ok(Fault::NoReap { q_id: 0 }));
+        assert_eq!(Fault::parse("start-gate"), Ok(Fault::StartGate));
+        for s in [
+            "wrong-tag:q=1,tag=3",
+            "wrong-tag:q=0",
+            "double-commit:q=0,tag=2",
+            "wrong-thread:q=1",
+            "no-submit:q=0",
+            "no-reap:q=1",
+            "start-gate",
+        ] {
+            let f = Fault::parse(s).expect("valid spec");
+            assert_eq!(f.to_string(), s);
+            assert_eq!(Fault::parse(&f.to_string()), Ok(f));
+        }
+        for (spec, why) in [
+            ("wrong-tag:tag=x", "tag=x is not a valid number"),
+            ("wrong-thread:tag=1", "unknown key 'tag'"),
+            ("no-reap:q=0,after=3", "unknown key 'after'"),
+            ("start-gate:q=0", "unknown key 'q'"),
+            ("double-commit:q=-1", "q=-1 is not a valid number"),
+        ] {
+            let e = Fault::parse(spec).expect_err(spec);
+            assert!(e.why.contains(why), "{spec}: got '{}'", e.why);
+            assert!(e.to_string().contains("wrong-tag[:q=Q,tag=T]"), "grammar shown");
+        }
+    }
+
+    #[test]
+    fn new_faults_validate_geometry() {
+        let wt = Fault::WrongTag {
+            q_id: 0,
+            tag: Some(3),
+        };
+        assert!(wt.validate(1, 4).is_ok());
+        assert!(wt.validate(1, 3).is_err(), "tag 3 >= depth 3");
+        let e = Fault::WrongTag { q_id: 0, tag: None }
+            .validate(1, 1)
+            .expect_err("depth 1 has no other tag");
+        assert!(e.contains("at least 2"), "{e}");
+        assert!(Fault::WrongThread { q_id: 1 }.validate(1, 8).is_err());
+        assert!(Fault::NoReap { q_id: 0 }.validate(1, 8).is_ok());
+        assert!(
+            Fault::NoSubmit {
+                q_id: 0,
+                tag: Some(8)
+            }
+            .validate(1, 8)
+            .is_err()
+        );
+        assert!(Fault::StartGate.validate(1, 1).is_ok());
+    }
+
+    #[test]
+    fn once_faults_fire_once_on_their_tag() {
+        let faults = [
+            Fault::WrongTag {
+                q_id: 0,
+                tag: Some(2),
+            },
+            Fault::DoubleCommit { q_id: 1, tag: None },
+            Fault::NoReap { q_id: 1 },
+            Fault::StartGate,
+        ];
+        let mut q0 = QueueFaults::for_queue(&faults, 0, 4, 1);
+        assert!(!q0.is_empty() && !q0.no_reap && q0.start_gate);
+        assert_eq!(q0.take_once(1), None);
+        assert_eq!(q0.take_once(2), Some(FaultKind::WrongTag));
+        assert_eq!(q0.take_once(2), None, "fires once");
+        let mut q1 = QueueFaults::for_queue(&faults, 1, 4, 1);
+        assert!(q1.no_reap && q1.has_once(FaultKind::DoubleCommit));
+        assert_eq!(q1.take_once(3), Some(FaultKind::DoubleCommit), "any tag");
+        assert_eq!(q1.take_once(0), None);
+        assert_eq!(
+            fault_mask(&faults),
+            (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15)
+        );
     }
 }

@@ -38,6 +38,9 @@ enum Kind {
     Delay = 2,
     /// The stop eventfd became readable.
     Stop = 3,
+    /// A command an injected fault sent besides (or instead of) the right one: its completion
+    /// says what the kernel made of it and changes nothing in the server's bookkeeping.
+    Injected = 4,
 }
 
 pub(crate) fn user_data(kind: u8, cmd_nr: u32, tag: u16) -> u64 {
@@ -50,6 +53,7 @@ fn decode_user_data(ud: u64) -> (Option<Kind>, u32, u16) {
         1 => Some(Kind::Target),
         2 => Some(Kind::Delay),
         3 => Some(Kind::Stop),
+        4 => Some(Kind::Injected),
         _ => None,
     };
     (kind, ((ud >> 16) & 0xff) as u32, ud as u16)
@@ -90,6 +94,8 @@ pub struct QueueShared {
     /// Request faults act only once this is set (after START_DEV completed), so the
     /// partition-scan reads that 6.12's START_DEV waits for are served normally.
     pub armed: AtomicBool,
+    /// Set by main once START_DEV's completion was reaped (the `start-gate` fault waits for it).
+    pub started: AtomicBool,
 }
 
 pub struct QueueConfig {
@@ -168,6 +174,10 @@ pub struct Queue {
     hung: Vec<bool>,
     /// Faults were released by main: serve normally from now on.
     released: bool,
+    /// no-submit: a second ring of this thread whose SQ gets the COMMIT and is never entered.
+    side_ring: Option<IoUring>,
+    /// The queue thread's tid (for log lines about foreign threads).
+    tid: u32,
 }
 
 /// A queue's io_uring. Plain by default. With `defer_taskrun` (the stall-queue fault) it is a
@@ -229,6 +239,16 @@ impl Queue {
         ring.submitter()
             .register_files(&files)
             .map_err(|e| Error::io("register files with the queue ring", e))?;
+        let side_ring = if cfg.faults.has_once(FaultKind::NoSubmit) {
+            let side = IoUring::new(8)
+                .map_err(|e| Error::io("create the no-submit fault's second ring", e))?;
+            side.submitter()
+                .register_files(&files[..1])
+                .map_err(|e| Error::io("register /dev/ublkcN with the second ring", e))?;
+            Some(side)
+        } else {
+            None
+        };
         Ok(Self {
             ioctl_encode: cfg.dev_flags & UBLK_F_CMD_IOCTL_ENCODE != 0,
             need_get_data: cfg.dev_flags & UBLK_F_NEED_GET_DATA != 0,
@@ -242,6 +262,8 @@ impl Queue {
             faults_armed: false,
             hung: vec![false; depth],
             released: false,
+            side_ring,
+            tid: 0,
             cfg,
             ring,
             descs,
@@ -333,12 +355,16 @@ impl Queue {
         }
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
+        self.tid = tid;
         let stop_poll =
             opcode::PollAdd::new(types::Fd(self.cfg.stop_fd.as_raw_fd()), libc::POLLIN as u32)
                 .build()
                 .user_data(user_data(Kind::Stop as u8, 0, 0));
         self.push(&stop_poll)?;
         self.fetch_all(tid)?;
+        if self.cfg.faults.start_gate {
+            self.wait_for_start();
+        }
         let result = self.serve();
         for tag in 0..self.cfg.depth {
             if let Some(s) = self.slot(tag) {
@@ -379,6 +405,47 @@ impl Queue {
             }
         }
         self.arm_stop_poll()
+    }
+
+    /// start-gate: hold every completion until main reaped START_DEV. Kernels that make
+    /// START_DEV wait for the partition-scan reads (up to 6.17) deadlock here: the reads are
+    /// delivered to this thread, which does not look.
+    fn wait_for_start(&mut self) {
+        log::info!(
+            "queue {}: injected start-gate, serving only after START_DEV completed",
+            self.cfg.q_id
+        );
+        self.mark_queue_fault(FaultKind::StartGate);
+        let shared = self.cfg.shared.clone();
+        while !shared.started.load(Ordering::Acquire)
+            && !shared.stop.load(Ordering::Acquire)
+            && !shared.release.load(Ordering::Acquire)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// no-reap: stop reading the completion queue (completions pile up in the CQ) until main
+    /// releases the faults or stops the queue.
+    fn stop_reaping(&mut self) {
+        log::info!(
+            "queue {}: injected no-reap, leaving completions in the CQ",
+            self.cfg.q_id
+        );
+        self.mark_queue_fault(FaultKind::NoReap);
+        let shared = self.cfg.shared.clone();
+        while !shared.stop.load(Ordering::Acquire) && !shared.release.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.released = shared.release.load(Ordering::Acquire);
+    }
+
+    fn mark_queue_fault(&self, kind: FaultKind) {
+        for tag in 0..self.cfg.depth {
+            if let Some(s) = self.slot(tag) {
+                s.fault.store(kind as u32, Ordering::Relaxed);
+            }
+        }
     }
 
     fn fetch_all(&mut self, tid: u32) -> Result<()> {
@@ -427,12 +494,6 @@ impl Queue {
                 }
             }
             self.committed.clear();
-            if self.stall_due() {
-                self.stall()?;
-                if self.cfg.shared.stop.load(Ordering::Acquire) {
-                    return Ok(());
-                }
-            }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
@@ -442,6 +503,13 @@ impl Queue {
                         e,
                     ));
                 }
+            }
+            if self.cfg.faults.no_reap
+                && !self.released
+                && self.cfg.shared.armed.load(Ordering::Relaxed)
+                && !self.cfg.shared.stop.load(Ordering::Acquire)
+            {
+                self.stop_reaping();
             }
             loop {
                 let Some(cqe) = self.ring.completion().next() else {
@@ -460,6 +528,7 @@ impl Queue {
                         self.commit(tag, res)?;
                     }
                     Some(Kind::Stop) => self.on_wake()?,
+                    Some(Kind::Injected) => self.on_injected_cqe(nr, tag, cqe.result())?,
                     None => {}
                 }
             }
@@ -501,6 +570,22 @@ impl Queue {
                 Ok(())
             }
         }
+    }
+
+    /// The completion of a command an injected fault sent: a rejection is logged (the kernel
+    /// changed nothing, the tag keeps its FETCH); a delivery (a misdirected commit the kernel
+    /// accepted re-armed that tag) is served as usual.
+    fn on_injected_cqe(&mut self, nr: u32, tag: u16, res: i32) -> Result<()> {
+        if res < 0 {
+            log::warn!(
+                "queue {} tag {tag}: injected {} rejected by the kernel: {} ({res})",
+                self.cfg.q_id,
+                io_cmd_name(nr),
+                std::io::Error::from_raw_os_error(-res)
+            );
+            return Ok(());
+        }
+        self.on_ublk_cqe(nr, tag, res)
     }
 
     fn end_tag(&mut self, tag: u16) {
@@ -579,48 +664,26 @@ impl Queue {
                 std::process::abort();
             }
         }
-    }
-
-    /// stall-queue: past `after` requests, and not released by a second signal.
-    fn stall_due(&self) -> bool {
-        !self.released
-            && self
-                .cfg
-                .faults
-                .stall_after
-                .is_some_and(|after| self.total_served > after)
-    }
-
-    /// stall-queue, at the top of the serve loop (everything reaped has been answered): hand
-    /// the kernel the queued commits without waiting for events, then never enter io_uring
-    /// again. The committed tags get new requests, and on this queue's DEFER_TASKRUN ring
-    /// their delivery task work waits for an io_uring_enter that never comes: NOT_DELIVERED,
-    /// whatever the timing. Stalling mid-batch instead left every tag in the server (CQEs
-    /// unreaped, commits unsubmitted) whenever the batch held all of them.
-    fn stall(&mut self) -> Result<()> {
-        log::info!(
-            "queue {}: injected stall, no longer entering io_uring",
-            self.cfg.q_id
-        );
-        for tag in 0..self.cfg.depth {
-            if let Some(s) = self.slot(tag) {
-                s.fault
-                    .store(FaultKind::StallQueue as u32, Ordering::Relaxed);
+        if let Some(after) = self.cfg.faults.stall_after
+            && self.total_served > after
+        {
+            log::info!(
+                "queue {}: injected stall, no longer entering io_uring",
+                self.cfg.q_id
+            );
+            for tag in 0..self.cfg.depth {
+                if let Some(s) = self.slot(tag) {
+                    s.fault
+                        .store(FaultKind::StallQueue as u32, Ordering::Relaxed);
+                }
             }
+            let shared = self.cfg.shared.clone();
+            while !shared.stop.load(Ordering::Acquire) && !shared.release.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Released: serve normally (the rest of the queue's backlog is in the CQ).
+            self.released = shared.release.load(Ordering::Acquire);
         }
-        self.ring.submit().map_err(|e| {
-            Error::io(
-                format!("queue {}: submit before the stall", self.cfg.q_id),
-                e,
-            )
-        })?;
-        let shared = self.cfg.shared.clone();
-        while !shared.stop.load(Ordering::Acquire) && !shared.release.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Released: serve normally (the next io_uring_enter delivers the backlog).
-        self.released = shared.release.load(Ordering::Acquire);
-        Ok(())
     }
 
     /// The request's result is known: apply result faults and delays, then commit.
@@ -652,7 +715,100 @@ impl Queue {
                     .user_data(user_data(Kind::Delay as u8, 0, tag));
             return self.push(&sqe);
         }
+        if let Some(kind) = self.cfg.faults.take_once(tag) {
+            return self.commit_faulty(kind, tag, res);
+        }
         self.commit(tag, res)
+    }
+
+    /// The once-only commit faults: the request on `tag` with result `res` is answered wrongly.
+    fn commit_faulty(&mut self, kind: FaultKind, tag: u16, res: i32) -> Result<()> {
+        if let Some(s) = self.slot(tag) {
+            s.fault.store(kind as u32, Ordering::Relaxed);
+        }
+        let q = self.cfg.q_id;
+        match kind {
+            FaultKind::WrongTag => {
+                let other = (tag + 1) % self.cfg.depth;
+                log::info!("queue {q} tag {tag}: injected wrong-tag, committing tag {other}");
+                if let Some(s) = self.slot(other) {
+                    s.fault.store(kind as u32, Ordering::Relaxed);
+                }
+                self.hung[usize::from(tag)] = true;
+                self.send_injected(other, res)
+            }
+            FaultKind::DoubleCommit => {
+                log::info!("queue {q} tag {tag}: injected double-commit");
+                self.commit(tag, res)?;
+                self.send_injected(tag, res)
+            }
+            FaultKind::WrongThread => {
+                self.hung[usize::from(tag)] = true;
+                self.commit_from_stray_thread(tag, res)
+            }
+            FaultKind::NoSubmit => {
+                let cmd = ublksrv_io_cmd {
+                    q_id: q,
+                    tag,
+                    result: res,
+                    addr: self.buf_addr(tag),
+                };
+                let sqe = io_cmd_sqe(UBLK_IO_COMMIT_AND_FETCH_REQ, self.ioctl_encode, &cmd);
+                let Some(side) = self.side_ring.as_mut() else {
+                    return self.commit(tag, res);
+                };
+                // SAFETY: the SQE points at this tag's buffer, which lives as long as self;
+                // the SQ tail is stored (visible in fdinfo) and io_uring_enter never called.
+                if unsafe { side.submission().push(&sqe) }.is_err() {
+                    return self.commit(tag, res);
+                }
+                log::info!(
+                    "queue {q} tag {tag}: injected no-submit, COMMIT left in the SQ of a second ring"
+                );
+                if let Some(s) = self.slot(tag) {
+                    s.set_committed(res);
+                }
+                self.hung[usize::from(tag)] = true;
+                Ok(())
+            }
+            _ => self.commit(tag, res),
+        }
+    }
+
+    /// A COMMIT_AND_FETCH_REQ for `tag` whose completion is tagged [`Kind::Injected`].
+    fn send_injected(&mut self, tag: u16, res: i32) -> Result<()> {
+        let cmd = ublksrv_io_cmd {
+            q_id: self.cfg.q_id,
+            tag,
+            result: res,
+            addr: self.buf_addr(tag),
+        };
+        let sqe = io_cmd_sqe(UBLK_IO_COMMIT_AND_FETCH_REQ, self.ioctl_encode, &cmd).user_data(
+            user_data(Kind::Injected as u8, UBLK_IO_COMMIT_AND_FETCH_REQ, tag),
+        );
+        self.push(&sqe)
+    }
+
+    /// wrong-thread: a thread of its own (`ublk-qN-stray`, with its own ring) sends the
+    /// COMMIT, waits for the kernel's answer, logs it and stays alive (so its tid can be
+    /// looked up) until the server stops or releases the faults.
+    fn commit_from_stray_thread(&mut self, tag: u16, res: i32) -> Result<()> {
+        let q = self.cfg.q_id;
+        let cmd = ublksrv_io_cmd {
+            q_id: q,
+            tag,
+            result: res,
+            addr: self.buf_addr(tag),
+        };
+        let sqe = io_cmd_sqe(UBLK_IO_COMMIT_AND_FETCH_REQ, self.ioctl_encode, &cmd);
+        let char_fd = self.cfg.char_fd.clone();
+        let shared = self.cfg.shared.clone();
+        let owner = self.tid;
+        std::thread::Builder::new()
+            .name(format!("ublk-q{q}-stray"))
+            .spawn(move || stray_commit(q, tag, owner, &char_fd, &sqe, &shared))
+            .map_err(|e| Error::io("spawn the wrong-thread fault's thread", e))?;
+        Ok(())
     }
 
     fn commit(&mut self, tag: u16, res: i32) -> Result<()> {
@@ -663,6 +819,52 @@ impl Queue {
         self.committed.push(tag);
         self.cfg.shared.served.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Body of the wrong-thread fault's thread.
+fn stray_commit(
+    q: u16,
+    tag: u16,
+    owner: u32,
+    char_fd: &OwnedFd,
+    sqe: &squeue::Entry,
+    shared: &QueueShared,
+) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    let answer = (|| -> std::io::Result<Option<i32>> {
+        let mut ring = IoUring::new(4)?;
+        ring.submitter().register_files(&[char_fd.as_raw_fd()])?;
+        // SAFETY: the SQE points at the tag's buffer in the queue's mapping, which outlives
+        // this thread's use of it (the kernel reads the address only while handling it).
+        unsafe { ring.submission().push(sqe) }.map_err(std::io::Error::other)?;
+        ring.submit()?;
+        for _ in 0..100 {
+            if let Some(c) = ring.completion().next() {
+                return Ok(Some(c.result()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(None)
+    })();
+    match answer {
+        Ok(Some(res)) if res < 0 => log::warn!(
+            "queue {q} tag {tag}: injected wrong-thread COMMIT from tid {tid} (owner tid {owner}) \
+             rejected: {} ({res})",
+            std::io::Error::from_raw_os_error(-res)
+        ),
+        Ok(Some(res)) => log::warn!(
+            "queue {q} tag {tag}: injected wrong-thread COMMIT from tid {tid} completed with {res}"
+        ),
+        Ok(None) => log::warn!(
+            "queue {q} tag {tag}: injected wrong-thread COMMIT from tid {tid} (owner tid {owner}) \
+             accepted by the kernel (no answer within 2 s)"
+        ),
+        Err(e) => log::warn!("queue {q} tag {tag}: wrong-thread fault could not send: {e}"),
+    }
+    while !shared.stop.load(Ordering::Acquire) && !shared.release.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

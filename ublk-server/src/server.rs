@@ -563,7 +563,28 @@ fn start_and_serve(
         wait_for_path(&format!("/dev/ublkb{}", served.dev_id), bound);
     } else {
         match await_start(ctrl, cmd, served, sigs, bound) {
-            Ok(true) => {}
+            Ok(true) => {
+                // START_DEV's completion is reaped: the start-gate fault lets its queues serve.
+                for sh in &served.shared {
+                    sh.started.store(true, Ordering::Release);
+                }
+            }
+            // A start-gated server deadlocks START_DEV on kernels that make it wait for the
+            // partition scan; START cannot be cancelled there (it sits in add_disk), and
+            // killing the server leaves it stuck for good. So a signal opens the gate: the
+            // queues serve the scan, START completes, and the device is stopped as usual.
+            Ok(false) if served.faults.iter().any(|f| matches!(f, Fault::StartGate)) => {
+                log::warn!("signal while START_DEV waits behind start-gate: opening the gate");
+                served.release_held();
+                if !matches!(await_start(ctrl, cmd, served, sigs, bound), Ok(true)) {
+                    ctrl.cancel_async(cmd);
+                    return Ok(());
+                }
+                for sh in &served.shared {
+                    sh.started.store(true, Ordering::Release);
+                }
+                return stop_device(ctrl, served, sigs);
+            }
             // Interrupted or timed out: the pending START holds a device reference that
             // DEL_DEV would wait for. (A START that completed with an error holds nothing.)
             Ok(false) => {
