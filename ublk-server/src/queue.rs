@@ -494,6 +494,12 @@ impl Queue {
                 }
             }
             self.committed.clear();
+            if self.stall_due() {
+                self.stall()?;
+                if self.cfg.shared.stop.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+            }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
@@ -664,26 +670,48 @@ impl Queue {
                 std::process::abort();
             }
         }
-        if let Some(after) = self.cfg.faults.stall_after
-            && self.total_served > after
-        {
-            log::info!(
-                "queue {}: injected stall, no longer entering io_uring",
-                self.cfg.q_id
-            );
-            for tag in 0..self.cfg.depth {
-                if let Some(s) = self.slot(tag) {
-                    s.fault
-                        .store(FaultKind::StallQueue as u32, Ordering::Relaxed);
-                }
+    }
+
+    /// stall-queue: past `after` requests, and not released by a second signal.
+    fn stall_due(&self) -> bool {
+        !self.released
+            && self
+                .cfg
+                .faults
+                .stall_after
+                .is_some_and(|after| self.total_served > after)
+    }
+
+    /// stall-queue, at the top of the serve loop (everything reaped has been answered): hand
+    /// the kernel the queued commits without waiting for events, then never enter io_uring
+    /// again. The committed tags get new requests, and on this queue's DEFER_TASKRUN ring
+    /// their delivery task work waits for an io_uring_enter that never comes: NOT_DELIVERED,
+    /// whatever the timing. Stalling mid-batch instead left every tag in the server (CQEs
+    /// unreaped, commits unsubmitted) whenever the batch held all of them.
+    fn stall(&mut self) -> Result<()> {
+        log::info!(
+            "queue {}: injected stall, no longer entering io_uring",
+            self.cfg.q_id
+        );
+        for tag in 0..self.cfg.depth {
+            if let Some(s) = self.slot(tag) {
+                s.fault
+                    .store(FaultKind::StallQueue as u32, Ordering::Relaxed);
             }
-            let shared = self.cfg.shared.clone();
-            while !shared.stop.load(Ordering::Acquire) && !shared.release.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            // Released: serve normally (the rest of the queue's backlog is in the CQ).
-            self.released = shared.release.load(Ordering::Acquire);
         }
+        self.ring.submit().map_err(|e| {
+            Error::io(
+                format!("queue {}: submit before the stall", self.cfg.q_id),
+                e,
+            )
+        })?;
+        let shared = self.cfg.shared.clone();
+        while !shared.stop.load(Ordering::Acquire) && !shared.release.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Released: serve normally (the next io_uring_enter delivers the backlog).
+        self.released = shared.release.load(Ordering::Acquire);
+        Ok(())
     }
 
     /// The request's result is known: apply result faults and delays, then commit.
