@@ -313,3 +313,5 @@ fn timed_out_sources(cx: &Ctx<'_>) -> Vec<Recheck> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_faults;

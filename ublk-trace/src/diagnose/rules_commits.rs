@@ -24,17 +24,38 @@ impl Rule for BadCommit {
     fn check(&self, cx: &Ctx<'_>) -> Verdict {
         let recent = cx.now_ns.saturating_sub(cx.th.recent_ms * MS);
         let mut out = Vec::new();
+        let window = cx.th.storm_window_ms * MS;
         for q in cx.dev.queues() {
+            // With an I/O scheduler (mq-deadline, the default for one hardware queue) the
+            // driver tag is released at each requeue: the same request comes back on any tag,
+            // so a storm is counted per queue too.
+            let q_storm: usize = q
+                .tags()
+                .iter()
+                .filter_map(|t| t.raw)
+                .map(|r| r.requeues_within(cx.now_ns, window))
+                .sum::<usize>()
+                + q.queue.untagged_requeues_within(cx.now_ns, window);
             for t in q.tags() {
                 let Some(r) = t.raw else { continue };
-                let storm = r.requeues_within(cx.now_ns, cx.th.storm_window_ms * MS);
+                let own = r.requeues_within(cx.now_ns, window);
                 let from_file = published_bad(t.published, recent);
                 let bad = r
                     .last_bad
                     .clone()
                     .filter(|b| b.ts_ns >= recent)
                     .or(from_file.clone());
-                if bad.is_none() && storm < cx.th.storm_requeues {
+                let short_write = bad
+                    .as_ref()
+                    .is_some_and(|b| b.result >= 0 && b.op != "READ");
+                let storm =
+                    if own < cx.th.storm_requeues && short_write && q_storm >= cx.th.storm_requeues
+                    {
+                        Storm::Queue(q_storm)
+                    } else {
+                        Storm::Tag(own)
+                    };
+                if bad.is_none() && own < cx.th.storm_requeues {
                     continue;
                 }
                 let mut f = bad_commit(cx, &q, &t, bad.as_ref(), storm);
@@ -73,12 +94,19 @@ fn published_bad(
     })
 }
 
+/// Requeues within the storm window: of this tag, or of its whole queue.
+#[derive(Clone, Copy)]
+enum Storm {
+    Tag(usize),
+    Queue(usize),
+}
+
 fn bad_commit(
     cx: &Ctx<'_>,
     q: &QueueView<'_>,
     t: &TagView<'_>,
     bad: Option<&crate::model::tag::BadCommit>,
-    storm: usize,
+    storm: Storm,
 ) -> Finding {
     let mut f = tag_finding(cx, Class::BadCommit, q, t);
     let count = t.bad_commits;
@@ -110,10 +138,21 @@ fn bad_commit(
             f.severity = Severity::Warning;
         }
     }
+    let (storm, whose) = match storm {
+        Storm::Tag(n) => (n, "of this tag".to_string()),
+        Storm::Queue(n) => (
+            n,
+            format!(
+                "on q{} (a requeued request comes back on any tag when an I/O scheduler \
+                 releases its driver tag)",
+                t.q_id
+            ),
+        ),
+    };
     if storm >= cx.th.storm_requeues {
         f.severity = Severity::Error;
         f.evidence.push(format!(
-            "{storm} requeues of this tag within {}: a requeue storm (livelock), not a stall",
+            "{storm} requeues {whose} within {}: a requeue storm (livelock), not a stall",
             dur(cx.th.storm_window_ms * MS)
         ));
     }
@@ -169,6 +208,8 @@ impl Rule for CmdRejected {
         let out = groups
             .into_iter()
             .map(|((q, tag, op, errno, tid), (n, first, owner))| {
+                // Attached after the FETCHes: the owner comes from the server's tag file.
+                let owner = owner.or_else(|| tag_owner(cx, q, tag));
                 let mut f = finding(cx, Class::CmdRejected, Severity::Error);
                 f.queue = Some(q);
                 f.tag = Some(tag);
@@ -191,6 +232,12 @@ impl Rule for CmdRejected {
     }
 }
 
+/// The tag's owner thread as the model or the server's tag-state file knows it.
+pub(super) fn tag_owner(cx: &Ctx<'_>, q: u16, tag: u16) -> Option<u32> {
+    let qv = cx.dev.queue(q)?;
+    qv.tag(tag).owner_tid.or(qv.owner_tid())
+}
+
 /// Why the kernel refused a command, from its errno and who sent it.
 fn rejection_cause(op: &str, errno: i32, tid: u32, owner: Option<u32>) -> String {
     match owner {
@@ -209,9 +256,9 @@ fn rejection_cause(op: &str, errno: i32, tid: u32, owner: Option<u32>) -> String
             "sent by the owner thread (tid {o}): a commit for a tag that holds no request, a \
              NEED_GET_DATA mismatch, or a bad buffer address"
         ),
-        None => format!(
-            "sent by tid {tid}; the owner thread is unknown (its FETCH_REQ was not seen)"
-        ),
+        None => {
+            format!("sent by tid {tid}; the owner thread is unknown (its FETCH_REQ was not seen)")
+        }
     }
 }
 

@@ -346,7 +346,13 @@ impl Rule for CtrlPending {
         }
         let start = cmds.iter().any(|c| c.op == "START_DEV")
             || fr.iter().any(|f| f.1.starts_with("ublk_ctrl_start_dev"));
-        let ops: Vec<&str> = cmds.iter().map(|c| c.op.as_str()).collect();
+        let mut ops: Vec<&str> = cmds.iter().map(|c| c.op.as_str()).collect();
+        // Attached after the command entered the driver: its frame names it.
+        if ops.is_empty() {
+            ops.extend(fr.iter().filter_map(|f| frame_op(f.1)));
+            ops.sort_unstable();
+            ops.dedup();
+        }
         f.summary = format!(
             "{} pending for {}",
             if ops.is_empty() {
@@ -380,6 +386,26 @@ impl Rule for CtrlPending {
         }
         Verdict::Findings(vec![f])
     }
+}
+
+/// The control command a `ublk_ctrl_*` kernel frame is executing (`ublk_ctrl_start_dev.isra.0`
+/// -> START_DEV), when the frame says.
+pub(super) fn frame_op(frame: &str) -> Option<&'static str> {
+    let f = frame.strip_prefix("ublk_ctrl_")?;
+    let f = f.split(['.', '+']).next().unwrap_or(f);
+    Some(match f {
+        "add_dev" => "ADD_DEV",
+        "del_dev" => "DEL_DEV",
+        "start_dev" => "START_DEV",
+        "stop_dev" => "STOP_DEV",
+        "set_params" => "SET_PARAMS",
+        "get_params" => "GET_PARAMS",
+        "start_recovery" => "START_USER_RECOVERY",
+        "end_recovery" => "END_USER_RECOVERY",
+        "quiesce_dev" => "QUIESCE_DEV",
+        "update_size" => "UPDATE_SIZE",
+        _ => return None,
+    })
 }
 
 /// Reads waiting for the server while START_DEV is pending (the partition scan).

@@ -225,6 +225,7 @@ fn stuck(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
         );
     }
     f.evidence.extend(published_line(cx, t));
+    f.evidence.extend(rejected_meanwhile(cx, t));
     f.evidence.extend(text::ring_lines(cx));
     f.evidence.extend(text::lost_line(cx));
     f.hint = "Every delivered request must be answered by COMMIT_AND_FETCH_REQ from the owner \
@@ -232,6 +233,41 @@ fn stuck(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
               completion, a commit never submitted)."
         .into();
     f
+}
+
+/// COMMITs of this queue the kernel rejected since the request reached the server: the
+/// commit meant for it may have named another tag, or come from a thread that does not own it.
+fn rejected_meanwhile(cx: &Ctx<'_>, t: &TagView<'_>) -> Option<String> {
+    let since = cx.now_ns.saturating_sub(t.age_ns);
+    let rej: Vec<_> = cx
+        .dev
+        .rejected()
+        .filter(|r| r.q_id == t.q_id && r.ts_ns >= since && r.op == "COMMIT_AND_FETCH_REQ")
+        .collect();
+    let r = rej.first()?;
+    let owner = r
+        .owner_tid
+        .or_else(|| super::rules_commits::tag_owner(cx, r.q_id, r.tag));
+    let thread = match owner {
+        Some(o) if o != r.tid => format!("tid {} (owner tid {o})", r.tid),
+        _ => format!("tid {}", r.tid),
+    };
+    let wrong_tag = rej.iter().any(|r| r.tag != t.tag);
+    Some(format!(
+        "meanwhile the kernel rejected {} COMMIT_AND_FETCH_REQ(s) on q{}: tag {} from {thread} \
+         ({}, result {}){}: if one was meant for this request, it {} and changed nothing",
+        rej.len(),
+        t.q_id,
+        r.tag,
+        errno_name(r.errno),
+        r.result,
+        if rej.len() > 1 { ", ..." } else { "" },
+        if wrong_tag {
+            "named the wrong tag"
+        } else {
+            "came from a thread that does not own the tag, or was malformed"
+        }
+    ))
 }
 
 fn published_line(cx: &Ctx<'_>, t: &TagView<'_>) -> Option<String> {

@@ -191,6 +191,19 @@ impl Model {
             if matches!(ev.kind, EventKind::Delivered { .. }) {
                 self.device_mut(dev_id, ts).queue_delivered(ts, q_id);
             }
+            // With an I/O scheduler the driver tag is gone by block_rq_requeue: count the
+            // requeue on the queue (a 0-byte write commit makes a storm of them).
+            if matches!(
+                ev.kind,
+                EventKind::Block {
+                    stage: BlockStage::Requeue,
+                    ..
+                }
+            ) {
+                self.device_mut(dev_id, ts)
+                    .queue_mut(q_id)
+                    .untagged_requeues(ts, 1);
+            }
             return;
         }
         let d = self.device_mut(dev_id, ts);
@@ -297,6 +310,14 @@ impl Model {
                 self.device_mut(dev_id, k.delivered_ns)
                     .queue_delivered(k.delivered_ns, q_id);
             }
+            if k.requeue_ns > 0 {
+                let q = self.device_mut(dev_id, k.requeue_ns).queue_mut(q_id);
+                let new = k.requeues.saturating_sub(q.untagged_requeues_read);
+                if new > 0 {
+                    q.untagged_requeues_read = k.requeues;
+                    q.untagged_requeues(k.requeue_ns, new);
+                }
+            }
             return;
         }
         self.apply_tag_facts(dev_id, q_id, tag, &TagFacts::from(k));
@@ -337,10 +358,15 @@ impl Model {
         }
         if f.requeue_ns > t.requeue_ns {
             t.requeue_ns = f.requeue_ns;
-            if t.requeue_times.len() == tag::REQUEUE_WINDOW {
-                t.requeue_times.pop_front();
+            // The map keeps the latest requeue and a count: every requeue since the last read
+            // happened by f.requeue_ns (a storm requeues hundreds of times between two reads).
+            let new = f.requeues.saturating_sub(t.requeues).max(1);
+            for _ in 0..new.min(tag::REQUEUE_WINDOW as u64) {
+                if t.requeue_times.len() == tag::REQUEUE_WINDOW {
+                    t.requeue_times.pop_front();
+                }
+                t.requeue_times.push_back(f.requeue_ns);
             }
-            t.requeue_times.push_back(f.requeue_ns);
         }
         t.requeues = t.requeues.max(f.requeues);
         t.rejected = t.rejected.max(f.rejected);

@@ -99,9 +99,32 @@ pub struct Queue {
     /// Last thread whose FETCH/COMMIT was accepted (the queue's daemon up to 6.15).
     pub owner_tid: Option<u32>,
     pub slow: VecDeque<SlowIo>,
+    /// Requeues traced without a driver tag (an I/O scheduler such as mq-deadline releases
+    /// it before block_rq_requeue fires): when they happened, the last [`super::tag::REQUEUE_WINDOW`].
+    pub untagged_requeue_times: VecDeque<u64>,
+    /// The eBPF state map's count of those, as last read.
+    pub untagged_requeues_read: u64,
 }
 
 impl Queue {
+    /// `n` requeues without a driver tag, by `ts`.
+    pub fn untagged_requeues(&mut self, ts: u64, n: u64) {
+        self.requeues += n;
+        for _ in 0..n.min(super::tag::REQUEUE_WINDOW as u64) {
+            if self.untagged_requeue_times.len() == super::tag::REQUEUE_WINDOW {
+                self.untagged_requeue_times.pop_front();
+            }
+            self.untagged_requeue_times.push_back(ts);
+        }
+    }
+    /// Requeues without a driver tag within `window_ns` before `now_ns`.
+    pub fn untagged_requeues_within(&self, now_ns: u64, window_ns: u64) -> usize {
+        let from = now_ns.saturating_sub(window_ns);
+        self.untagged_requeue_times
+            .iter()
+            .filter(|t| **t >= from)
+            .count()
+    }
     pub fn new(q_id: u16) -> Self {
         Self {
             q_id,
