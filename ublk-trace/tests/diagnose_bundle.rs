@@ -1,7 +1,8 @@
 //! `diagnose dev N --bundle FILE.tar.gz` on a real hang (our server, `hang:q=0,tag=1`): the
 //! bundle holds the finding on exactly that tag, the server's kernel stacks and io_uring
-//! fdinfo, a recording with the events seen while observing, the kernel log tail and doctor's
-//! output; `report FILE.tar.gz` prints the finding; nothing stays in D state afterwards.
+//! fdinfo, a reader's stack while it waits in D state (queue 1 hangs every tag), a recording
+//! with the events seen while observing, the kernel log tail and doctor's output;
+//! `report FILE.tar.gz` prints the finding; nothing stays in D state afterwards.
 mod diagnose_common;
 
 use std::process::{Command, Stdio};
@@ -94,15 +95,25 @@ fn print_layout(m: &Manifest, bundle_bytes: u64) {
 #[ignore = "needs ublk guest"]
 fn diagnose_bundle_of_an_injected_hang_holds_findings_stacks_fdinfo_recording_kmsg() {
     let _ = std::fs::remove_file(BUNDLE);
-    let s = Server::start(&[
-        "null",
-        "--queues",
-        "1",
-        "--depth",
-        "4",
-        "--inject",
-        "hang:q=0,tag=1",
-    ]);
+    // Queue 1 exists when the guest has two CPUs (blk-mq maps CPU n to queue n); every one of
+    // its tags hangs, so a reader pinned to CPU 1 waits in D state whichever tag it gets.
+    let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let mut args = vec!["null", "--depth", "4", "--inject", "hang:q=0,tag=1"];
+    if two_cpus {
+        args.extend(["--queues", "2"]);
+        for t in [
+            "hang:q=1,tag=0",
+            "hang:q=1,tag=1",
+            "hang:q=1,tag=2",
+            "hang:q=1,tag=3",
+        ] {
+            args.extend(["--inject", t]);
+        }
+    } else {
+        println!("NOTE: one CPU: no queue 1, so no D-state reader to bundle");
+        args.extend(["--queues", "1"]);
+    }
+    let s = Server::start(&args);
     // Four reads in flight on a depth-4 queue use every tag, so tag 1 gets one (and hangs);
     // fio goes on with the other tags, so the recording sees FETCH/COMMIT and queue_rq.
     let mut fio = fio_reads(&s.bdev(), 4, 0);
@@ -111,6 +122,14 @@ fn diagnose_bundle_of_an_injected_hang_holds_findings_stacks_fdinfo_recording_km
         "q0 t{TAG} never stuck per debugfs: {:?}",
         busy_tags(s.dev_id)
     );
+    let mut reader = two_cpus.then(|| dd(&s.bdev(), 8, 1, Some(1)));
+    if let Some(r) = &reader {
+        assert!(
+            wait_for_d_state(r.id(), Duration::from_secs(20)),
+            "the reader on queue 1 never slept in D: {:?}",
+            busy_tags(s.dev_id)
+        );
+    }
     let pid = s.pid();
     let dev = s.dev_id.to_string();
     let t0 = Instant::now();
@@ -140,6 +159,10 @@ fn diagnose_bundle_of_an_injected_hang_holds_findings_stacks_fdinfo_recording_km
     let _ = fio.kill();
     drop(s);
     let fio_gone = wait_timeout(&mut fio, Duration::from_secs(30)).is_some();
+    let reader_pid = reader.as_ref().map(|r| r.id());
+    let reader_gone = reader
+        .as_mut()
+        .is_none_or(|r| wait_timeout(r, Duration::from_secs(30)).is_some());
     let mut stuck = user_tasks_in_d();
     let until = Instant::now() + Duration::from_secs(10);
     while !stuck.is_empty() && Instant::now() < until {
@@ -194,6 +217,17 @@ fn diagnose_bundle_of_an_injected_hang_holds_findings_stacks_fdinfo_recording_km
         "no io_uring fdinfo under {server_dir}fdinfo/"
     );
     assert!(text(&b, "dev0/debugfs/hctx0/busy").contains(".tag=1,"));
+
+    // The reader in D state: its stack, raw and in the summary.
+    if let Some(rp) = reader_pid {
+        let raw = text(&b, &format!("dev0/waiter-{rp}/task/{rp}/stack"));
+        assert!(raw.contains("[<"), "reader {rp}: empty stack file");
+        assert!(
+            text(&b, "dev0/stacks.txt")
+                .contains(&format!("== waiter pid {rp} tid {rp} comm dd state D")),
+            "reader {rp} missing from stacks.txt"
+        );
+    }
     let snap: Value = serde_json::from_slice(b.get("dev0/snapshot.json").unwrap_or_default())
         .unwrap_or_else(|e| panic!("snapshot.json: {e}"));
     assert!(
@@ -219,8 +253,14 @@ fn diagnose_bundle_of_an_injected_hang_holds_findings_stacks_fdinfo_recording_km
         v["event"] == "io_cmd" && v["op"].as_str().is_some_and(|o| o.contains("FETCH"))
     });
     println!(
-        "recording: {} events, {queue_rq} queue_rq, {fetch} FETCH/COMMIT_AND_FETCH",
-        rec.events
+        "recording: {} events over {} ms, {queue_rq} queue_rq, {fetch} FETCH/COMMIT_AND_FETCH",
+        rec.events, rec.duration_ms
+    );
+    // The tracer's own GET_DEV_INFO calls (its snapshot thread) are not the server's.
+    let own = count_events(&jsonl, |v| v["comm"] == "snapshot-read");
+    assert_eq!(
+        own, 0,
+        "the recording holds ublk-trace's own control commands"
     );
     assert!(
         queue_rq > 0 && fetch > 0,
@@ -247,6 +287,10 @@ fn diagnose_bundle_of_an_injected_hang_holds_findings_stacks_fdinfo_recording_km
     );
 
     assert!(fio_gone, "fio did not exit after the server was killed");
+    assert!(
+        reader_gone,
+        "the reader did not exit after the server was killed"
+    );
     assert!(stuck.is_empty(), "tasks left in D state: {stuck:?}");
     let _ = std::fs::remove_file(BUNDLE);
 }

@@ -44,7 +44,8 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
 
 /// The report of one recording or bundle, as text or JSON.
 pub fn report_file(path: &Path, json: bool, th: &Thresholds) -> anyhow::Result<String> {
-    let gzip = crate::bundle::is_gzip(path).with_context(|| format!("open {}", path.display()))?;
+    let gzip = crate::bundle::is_gzip(path)
+        .with_context(|| format!("open recording or bundle {}", path.display()))?;
     if gzip {
         return report_bundle(path, json, th);
     }
@@ -132,6 +133,13 @@ fn report_bundle(path: &Path, json: bool, th: &Thresholds) -> anyhow::Result<Str
         None => out.push_str("(no findings.txt in the bundle)\n"),
     }
     out.push_str("\n== recording ==\n");
+    if recording.is_some() {
+        // The replay below knows only the recorded seconds; a hang older than them is in the
+        // findings above (from the snapshots), not in the recording's own findings.
+        out.push_str(
+            "(events seen while diagnose observed; what began earlier is in the findings above)\n",
+        );
+    }
     match &recording {
         Some(r) => out.push_str(&report::render_text(r)),
         None => {

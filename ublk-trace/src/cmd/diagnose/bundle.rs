@@ -26,6 +26,8 @@ pub const PROBE_WAIT: Duration = Duration::from_secs(60);
 pub const MIN_RECORD: Duration = Duration::from_secs(2);
 /// Events kept at most (~20 MB of JSON lines); the rest is counted, not kept.
 pub const MAX_EVENTS: u64 = 100_000;
+/// How much longer than the recording's length to wait for a lagging event stream.
+const BACKLOG_FACTOR: u32 = 3;
 /// Bound on `doctor` (it parses BTF: seconds in an emulated guest).
 const DOCTOR_DEADLINE: Duration = Duration::from_secs(60);
 /// Bound on the raw reads of one device and on the kernel log.
@@ -47,8 +49,10 @@ pub struct Capture {
     events: u64,
     lost: u64,
     truncated: bool,
-    /// When the probes went live: for the recording's duration and header.
+    /// When the probes went live (wall, CLOCK_MONOTONIC ns, Unix ms): the recording's start.
     live_at: Option<(Instant, u64, u64)>,
+    /// Every event before this CLOCK_MONOTONIC time has been captured.
+    caught_up_ns: u64,
     /// The last snapshot of each device.
     snapshots: BTreeMap<u32, DeviceSnapshot>,
 }
@@ -65,8 +69,12 @@ impl Capture {
             Msg::Snapshot(s) => {
                 self.snapshots.insert(s.dev_id, (**s).clone());
             }
+            Msg::CaughtUp(t) => self.caught_up_ns = self.caught_up_ns.max(*t),
             Msg::Events(evs) => {
-                for e in evs {
+                // Our own snapshots' GET_DEV_INFO calls are not the server's commands (the
+                // session ignores them too); a replay would report the ones cut at the end.
+                let own = std::process::id();
+                for e in evs.iter().filter(|e| e.pid != own) {
                     if let EventKind::Lost { count } = e.kind {
                         self.lost = self.lost.saturating_add(count);
                     }
@@ -85,10 +93,17 @@ impl Capture {
         }
     }
 
-    /// The probes have run for `min`, or will not run (`probes_settled` and never live).
+    /// The recording is complete for `min` after the probes went live, or will not run
+    /// (`probes_settled` and never live). Under load the event stream lags (every event is
+    /// decoded in user space): the wait for it is capped at [`BACKLOG_FACTOR`] × `min`, and the
+    /// manifest's `duration_ms` then says how much was recorded.
     pub fn recorded_enough(&self, min: Duration, probes_settled: bool) -> bool {
+        let min_ns = u64::try_from(min.as_nanos()).unwrap_or(u64::MAX);
         match self.live_at {
-            Some((t, _, _)) => t.elapsed() >= min,
+            Some((t, start_ns, _)) => {
+                self.caught_up_ns >= start_ns.saturating_add(min_ns)
+                    || t.elapsed() >= min * BACKLOG_FACTOR
+            }
             None => probes_settled,
         }
     }
@@ -100,7 +115,7 @@ impl Capture {
         dev: Option<u32>,
         why_not: Option<String>,
     ) -> Result<Recording, String> {
-        let Some((t, start_ns, start_unix_ms)) = self.live_at else {
+        let Some((_, start_ns, start_unix_ms)) = self.live_at else {
             return Err(why_not.unwrap_or_else(|| "the eBPF probes did not run".into()));
         };
         let probes = self
@@ -123,7 +138,7 @@ impl Capture {
             summary: RecordingSummary {
                 events: self.events,
                 lost_events: self.lost,
-                duration_ms: u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX),
+                duration_ms: self.caught_up_ns.saturating_sub(start_ns) / 1_000_000,
                 truncated_at: self.truncated.then_some(MAX_EVENTS),
             },
         })
@@ -362,7 +377,10 @@ mod tests {
                 .is_err_and(|e| e == "no kprobes")
         );
         c.observe(&Msg::ProbesLive);
+        let mut ours = ev(2, EventKind::Lost { count: 0 });
+        ours.pid = std::process::id();
         c.observe(&Msg::Events(vec![
+            ours,
             ev(
                 1,
                 EventKind::Delivered {
@@ -378,10 +396,22 @@ mod tests {
             ..Default::default()
         })));
         assert!(c.recorded_enough(Duration::ZERO, true));
+        let start_ns = c.live_at.map_or(0, |l| l.1);
+        let hour = Duration::from_secs(3600);
+        assert!(
+            !c.recorded_enough(hour, true),
+            "the stream is not an hour ahead"
+        );
+        c.observe(&Msg::CaughtUp(start_ns + 3600 * 1_000_000_000));
+        assert!(
+            c.recorded_enough(hour, true),
+            "caught up an hour past the start"
+        );
         let r = c.recording("6.12", Some(0), None).expect("recording");
         assert_eq!(r.summary.events, 2);
         assert_eq!(r.summary.lost_events, 3);
         assert_eq!(r.summary.truncated_at, None);
+        assert_eq!(r.summary.duration_ms, 3_600_000);
         let reader = crate::record::JsonlReader::new("mem".into(), &r.jsonl[..]).expect("header");
         assert_eq!(reader.header().kernel, "6.12");
         assert_eq!(reader.header().dev_filter, Some(0));
