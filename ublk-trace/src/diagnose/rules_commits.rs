@@ -149,16 +149,23 @@ fn bad_commit(
             ),
         ),
     };
+    // The model keeps the last REQUEUE_WINDOW requeue times per tag (and per queue): a
+    // count at that cap is a lower bound.
+    let at_least = if storm >= crate::model::tag::REQUEUE_WINDOW {
+        "at least "
+    } else {
+        ""
+    };
     if storm >= cx.th.storm_requeues {
         f.severity = Severity::Error;
         f.evidence.push(format!(
-            "{storm} requeues {whose} within {}: a requeue storm (livelock), not a stall",
+            "{at_least}{storm} requeues {whose} within {}: a requeue storm (livelock), not a stall",
             dur(cx.th.storm_window_ms * MS)
         ));
     }
     let storm_part = (storm >= cx.th.storm_requeues).then(|| {
         format!(
-            "requeue storm ({storm} requeues in {})",
+            "requeue storm ({at_least}{storm} requeues in {})",
             dur(cx.th.storm_window_ms * MS)
         )
     });
