@@ -460,3 +460,132 @@ fn every_scenario_has_a_guest_test() {
         );
     }
 }
+
+// ---- Commit and ring fault scenarios (wrong-tag, double-commit, wrong-thread, no-submit,
+// no-reap, start-gate, zero-commit-write). Detailed per-kind checks (calling/owner tid,
+// fdinfo lines, kernels) are in diagnose_injected_faults.rs; here each scenario of the table
+// runs as `cargo xtask repro` runs it and must give its class on q0 with the server's pid.
+
+/// Start the scenario, watch it, and wait (20 s) for its class on queue 0 with the server's
+/// pid, plus every class of `also` on the same tag; then tear down and check the guest.
+fn fault_scenario(name: &str, also: &[&str]) {
+    let (s, _took) = scenario(name);
+    let srv = start_server(s);
+    let w = HeadlessWatch::start(srv.dev_id, INTERVAL_MS);
+    w.wait_until_attached();
+    let wl = start_workload(s, &srv);
+    let t0 = Instant::now();
+    let pid = srv.pid();
+    let found = w.wait_for(t0, Duration::from_secs(20), |doc| {
+        let fs = findings(doc);
+        fs.iter().any(|f| {
+            f["class"] == s.expect
+                && f["queue"].as_u64() == Some(0)
+                && has_pid(f, pid)
+                && also.iter().all(|c| {
+                    f["tag"]
+                        .as_u64()
+                        .is_some_and(|t| finding_on(&fs, &[c], 0, t).is_some())
+                        || fs.iter().any(|g| g["class"] == *c && has_pid(g, pid))
+                })
+        })
+    });
+    let id = srv.dev_id;
+    teardown(id, Some(w), Some(wl), srv);
+    report(s.name, t0, found, s.expect);
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_wrong_tag_gives_cmd_rejected() {
+    fault_scenario("wrong-tag", &["STUCK_IN_SERVER"]);
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_double_commit_gives_cmd_rejected() {
+    fault_scenario("double-commit", &[]);
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_wrong_thread_gives_cmd_rejected() {
+    fault_scenario("wrong-thread", &["STUCK_IN_SERVER"]);
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_no_submit_gives_stuck_in_server() {
+    fault_scenario("no-submit", &[]);
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_no_reap_gives_stuck_in_server() {
+    fault_scenario("no-reap", &[]);
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_zero_commit_write_gives_bad_commit() {
+    fault_scenario("zero-commit-write", &[]);
+}
+
+/// start-gate deadlocks START_DEV only up to 6.17; from 6.18 the device works. The server is
+/// stopped with SIGINT, never SIGKILL: on 6.12 a killed start-gated server and its START_DEV
+/// worker stay in D state for good.
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_start_gate_gives_ctrl_pending() {
+    let (s, _took) = scenario("start-gate");
+    let osrel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = osrel
+        .trim()
+        .split(['.', '-', '+'])
+        .map(|n| n.parse().unwrap_or(0u32));
+    let kv = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    let args: Vec<&str> = s.server.split_whitespace().collect();
+    if kv >= (6, 18) {
+        let srv = start_server(s);
+        let id = srv.dev_id;
+        let st = ShellJob::run(
+            &format!(
+                "dd if={} of=/dev/null bs=4k count=16 iflag=direct",
+                srv.bdev()
+            ),
+            &[],
+            Duration::from_secs(60),
+        );
+        assert!(st.success(), "reads on {kv:?}: {st}");
+        teardown(id, None, None, srv);
+        println!("{}: harmless on {kv:?}", s.name);
+        return;
+    }
+    let mut srv = Server::spawn_unready(&args);
+    let t0 = Instant::now();
+    let (code, doc, _) = diagnose(srv.dev_id, &["--for", "3", "--stuck-ms", "500"]);
+    let pid = srv.pid();
+    srv.signal(libc::SIGINT);
+    let st = wait_timeout(&mut srv.child, Duration::from_secs(120));
+    let id = srv.dev_id;
+    let clean = st.is_some_and(|st| st.success());
+    if clean {
+        teardown(id, None, None, srv);
+    }
+    assert!(clean, "the gated server did not stop on SIGINT: {st:?}");
+    println!(
+        "{}: {:?} after {:?}",
+        s.name,
+        classes(&findings(&doc)),
+        t0.elapsed()
+    );
+    assert_eq!(code, Some(1), "findings mean exit 1: {doc}");
+    let f = of_class(&doc, s.expect);
+    assert!(
+        f.iter().any(|f| has_pid(f, pid)
+            && f["summary"]
+                .as_str()
+                .is_some_and(|x| x.contains("START_DEV"))),
+        "no CTRL_PENDING START_DEV with pid {pid}: {doc}"
+    );
+}

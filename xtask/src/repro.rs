@@ -36,7 +36,9 @@ fn find(name: &str) -> Result<&'static Scenario> {
 
 /// The guest script: start the broken server, trigger, observe, then always clean up so no
 /// device or D-state task is left (a stopped server is resumed/killed before `del`: DEL on a
-/// stopped server blocks in del_gendisk holding the global ublk mutex).
+/// stopped server blocks in del_gendisk holding the global ublk mutex). SIGINT comes first
+/// (a start-gated server on 6.12 must open its gate: SIGKILL would leave START_DEV and the
+/// dying server in D state for good), SIGKILL 5 s later.
 pub fn script(s: &Scenario, observe: &str) -> String {
     format!(
         r#"ublk-server run {server} > /tmp/srv.out 2>/tmp/srv.err &
@@ -51,7 +53,9 @@ sleep 1
 {observe}
 rc=$?
 echo "=== cleanup"
-kill -CONT $SRV 2>/dev/null; kill -KILL $SRV 2>/dev/null; wait $SRV 2>/dev/null
+kill -CONT $SRV 2>/dev/null; kill -INT $SRV 2>/dev/null
+i=0; while kill -0 $SRV 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+kill -KILL $SRV 2>/dev/null; wait $SRV 2>/dev/null
 kill -KILL $WL 2>/dev/null; wait $WL 2>/dev/null
 ublk-server del --all >/dev/null 2>&1
 ls /dev/ublkb* /dev/ublkc* 2>/dev/null && echo "=== WARNING: devices left behind"
