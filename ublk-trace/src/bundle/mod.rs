@@ -151,80 +151,89 @@ pub struct Parts {
 /// Lay the parts out as bundle files (paths relative to the bundle directory) and write the
 /// manifest that lists them. Pure.
 pub fn assemble(p: Parts) -> (Manifest, Vec<TarEntry>) {
-    let mut files: Vec<TarEntry> = Vec::new();
-    let mut missing: Vec<Missing> = Vec::new();
-    let mut add = |path: &str, data: Vec<u8>| {
-        files.push(TarEntry {
-            path: path.to_string(),
-            data,
-        })
-    };
-    add("findings.txt", p.findings_text.into_bytes());
-    add("findings.json", p.findings_json.into_bytes());
+    let mut l = Layout::default();
+    l.add("findings.txt", p.findings_text.into_bytes());
+    l.add("findings.json", p.findings_json.into_bytes());
     match p.doctor {
         Some(Ok((text, json))) => {
-            add("doctor.txt", text.into_bytes());
-            add("doctor.json", json.into_bytes());
+            l.add("doctor.txt", text.into_bytes());
+            l.add("doctor.json", json.into_bytes());
         }
-        Some(Err(why)) => missing.push(Missing {
-            what: "doctor".into(),
-            why,
-        }),
+        Some(Err(why)) => l.lack("doctor", why),
         None => {}
     }
-    let mut summary = None;
-    match p.recording {
-        Some(Ok(r)) => {
-            add("recording.jsonl", r.jsonl);
-            summary = Some(r.summary);
-        }
-        Some(Err(why)) => {
-            add(
-                "recording.txt",
-                format!("no recording of events: {why}\n").into_bytes(),
-            );
-            missing.push(Missing {
-                what: "recording.jsonl".into(),
-                why,
-            });
-        }
-        None => {}
-    }
+    let summary = l.recording(p.recording);
     match p.kmsg {
-        Some(Ok(bytes)) => add("kmsg.txt", bytes),
-        Some(Err(why)) => missing.push(Missing {
-            what: "kmsg.txt".into(),
-            why,
-        }),
+        Some(Ok(bytes)) => l.add("kmsg.txt", bytes),
+        Some(Err(why)) => l.lack("kmsg.txt", why),
         None => {}
     }
     for s in &p.snapshots {
-        let d = format!("dev{}", s.dev_id);
-        match serde_json::to_vec_pretty(s) {
-            Ok(j) => add(&format!("{d}/snapshot.json"), j),
-            Err(e) => missing.push(Missing {
-                what: format!("{d}/snapshot.json"),
-                why: format!("encode: {e}"),
-            }),
-        }
-        add(
-            &format!("{d}/stacks.txt"),
-            stacks_text(s, &p.raw).into_bytes(),
-        );
-        missing.extend(snapshot_gaps(s));
+        l.device(s, &p.raw);
     }
     for r in p.raw {
         match r.result {
-            Ok(data) => add(&r.dest, data),
-            Err(why) => missing.push(Missing {
-                what: r.source,
-                why,
-            }),
+            Ok(data) => l.add(&r.dest, data),
+            Err(why) => l.lack(&r.source, why),
         }
     }
-    missing.extend(p.raw_missing);
-    let m = p.meta;
-    let manifest = Manifest {
+    l.missing.extend(p.raw_missing);
+    let manifest = manifest(p.meta, summary, &l);
+    (manifest, l.files)
+}
+
+/// Files laid out so far, and what is missing.
+#[derive(Default)]
+struct Layout {
+    files: Vec<TarEntry>,
+    missing: Vec<Missing>,
+}
+
+impl Layout {
+    fn add(&mut self, path: &str, data: Vec<u8>) {
+        self.files.push(TarEntry {
+            path: path.to_string(),
+            data,
+        });
+    }
+
+    fn lack(&mut self, what: &str, why: String) {
+        self.missing.push(Missing {
+            what: what.to_string(),
+            why,
+        });
+    }
+
+    /// `recording.jsonl`, or `recording.txt` saying why there is none.
+    fn recording(&mut self, r: Option<Result<Recording, String>>) -> Option<RecordingSummary> {
+        match r? {
+            Ok(r) => {
+                self.add("recording.jsonl", r.jsonl);
+                Some(r.summary)
+            }
+            Err(why) => {
+                let text = format!("no recording of events: {why}\n");
+                self.add("recording.txt", text.into_bytes());
+                self.lack("recording.jsonl", why);
+                None
+            }
+        }
+    }
+
+    /// `devN/snapshot.json` and `devN/stacks.txt`, and the snapshot's own gaps.
+    fn device(&mut self, s: &DeviceSnapshot, raw: &[RawRead]) {
+        let d = format!("dev{}", s.dev_id);
+        match serde_json::to_vec_pretty(s) {
+            Ok(j) => self.add(&format!("{d}/snapshot.json"), j),
+            Err(e) => self.lack(&format!("{d}/snapshot.json"), format!("encode: {e}")),
+        }
+        self.add(&format!("{d}/stacks.txt"), stacks_text(s, raw).into_bytes());
+        self.missing.extend(snapshot_gaps(s));
+    }
+}
+
+fn manifest(m: Meta, recording: Option<RecordingSummary>, l: &Layout) -> Manifest {
+    Manifest {
         kind: MANIFEST_KIND.into(),
         version: MANIFEST_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -236,17 +245,17 @@ pub fn assemble(p: Parts) -> (Manifest, Vec<TarEntry>) {
         observed_ms: m.observed_ms,
         source: m.source,
         source_note: m.source_note,
-        recording: summary,
-        files: files
+        recording,
+        files: l
+            .files
             .iter()
             .map(|f| FileSize {
                 path: f.path.clone(),
                 bytes: f.data.len() as u64,
             })
             .collect(),
-        not_collected: missing,
-    };
-    (manifest, files)
+        not_collected: l.missing.clone(),
+    }
 }
 
 /// Sources the snapshot itself could not read, and the ones it found absent.

@@ -51,7 +51,8 @@ const BUNDLE_HELP: &str = "\
 Also write a bug bundle: a gzip-compressed tar with everything a maintainer asks for. \
 Open it with 'ublk-trace report FILE.tar.gz' (or tar xzf). The findings are printed as usual.
 With --bundle the probes get up to 60 s to load and events are recorded for --for seconds \
-(at least 2) once they run. Written to a temp file next to FILE, then renamed: never partial.
+(at least 2) once they run; a stream lagging under load is waited for up to 3x that \
+(MANIFEST.json's recording.duration_ms says how much was recorded). Written to a temp file next to FILE, then renamed: never partial.
 Layout, under ublk-bundle-<UTC time>/:
   MANIFEST.json        version, kernel, time, command line, files, what was not collected and why
   findings.txt/.json   the findings (text, and the --json document)

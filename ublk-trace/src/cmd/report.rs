@@ -126,22 +126,32 @@ fn report_bundle(path: &Path, json: bool, th: &Thresholds) -> anyhow::Result<Str
         s.push('\n');
         return Ok(s);
     }
-    let mut out = bundle_header(path, &m);
+    Ok(bundle_text(path, &m, &b, recording.as_ref()))
+}
+
+/// Header, findings, then the recording's summary (or why there is none).
+fn bundle_text(
+    path: &Path,
+    m: &crate::bundle::Manifest,
+    b: &crate::bundle::Bundle,
+    recording: Option<&report::Report>,
+) -> String {
+    let mut out = bundle_header(path, m);
     out.push_str("\n== findings ==\n");
     match b.get("findings.txt") {
         Some(t) => out.push_str(&String::from_utf8_lossy(t)),
         None => out.push_str("(no findings.txt in the bundle)\n"),
     }
     out.push_str("\n== recording ==\n");
-    if recording.is_some() {
-        // The replay below knows only the recorded seconds; a hang older than them is in the
-        // findings above (from the snapshots), not in the recording's own findings.
-        out.push_str(
-            "(events seen while diagnose observed; what began earlier is in the findings above)\n",
-        );
-    }
-    match &recording {
-        Some(r) => out.push_str(&report::render_text(r)),
+    match recording {
+        Some(r) => {
+            // The replay knows only the recorded seconds; a hang older than them is in the
+            // findings above (from the snapshots), not in the recording's own findings.
+            out.push_str(
+                "(events seen while diagnose observed; what began earlier is in the findings above)\n",
+            );
+            out.push_str(&report::render_text(r));
+        }
         None => {
             let why = b
                 .get("recording.txt")
@@ -150,7 +160,7 @@ fn report_bundle(path: &Path, json: bool, th: &Thresholds) -> anyhow::Result<Str
             out.push_str(&why);
         }
     }
-    Ok(out)
+    out
 }
 
 /// Who wrote the bundle, when, on what, and what it lacks.

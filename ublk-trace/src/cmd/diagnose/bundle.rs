@@ -229,34 +229,45 @@ fn spawn_probes(
             if tx.send(Msg::ProbesLive).is_err() {
                 return;
             }
-            let mut last_state_read = Instant::now();
-            while !stop.is_set() {
-                if last_state_read.elapsed() >= STATE_EVERY {
-                    last_state_read = Instant::now();
-                    match tracer.tag_states() {
-                        Ok(tags) => {
-                            if tx.send(Msg::KernelTags(tags)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => log::debug!("read the tag state map: {e}"),
+            stream(&mut tracer, &tx, &ev_tx, &stop);
+        })
+}
+
+/// Send the state map every [`STATE_EVERY`] and events as they come, until stopped or the
+/// loop has gone away.
+fn stream(
+    tracer: &mut Tracer,
+    tx: &std::sync::mpsc::Sender<Msg>,
+    ev_tx: &std::sync::mpsc::Sender<Msg>,
+    stop: &Stop,
+) {
+    let mut last_state_read = Instant::now();
+    while !stop.is_set() {
+        if last_state_read.elapsed() >= STATE_EVERY {
+            last_state_read = Instant::now();
+            match tracer.tag_states() {
+                Ok(tags) => {
+                    if tx.send(Msg::KernelTags(tags)).is_err() {
+                        return;
                     }
                 }
-                let mut events = Vec::new();
-                // poll drains the ring buffer: all that happened before `t` is in `events`.
-                let t = crate::probe::monotonic_ns();
-                if let Err(e) = tracer.poll(Duration::from_millis(100), &mut events) {
-                    let _ = tx.send(Msg::ProbesOff(format!("probes stopped: {e}")));
-                    return;
-                }
-                if !events.is_empty() && ev_tx.send(Msg::Events(events)).is_err() {
-                    return;
-                }
-                if ev_tx.send(Msg::CaughtUp(t)).is_err() {
-                    return;
-                }
+                Err(e) => log::debug!("read the tag state map: {e}"),
             }
-        })
+        }
+        let mut events = Vec::new();
+        // poll drains the ring buffer: all that happened before `t` is in `events`.
+        let t = crate::probe::monotonic_ns();
+        if let Err(e) = tracer.poll(Duration::from_millis(100), &mut events) {
+            let _ = tx.send(Msg::ProbesOff(format!("probes stopped: {e}")));
+            return;
+        }
+        if !events.is_empty() && ev_tx.send(Msg::Events(events)).is_err() {
+            return;
+        }
+        if ev_tx.send(Msg::CaughtUp(t)).is_err() {
+            return;
+        }
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -285,6 +296,27 @@ pub fn write(
     capture: &Capture,
     o: Outcome,
 ) -> anyhow::Result<()> {
+    let (manifest, files) = bundle::assemble(collect_parts(capture, o));
+    let root = bundle::root_dir(manifest.created_unix_ms);
+    let bytes = bundle::encode(&root, &manifest, &files).context("build the bundle")?;
+    dest.commit(&bytes)?;
+    let events = manifest.recording.as_ref().map_or_else(
+        || "no recording".to_string(),
+        |r| format!("{} events recorded", r.events),
+    );
+    eprintln!(
+        "ublk-trace: bundle {}: {} files, {} bytes, {events}, {} item(s) not collected (see MANIFEST.json)",
+        path.display(),
+        manifest.files.len() + 1,
+        bytes.len(),
+        manifest.not_collected.len()
+    );
+    Ok(())
+}
+
+/// Everything but the observation: raw files per device, the kernel log, `doctor` (run
+/// meanwhile), each under its deadline.
+fn collect_parts(capture: &Capture, o: Outcome) -> Parts {
     let kernel = crate::kernel::facts::kernel_release();
     let doctor = deadline::spawn(|| {
         let r = crate::doctor::run();
@@ -309,7 +341,7 @@ pub fn write(
         .wait(Instant::now() + DOCTOR_DEADLINE)
         .map_err(|t| format!("ublk-trace doctor: {t}"));
     let why_not = o.source_note.clone();
-    let parts = Parts {
+    Parts {
         meta: Meta {
             kernel: kernel.clone(),
             created_unix_ms: unix_ms(),
@@ -327,23 +359,7 @@ pub fn write(
         raw_missing,
         kmsg: Some(kmsg),
         recording: Some(capture.recording(&kernel, o.dev, why_not)),
-    };
-    let (manifest, files) = bundle::assemble(parts);
-    let root = bundle::root_dir(manifest.created_unix_ms);
-    let bytes = bundle::encode(&root, &manifest, &files).context("build the bundle")?;
-    dest.commit(&bytes)?;
-    let events = manifest.recording.as_ref().map_or_else(
-        || "no recording".to_string(),
-        |r| format!("{} events recorded", r.events),
-    );
-    eprintln!(
-        "ublk-trace: bundle {}: {} files, {} bytes, {events}, {} item(s) not collected (see MANIFEST.json)",
-        path.display(),
-        manifest.files.len() + 1,
-        bytes.len(),
-        manifest.not_collected.len()
-    );
-    Ok(())
+    }
 }
 
 #[cfg(test)]
