@@ -30,6 +30,13 @@ pub struct BenchOpts {
     pub kernel: KernelSpec,
     /// Skip building rublk.
     pub no_rublk: bool,
+    /// Only the tracer's cost: untraced vs `+record` vs `+watch`, pinned 2-vCPU layout only.
+    pub tracer_only: bool,
+    /// Rounds instead of the mode's default.
+    pub rounds: Option<u32>,
+    /// Turn on `kernel.bpf_stats_enabled` so the tracers report run count and time per
+    /// program (adds two clock reads per program run: compare ratios only with like runs).
+    pub bpf_stats: bool,
 }
 
 /// One measured device configuration.
@@ -65,8 +72,14 @@ fn ours(name: &'static str, target: &str, queues: u32, depth: u32) -> Config {
     }
 }
 
-fn configs(mode: Mode, rublk: bool) -> Vec<Config> {
-    let mut v = vec![Config {
+fn configs(mode: Mode, rublk: bool, tracer_only: bool) -> Vec<Config> {
+    let mut v = Vec::new();
+    if tracer_only {
+        v.push(ours("ours-null-q1", "null", 1, 64));
+        v.extend(traced());
+        return v;
+    }
+    v.push(Config {
         name: "null_blk",
         start: "modload null_blk queue_mode=2 irqmode=0 nr_devices=1 gb=16 hw_queue_depth=64 submit_queues=1 \
                 && SRV_PID= && DEV=/dev/nullb0\n"
@@ -74,7 +87,7 @@ fn configs(mode: Mode, rublk: bool) -> Vec<Config> {
         stop: "rmmod null_blk\n".into(),
         attach: String::new(),
         detach: String::new(),
-    }];
+    });
     v.push(ours("ours-null-q1", "null", 1, 64));
     if mode != Mode::Quick {
         v.push(ours("ours-null-q2", "null", 2, 64));
@@ -91,18 +104,33 @@ fn configs(mode: Mode, rublk: bool) -> Vec<Config> {
             detach: String::new(),
         });
     }
-    let mut rec = ours("ours-null-q1+record", "null", 1, 64);
-    rec.attach =
-        "ublk-trace record --dev 0 -o /tmp/rec.jsonl > /tmp/rec.out 2>&1 &\nTRC=$!\nsleep 2\n"
-            .into();
-    rec.detach = "stop_pid $TRC INT; echo \"TRACER record lines=$(wc -l < /tmp/rec.jsonl) $(tail -n 2 /tmp/rec.out | tr '\\n' ' ')\"\n".into();
-    v.push(rec);
-    let mut watch = ours("ours-null-q1+watch", "null", 1, 64);
-    watch.attach =
-        "ublk-trace watch dev 0 --headless --json --interval 1000 > /tmp/watch.out 2>&1 &\nTRC=$!\nsleep 2\n".into();
-    watch.detach = "echo \"TRACER watch $(grep -E 'VmHWM|VmRSS' /proc/$TRC/status | tr -s ' \\t\\n' ' ')\"\nstop_pid $TRC INT\n".into();
-    v.push(watch);
+    v.extend(traced());
     v
+}
+
+/// The untraced server with a tracer attached: `record` (every event to a file) and
+/// `watch --headless` (the live view). Each prints one `TRACER-STAT` line at detach: its CPU
+/// time, memory, and what it saw (events and drops), parsed into the JSON results.
+fn traced() -> [Config; 2] {
+    let mut rec = ours("ours-null-q1+record", "null", 1, 64);
+    rec.attach = "ublk-trace record --dev 0 -o /tmp/rec.jsonl > /tmp/rec.out 2>&1 &\nTRC=$!\nwait_line /tmp/rec.out recording\nT0=$(now_ms); C0=$(cpu_ns $TRC)\n"
+        .into();
+    // The recorder writes the events it has not converted yet after the stop (stop_ms):
+    // cpu_ns is its CPU while attached (start-up excluded), cpu_total_ns what it reports at
+    // exit (all of it, start-up included).
+    rec.detach = "T1=$(now_ms); C=$(cpu_ns $TRC); M=$(mem_kb $TRC); stop_pid $TRC INT 300; T2=$(now_ms)\n\
+        S=$(grep 'recorded' /tmp/rec.out | tail -n 1)\n\
+        echo \"TRACER-STAT config=$CFG round=$ROUND ms=$((T1-T0)) stop_ms=$((T2-T1)) cpu_ns=$((C-C0)) $M events=$(echo \"$S\" | sed -n 's/.*recorded \\([0-9]*\\) events.*/\\1/p') dropped=$(echo \"$S\" | sed -n 's/.* \\([0-9]*\\) dropped.*/\\1/p') cpu_total_ns=$(sed -n 's/.*CPU time \\([0-9]*\\) ms.*/\\1000000/p' /tmp/rec.out)\"\n\
+        grep -E '^ublk-trace: (recorded|program)' /tmp/rec.out | sed 's/^/TRACER /'\n"
+        .into();
+    let mut watch = ours("ours-null-q1+watch", "null", 1, 64);
+    watch.attach = "ublk-trace watch dev 0 --headless --json --interval 1000 > /tmp/watch.out 2>/tmp/watch.err &\nTRC=$!\nwait_line /tmp/watch.out ebpf\nT0=$(now_ms); C0=$(cpu_ns $TRC)\n".into();
+    watch.detach = "T1=$(now_ms); C=$(cpu_ns $TRC); M=$(mem_kb $TRC); bpf_progs $TRC; stop_pid $TRC INT\n\
+        L=$(tail -n 1 /tmp/watch.out)\n\
+        echo \"TRACER-STAT config=$CFG round=$ROUND ms=$((T1-T0)) cpu_ns=$((C-C0)) $M docs=$(grep -c kind /tmp/watch.out) dropped=$(echo \"$L\" | sed -n 's/.*\"dropped_events\":\\([0-9]*\\).*/\\1/p') lag_ms=$(echo \"$L\" | sed -n 's/.*\"stream_lag_ms\":\\([0-9]*\\).*/\\1/p')\"\n\
+        grep -E 'program' /tmp/watch.err | sed 's/^/TRACER /'\n"
+        .into();
+    [rec, watch]
 }
 
 const JOBS: &[(&str, &str, u32)] = &[
@@ -120,27 +148,48 @@ cpu_ns() { [ -n "$1" ] || { echo 0; return; }; s=0; for t in /proc/$1/task/*; do
 modload() { m=$1; shift; for f in $(cat /mod/$m.order); do if [ "$f" = "$m.ko" ]; then insmod /mod/$f "$@"; else insmod /mod/$f 2>/dev/null; fi; done; }
 # Signal a process, give it 5 s to exit, then SIGKILL it (and say so): a tracer that ignores
 # the signal must not hang the whole run.
-stop_pid() { kill -$2 $1 2>/dev/null; i=0; while kill -0 $1 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; kill -0 $1 2>/dev/null && { echo "TRACER pid $1 did not exit on SIG$2 within 5 s"; kill -KILL $1; }; wait $1 2>/dev/null; }
+# Optional $3: seconds to wait (default 5).
+stop_pid() { kill -$2 $1 2>/dev/null; i=0; n=$(( ${3:-5} * 10 )); while kill -0 $1 2>/dev/null && [ $i -lt $n ]; do sleep 0.1; i=$((i+1)); done; kill -0 $1 2>/dev/null && { echo "TRACER pid $1 did not exit on SIG$2 within ${3:-5} s"; kill -KILL $1; }; wait $1 2>/dev/null; }
+# Wait up to 120 s for a line containing $2 in file $1 (a tracer's start-up takes seconds in TCG).
+wait_line() { i=0; while [ $i -lt 1200 ]; do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; i=$((i+1)); done; echo "TRACER no '$2' in $1 after 120 s"; return 1; }
+# Milliseconds since boot (/proc/uptime has two decimals).
+now_ms() { read u _ < /proc/uptime; echo $(( ${u%.*} * 1000 + ${u#*.} * 10 )); }
+mem_kb() { echo "hwm_kb=$(sed -n 's/^VmHWM:[^0-9]*\([0-9]*\).*/\1/p' /proc/$1/status) rss_kb=$(sed -n 's/^VmRSS:[^0-9]*\([0-9]*\).*/\1/p' /proc/$1/status)"; }
+# Run count and time of each eBPF program a process holds (non-zero with kernel.bpf_stats_enabled=1).
+bpf_progs() { for f in /proc/$1/fdinfo/*; do grep -q '^run_cnt' $f 2>/dev/null && echo "TRACER prog $(grep -E '^(prog_type|prog_id|run_time_ns|run_cnt)' $f | tr -s '\t\n' '  ')"; done; }
 pin_server() { [ -n "$1" ] || return 0; for t in /proc/$1/task/*; do taskset -p -c 0 ${t##*/} >/dev/null 2>&1; done; }
 "#;
 
-fn script(mode: Mode, layout: &Layout, configs: &[Config]) -> String {
-    let (rounds, runtime) = match mode {
+fn script(
+    mode: Mode,
+    rounds: Option<u32>,
+    bpf_stats: bool,
+    layout: &Layout,
+    configs: &[Config],
+) -> String {
+    let (default_rounds, runtime) = match mode {
         Mode::Quick => (2, 3),
         Mode::Normal | Mode::Long => (5, 5),
     };
+    let rounds = rounds.unwrap_or(default_rounds).max(1);
     let mut s = String::from(PRELUDE);
+    if bpf_stats {
+        s.push_str("echo 1 > /proc/sys/kernel/bpf_stats_enabled\n");
+    }
     s.push_str("echo none > /sys/block/ublkb0/queue/scheduler 2>/dev/null\n");
     for round in 1..=rounds {
         // Interleave: every config once per round, so slow drifts of the emulator hit all alike.
         for c in configs {
-            s.push_str(&format!("echo '=== {} round {round}'\n", c.name));
+            s.push_str(&format!(
+                "echo '=== {} round {round}'\nCFG={}\nROUND={round}\n",
+                c.name, c.name
+            ));
             // A one-pass loop so a device that fails to start can `continue` past its jobs.
             s.push_str("for _once in 1; do\n");
             s.push_str(&c.start);
             s.push_str("[ -b \"$DEV\" ] || { echo \"BENCH-SKIP config=");
             s.push_str(c.name);
-            s.push_str("\"; continue; }\n");
+            s.push_str(" dev=$DEV\"; cat /tmp/srv.out /tmp/srv.err; ls /dev/ublk*; continue; }\n");
             s.push_str("echo none > /sys/block/${DEV#/dev/}/queue/scheduler 2>/dev/null\n");
             if layout.pin {
                 s.push_str("pin_server \"$SRV_PID\"\n");
@@ -276,6 +325,101 @@ fn sample_from(h: &BTreeMap<String, String>, fio_json: &str) -> Option<Sample> {
     })
 }
 
+/// One tracer's life across the jobs of one config and round (a `TRACER-STAT` line).
+#[derive(Debug, Clone, Serialize)]
+struct TracerStat {
+    layout: String,
+    config: String,
+    round: u32,
+    /// Attached (probes live) until stopped, ms.
+    ms: u64,
+    /// On-CPU time of all the tracer's threads while attached (start-up excluded), ns.
+    cpu_ns: u64,
+    hwm_kb: Option<u64>,
+    rss_kb: Option<u64>,
+    /// Events written (record).
+    events: Option<u64>,
+    /// Events lost (ring buffer full): record's count, or watch's last `dropped_events`.
+    dropped: Option<u64>,
+    /// Time from the stop signal to exit (record writes what it has not converted yet).
+    stop_ms: Option<u64>,
+    /// CPU over the whole life, as the tracer reports it at exit (record).
+    cpu_total_ns: Option<u64>,
+}
+
+fn parse_tracer_stats(layout: &str, lines: &[String]) -> Vec<TracerStat> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("TRACER-STAT "))
+        .filter_map(|rest| {
+            let kv: BTreeMap<&str, &str> = rest
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .collect();
+            let num = |k: &str| kv.get(k).and_then(|v| v.parse::<u64>().ok());
+            Some(TracerStat {
+                layout: layout.to_string(),
+                config: kv.get("config")?.to_string(),
+                round: kv.get("round")?.parse().ok()?,
+                ms: num("ms")?,
+                cpu_ns: num("cpu_ns").unwrap_or(0),
+                hwm_kb: num("hwm_kb"),
+                rss_kb: num("rss_kb"),
+                events: num("events"),
+                dropped: num("dropped"),
+                stop_ms: num("stop_ms"),
+                cpu_total_ns: num("cpu_total_ns"),
+            })
+        })
+        .collect()
+}
+
+/// Per traced config and round: the tracer's CPU per I/O served while it was attached (and
+/// over its whole life, with what it did after the stop), events/s, drops, memory.
+fn print_tracer_table(stats: &[TracerStat], samples: &[Sample]) {
+    if stats.is_empty() {
+        return;
+    }
+    println!(
+        "{:<13} {:<20} {:>5} {:>10} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "layout",
+        "config",
+        "round",
+        "cpu ns/IO",
+        "cpu %",
+        "total/IO",
+        "events/s",
+        "dropped",
+        "stop ms",
+        "HWM MiB"
+    );
+    for t in stats {
+        let ios: u64 = samples
+            .iter()
+            .filter(|s| s.layout == t.layout && s.config == t.config && s.round == t.round)
+            .map(|s| s.ios)
+            .sum();
+        let opt = |x: Option<String>| x.unwrap_or_else(|| "-".into());
+        let per_io = |ns: u64| (ios > 0).then(|| format!("{:.0}", ns as f64 / ios as f64));
+        println!(
+            "{:<13} {:<20} {:>5} {:>10} {:>7} {:>10} {:>10} {:>8} {:>8} {:>8}",
+            t.layout,
+            t.config,
+            t.round,
+            opt(per_io(t.cpu_ns)),
+            opt((t.ms > 0).then(|| format!("{:.1}", t.cpu_ns as f64 / (t.ms as f64 * 1e4)))),
+            opt(t.cpu_total_ns.and_then(per_io)),
+            opt(t
+                .events
+                .filter(|_| t.ms > 0)
+                .map(|e| format!("{:.0}", e as f64 * 1000.0 / t.ms as f64))),
+            opt(t.dropped.map(|d| d.to_string())),
+            opt(t.stop_ms.map(|d| d.to_string())),
+            opt(t.hwm_kb.map(|k| format!("{:.1}", k as f64 / 1024.0))),
+        );
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Summary {
     layout: String,
@@ -290,6 +434,9 @@ struct Summary {
     vs_null_blk: Option<f64>,
     vs_rublk: Option<f64>,
     vs_untraced: Option<f64>,
+    /// Traced/untraced IOPS of the same round (interleaved, so a drift of the emulator hits
+    /// both alike): the spread of the ratio, (min, median, max) over rounds.
+    vs_untraced_rounds: Option<(f64, f64, f64)>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -348,7 +495,22 @@ fn summarize(samples: &[Sample]) -> Vec<Summary> {
             } else {
                 None
             },
-            vs_untraced: untraced.and_then(|u| ratio(&u)),
+            vs_untraced: untraced.as_ref().and_then(|u| ratio(u)),
+            vs_untraced_rounds: untraced.as_ref().and_then(|u| {
+                let base = groups.get(&(k.0.clone(), u.clone(), k.2.clone()))?;
+                let r: Vec<f64> = g
+                    .iter()
+                    .filter_map(|s| {
+                        let b = base.iter().find(|b| b.round == s.round)?;
+                        (b.iops > 0.0).then(|| s.iops / b.iops)
+                    })
+                    .collect();
+                (!r.is_empty()).then(|| {
+                    let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = r.iter().copied().fold(0.0, f64::max);
+                    (lo, median(r), hi)
+                })
+            }),
         });
     }
     out
@@ -356,7 +518,7 @@ fn summarize(samples: &[Sample]) -> Vec<Summary> {
 
 fn print_table(rows: &[Summary]) {
     println!(
-        "{:<13} {:<20} {:<15} {:>9} {:>17} {:>8} {:>9} {:>7} {:>7} {:>7}",
+        "{:<13} {:<20} {:<15} {:>9} {:>17} {:>8} {:>9} {:>7} {:>7} {:>7} {:>17}",
         "layout",
         "config",
         "job",
@@ -366,12 +528,13 @@ fn print_table(rows: &[Summary]) {
         "cpu ns/IO",
         "/nullb",
         "/rublk",
-        "/untr"
+        "/untr",
+        "/untr per round"
     );
     let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
     for r in rows {
         println!(
-            "{:<13} {:<20} {:<15} {:>9.0} {:>17} {:>8.0} {:>9} {:>7} {:>7} {:>7}",
+            "{:<13} {:<20} {:<15} {:>9.0} {:>17} {:>8.0} {:>9} {:>7} {:>7} {:>7} {:>17}",
             r.layout,
             r.config,
             r.job,
@@ -384,6 +547,9 @@ fn print_table(rows: &[Summary]) {
             f(r.vs_null_blk),
             f(r.vs_rublk),
             f(r.vs_untraced),
+            r.vs_untraced_rounds
+                .map(|(lo, m, hi)| format!("{m:.2} ({lo:.2}-{hi:.2})"))
+                .unwrap_or_else(|| "-".into()),
         );
     }
 }
@@ -436,9 +602,15 @@ pub fn run(o: &BenchOpts) -> Result<()> {
     crate::setup::setup(false)?;
     let kernel = crate::kernel::fetch(&o.kernel)?;
     let bins = build_project(true)?;
-    let rublk = if o.no_rublk { None } else { build_rublk() };
+    let rublk = if o.no_rublk || o.tracer_only {
+        None
+    } else {
+        build_rublk()
+    };
     let mut all = Vec::new();
-    for layout in LAYOUTS {
+    let mut tracer_stats = Vec::new();
+    // The tracer's target is set in the pinned layout (server and fio on their own vCPUs).
+    for layout in LAYOUTS.iter().filter(|l| !o.tracer_only || l.pin) {
         let mut g = GuestOpts::new(o.kernel.clone());
         g.smp = layout.smp;
         g.release = true;
@@ -450,8 +622,8 @@ pub fn run(o: &BenchOpts) -> Result<()> {
         if let Some(r) = &rublk {
             g.include.push(r.clone());
         }
-        let cfgs = configs(o.mode, rublk.is_some());
-        let sh = script(o.mode, layout, &cfgs);
+        let cfgs = configs(o.mode, rublk.is_some(), o.tracer_only);
+        let sh = script(o.mode, o.rounds, o.bpf_stats, layout, &cfgs);
         let initrd = make_initramfs(&kernel, &g, &bins, &sh, &[])?;
         let log = cache_dir().join(format!("bench-{}.log", layout.name));
         eprintln!(
@@ -477,12 +649,14 @@ pub fn run(o: &BenchOpts) -> Result<()> {
             println!("[bench] {} {l}", layout.name);
         }
         all.extend(parse_samples(&lines));
+        tracer_stats.extend(parse_tracer_stats(layout.name, &lines));
     }
     if all.is_empty() {
         bail!("no benchmark samples were produced (see target/guest/bench-*.log)");
     }
     let rows = summarize(&all);
     print_table(&rows);
+    print_tracer_table(&tracer_stats, &all);
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     let stamp = std::time::SystemTime::now()
@@ -493,7 +667,10 @@ pub fn run(o: &BenchOpts) -> Result<()> {
         "kernel": kernel.kver,
         "mode": format!("{:?}", o.mode),
         "rublk": rublk.is_some().then_some(RUBLK_VERSION),
+        "tracer_only": o.tracer_only,
+        "bpf_stats": o.bpf_stats,
         "summary": rows,
+        "tracer": tracer_stats,
         "samples": all,
     });
     let text = serde_json::to_string_pretty(&doc).context("serialize bench results")?;
@@ -548,6 +725,11 @@ mod tests {
         assert_eq!(get("ours-null-q1").vs_null_blk, Some(0.97));
         assert!((get("ours-null-q1").vs_rublk.expect("rublk ratio") - 97.0 / 92.0).abs() < 1e-9);
         assert_eq!(get("ours-null-q1+record").vs_untraced, Some(0.5));
+        assert_eq!(
+            get("ours-null-q1+record").vs_untraced_rounds,
+            Some((0.5, 0.5, 0.5))
+        );
+        assert_eq!(get("ours-null-q1").vs_untraced_rounds, None);
         assert_eq!(get("null_blk").vs_null_blk, None);
     }
 

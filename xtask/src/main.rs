@@ -81,6 +81,15 @@ enum Cmd {
         /// Do not build or run rublk.
         #[arg(long)]
         no_rublk: bool,
+        /// Only the tracer's cost (untraced, +record, +watch) in the pinned 2-vCPU layout.
+        #[arg(long)]
+        tracer: bool,
+        /// Interleaved rounds (default: 2 with --quick, else 5).
+        #[arg(long, value_name = "N")]
+        rounds: Option<u32>,
+        /// Enable kernel.bpf_stats_enabled: the tracers report runs and ns per program.
+        #[arg(long)]
+        bpf_stats: bool,
     },
 }
 
@@ -225,6 +234,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             long,
             kernel,
             no_rublk,
+            tracer,
+            rounds,
+            bpf_stats,
         } => {
             let mode = match (quick, long) {
                 (true, _) => bench::Mode::Quick,
@@ -235,6 +247,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 mode,
                 kernel: KernelSpec::parse(&kernel)?,
                 no_rublk,
+                tracer_only: tracer,
+                rounds,
+                bpf_stats,
             })?;
             Ok(ExitCode::SUCCESS)
         }
