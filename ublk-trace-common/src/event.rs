@@ -44,7 +44,25 @@ pub const SWITCH_ALL_DISKS: u32 = 2;
 pub const SWITCH_BLOCK_ISSUE: u32 = 3;
 /// Switch: 1 = keep the per-tag state map (`tagmap`) up to date, independent of streaming.
 pub const SWITCH_STATE: u32 = 4;
-pub const NR_SWITCHES: u32 = 5;
+/// Switch: 1 = block_rq_issue on a ublk disk is the request start: it is reported as
+/// [`KIND_QUEUE_RQ`] (with `arg1` = [`QUEUE_RQ_FROM_ISSUE`]) and updates the state map.
+/// ublk starts every request inside `->queue_rq(s)` (`blk_mq_start_request`), so the raw
+/// tracepoint sees the same request as a kprobe on `ublk_queue_rq(s)` at a fraction of the
+/// cost (no trap, no list walk). User space sets it when those kprobes are not attached.
+pub const SWITCH_ISSUE_STARTS: u32 = 5;
+/// Switch: non-zero = with streaming off, the state path still sends the rare per-I/O
+/// records the diagnosis needs one by one: rejected commands, commits with a result <= 0 or
+/// that came this many milliseconds or more after the request started (each preceded by a
+/// [`KIND_QUEUE_RQ`] record rebuilt from the state map, `arg1` = [`QUEUE_RQ_FROM_STATE`]),
+/// failed completions and requeues. 0 = none.
+pub const SWITCH_RARE_SLOW_MS: u32 = 6;
+pub const NR_SWITCHES: u32 = 7;
+
+/// `arg1` of a [`KIND_QUEUE_RQ`] record taken from block_rq_issue (the kprobes leave it 0).
+pub const QUEUE_RQ_FROM_ISSUE: u64 = 1;
+/// `arg1` of a [`KIND_QUEUE_RQ`] record rebuilt from the state map for a rare commit: the
+/// request's start as the map kept it (`pid_tgid` 0, no comm: the submitter is not known).
+pub const QUEUE_RQ_FROM_STATE: u64 = 2;
 
 /// `ublk_ctrl_uring_cmd` entered. dev_id/q_id/data0(arg0) from `struct ublksrv_ctrl_cmd`.
 pub const KIND_CTRL_START: u32 = 1;
@@ -54,7 +72,9 @@ pub const KIND_CTRL_DONE: u32 = 2;
 /// `ts_ns` = entry, `arg1` = duration ns, `arg0` = `ublksrv_io_cmd.addr`, `result` =
 /// `ublksrv_io_cmd.result`, `flags` = issue_flags, `ret` = the handler's return value.
 pub const KIND_IO_CMD: u32 = 3;
-/// A request reached `ublk_queue_rq(s)`: `arg0` = sector, `bytes`, `flags` = cmd_flags.
+/// A request reached `ublk_queue_rq(s)` (kprobe), or was started on a ublk disk
+/// (block_rq_issue, `arg1` = [`QUEUE_RQ_FROM_ISSUE`]): `arg0` = sector, `bytes`, `flags` =
+/// cmd_flags.
 pub const KIND_QUEUE_RQ: u32 = 4;
 /// The delivery task work ran for (q_id, tag); tag == u16::MAX means "a batch of the queue"
 /// (≤ 6.14's `ublk_rq_task_work_cb` drains every pending request of the queue).

@@ -115,14 +115,30 @@ fn rd2<T>(base: u64, off1: u32, off2: u32) -> Option<T> {
 
 #[inline(always)]
 fn new_event(kind: u32) -> RawEvent {
+    with_comm(new_event_nocomm(kind))
+}
+
+/// A record without the task's name: what the state map needs (the name is copied only
+/// into records that go to the ring, see `with_comm`).
+#[inline(always)]
+fn new_event_nocomm(kind: u32) -> RawEvent {
     RawEvent {
         ts_ns: unsafe_ktime(),
         pid_tgid: bpf_get_current_pid_tgid(),
         kind,
         dev_id: u32::MAX,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
         ..RawEvent::default()
     }
+}
+
+/// `ev` with the current task's name unless it has one (call in the task the record is
+/// about).
+#[inline(always)]
+fn with_comm(mut ev: RawEvent) -> RawEvent {
+    if ev.comm[0] == 0 {
+        ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+    ev
 }
 
 #[inline(always)]
@@ -169,12 +185,28 @@ fn emit(ev: &RawEvent) {
 /// A per-I/O record: to the ring when streaming, into the tag map when keeping state.
 #[inline(always)]
 fn publish(ev: &RawEvent) {
-    if streaming() {
-        emit(ev);
+    publish_to(ev, streaming(), state_on());
+}
+
+/// `ev` may lack the task name (`new_event_nocomm`): a streamed copy gets it here.
+#[inline(always)]
+fn publish_to(ev: &RawEvent, stream: bool, state: bool) {
+    if stream {
+        emit(&with_comm(*ev));
     }
-    if state_on() {
-        update_tag(ev);
+    if state {
+        update_tag(ev, !stream);
     }
+}
+
+/// What the state path sends to the ring with streaming off (`SWITCH_RARE_SLOW_MS`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rare {
+    No,
+    /// The record itself.
+    Record,
+    /// A commit: the request's start rebuilt from the map, then the record.
+    WithStart,
 }
 
 /// The tag's slot in `TAGS`, created zeroed on first use.
@@ -190,8 +222,10 @@ fn tag_slot(dev_id: u32, q_id: u16, tag: u16) -> Option<*mut KernelTag> {
 }
 
 /// Apply one record to its tag's state (the same transitions the user-space model makes).
+/// With `rare`, the records the diagnosis needs one by one also go to the ring (see
+/// `SWITCH_RARE_SLOW_MS`).
 #[inline(always)]
-fn update_tag(ev: &RawEvent) {
+fn update_tag(ev: &RawEvent, rare: bool) {
     if ev.dev_id == u32::MAX {
         return;
     }
@@ -201,6 +235,8 @@ fn update_tag(ev: &RawEvent) {
     // SAFETY: `t` points into a hash-map value owned by the map; fields are plain integers
     // and a torn update between CPUs only mixes two valid values of one tag.
     let t = unsafe { &mut *t };
+    let slow_ms = if rare { switch(SWITCH_RARE_SLOW_MS) } else { 0 };
+    let mut send = Rare::No;
     match ev.kind {
         KIND_IO_CMD => {
             let o = OFFSETS.load();
@@ -212,11 +248,20 @@ fn update_tag(ev: &RawEvent) {
                 t.rejected += 1;
                 t.reject_ret = ev.ret;
                 t.reject_cmd_op = ev.cmd_op;
+                if slow_ms != 0 {
+                    emit(&with_comm(*ev));
+                }
                 return;
             }
             t.owner_tid = ev.pid_tgid as u32;
             t.fetch_ns = ev.ts_ns;
             if nr == IO_COMMIT_AND_FETCH_REQ {
+                let started = t.queue_rq_ns;
+                let slow =
+                    started != 0 && ev.ts_ns.wrapping_sub(started) >= slow_ms as u64 * 1_000_000;
+                if slow_ms != 0 && (ev.result <= 0 || slow) {
+                    send = Rare::WithStart;
+                }
                 t.commit_ns = ev.ts_ns;
                 t.commits += 1;
                 t.commit_result = ev.result;
@@ -231,12 +276,38 @@ fn update_tag(ev: &RawEvent) {
             t.cmd_flags = ev.flags;
         }
         KIND_DELIVERED => t.delivered_ns = ev.ts_ns,
-        KIND_BLOCK_COMPLETE => t.complete_ns = ev.ts_ns,
+        KIND_BLOCK_COMPLETE => {
+            t.complete_ns = ev.ts_ns;
+            if slow_ms != 0 && ev.result != 0 {
+                send = Rare::Record;
+            }
+        }
         KIND_BLOCK_REQUEUE => {
             t.requeue_ns = ev.ts_ns;
             t.requeues += 1;
+            if slow_ms != 0 {
+                send = Rare::Record;
+            }
         }
         _ => {}
+    }
+    if send == Rare::WithStart && t.queue_rq_ns != 0 {
+        let start = RawEvent {
+            ts_ns: t.queue_rq_ns,
+            kind: KIND_QUEUE_RQ,
+            dev_id: ev.dev_id,
+            q_id: ev.q_id,
+            tag: ev.tag,
+            arg0: t.sector,
+            arg1: QUEUE_RQ_FROM_STATE,
+            bytes: t.bytes,
+            flags: t.cmd_flags,
+            ..RawEvent::default()
+        };
+        emit(&start);
+    }
+    if send != Rare::No {
+        emit(&with_comm(*ev));
     }
 }
 
@@ -278,10 +349,49 @@ fn fill_rq(o: &Offsets, ev: &mut RawEvent, rq: u64, q_id: Option<u16>) {
             rd::<u32>(hctx, o.hctx_queue_num).unwrap_or(u32::MAX) as u16
         }
     };
+    // One read instead of four where the fields sit as they have for years (the offsets
+    // are still this kernel's, from BTF: the layout is checked, not assumed).
+    if o.rq_tag == o.rq_cmd_flags.wrapping_add(8)
+        && o.rq_data_len == o.rq_cmd_flags.wrapping_add(20)
+        && o.rq_sector == o.rq_cmd_flags.wrapping_add(24)
+    {
+        if let Some(h) = rd::<RqHead>(rq, o.rq_cmd_flags) {
+            ev.tag = h.tag as u16;
+            ev.arg0 = h.sector;
+            ev.bytes = h.data_len;
+            ev.flags = h.cmd_flags;
+        } else {
+            ev.tag = u16::MAX;
+        }
+        return;
+    }
     ev.tag = rd::<i32>(rq, o.rq_tag).unwrap_or(-1) as u16;
     ev.arg0 = rd(rq, o.rq_sector).unwrap_or(0);
     ev.bytes = rd(rq, o.rq_data_len).unwrap_or(0);
     ev.flags = rd(rq, o.rq_cmd_flags).unwrap_or(0);
+}
+
+/// `struct request` from `cmd_flags` to `__sector` when they are at +0/+8/+20/+24.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RqHead {
+    cmd_flags: u32,
+    _rq_flags: u32,
+    tag: i32,
+    _internal_tag: i32,
+    _timeout: u32,
+    data_len: u32,
+    sector: u64,
+}
+
+/// `struct ublksrv_io_cmd` (UAPI: q_id, tag, result, addr at 0/2/4/8).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoCmdArgs {
+    q_id: u16,
+    tag: u16,
+    result: i32,
+    addr: u64,
 }
 
 /// A request event unless the device is filtered out.
@@ -353,16 +463,37 @@ pub fn io_enter(ctx: ProbeContext) -> u32 {
     if !dev_wanted(dev_id) {
         return 0;
     }
-    let mut ev = new_event(KIND_IO_CMD);
+    // The task name only for records that go to the ring (io_exit runs in this task).
+    let mut ev = if streaming() {
+        new_event(KIND_IO_CMD)
+    } else {
+        new_event_nocomm(KIND_IO_CMD)
+    };
     ev.dev_id = dev_id;
     ev.flags = ctx.arg::<u64>(1).unwrap_or(0) as u32;
     ev.cmd_op = rd(cmd, o.uc_cmd_op).unwrap_or(0);
-    // struct ublksrv_io_cmd {q_id, tag, result, addr} in the SQE's command area.
+    // struct ublksrv_io_cmd {q_id, tag, result, addr} in the SQE's command area: one read
+    // when the module's BTF has the UAPI layout (it always has; checked anyway).
     let sqe: u64 = rd(cmd, o.uc_sqe).unwrap_or(0);
-    ev.q_id = rd2(sqe, o.sqe_cmd, o.io_q_id).unwrap_or(u16::MAX);
-    ev.tag = rd2(sqe, o.sqe_cmd, o.io_tag).unwrap_or(u16::MAX);
-    ev.result = rd2(sqe, o.sqe_cmd, o.io_result).unwrap_or(0);
-    ev.arg0 = rd2(sqe, o.sqe_cmd, o.io_addr).unwrap_or(0);
+    if o.io_q_id == 0 && o.io_tag == 2 && o.io_result == 4 && o.io_addr == 8 {
+        match rd::<IoCmdArgs>(sqe, o.sqe_cmd) {
+            Some(a) => {
+                ev.q_id = a.q_id;
+                ev.tag = a.tag;
+                ev.result = a.result;
+                ev.arg0 = a.addr;
+            }
+            None => {
+                ev.q_id = u16::MAX;
+                ev.tag = u16::MAX;
+            }
+        }
+    } else {
+        ev.q_id = rd2(sqe, o.sqe_cmd, o.io_q_id).unwrap_or(u16::MAX);
+        ev.tag = rd2(sqe, o.sqe_cmd, o.io_tag).unwrap_or(u16::MAX);
+        ev.result = rd2(sqe, o.sqe_cmd, o.io_result).unwrap_or(0);
+        ev.arg0 = rd2(sqe, o.sqe_cmd, o.io_addr).unwrap_or(0);
+    }
     let _ = IO_INFLIGHT.insert(ev.pid_tgid, ev, 0);
     0
 }
@@ -512,60 +643,109 @@ pub fn rq_task_work(ctx: ProbeContext) -> u32 {
 
 // ---------------------------------------------------------------------------------------
 // Block layer (raw tracepoints: arg 0 is the struct request *).
-// Filter by disk name: ublk's disks are always "ublkb<N>", which needs no symbol address
-// (kallsyms may hide module data symbols) and works for every ublk mq_ops variant
-// (7.x adds a BATCH_IO one).
 // ---------------------------------------------------------------------------------------
 
+/// Whether `q` is a ublk disk's queue, and the first 8 bytes of its disk name. Filter by
+/// name: ublk's disks are always "ublkb<N>", which needs no symbol address (kallsyms may
+/// hide module data symbols) and works for every ublk mq_ops variant (7.x adds a BATCH_IO
+/// one).
 #[inline(always)]
-fn block_event(kind: u32, rq: u64, error: u8, nr_bytes: Option<u32>) {
-    // The state map only records completions and requeues.
-    let for_state = state_on() && (kind == KIND_BLOCK_COMPLETE || kind == KIND_BLOCK_REQUEUE);
-    if !streaming() && !for_state {
-        return;
-    }
-    let o = OFFSETS.load();
-    let q: u64 = rd(rq, o.rq_q).unwrap_or(0);
+fn ublk_disk(o: &Offsets, q: u64) -> (bool, [u8; 8]) {
     let disk: u64 = rd(q, o.q_disk).unwrap_or(0);
     let name: [u8; 8] = rd(disk, o.disk_name).unwrap_or([0; 8]);
-    let all = switch(SWITCH_ALL_DISKS) == 1;
     // "ublkb" compared byte by byte: no memcmp in BPF.
     let is_ublk =
         name[0] == b'u' && name[1] == b'b' && name[2] == b'l' && name[3] == b'k' && name[4] == b'b';
-    if !is_ublk && !all {
-        return;
-    }
+    (is_ublk, name)
+}
+
+/// A block-layer record for `rq`: `kind` on a ublk disk (to the ring if `stream`, into the
+/// state map if `state`), `other_kind` on any other disk while streaming with
+/// `SWITCH_ALL_DISKS` (0 = none).
+#[inline(always)]
+fn block_event(
+    kind: u32,
+    other_kind: u32,
+    rq: u64,
+    error: u8,
+    nr_bytes: Option<u32>,
+    stream: bool,
+    state: bool,
+) {
+    let o = OFFSETS.load();
+    let q: u64 = rd(rq, o.rq_q).unwrap_or(0);
+    let (is_ublk, name) = ublk_disk(&o, q);
     let dev_id = if is_ublk {
-        dev_id_of_q(&o, q)
+        let d = dev_id_of_q(&o, q);
+        if !dev_wanted(d) {
+            return;
+        }
+        d
     } else {
+        if other_kind == 0 || !streaming() || switch(SWITCH_ALL_DISKS) != 1 {
+            return;
+        }
         u32::MAX
     };
-    if is_ublk && !dev_wanted(dev_id) {
-        return;
-    }
-    let mut ev = new_event(kind);
+    let mut ev = new_event_nocomm(if is_ublk { kind } else { other_kind });
     ev.dev_id = dev_id;
     fill_rq(&o, &mut ev, rq, None);
-    ev.arg1 = u64::from_le_bytes(name);
+    ev.arg1 = if is_ublk && kind == KIND_QUEUE_RQ {
+        QUEUE_RQ_FROM_ISSUE
+    } else {
+        u64::from_le_bytes(name)
+    };
     ev.result = error as i32;
     if let Some(n) = nr_bytes {
         ev.bytes = n;
     }
-    publish(&ev);
+    if is_ublk {
+        publish_to(&ev, stream, state);
+    } else {
+        emit(&with_comm(ev));
+    }
 }
 
 #[raw_tracepoint(tracepoint = "block_rq_insert")]
 pub fn blk_insert(ctx: RawTracePointContext) -> i32 {
-    block_event(KIND_BLOCK_INSERT, ctx.arg(0), 0, None);
+    if streaming() {
+        block_event(
+            KIND_BLOCK_INSERT,
+            KIND_BLOCK_INSERT,
+            ctx.arg(0),
+            0,
+            None,
+            true,
+            false,
+        );
+    }
     0
 }
 
-/// ublk starts every request inside ->queue_rq(s), so with those kprobes attached this is a
-/// duplicate of KIND_QUEUE_RQ: user space turns it off to save a record per I/O.
+/// ublk starts every request inside ->queue_rq(s) (`blk_mq_start_request`), so on a ublk
+/// disk this is the request start: with `SWITCH_ISSUE_STARTS` it becomes KIND_QUEUE_RQ,
+/// without a kprobe trap per I/O. `SWITCH_BLOCK_ISSUE` asks for KIND_BLOCK_ISSUE records:
+/// of other disks (with `SWITCH_ALL_DISKS`), and of ublk disks when the queue_rq kprobes
+/// report the start.
 #[raw_tracepoint(tracepoint = "block_rq_issue")]
 pub fn blk_issue(ctx: RawTracePointContext) -> i32 {
-    if switch(SWITCH_BLOCK_ISSUE) == 1 {
-        block_event(KIND_BLOCK_ISSUE, ctx.arg(0), 0, None);
+    let issue = switch(SWITCH_BLOCK_ISSUE) == 1;
+    let (stream, state) = (streaming(), state_on());
+    if switch(SWITCH_ISSUE_STARTS) == 1 {
+        if stream || state {
+            let other = if issue { KIND_BLOCK_ISSUE } else { 0 };
+            block_event(KIND_QUEUE_RQ, other, ctx.arg(0), 0, None, stream, state);
+        }
+    } else if issue && stream {
+        block_event(
+            KIND_BLOCK_ISSUE,
+            KIND_BLOCK_ISSUE,
+            ctx.arg(0),
+            0,
+            None,
+            true,
+            false,
+        );
     }
     0
 }
@@ -573,20 +753,38 @@ pub fn blk_issue(ctx: RawTracePointContext) -> i32 {
 /// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`.
 #[raw_tracepoint(tracepoint = "block_rq_complete")]
 pub fn blk_complete(ctx: RawTracePointContext) -> i32 {
+    let (stream, state) = (streaming(), state_on());
+    if !stream && !state {
+        return 0;
+    }
     let error: u64 = ctx.arg(1);
     let nr_bytes: u64 = ctx.arg(2);
     block_event(
         KIND_BLOCK_COMPLETE,
+        KIND_BLOCK_COMPLETE,
         ctx.arg(0),
         error as u8,
         Some(nr_bytes as u32),
+        stream,
+        state,
     );
     0
 }
 
 #[raw_tracepoint(tracepoint = "block_rq_requeue")]
 pub fn blk_requeue(ctx: RawTracePointContext) -> i32 {
-    block_event(KIND_BLOCK_REQUEUE, ctx.arg(0), 0, None);
+    let (stream, state) = (streaming(), state_on());
+    if stream || state {
+        block_event(
+            KIND_BLOCK_REQUEUE,
+            KIND_BLOCK_REQUEUE,
+            ctx.arg(0),
+            0,
+            None,
+            stream,
+            state,
+        );
+    }
     0
 }
 

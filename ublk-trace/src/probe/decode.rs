@@ -12,6 +12,9 @@ pub struct Decoder {
     pub cancel_flag: u32,
     /// `REQ_OP_*` names from BTF (`enum req_op`); the stable numbers are the fallback.
     pub req_ops: std::collections::BTreeMap<u32, String>,
+    /// A request start taken from block_rq_issue also yields a `Block { stage: Issue }`
+    /// event (the same moment: what the block_rq_issue record used to say).
+    pub issue_from_queue_rq: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -99,18 +102,35 @@ impl Decoder {
                     },
                 ));
             }
-            KIND_QUEUE_RQ => out.push(ev(
-                r.ts_ns,
-                EventKind::QueueRq {
-                    dev_id,
-                    q_id,
-                    tag,
-                    op: self.req_op(r.flags),
-                    sector: r.arg0,
-                    bytes: r.bytes,
-                    cmd_flags: r.flags,
-                },
-            )),
+            KIND_QUEUE_RQ => {
+                out.push(ev(
+                    r.ts_ns,
+                    EventKind::QueueRq {
+                        dev_id,
+                        q_id,
+                        tag,
+                        op: self.req_op(r.flags),
+                        sector: r.arg0,
+                        bytes: r.bytes,
+                        cmd_flags: r.flags,
+                    },
+                ));
+                if self.issue_from_queue_rq && r.arg1 == QUEUE_RQ_FROM_ISSUE {
+                    out.push(ev(
+                        r.ts_ns,
+                        EventKind::Block {
+                            dev_id,
+                            q_id,
+                            tag,
+                            stage: BlockStage::Issue,
+                            op: self.req_op(r.flags),
+                            sector: r.arg0,
+                            bytes: r.bytes,
+                            error: 0,
+                        },
+                    ));
+                }
+            }
             KIND_DELIVERED => out.push(ev(r.ts_ns, EventKind::Delivered { dev_id, q_id, tag })),
             KIND_BLOCK_INSERT | KIND_BLOCK_ISSUE | KIND_BLOCK_COMPLETE | KIND_BLOCK_REQUEUE => {
                 let stage = match r.kind {
@@ -189,6 +209,7 @@ mod tests {
         Decoder {
             cancel_flag: 1 << 11,
             req_ops: Default::default(),
+            issue_from_queue_rq: true,
         }
     }
 
@@ -247,6 +268,26 @@ mod tests {
         decoder().decode(&q, &mut out).expect("queue_rq");
         assert!(matches!(&out[1].kind,
             EventKind::QueueRq { op, sector: 2048, bytes: 65536, tag: 5, .. } if op == "WRITE"));
+        assert_eq!(out.len(), 2, "a kprobe's record is one event");
+        // Taken from block_rq_issue: the start and, on request, the issue.
+        q.arg1 = QUEUE_RQ_FROM_ISSUE;
+        decoder().decode(&q, &mut out).expect("queue_rq from issue");
+        assert!(matches!(
+            &out[2].kind,
+            EventKind::QueueRq { sector: 2048, .. }
+        ));
+        assert!(matches!(
+            &out[3].kind,
+            EventKind::Block {
+                stage: BlockStage::Issue,
+                sector: 2048,
+                bytes: 65536,
+                error: 0,
+                ..
+            }
+        ));
+        assert_eq!(out[3].ts_ns, out[2].ts_ns);
+        out.truncate(2);
         let mut c = raw(KIND_BLOCK_COMPLETE);
         c.result = 10; // BLK_STS_IOERR
         decoder().decode(&c, &mut out).expect("block complete");

@@ -35,5 +35,7 @@ pub mod status;
 pub mod tracer;
 
 pub use status::ProbeStatus;
-pub use tracer::{Counters, ProbeError, TagStateEntry, Tracer, TracerConfig, monotonic_ns};
+pub use tracer::{
+    Counters, ProbeError, ProgramStat, TagStateEntry, Tracer, TracerConfig, monotonic_ns,
+};
 pub use ublk_trace_common::tagmap::KernelTag;

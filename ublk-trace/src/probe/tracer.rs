@@ -31,9 +31,10 @@ pub struct TracerConfig {
     pub block: bool,
     /// Block tracepoints report every disk, not only `ublkb*` (tests on hosts without ublk).
     pub all_disks: bool,
-    /// Report block_rq_issue. `None` (default): only when no `queue_rq` kprobe is attached,
-    /// since ublk starts every request inside ->queue_rq(s) and the record would duplicate
-    /// `QueueRq` at the cost of one more ring record per I/O.
+    /// Report `Block { stage: Issue }` events. `None` (default): only for disks other than
+    /// ublk (`all_disks`). On a ublk disk the issue is the request start, reported as
+    /// `QueueRq`; `Some(true)` adds an `Issue` event decoded from the same ring record (the
+    /// model's issue -> complete latency), at no extra kernel cost.
     pub block_issue: Option<bool>,
     /// Ring-buffer size in bytes (power of two, multiple of the page size); `None` = the
     /// object's default (4 MiB). Small rings let tests provoke drops.
@@ -41,6 +42,16 @@ pub struct TracerConfig {
     /// Keep the in-kernel per-tag state map ([`Tracer::tag_states`]): watch's cheap path,
     /// whose cost does not grow with the events read. Independent of `stream`.
     pub state: bool,
+    /// Also attach kprobes on `ublk_queue_rq(s)`. Off by default: ublk starts every request
+    /// there, so the block_rq_issue raw tracepoint reports the same request start
+    /// (`QueueRq`) without a kprobe trap per I/O. On: the start comes from the kprobes, which
+    /// also see a request the driver fails before starting it.
+    pub queue_rq_kprobes: bool,
+    /// With `state` and `stream` off: still send, one by one, the rare per-I/O events the
+    /// diagnosis needs (rejected commands; commits with a result <= 0 or this many ms or more
+    /// after the request started, each after its `QueueRq` rebuilt from the map; failed
+    /// completions; requeues). 0 = none.
+    pub rare_slow_ms: u32,
 }
 
 impl Default for TracerConfig {
@@ -54,6 +65,8 @@ impl Default for TracerConfig {
             block_issue: None,
             state: false,
             ring_bytes: None,
+            queue_rq_kprobes: false,
+            rare_slow_ms: 0,
         }
     }
 }
@@ -205,6 +218,14 @@ pub struct Counters {
     pub dropped_by_kind: [u64; (NR_COUNTERS - COUNTER_DROPPED_KIND) as usize],
 }
 
+/// Run count and time of one loaded program (kernel.bpf_stats_enabled=1, else zeros).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStat {
+    pub program: String,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
 /// A running tracer. Dropping it detaches every program.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -276,6 +297,7 @@ impl Tracer {
             decoder: Decoder {
                 cancel_flag: offsets.issue_flag_cancel,
                 req_ops: res.req_ops,
+                issue_from_queue_rq: false,
             },
             attached,
             lost_reported: 0,
@@ -291,9 +313,13 @@ impl Tracer {
             .attached
             .iter()
             .any(|p| p.attached && p.program.starts_with("queue_rq"));
+        // Without the queue_rq kprobes, block_rq_issue on a ublk disk is the request start.
+        t.set_switch(SWITCH_ISSUE_STARTS, !queue_rq_attached as u32)?;
         let issue = cfg.block_issue.unwrap_or(!queue_rq_attached);
         t.set_switch(SWITCH_BLOCK_ISSUE, issue as u32)?;
+        t.decoder.issue_from_queue_rq = !queue_rq_attached && cfg.block_issue == Some(true);
         t.set_switch(SWITCH_STATE, cfg.state as u32)?;
+        t.set_switch(SWITCH_RARE_SLOW_MS, cfg.rare_slow_ms)?;
         t.set_streaming(cfg.stream)?;
         Ok(t)
     }
@@ -361,6 +387,25 @@ impl Tracer {
         Ok(out)
     }
 
+    /// Runs and time per loaded program. The kernel counts them only while
+    /// `kernel.bpf_stats_enabled` is 1 (it costs two clock reads per run); else all zeros.
+    pub fn program_stats(&self) -> Vec<ProgramStat> {
+        let mut out: Vec<ProgramStat> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                Some(ProgramStat {
+                    program: name.to_string(),
+                    run_cnt: info.run_count(),
+                    run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.run_time_ns));
+        out
+    }
+
     /// The eBPF-side counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, ProbeError> {
         let map = self
@@ -394,9 +439,17 @@ impl Tracer {
         })
     }
 
-    /// Events dropped because the ring buffer was full.
+    /// Events dropped because the ring buffer was full (one counter: read after every poll).
     pub fn lost_events(&self) -> u64 {
-        self.counters().map(|c| c.dropped).unwrap_or(0)
+        let Some(map) = self.ebpf.map(COUNTERS_MAP) else {
+            return 0;
+        };
+        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
+        arr.get(&COUNTER_DROPPED, 0)
+            .map(|v| v.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+            .unwrap_or(0)
     }
 
     /// Records that could not be decoded (version skew); they are skipped.
@@ -452,6 +505,34 @@ impl Tracer {
         Ok(out.len() - before)
     }
 
+    /// Like [`Tracer::poll_raw`], handing each record's bytes to `f` without decoding
+    /// (a recorder that spools records and converts them later). Returns the records seen.
+    pub fn poll_bytes(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<usize, ProbeError> {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            f(&item);
+            n += 1;
+        }
+        if n == 0 {
+            wait_readable(self.ring.as_raw_fd(), timeout).map_err(ProbeError::Poll)?;
+            while let Some(item) = self.ring.next() {
+                f(&item);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// How this tracer's records decode into [`TraceEvent`]s (for records read with
+    /// [`Tracer::poll_bytes`] and decoded elsewhere).
+    pub fn decoder(&self) -> Decoder {
+        self.decoder.clone()
+    }
+
     fn drain(&mut self, out: &mut Vec<RawEvent>) {
         while let Some(item) = self.ring.next() {
             match RawEvent::from_le_bytes(&item) {
@@ -472,6 +553,10 @@ fn attach_all(
         .iter()
         .filter(|p| match p.how {
             Attach::RawTp => cfg.block,
+            // Without block tracepoints the kprobes are the only source of request starts.
+            _ if p.target.starts_with("queue_rq") => {
+                cfg.kprobes && (cfg.queue_rq_kprobes || !cfg.block)
+            }
             _ => cfg.kprobes,
         })
         .map(|p| attach_one(ebpf, p, facts, o))
