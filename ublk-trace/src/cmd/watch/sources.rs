@@ -143,9 +143,15 @@ fn missing_required(t: &Tracer) -> Option<String> {
 /// How often the probe thread reads the in-kernel tag state map.
 const STATE_EVERY: Duration = Duration::from_millis(200);
 
-/// Stream probe events for `dev_filter` (all devices when None) until stopped. If the probes
-/// cannot load or attach (no kprobes, not root, no ublk_drv), say why once and end: the loop
-/// goes on with snapshots only.
+/// Commits this long after their request started still come through the ring one by one
+/// (with the state path's other rare events: rejections, bad commits, requeues, failed
+/// completions), so SLOW can name them: half the default `--slow-ms`.
+const RARE_SLOW_MS: u32 = 100;
+
+/// Read the probes for `dev_filter` (all devices when None) until stopped: the in-kernel tag
+/// state map every [`STATE_EVERY`], control commands as they come. If the probes cannot load
+/// or attach (no kprobes, not root, no ublk_drv), say why once and end: the loop goes on with
+/// snapshots only.
 pub fn spawn_probes(
     tx: Sender<Msg>,
     ev_tx: Sender<Msg>,
@@ -155,9 +161,15 @@ pub fn spawn_probes(
     std::thread::Builder::new()
         .name("probes".into())
         .spawn(move || {
+            // The state path (DESIGN "Two eBPF paths"): the programs keep every tag's
+            // state in a kernel map read once per tick; only control commands and rare
+            // per-I/O events reach the ring. Streaming every I/O cost as much CPU as the
+            // server itself.
             let cfg = TracerConfig {
                 dev_filter,
                 state: true,
+                stream: false,
+                rare_slow_ms: RARE_SLOW_MS,
                 ..Default::default()
             };
             let mut tracer = match Tracer::start(&cfg) {
