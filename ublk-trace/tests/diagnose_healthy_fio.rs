@@ -81,7 +81,7 @@ fn assert_no_findings(docs: &[Value], what: &str) {
     print_timeline(docs);
     let bad: Vec<String> = docs
         .iter()
-        .flat_map(|d| findings(d))
+        .flat_map(findings)
         .filter(|f| f["class"] != "SLOW")
         .map(|f| format!("{} {}: {}", f["class"], f["summary"], f["evidence"]))
         .collect();
@@ -175,7 +175,7 @@ fn an_idle_depth_128_device_for_a_minute_gives_no_findings() {
     assert!(docs.len() >= 20, "only {} documents while idle", docs.len());
     let bad: Vec<String> = docs
         .iter()
-        .flat_map(|d| findings(d))
+        .flat_map(findings)
         .map(|f| format!("{} {}: {}", f["class"], f["summary"], f["evidence"]))
         .collect();
     assert!(bad.is_empty(), "findings on an idle device: {bad:#?}");
