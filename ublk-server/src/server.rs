@@ -600,6 +600,7 @@ fn start_and_serve(
     }
     if !served.faults.is_empty() {
         settle_partition_scan(served.dev_id);
+        wait_for_scan_reads(served, Duration::from_secs(2));
     }
     for sh in &served.shared {
         sh.armed.store(true, Ordering::Relaxed);
@@ -618,6 +619,34 @@ fn settle_partition_scan(dev_id: u32) {
         Ok(_) => log::debug!("{path}: partition scan settled"),
         Err(e) => log::debug!("{path}: open for partition scan sync failed: {e}"),
     }
+}
+
+/// The open() above can win the race with 6.18's scan work item (queued when START_DEV
+/// returns) and return before the scan starts: then the faults armed next hit the scan's
+/// reads, not the user's I/O (seen with no-reap on 6.18). So also wait until the queues have
+/// served at least one request (a privileged device's scan reads the partition table) and
+/// then nothing for 200 ms, at most `bound`.
+fn wait_for_scan_reads(served: &Served, bound: Duration) {
+    let total = || {
+        served
+            .shared
+            .iter()
+            .map(|s| s.served.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let t0 = Instant::now();
+    let (mut last, mut since) = (total(), Instant::now());
+    while t0.elapsed() < bound {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = total();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if now > 0 && since.elapsed() >= Duration::from_millis(200) {
+            log::debug!("partition scan: {now} request(s) served, then quiet");
+            return;
+        }
+    }
+    log::debug!("partition scan: {last} request(s) served within {bound:?}");
 }
 
 fn wait_for_path(path: &str, bound: Duration) {

@@ -684,8 +684,9 @@ fn zero_commit_write_requeues_forever() {
         "only {} commits in 2 s: no requeue storm",
         seq1 - seq0
     );
+    // (No inflight check: between two deliveries the request sits in the requeue list or
+    // the scheduler, which /sys/block/*/inflight does not count: 6.18 showed 0.)
     assert!(matches!(dd.try_wait(), Ok(None)), "the write completed");
-    assert_eq!(inflight(s.dev_id).1, 1, "one write in flight");
     kill_and_del(s);
     assert!(
         wait_timeout(&mut dd, Duration::from_secs(30)).is_some(),
