@@ -22,6 +22,7 @@ const MATRIX_FILTERS: &[&str] = &[
     "fio_null_completes",
     "control_round_trip",
     "a_minute_of_fio",
+    "start_gate",
 ];
 
 /// Tests named `known_failure_*` reproduce bugs we know about and have not fixed yet. They are
