@@ -376,8 +376,12 @@ fn diagnosed_start_gate_per_kernel() {
                     .as_str()
                     .is_some_and(|s| s.contains("START_DEV"))
         });
+        // The scan read sits in the gated server: its CQE posted and unread (a plain ring
+        // runs the delivery task work in the sleeping thread: STUCK_IN_SERVER), or its
+        // delivery waiting for the thread to enter io_uring (DEFER_TASKRUN: NOT_DELIVERED).
         start.is_some_and(|f| has_pid(f, pid))
-            && finding_on(&fs, &["STUCK_IN_SERVER"], q, t).is_some_and(|f| has_pid(f, pid))
+            && finding_on(&fs, &["STUCK_IN_SERVER", "NOT_DELIVERED"], q, t)
+                .is_some_and(|f| has_pid(f, pid))
     });
     let fs = findings(&doc);
     let start = fs
