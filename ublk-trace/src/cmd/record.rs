@@ -9,6 +9,8 @@ use anyhow::Context;
 use crate::event::TraceEvent;
 use crate::probe::{Tracer, TracerConfig, monotonic_ns};
 use crate::record::{JsonlWriter, RecordHeader, perfetto};
+
+mod fastjson;
 use ublk_trace_common::event::RAW_EVENT_BYTES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -69,14 +71,21 @@ fn convert(from: &std::path::Path, args: &RecordArgs) -> anyhow::Result<ExitCode
 }
 
 enum Sink {
-    Jsonl(JsonlWriter<std::io::BufWriter<std::fs::File>>),
+    /// The file after `JsonlWriter`'s header line, and a line buffer: events are formatted
+    /// by [`fastjson`] (the same JSON, without serde's per-field map).
+    Jsonl(std::io::BufWriter<std::fs::File>, Vec<u8>),
     Perfetto(Vec<TraceEvent>),
 }
 
 impl Sink {
     fn write(&mut self, e: &TraceEvent) -> std::io::Result<()> {
+        use std::io::Write;
         match self {
-            Sink::Jsonl(w) => w.write(e),
+            Sink::Jsonl(w, line) => {
+                line.clear();
+                fastjson::write_line(line, e);
+                w.write_all(line)
+            }
             Sink::Perfetto(v) => {
                 v.push(e.clone());
                 Ok(())
@@ -85,9 +94,10 @@ impl Sink {
     }
 
     fn finish(self, output: &std::path::Path) -> anyhow::Result<()> {
+        use std::io::Write;
         match self {
-            Sink::Jsonl(w) => {
-                w.finish()
+            Sink::Jsonl(mut w, _) => {
+                w.flush()
                     .with_context(|| format!("flush {}", output.display()))?;
             }
             Sink::Perfetto(v) => {
@@ -329,7 +339,9 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let mut sink = match args.format {
         Format::Jsonl => Sink::Jsonl(
             JsonlWriter::create(&args.output, &header)
+                .and_then(|w| w.finish())
                 .with_context(|| format!("create {}", args.output.display()))?,
+            Vec::with_capacity(512),
         ),
         Format::Perfetto => Sink::Perfetto(Vec::new()),
     };
