@@ -202,7 +202,12 @@ pub fn spawn_probes(
                 let mut events = Vec::new();
                 // poll drains the ring buffer: all that happened before `t` is in `events`.
                 let t = crate::probe::monotonic_ns();
-                if let Err(e) = tracer.poll(Duration::from_millis(100), &mut events) {
+                // Control commands wake the poll at once; otherwise sleep until the next
+                // state read (no per-I/O records to drain on this path).
+                let wait = STATE_EVERY
+                    .saturating_sub(last_state_read.elapsed())
+                    .max(Duration::from_millis(10));
+                if let Err(e) = tracer.poll(wait, &mut events) {
                     let _ = tx.send(Msg::ProbesOff(format!("probes stopped: {e}")));
                     return;
                 }
@@ -275,7 +280,9 @@ impl Sources {
 
     /// The next message, snapshots and status first, waiting up to `timeout`.
     pub fn recv(&self, timeout: Duration) -> Result<Msg, RecvTimeoutError> {
-        const STEP: Duration = Duration::from_millis(10);
+        // How long a waiting event may sit while nothing else arrives: short enough for a
+        // UI, long enough not to wake the loop 100 times a second.
+        const STEP: Duration = Duration::from_millis(40);
         let end = Instant::now() + timeout;
         loop {
             match self.rx.try_recv() {
