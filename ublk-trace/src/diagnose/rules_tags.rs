@@ -100,6 +100,16 @@ fn maybe_starved(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>, lim: u64) -> 
     unread && runnable && t.age_ns < lim.saturating_mul(2)
 }
 
+/// When the queue last served a request: an accepted command, or a commit in the server's
+/// tag file. A tag held since before then is not waiting for the owner to get a CPU: the
+/// owner had one and served others.
+fn queue_last_progress_ns(q: &QueueView<'_>) -> u64 {
+    let published = q.queue.tags.values().filter_map(|t| t.published.as_ref());
+    published
+        .map(|p| p.committed_ns)
+        .fold(q.queue.last_accepted_ns, u64::max)
+}
+
 /// `q1 tag 3 (owner tid 179 waited for a CPU 620 ms of the last 700 ms)`.
 fn starved_note(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> String {
     let owner = t.owner_tid.or(q.owner_tid());
@@ -134,6 +144,7 @@ impl Rule for StuckInServer {
         let mut out = Vec::new();
         let mut unknown = Vec::new();
         for q in cx.dev.queues() {
+            let progress_ns = queue_last_progress_ns(&q);
             for t in q.tags() {
                 match t.state {
                     TagState::InServer | TagState::Committed
@@ -141,7 +152,11 @@ impl Rule for StuckInServer {
                     {
                         unknown.push(format!("q{} tag {} (events lost since)", t.q_id, t.tag));
                     }
-                    TagState::InServer if t.age_ns >= lim && maybe_starved(cx, &q, &t, lim) => {
+                    TagState::InServer
+                        if t.age_ns >= lim
+                            && progress_ns <= t.since_ns
+                            && maybe_starved(cx, &q, &t, lim) =>
+                    {
                         unknown.push(starved_note(cx, &q, &t));
                     }
                     TagState::InServer if t.age_ns >= lim => out.push(stuck(cx, &q, &t)),

@@ -1093,3 +1093,41 @@ fn a_new_cqe_for_the_same_tag_restarts_its_age_without_events() {
         "an unreaped CQE for 3 s: {c:?}"
     );
 }
+
+/// Guest 6.12, late attach to `--inject hang:q=0,tag=1` under fio sharing the queue's CPU: the
+/// owner thread waits for the CPU half the time (schedstat), yet the tag file shows it received
+/// tag 1 long ago and committed other tags since. CPU contention does not excuse that tag.
+#[test]
+fn a_tag_held_while_the_starved_owner_serves_others_is_stuck() {
+    let sched = |ts: u64, run: u64, wait: u64| {
+        let mut s = snap(ts, vec![task(Q_TID, 'R', "")]);
+        s.blk = Some(busy_blk(&[0, 1, 2]));
+        s.sched = vec![crate::snapshot::ThreadSched {
+            tid: Q_TID,
+            run_ns: run,
+            wait_ns: wait,
+        }];
+        let mut hung = published(1, "in_server", 100 * MS);
+        hung.seq = 1;
+        let mut tags = vec![hung];
+        for tag in [0u16, 2] {
+            let mut p = published(tag, "in_server", ts - 5 * MS);
+            p.committed_ns = ts - 10 * MS;
+            p.seq = ts;
+            tags.push(p);
+        }
+        with_tagfile(s, tags)
+    };
+    let mut m = Model::new();
+    m.apply_snapshot(&sched(1000 * MS, 100 * MS, 100 * MS), 0);
+    m.apply_snapshot(&sched(1500 * MS, 250 * MS, 400 * MS), 0);
+    let c = classes(&m, 1600 * MS);
+    assert!(
+        c.contains(&(Class::StuckInServer, Some(0), Some(1))),
+        "held since 100 ms while others were served: {c:?}"
+    );
+    assert!(
+        !c.iter().any(|x| x.2 == Some(0) || x.2 == Some(2)),
+        "tags 0 and 2 were just received: {c:?}"
+    );
+}
