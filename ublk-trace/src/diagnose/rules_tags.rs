@@ -387,7 +387,11 @@ fn not_delivered(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
                 _ if th.wchan.starts_with("io_cqring_wait") => {
                     "it waits in io_uring, yet the task work did not run"
                 }
-                _ => "it sleeps outside io_uring_enter: task work runs only when it enters the kernel",
+                _ => {
+                    "it sleeps outside io_uring_enter: on a DEFER_TASKRUN ring only its own \
+                     io_uring_enter (waiting for completions) runs the delivery; on other \
+                     rings it runs once the sleep ends"
+                }
             }
             .to_string(),
         );

@@ -200,6 +200,24 @@ fn not_delivered_needs_observable_delivery() {
         "{:?}",
         nd[0].evidence
     );
+    // An owner asleep outside io_uring (the stall-queue scenario): the evidence names the
+    // DEFER_TASKRUN ring, where only the owner's own io_uring_enter delivers.
+    let mut asleep = healthy();
+    asleep.apply(&queue_rq(0, 0, 3, 1000 * MS, "READ", 4096));
+    asleep.apply_snapshot(
+        &snap(2000 * MS, vec![task(Q_TID, 'S', "hrtimer_nanosleep")]),
+        0,
+    );
+    let f = run(&asleep, 2500 * MS, &th());
+    let nd = f
+        .iter()
+        .find(|f| f.class == Class::NotDelivered)
+        .expect("not delivered");
+    assert!(
+        nd.evidence.iter().any(|e| e.contains("DEFER_TASKRUN")),
+        "{:?}",
+        nd.evidence
+    );
     // Negative: delivered in time.
     let mut ok = healthy();
     ok.apply(&queue_rq(0, 0, 3, 1000 * MS, "READ", 4096));
