@@ -38,7 +38,13 @@ fn find(name: &str) -> Result<&'static Scenario> {
 /// device or D-state task is left (a stopped server is resumed/killed before `del`: DEL on a
 /// stopped server blocks in del_gendisk holding the global ublk mutex). SIGINT comes first
 /// (a start-gated server on 6.12 must open its gate: SIGKILL would leave START_DEV and the
-/// dying server in D state for good), SIGKILL 5 s later.
+/// dying server in D state for good), a second SIGINT 2.5 s later, SIGKILL 5 s after that.
+/// The first SIGINT sends STOP_DEV, which waits for the I/O that injected faults hold; the
+/// second makes the server fail or serve that I/O so STOP_DEV can finish. A SIGKILL while
+/// STOP_DEV waits can deadlock the exit on 6.12: with a stall-queue DEFER_TASKRUN ring, the
+/// undelivered requests complete only when the ring is torn down, which waits for the exit,
+/// which waits for the io-wq worker stuck in STOP_DEV (seen: the server's main thread and its
+/// iou-wrk in D for good).
 pub fn script(s: &Scenario, observe: &str) -> String {
     format!(
         r#"ublk-server run {server} > /tmp/srv.out 2>/tmp/srv.err &
@@ -54,6 +60,8 @@ sleep 1
 rc=$?
 echo "=== cleanup"
 kill -CONT $SRV 2>/dev/null; kill -INT $SRV 2>/dev/null
+i=0; while kill -0 $SRV 2>/dev/null && [ $i -lt 25 ]; do sleep 0.1; i=$((i+1)); done
+kill -INT $SRV 2>/dev/null
 i=0; while kill -0 $SRV 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 kill -KILL $SRV 2>/dev/null; wait $SRV 2>/dev/null
 kill -KILL $WL 2>/dev/null; wait $WL 2>/dev/null
@@ -143,6 +151,13 @@ mod tests {
         for s in SCENARIOS {
             let sh = script(s, "true");
             let cont = sh.find("kill -CONT").expect("resumes the server");
+            let second_int = sh.rfind("kill -INT").expect("interrupts the server");
+            let kill = sh.find("kill -KILL $SRV").expect("kills the server");
+            assert!(
+                sh.find("kill -INT") < Some(second_int) && second_int < kill,
+                "{}: a second SIGINT must release held I/O before SIGKILL",
+                s.name
+            );
             let del = sh.find("ublk-server del --all").expect("deletes devices");
             assert!(
                 cont < del,
