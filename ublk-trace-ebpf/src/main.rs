@@ -402,7 +402,7 @@ fn emit_rq(kind: u32, rq: u64, q_id: Option<u16>) {
     if !dev_wanted(dev_id) {
         return;
     }
-    let mut ev = new_event(kind);
+    let mut ev = new_event_nocomm(kind);
     ev.dev_id = dev_id;
     fill_rq(&o, &mut ev, rq, q_id);
     publish(&ev);
@@ -632,7 +632,7 @@ pub fn rq_task_work(ctx: ProbeContext) -> u32 {
     if !dev_wanted(dev_id) {
         return 0;
     }
-    let mut ev = new_event(KIND_DELIVERED);
+    let mut ev = new_event_nocomm(KIND_DELIVERED);
     ev.dev_id = dev_id;
     let ubq: u64 = rd2(cmd, o.uc_pdu, o.pdu_ubq).unwrap_or(0);
     ev.q_id = rd::<i32>(ubq, o.ubq_q_id).unwrap_or(-1) as u16;

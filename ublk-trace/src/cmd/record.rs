@@ -120,9 +120,10 @@ const SPOOL_LOST: u32 = u32::MAX;
 /// Why: decoding and formatting an event costs far more CPU than copying its 80 bytes, and
 /// a recorder that formats at the pace of the I/O takes that CPU from the workload it
 /// traces (record kept 0.5-0.7 of untraced IOPS in the TCG guest). The reader only copies,
-/// so the ring never overflows; the converter runs only on CPU time nothing else wants
-/// (SCHED_IDLE) and catches up when the CPU has time, at the latest when the recording stops
-/// (or at nice 19 when the backlog passes [`SPOOL_BACKLOG_MAX`]).
+/// so the ring never overflows. The converter keeps up while the traffic is light, waits
+/// while it is heavy, runs only on CPU time nothing else wants (SCHED_IDLE) and catches up
+/// at the latest when the recording stops (or at nice 19 when the backlog passes
+/// [`SPOOL_BACKLOG_MAX`]).
 struct Spool {
     file: std::fs::File,
     /// Bytes appended so far (whole records).
@@ -131,6 +132,8 @@ struct Spool {
     done: AtomicBool,
     /// The converter's thread id, to raise its priority for the final catch-up.
     converter_tid: std::sync::atomic::AtomicI32,
+    /// Ring records per second the reader saw lately.
+    rate: AtomicU64,
 }
 
 impl Spool {
@@ -157,6 +160,7 @@ impl Spool {
             written: AtomicU64::new(0),
             done: AtomicBool::new(false),
             converter_tid: std::sync::atomic::AtomicI32::new(0),
+            rate: AtomicU64::new(0),
         })
     }
 
@@ -223,6 +227,10 @@ fn set_priority(tid: i32, p: Priority) {
 /// so a recording under endless full load does not fill the disk with spool.
 const SPOOL_BACKLOG_MAX: u64 = 256 << 20;
 
+/// Below this many ring records a second the converter keeps up as they come; above, it
+/// waits for the traffic to drop (or for the stop, or for the backlog bound).
+const LIGHT_RECORDS_PER_SEC: u64 = 2000;
+
 /// Decode spooled records into `sink` until the reader is done and every record is read.
 /// Returns (events written, records that did not decode).
 fn convert_spool(
@@ -248,13 +256,24 @@ fn convert_spool(
             std::thread::sleep(Duration::from_millis(50));
             continue;
         }
+        // Under heavy traffic, wait: formatting competes with the traced workload even on
+        // idle-class CPU time (wake-up latency, caches). Convert when traffic is light, when
+        // the backlog passes the bound, and after the stop.
+        let backlog = written - read;
+        if !done
+            && backlog <= SPOOL_BACKLOG_MAX
+            && spool.rate.load(Ordering::Relaxed) > LIGHT_RECORDS_PER_SEC
+        {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
         // The final catch-up after the stop runs at normal priority (the workload may
         // still run); the reader also raises it, in case this thread is waiting here.
         if done && prio != Priority::Normal {
             set_priority(0, Priority::Normal);
             prio = Priority::Normal;
         } else if !done {
-            let want = if written - read > SPOOL_BACKLOG_MAX {
+            let want = if backlog > SPOOL_BACKLOG_MAX {
                 Priority::Low
             } else {
                 Priority::Idle
@@ -373,6 +392,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let mut lost_reported = 0u64;
     let mut short = 0u64;
     let mut failed: Option<anyhow::Error> = None;
+    let (mut last_poll, mut seen_since) = (Instant::now(), 0u64);
     loop {
         let done = STOP.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d);
         // After the stop, one last non-blocking drain picks up what is already in the ring.
@@ -397,6 +417,17 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
             };
             buf.extend_from_slice(&marker.to_le_bytes());
             lost_reported = dropped;
+        }
+        let now = Instant::now();
+        let ms = now.duration_since(last_poll).as_millis().max(1) as u64;
+        if ms >= 100 || n == 0 {
+            spool
+                .rate
+                .store((seen_since + n as u64) * 1000 / ms, Ordering::Relaxed);
+            seen_since = 0;
+            last_poll = now;
+        } else {
+            seen_since += n as u64;
         }
         if let Err(e) = spool.append(&buf) {
             failed = Some(anyhow::Error::new(e).context("append to the spool file"));
