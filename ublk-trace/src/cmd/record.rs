@@ -227,6 +227,11 @@ fn set_priority(tid: i32, p: Priority) {
 /// so a recording under endless full load does not fill the disk with spool.
 const SPOOL_BACKLOG_MAX: u64 = 256 << 20;
 
+/// How often the reader drains the ring.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// A drain this big (an eighth of the default ring) is followed by another at once.
+const BIG_DRAIN: usize = 6000;
+
 /// Below this many ring records a second the converter keeps up as they come; above, it
 /// waits for the traffic to drop (or for the stop, or for the backlog bound).
 const LIGHT_RECORDS_PER_SEC: u64 = 2000;
@@ -393,6 +398,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let mut short = 0u64;
     let mut failed: Option<anyhow::Error> = None;
     let (mut last_poll, mut seen_since) = (Instant::now(), 0u64);
+    let (mut last_drain, mut last_n) = (Instant::now(), 0usize);
     loop {
         let done = STOP.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d);
         // After the stop, one last non-blocking drain picks up what is already in the ring.
@@ -401,6 +407,13 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         } else {
             Duration::from_millis(100)
         };
+        // One drain per period: the ring is never empty under load, and draining it as fast
+        // as records trickle in (a few per pass) kept a CPU busy. A big last drain means the
+        // ring fills fast: drain again at once.
+        if !done && last_n < BIG_DRAIN && last_drain.elapsed() < DRAIN_EVERY {
+            std::thread::sleep(DRAIN_EVERY.saturating_sub(last_drain.elapsed()));
+        }
+        last_drain = Instant::now();
         buf.clear();
         let n = tracer
             .poll_bytes(timeout, |rec| match rec.get(..RAW_EVENT_BYTES) {
@@ -408,6 +421,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
                 None => short += 1,
             })
             .context("read events")?;
+        last_n = n;
         let dropped = tracer.lost_events();
         if dropped > lost_reported {
             let marker = ublk_trace_common::event::RawEvent {

@@ -142,6 +142,8 @@ fn missing_required(t: &Tracer) -> Option<String> {
 
 /// How often the probe thread reads the in-kernel tag state map.
 const STATE_EVERY: Duration = Duration::from_millis(200);
+/// Shortest pass of the probe thread's loop.
+const MIN_PASS: Duration = Duration::from_millis(50);
 
 /// Commits this long after their request started still come through the ring one by one
 /// (with the state path's other rare events: rejections, bad commits, requeues, failed
@@ -187,6 +189,7 @@ pub fn spawn_probes(
                 return;
             }
             let mut last_state_read = Instant::now();
+            let mut last_pass = Instant::now();
             while !stop.is_set() {
                 if last_state_read.elapsed() >= STATE_EVERY {
                     last_state_read = Instant::now();
@@ -207,6 +210,13 @@ pub fn spawn_probes(
                 let wait = STATE_EVERY
                     .saturating_sub(last_state_read.elapsed())
                     .max(Duration::from_millis(10));
+                // Rare events can come in a steady trickle (a requeue storm): poll returns
+                // at once then, so pace the passes (at most 20 a second).
+                let since = last_pass.elapsed();
+                if since < MIN_PASS {
+                    std::thread::sleep(MIN_PASS - since);
+                }
+                last_pass = Instant::now();
                 if let Err(e) = tracer.poll(wait, &mut events) {
                     let _ = tx.send(Msg::ProbesOff(format!("probes stopped: {e}")));
                     return;
