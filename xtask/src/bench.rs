@@ -152,8 +152,9 @@ modload() { m=$1; shift; for f in $(cat /mod/$m.order); do if [ "$f" = "$m.ko" ]
 stop_pid() { kill -$2 $1 2>/dev/null; i=0; n=$(( ${3:-5} * 10 )); while kill -0 $1 2>/dev/null && [ $i -lt $n ]; do sleep 0.1; i=$((i+1)); done; kill -0 $1 2>/dev/null && { echo "TRACER pid $1 did not exit on SIG$2 within ${3:-5} s"; kill -KILL $1; }; wait $1 2>/dev/null; }
 # Wait up to 120 s for a line containing $2 in file $1 (a tracer's start-up takes seconds in TCG).
 wait_line() { i=0; while [ $i -lt 1200 ]; do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; i=$((i+1)); done; echo "TRACER no '$2' in $1 after 120 s"; return 1; }
-# Milliseconds since boot (/proc/uptime has two decimals).
-now_ms() { read u _ < /proc/uptime; echo $(( ${u%.*} * 1000 + ${u#*.} * 10 )); }
+# Milliseconds since boot (/proc/uptime has two decimals; "1$f - 100" keeps "08" from being
+# read as a bad octal number).
+now_ms() { read u _ < /proc/uptime; f=${u#*.}; echo $(( ${u%.*} * 1000 + (1$f - 100) * 10 )); }
 mem_kb() { echo "hwm_kb=$(sed -n 's/^VmHWM:[^0-9]*\([0-9]*\).*/\1/p' /proc/$1/status) rss_kb=$(sed -n 's/^VmRSS:[^0-9]*\([0-9]*\).*/\1/p' /proc/$1/status)"; }
 # Run count and time of each eBPF program a process holds (non-zero with kernel.bpf_stats_enabled=1).
 bpf_progs() { for f in /proc/$1/fdinfo/*; do grep -q '^run_cnt' $f 2>/dev/null && echo "TRACER prog $(grep -E '^(prog_type|prog_id|run_time_ns|run_cnt)' $f | tr -s '\t\n' '  ')"; done; }
