@@ -14,11 +14,59 @@ use serde_json::Value;
 const SECS: u64 = 60;
 
 /// The emulated guest stalls under load: null_blk alone showed completions of 2.27 s in an
-/// otherwise idle guest, and whole-guest stalls of 5-10 s (every tag of a queue at once) when
-/// the host ran other guests besides. The fault tests' 500 ms would read healthy I/O as stuck;
-/// 5 s is above the stalls of a guest that has the host to itself, and a model error (an age
-/// spanning several requests) still grows far past it within the minute.
-const STUCK_MS: u64 = 5000;
+/// otherwise idle guest, and whole-guest stalls of 5-10 s (every tag of a queue at once), and a
+/// START_DEV of 4 s, when the host ran other guests besides. The fault tests' 500 ms would read
+/// healthy I/O as stuck; 5 s is above the stalls of a guest that has the host to itself, and a
+/// model error (an age spanning several requests) still grows far past it within the minute.
+const STUCK_MS: &str = "5000";
+
+/// `watch --headless` with the stuck, waiter and control-command thresholds at [`STUCK_MS`].
+fn watch(dev_id: u32) -> HeadlessWatch {
+    HeadlessWatch::start_args(
+        dev_id,
+        500,
+        &[
+            "--stuck-ms",
+            STUCK_MS,
+            "--waiter-ms",
+            STUCK_MS,
+            "--ctrl-ms",
+            STUCK_MS,
+        ],
+    )
+}
+
+/// fio until [`stop_fio`]: time-based for far longer than any test, so a slow attach never
+/// shortens what is judged.
+fn fio_for_long(bdev: &str) -> Child {
+    fio_randrw(bdev, 3600)
+}
+
+/// SIGINT fio (it ends its jobs, prints its JSON report and exits 128) and demand that every job
+/// did I/O without an error.
+fn stop_fio(mut fio: Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(fio.id() as i32, libc::SIGINT) };
+    let mut out = String::new();
+    if let Some(mut o) = fio.stdout.take() {
+        use std::io::Read;
+        let _ = o.read_to_string(&mut out);
+    }
+    wait_timeout(&mut fio, Duration::from_secs(120)).expect("fio ignored SIGINT");
+    // "fio: terminating on signal 2" may precede the report.
+    let report: Value = out
+        .find('{')
+        .and_then(|i| serde_json::from_str(&out[i..]).ok())
+        .unwrap_or_else(|| panic!("no JSON report from fio: {out}"));
+    let jobs = report["jobs"].as_array().cloned().unwrap_or_default();
+    assert!(!jobs.is_empty(), "fio report without jobs: {report}");
+    for j in &jobs {
+        let ios = j["read"]["total_ios"].as_u64().unwrap_or(0)
+            + j["write"]["total_ios"].as_u64().unwrap_or(0);
+        assert_eq!(j["error"], 0, "fio job failed: {j}");
+        assert!(ios > 0, "fio job did no I/O: {j}");
+    }
+}
 
 fn fio_randrw(bdev: &str, secs: u64) -> Child {
     Command::new("fio")
@@ -34,16 +82,11 @@ fn fio_randrw(bdev: &str, secs: u64) -> Child {
             "--time_based",
             &format!("--runtime={secs}"),
             "--group_reporting",
+            "--output-format=json",
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn fio: {e}"))
-}
-
-fn wait_fio(mut fio: Child, secs: u64) {
-    let st = wait_timeout(&mut fio, Duration::from_secs(secs + 120))
-        .unwrap_or_else(|| panic!("fio did not end within {secs} s + 2 min"));
-    assert!(st.success(), "fio failed: {st}");
 }
 
 /// Every watch document received so far.
@@ -119,10 +162,14 @@ fn assert_saw_traffic(docs: &[Value], dev_id: u32) {
     );
 }
 
+/// Watch `SECS` of the fio already running (the documents received before are dropped: they
+/// cover the attach), stop fio, and judge: no findings, traffic seen, diagnose clean.
 fn judge_fio_run(w: &HeadlessWatch, dev_id: u32, fio: Child, what: &str) {
+    let _ = drain(w);
     let t0 = Instant::now();
-    wait_fio(fio, SECS);
+    std::thread::sleep(Duration::from_secs(SECS));
     let docs = drain(w);
+    stop_fio(fio);
     println!(
         "{what}: {} watch documents over {:?}",
         docs.len(),
@@ -131,7 +178,7 @@ fn judge_fio_run(w: &HeadlessWatch, dev_id: u32, fio: Child, what: &str) {
     assert!(docs.len() >= 20, "only {} documents during fio", docs.len());
     assert_no_findings(&docs, what);
     assert_saw_traffic(&docs, dev_id);
-    let (code, doc, _) = diagnose(dev_id, &["--for", "1"]);
+    let (code, doc, _) = diagnose(dev_id, &["--for", "1", "--stuck-ms", STUCK_MS]);
     assert_eq!(code, Some(0), "diagnose after {what}: {doc}");
 }
 
@@ -140,11 +187,15 @@ fn judge_fio_run(w: &HeadlessWatch, dev_id: u32, fio: Child, what: &str) {
 fn a_minute_of_fio_watched_from_before_the_device_existed_gives_no_findings() {
     // A fixed id no other test uses, so the watch can name the device before it exists.
     let id = 7;
-    let w = HeadlessWatch::start_with(id, 500, STUCK_MS);
+    let w = watch(id);
     w.wait_until_attached();
+    // The device's whole life is in view, START_DEV included.
+    let _ = drain(&w);
     let s = Server::start(&["null", "--queues", "2", "--depth", "64", "--id", "7"]);
     assert_eq!(s.dev_id, id);
-    let fio = fio_randrw(&s.bdev(), SECS);
+    let setup_docs = drain(&w);
+    assert_no_findings(&setup_docs, "the device's set-up");
+    let fio = fio_for_long(&s.bdev());
     judge_fio_run(&w, id, fio, "fio watched from before the device existed");
 }
 
@@ -152,10 +203,10 @@ fn a_minute_of_fio_watched_from_before_the_device_existed_gives_no_findings() {
 #[ignore = "needs ublk guest"]
 fn a_minute_of_fio_watched_from_mid_traffic_gives_no_findings() {
     let s = Server::start(&["null", "--queues", "2", "--depth", "64"]);
-    let fio = fio_randrw(&s.bdev(), SECS);
+    let fio = fio_for_long(&s.bdev());
     // Attach while requests are in flight: the setup FETCHes were never seen.
     std::thread::sleep(Duration::from_secs(5));
-    let w = HeadlessWatch::start_with(s.dev_id, 500, STUCK_MS);
+    let w = watch(s.dev_id);
     w.wait_until_attached();
     judge_fio_run(&w, s.dev_id, fio, "fio watched from mid-traffic");
 }
@@ -164,12 +215,13 @@ fn a_minute_of_fio_watched_from_mid_traffic_gives_no_findings() {
 #[ignore = "needs ublk guest"]
 fn an_idle_depth_128_device_for_a_minute_gives_no_findings() {
     let s = Server::start(&["null", "--queues", "2", "--depth", "128"]);
-    let w = HeadlessWatch::start_with(s.dev_id, 500, STUCK_MS);
+    let w = watch(s.dev_id);
     w.wait_until_attached();
     // Use some tags first, so idle tags have a history (committed, then waiting again).
     let mut reader = dd(&s.bdev(), 0, 64, None);
     let st = wait_timeout(&mut reader, Duration::from_secs(60)).expect("dd did not end");
     assert!(st.success(), "dd failed: {st}");
+    let _ = drain(&w);
     std::thread::sleep(Duration::from_secs(SECS));
     let docs = drain(&w);
     assert!(docs.len() >= 20, "only {} documents while idle", docs.len());

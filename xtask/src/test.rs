@@ -250,25 +250,8 @@ fn guest_suite(
             .and_then(|s| s.parse().ok())
             .unwrap_or(1800),
     );
-    let mut extra = Vec::new();
-    let mut script = String::from("rc=0\n");
-    for (i, (name, exe)) in binaries.iter().enumerate() {
-        let guest_path = format!("/tests/{i:02}-{name}");
-        extra.push((exe.clone(), guest_path.clone(), true));
-        let mut args: Vec<String> = filter
-            .iter()
-            .map(|f| crate::guest::shell_join(std::slice::from_ref(f)))
-            .collect();
-        if std::env::var_os("UBLK_RUN_KNOWN_FAILURES").is_none() {
-            args.push(format!("--skip {KNOWN_FAILURE_PREFIX}"));
-        }
-        script.push_str(&format!(
-            "echo '=== GUEST-TEST {name}'\n{guest_path} --ignored --test-threads=1 {} 2>&1; r=$?\n\
-             echo \"=== GUEST-TEST-END {name} rc=$r\"\n[ $r -eq 0 ] || rc=1\n",
-            args.join(" ")
-        ));
-    }
-    script.push_str("exit $rc\n");
+    let all: Vec<usize> = (0..binaries.len()).collect();
+    let (script, extra) = suite_script(binaries, &all, filter);
     let initrd = make_initramfs(&kernel, &opts, &bin_dir, &script, &extra)?;
     // Per process: concurrent runs must not overwrite each other's console logs.
     let log = cache_dir().join(format!(
@@ -284,19 +267,34 @@ fn guest_suite(
     let boot = crate::guest::boot_opts(&opts, &kernel, &initrd);
     let (mut outcome, mut lines) = crate::qemu::boot_captured(&boot, &log, |l| println!("{l}"))?;
     // Multi-threaded TCG races on cross-modifying code: while kprobes are armed or the kernel
-    // patches its text, a guest has oopsed on an int3 trap or a call to address 0 inside
-    // io_uring_cmd with no test at fault. A guest that died is retried once, loudly, with one
-    // TCG thread (slower, immune to that race); a second death counts as a failure.
+    // patches its text, a guest has oopsed on an int3 trap or a call to address 0 (from
+    // io_uring_cmd, or io_uring's local task work) with no test at fault. A guest that died
+    // is resumed once, loudly, with one TCG thread (slower, immune to that race): the binaries
+    // that had finished keep their results, the rest (the one that died included) run again.
+    // A second death counts as a failure.
     if matches!(outcome, crate::qemu::Outcome::Died { .. }) && boot.accel == crate::qemu::Accel::Tcg
     {
+        let (kept, done) = finished_sections(&lines);
+        let rest: Vec<usize> = (0..binaries.len())
+            .filter(|i| !done.contains(&binaries[*i].0))
+            .collect();
         println!(
-            "[test] WARNING: guest {} died ({}); retrying once with single-threaded TCG",
+            "[test] WARNING: guest {} died ({}); resuming the {} unfinished test binaries with \
+             single-threaded TCG",
             spec.name,
-            oops_line(&lines).unwrap_or("no oops line")
+            oops_line(&lines).unwrap_or("no oops line"),
+            rest.len()
         );
-        let mut single = boot.clone();
+        let (script, extra) = suite_script(binaries, &rest, filter);
+        let _ = std::fs::remove_file(&initrd);
+        let initrd2 = make_initramfs(&kernel, &opts, &bin_dir, &script, &extra)?;
+        let mut single = crate::guest::boot_opts(&opts, &kernel, &initrd2);
         single.single_thread_tcg = true;
-        (outcome, lines) = crate::qemu::boot_captured(&single, &log, |l| println!("{l}"))?;
+        let (o, more) = crate::qemu::boot_captured(&single, &log, |l| println!("{l}"))?;
+        let _ = std::fs::remove_file(&initrd2);
+        outcome = o;
+        lines = kept;
+        lines.extend(more);
     }
     let _ = std::fs::remove_file(&initrd);
     crate::guest::report_outcome(&outcome, &lines, &log);
@@ -313,6 +311,57 @@ fn guest_suite(
         t.broken = t.broken.max(1);
     }
     Ok(t)
+}
+
+/// The guest script running `which` of `binaries` (their index is kept in the guest path),
+/// and the files it needs.
+fn suite_script(
+    binaries: &[(String, PathBuf)],
+    which: &[usize],
+    filter: &[String],
+) -> (String, Vec<(PathBuf, String, bool)>) {
+    let mut extra = Vec::new();
+    let mut script = String::from("rc=0\n");
+    for &i in which {
+        let (name, exe) = &binaries[i];
+        let guest_path = format!("/tests/{i:02}-{name}");
+        extra.push((exe.clone(), guest_path.clone(), true));
+        let mut args: Vec<String> = filter
+            .iter()
+            .map(|f| crate::guest::shell_join(std::slice::from_ref(f)))
+            .collect();
+        if std::env::var_os("UBLK_RUN_KNOWN_FAILURES").is_none() {
+            args.push(format!("--skip {KNOWN_FAILURE_PREFIX}"));
+        }
+        script.push_str(&format!(
+            "echo '=== GUEST-TEST {name}'\n{guest_path} --ignored --test-threads=1 {} 2>&1; r=$?\n\
+             echo \"=== GUEST-TEST-END {name} rc=$r\"\n[ $r -eq 0 ] || rc=1\n",
+            args.join(" ")
+        ));
+    }
+    script.push_str("exit $rc\n");
+    (script, extra)
+}
+
+/// The lines of the binaries that ran to their GUEST-TEST-END marker, and their names.
+fn finished_sections(lines: &[String]) -> (Vec<String>, std::collections::BTreeSet<String>) {
+    let mut kept = Vec::new();
+    let mut done = std::collections::BTreeSet::new();
+    let mut section: Vec<String> = Vec::new();
+    for l in lines {
+        if l.starts_with("=== GUEST-TEST ") {
+            section = vec![l.clone()];
+        } else if let Some(rest) = l.strip_prefix("=== GUEST-TEST-END ") {
+            section.push(l.clone());
+            if let Some(name) = rest.split(' ').next() {
+                done.insert(name.to_string());
+            }
+            kept.append(&mut section);
+        } else if !section.is_empty() {
+            section.push(l.clone());
+        }
+    }
+    (kept, done)
 }
 
 /// The first oops/BUG line of a dead guest, for the warning.
@@ -361,6 +410,32 @@ mod tests {
                 broken: 0
             }
         );
+    }
+
+    #[test]
+    fn a_resumed_suite_keeps_only_finished_binaries() {
+        let lines: Vec<String> = [
+            "boot noise",
+            "=== GUEST-TEST a",
+            "test result: ok. 2 passed; 0 failed; 0 ignored",
+            "=== GUEST-TEST-END a rc=0",
+            "=== GUEST-TEST b",
+            "test x ... BUG: kernel NULL pointer dereference",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (kept, done) = finished_sections(&lines);
+        assert_eq!(done.into_iter().collect::<Vec<_>>(), vec!["a".to_string()]);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(parse_libtest(&kept.join("\n")).passed, 2);
+        let bins = vec![
+            ("a".to_string(), PathBuf::from("a")),
+            ("b".to_string(), PathBuf::from("b")),
+        ];
+        let (script, extra) = suite_script(&bins, &[1], &[]);
+        assert!(script.contains("/tests/01-b ") && !script.contains("/tests/00-a"));
+        assert_eq!(extra.len(), 1);
     }
 
     #[test]

@@ -309,10 +309,19 @@ impl HeadlessWatch {
     /// With the stuck/waiter threshold `stuck_ms`.
     pub fn start_with(dev_id: u32, interval_ms: u64, stuck_ms: u64) -> HeadlessWatch {
         let stuck = stuck_ms.to_string();
+        Self::start_args(
+            dev_id,
+            interval_ms,
+            &["--stuck-ms", &stuck, "--waiter-ms", &stuck],
+        )
+    }
+
+    /// With any further `watch` options (thresholds).
+    pub fn start_args(dev_id: u32, interval_ms: u64, extra: &[&str]) -> HeadlessWatch {
         let mut child = Command::new(bin("ublk-trace"))
             .args(["watch", "dev", &dev_id.to_string(), "--headless", "--json"])
             .args(["--interval", &interval_ms.to_string()])
-            .args(["--stuck-ms", &stuck, "--waiter-ms", &stuck])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
