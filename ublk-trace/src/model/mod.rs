@@ -63,6 +63,7 @@ pub struct TagFacts {
     pub complete_ns: u64,
     pub requeue_ns: u64,
     /// Counters since the tracer attached (monotonic in the map).
+    pub commits: u64,
     pub requeues: u64,
     pub rejected: u64,
     pub op: String,
@@ -95,6 +96,7 @@ impl From<&ublk_trace_common::tagmap::KernelTag> for TagFacts {
             commit_ns: k.commit_ns,
             complete_ns: k.complete_ns,
             requeue_ns: k.requeue_ns,
+            commits: k.commits,
             requeues: k.requeues,
             rejected: k.rejected,
             op: if k.queue_rq_ns > 0 {
@@ -345,16 +347,43 @@ impl Model {
         if f.queue_rq_ns > q.tags.get(&tag).map_or(0, |t| t.queue_rq_ns) {
             q.undelivered.insert(tag);
         }
+        // Requests served since the last read: the rates, and one latency sample (the last
+        // request's queue_rq -> commit) per tag and read, since no per-I/O event streams.
+        let read_before = q.tags.get(&tag).and_then(|t| t.kernel_commits_read);
+        let served = f.commits.saturating_sub(read_before.unwrap_or(0));
+        if served > 0 {
+            let latency = (f.queue_rq_ns > 0 && f.commit_ns >= f.queue_rq_ns)
+                .then(|| f.commit_ns - f.queue_rq_ns);
+            q.kernel_completions(f.commit_ns, served, latency);
+        }
         let t = q.tag_mut(tag);
+        // The tag's history from the map: the latest step of each kind per read (what
+        // happened in between is not kept in the kernel). Owner tid as the actor.
+        let tid = f.owner_tid.unwrap_or(0);
         if f.queue_rq_ns > t.queue_rq_ns {
             t.queue_rq_ns = f.queue_rq_ns;
             t.op.clone_from(&f.op);
             t.sector = f.sector;
             t.bytes = f.bytes;
+            let what = HistoryKind::QueueRq {
+                op: f.op.clone(),
+                sector: f.sector,
+                bytes: f.bytes,
+            };
+            t.push_history(f.queue_rq_ns, 0, what);
+        }
+        if f.delivered_ns > t.delivered_ns {
+            t.push_history(f.delivered_ns, tid, HistoryKind::Delivered);
+        }
+        if f.commits > 0 {
+            t.kernel_commits_read = Some(f.commits);
         }
         if f.commit_ns > t.commit_ns {
             t.commit_ns = f.commit_ns;
             t.commit_result = f.result;
+            if let Some(result) = f.result {
+                t.push_history(f.commit_ns, tid, HistoryKind::Commit { result });
+            }
         }
         if f.requeue_ns > t.requeue_ns {
             t.requeue_ns = f.requeue_ns;

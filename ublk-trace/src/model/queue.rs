@@ -104,6 +104,9 @@ pub struct Queue {
     pub untagged_requeue_times: VecDeque<u64>,
     /// The eBPF state map's count of those, as last read.
     pub untagged_requeues_read: u64,
+    /// Completions are counted from the state map's commit counters (watch's state path):
+    /// commit events that still stream (bad or slow ones) must not count twice.
+    pub counts_from_kernel: bool,
 }
 
 impl Queue {
@@ -145,24 +148,44 @@ impl Queue {
         latency_ns: Option<u64>,
         bytes: u64,
     ) {
-        self.completed += 1;
         self.bytes = self.bytes.saturating_add(bytes);
-        self.completions.add(ts_ns, 1);
         self.bytes_rate.add(ts_ns, bytes);
-        let Some(lat) = latency_ns else {
+        if self.counts_from_kernel {
+            // Counted (and its latency sampled) by the state map already.
+            self.remember_slow(ts_ns, tag, latency_ns);
+            return;
+        }
+        self.completed += 1;
+        self.completions.add(ts_ns, 1);
+        if let Some(lat) = latency_ns {
+            self.server_latency.record(lat);
+        }
+        self.remember_slow(ts_ns, tag, latency_ns);
+    }
+
+    /// `n` requests served by `ts_ns`, read from the state map's commit counters (watch's
+    /// state path), with the latency of the last one when the map still holds its start.
+    pub(crate) fn kernel_completions(&mut self, ts_ns: u64, n: u64, latency_ns: Option<u64>) {
+        self.counts_from_kernel = true;
+        self.completed += n;
+        self.completions.add(ts_ns, n);
+        if let Some(lat) = latency_ns {
+            self.server_latency.record(lat);
+        }
+    }
+
+    fn remember_slow(&mut self, ts_ns: u64, tag: u16, latency_ns: Option<u64>) {
+        let Some(lat) = latency_ns.filter(|l| *l >= SLOW_FLOOR_NS) else {
             return;
         };
-        self.server_latency.record(lat);
-        if lat >= SLOW_FLOOR_NS {
-            if self.slow.len() == SLOW_LEN {
-                self.slow.pop_front();
-            }
-            self.slow.push_back(SlowIo {
-                done_ns: ts_ns,
-                tag,
-                latency_ns: lat,
-            });
+        if self.slow.len() == SLOW_LEN {
+            self.slow.pop_front();
         }
+        self.slow.push_back(SlowIo {
+            done_ns: ts_ns,
+            tag,
+            latency_ns: lat,
+        });
     }
 }
 

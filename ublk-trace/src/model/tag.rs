@@ -166,6 +166,8 @@ pub struct Tag {
     pub orphan_done: Option<(u64, u32, i32)>,
     pub fetches: u64,
     pub commits: u64,
+    /// The eBPF state map's commit counter for this tag, as last read.
+    pub kernel_commits_read: Option<u64>,
     pub requeues: u64,
     pub rejected: u64,
     pub bad_commits: u64,
@@ -205,6 +207,12 @@ pub struct Derived {
 
 impl Tag {
     pub(crate) fn push_history(&mut self, ts_ns: u64, tid: u32, what: HistoryKind) {
+        // The same step from the event stream and from the state map: keep one.
+        let at = self.history.partition_point(|h| h.ts_ns <= ts_ns);
+        let prev = at.checked_sub(1).and_then(|i| self.history.get(i));
+        if prev.is_some_and(|h| h.ts_ns == ts_ns && h.what == what) {
+            return;
+        }
         if self.history.len() == HISTORY_LEN {
             self.history.pop_front();
         }

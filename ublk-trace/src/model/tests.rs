@@ -652,3 +652,54 @@ fn batched_runs_for_other_tags_do_not_restart_a_delivered_requests_age() {
         Some((1089 * MS, 40 * MS))
     );
 }
+
+/// watch's state path streams no per-I/O commit: the IOPS and the latency histogram come from
+/// the state map's per-tag commit counters (the increase since the last read), and a commit
+/// event that still streams (a bad or slow one) does not count twice.
+#[test]
+fn state_map_commit_counters_feed_iops_and_latency() {
+    use ublk_trace_common::tagmap::KernelTag;
+    const S: u64 = 1_000_000_000;
+    let mut m = Model::new();
+    let read = |m: &mut Model, tag: u16, commits: u64, start: u64, commit: u64| {
+        let k = KernelTag {
+            fetch_ns: commit,
+            queue_rq_ns: start,
+            delivered_ns: start + MS / 10,
+            commit_ns: commit,
+            commits,
+            commit_result: 4096,
+            owner_tid: Q_TID,
+            ..Default::default()
+        };
+        m.apply_kernel_tag(0, 0, tag, &k);
+    };
+    // Second 10: tags 0 and 1 serve 30 and 20 requests; second 11: 40 more on tag 0.
+    read(&mut m, 0, 30, 10 * S + 100 * MS, 10 * S + 102 * MS);
+    read(&mut m, 1, 20, 10 * S + 200 * MS, 10 * S + 203 * MS);
+    read(&mut m, 0, 70, 11 * S + 500 * MS, 11 * S + 504 * MS);
+    // A slow commit event of tag 1 (rare events still stream): no second count.
+    m.apply_all(&healthy_io(0, 0, 1, 11 * S + 600 * MS, Q_TID));
+    let d = m.device(0, 12 * S + MS).expect("device");
+    assert_eq!(d.iops_series(2), vec![50, 40]);
+    let q = m
+        .raw_device(0)
+        .and_then(|d| d.queues.get(&0))
+        .expect("queue");
+    assert_eq!(q.completed, 90);
+    // One latency sample per tag and read: 2, 3 and 4 ms.
+    assert_eq!(q.server_latency.count(), 3);
+    assert_eq!(q.server_latency.count_at_least(MS), 3);
+    assert_eq!(q.server_latency.count_at_least(8 * MS), 0);
+    // The detail view's history: tag 0's latest request per read, each step once.
+    let h: Vec<String> = q.tags[&0]
+        .history
+        .iter()
+        .map(|e| e.what.to_string())
+        .collect();
+    assert_eq!(h.len(), 6, "{h:?}");
+    assert!(
+        h[5].starts_with("COMMIT_AND_FETCH_REQ accepted, result 4096"),
+        "{h:?}"
+    );
+}
