@@ -33,9 +33,6 @@ const DOCTOR_DEADLINE: Duration = Duration::from_secs(60);
 /// Bound on the raw reads of one device and on the kernel log.
 const RAW_DEADLINE: Duration = Duration::from_secs(5);
 
-/// How often the probe thread reads the in-kernel tag state map (as `watch` does).
-const STATE_EVERY: Duration = Duration::from_millis(200);
-
 /// The attached probes, as the recording's header lists them (kernel release, programs).
 type ProbeInfo = Arc<Mutex<Option<(String, Vec<ProbeStatus>)>>>;
 
@@ -191,7 +188,7 @@ fn missing_required(t: &Tracer) -> Option<String> {
     ))
 }
 
-/// Probe thread: the state map every [`STATE_EVERY`] and every event as it comes (the
+/// Probe thread: the state map every [`sources::STATE_EVERY`] and every event as it comes (the
 /// recording), until stopped. If the probes cannot load or attach, say why once and end.
 fn spawn_probes(
     tx: std::sync::mpsc::Sender<Msg>,
@@ -229,45 +226,8 @@ fn spawn_probes(
             if tx.send(Msg::ProbesLive).is_err() {
                 return;
             }
-            stream(&mut tracer, &tx, &ev_tx, &stop);
+            sources::probe_loop(&mut tracer, &tx, &ev_tx, &stop, sources::Drain::Streaming);
         })
-}
-
-/// Send the state map every [`STATE_EVERY`] and events as they come, until stopped or the
-/// loop has gone away.
-fn stream(
-    tracer: &mut Tracer,
-    tx: &std::sync::mpsc::Sender<Msg>,
-    ev_tx: &std::sync::mpsc::Sender<Msg>,
-    stop: &Stop,
-) {
-    let mut last_state_read = Instant::now();
-    while !stop.is_set() {
-        if last_state_read.elapsed() >= STATE_EVERY {
-            last_state_read = Instant::now();
-            match tracer.tag_states() {
-                Ok(tags) => {
-                    if tx.send(Msg::KernelTags(tags)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => log::debug!("read the tag state map: {e}"),
-            }
-        }
-        let mut events = Vec::new();
-        // poll drains the ring buffer: all that happened before `t` is in `events`.
-        let t = crate::probe::monotonic_ns();
-        if let Err(e) = tracer.poll(Duration::from_millis(100), &mut events) {
-            let _ = tx.send(Msg::ProbesOff(format!("probes stopped: {e}")));
-            return;
-        }
-        if !events.is_empty() && ev_tx.send(Msg::Events(events)).is_err() {
-            return;
-        }
-        if ev_tx.send(Msg::CaughtUp(t)).is_err() {
-            return;
-        }
-    }
 }
 
 fn unix_ms() -> u64 {

@@ -141,7 +141,7 @@ fn missing_required(t: &Tracer) -> Option<String> {
 }
 
 /// How often the probe thread reads the in-kernel tag state map.
-const STATE_EVERY: Duration = Duration::from_millis(200);
+pub const STATE_EVERY: Duration = Duration::from_millis(200);
 /// Shortest pass of the probe thread's loop.
 const MIN_PASS: Duration = Duration::from_millis(50);
 
@@ -188,47 +188,72 @@ pub fn spawn_probes(
             if tx.send(Msg::ProbesLive).is_err() {
                 return;
             }
-            let mut last_state_read = Instant::now();
-            let mut last_pass = Instant::now();
-            while !stop.is_set() {
-                if last_state_read.elapsed() >= STATE_EVERY {
-                    last_state_read = Instant::now();
-                    match tracer.tag_states() {
-                        Ok(tags) => {
-                            if tx.send(Msg::KernelTags(tags)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => log::debug!("read the tag state map: {e}"),
+            probe_loop(&mut tracer, &tx, &ev_tx, &stop, Drain::Paced);
+        })
+}
+
+/// How [`probe_loop`] drains the ring buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// State path: only control commands and rare events come through the ring, so wait for
+    /// the next state read and pace the passes (a requeue storm is a steady trickle).
+    Paced,
+    /// Every event streams (a recording): drain as it comes.
+    Streaming,
+}
+
+/// The probe thread's loop: the state map every [`STATE_EVERY`], ring events as `drain`
+/// says, until stopped, the loop has gone away, or the probes fail (said once).
+pub fn probe_loop(
+    tracer: &mut Tracer,
+    tx: &Sender<Msg>,
+    ev_tx: &Sender<Msg>,
+    stop: &Stop,
+    drain: Drain,
+) {
+    let mut last_state_read = Instant::now();
+    let mut last_pass = Instant::now();
+    while !stop.is_set() {
+        if last_state_read.elapsed() >= STATE_EVERY {
+            last_state_read = Instant::now();
+            match tracer.tag_states() {
+                Ok(tags) => {
+                    if tx.send(Msg::KernelTags(tags)).is_err() {
+                        return;
                     }
                 }
-                let mut events = Vec::new();
-                // poll drains the ring buffer: all that happened before `t` is in `events`.
-                let t = crate::probe::monotonic_ns();
+                Err(e) => log::debug!("read the tag state map: {e}"),
+            }
+        }
+        let mut events = Vec::new();
+        // poll drains the ring buffer: all that happened before `t` is in `events`.
+        let t = crate::probe::monotonic_ns();
+        let wait = match drain {
+            Drain::Streaming => Duration::from_millis(100),
+            Drain::Paced => {
                 // Control commands wake the poll at once; otherwise sleep until the next
-                // state read (no per-I/O records to drain on this path).
-                let wait = STATE_EVERY
-                    .saturating_sub(last_state_read.elapsed())
-                    .max(Duration::from_millis(10));
-                // Rare events can come in a steady trickle (a requeue storm): poll returns
-                // at once then, so pace the passes (at most 20 a second).
+                // state read, at most 20 passes a second.
                 let since = last_pass.elapsed();
                 if since < MIN_PASS {
                     std::thread::sleep(MIN_PASS - since);
                 }
                 last_pass = Instant::now();
-                if let Err(e) = tracer.poll(wait, &mut events) {
-                    let _ = tx.send(Msg::ProbesOff(format!("probes stopped: {e}")));
-                    return;
-                }
-                if !events.is_empty() && ev_tx.send(Msg::Events(events)).is_err() {
-                    return;
-                }
-                if ev_tx.send(Msg::CaughtUp(t)).is_err() {
-                    return;
-                }
+                STATE_EVERY
+                    .saturating_sub(last_state_read.elapsed())
+                    .max(Duration::from_millis(10))
             }
-        })
+        };
+        if let Err(e) = tracer.poll(wait, &mut events) {
+            let _ = tx.send(Msg::ProbesOff(format!("probes stopped: {e}")));
+            return;
+        }
+        if !events.is_empty() && ev_tx.send(Msg::Events(events)).is_err() {
+            return;
+        }
+        if ev_tx.send(Msg::CaughtUp(t)).is_err() {
+            return;
+        }
+    }
 }
 
 /// Tells when one snapshot round is complete: the device list arrived and then a snapshot of
