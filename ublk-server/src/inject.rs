@@ -681,7 +681,10 @@ mod tests {
         ] {
             let e = Fault::parse(spec).expect_err(spec);
             assert!(e.why.contains(why), "{spec}: got '{}'", e.why);
-            assert!(e.to_string().contains("wrong-tag[:q=Q,tag=T]"), "grammar shown");
+            assert!(
+                e.to_string().contains("wrong-tag[:q=Q,tag=T]"),
+                "grammar shown"
+            );
         }
     }
 
