@@ -15,7 +15,7 @@ use anyhow::Context;
 use crate::bundle::{self, Meta, Parts, Pending, Recording, RecordingSummary, collect};
 use crate::cmd::watch::sources::{self, Msg, Sources, Stop};
 use crate::event::EventKind;
-use crate::probe::{ProbeStatus, Tracer, TracerConfig};
+use crate::probe::{ProbeStatus, TracerConfig};
 use crate::record::RecordHeader;
 use crate::snapshot::{DeviceSnapshot, deadline};
 
@@ -171,23 +171,6 @@ pub fn start_sources(
     Ok(s)
 }
 
-/// Why the probes cannot serve, or None when every required program attached.
-fn missing_required(t: &Tracer) -> Option<String> {
-    let missing: Vec<&ProbeStatus> = t
-        .attached()
-        .iter()
-        .filter(|p| p.required && !p.attached)
-        .collect();
-    let first = missing.first()?;
-    let mut targets: Vec<&str> = missing.iter().map(|p| p.target.as_str()).collect();
-    targets.dedup();
-    Some(format!(
-        "probes {} not attached: {}",
-        targets.join(", "),
-        first.error
-    ))
-}
-
 /// Probe thread: the state map every [`sources::STATE_EVERY`] and every event as it comes (the
 /// recording), until stopped. If the probes cannot load or attach, say why once and end.
 fn spawn_probes(
@@ -208,17 +191,9 @@ fn spawn_probes(
                 block_issue: Some(true),
                 ..Default::default()
             };
-            let mut tracer = match Tracer::start(&cfg) {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = tx.send(Msg::ProbesOff(e.to_string()));
-                    return;
-                }
-            };
-            if let Some(why) = missing_required(&tracer) {
-                let _ = tx.send(Msg::ProbesOff(why));
+            let Some(mut tracer) = sources::start_tracer(&cfg, &tx) else {
                 return;
-            }
+            };
             *info.lock().unwrap_or_else(PoisonError::into_inner) = Some((
                 tracer.kernel_release().to_string(),
                 tracer.attached().to_vec(),

@@ -174,22 +174,31 @@ pub fn spawn_probes(
                 rare_slow_ms: RARE_SLOW_MS,
                 ..Default::default()
             };
-            let mut tracer = match Tracer::start(&cfg) {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = tx.send(Msg::ProbesOff(e.to_string()));
-                    return;
-                }
-            };
-            if let Some(why) = missing_required(&tracer) {
-                let _ = tx.send(Msg::ProbesOff(why));
+            let Some(mut tracer) = start_tracer(&cfg, &tx) else {
                 return;
-            }
+            };
             if tx.send(Msg::ProbesLive).is_err() {
                 return;
             }
             probe_loop(&mut tracer, &tx, &ev_tx, &stop, Drain::Paced);
         })
+}
+
+/// Start the probes of `cfg`; when they cannot load or a required program did not attach,
+/// say why once on `tx` and give None (the loop goes on with snapshots only).
+pub fn start_tracer(cfg: &TracerConfig, tx: &Sender<Msg>) -> Option<Tracer> {
+    let tracer = match Tracer::start(cfg) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = tx.send(Msg::ProbesOff(e.to_string()));
+            return None;
+        }
+    };
+    if let Some(why) = missing_required(&tracer) {
+        let _ = tx.send(Msg::ProbesOff(why));
+        return None;
+    }
+    Some(tracer)
 }
 
 /// How [`probe_loop`] drains the ring buffer.
