@@ -296,32 +296,8 @@ pub fn kmsg_tail(deadline: Instant) -> Result<Vec<u8>, String> {
 }
 
 fn read_kmsg() -> std::io::Result<Vec<u8>> {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/kmsg")?;
-    let mut tail = std::collections::VecDeque::with_capacity(KMSG_TAIL);
-    let mut buf = vec![0u8; 8192];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let rec = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
-                if let Some(line) = format_kmsg(&rec) {
-                    if tail.len() == KMSG_TAIL {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            // EPIPE: the record we were about to read was overwritten; the next read goes on.
-            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(tail.into_iter().collect::<String>().into_bytes())
+    let tail = crate::snapshot::kmsg::read_records(KMSG_TAIL, format_kmsg)?;
+    Ok(tail.concat().into_bytes())
 }
 
 /// `prio,seq,ts_us,flags;text` (+ continuation lines) -> `[   12.345678] <3> text\n`.

@@ -89,22 +89,33 @@ impl KmsgLine {
 /// Read the whole kernel log buffer without blocking and keep the last [`TAIL_LINES`]
 /// records that concern `dev_id`.
 pub fn read_tail(dev_id: u32) -> std::io::Result<Vec<KmsgLine>> {
+    read_records(TAIL_LINES, |rec| {
+        parse_record(rec).filter(|l| l.concerns(dev_id))
+    })
+}
+
+/// Read the whole kernel log buffer (`/dev/kmsg`) without blocking, keeping the last `keep`
+/// records that `pick` maps to something.
+pub fn read_records<T>(
+    keep: usize,
+    mut pick: impl FnMut(&str) -> Option<T>,
+) -> std::io::Result<Vec<T>> {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open("/dev/kmsg")?;
-    let mut out = std::collections::VecDeque::new();
+    let mut out = std::collections::VecDeque::with_capacity(keep);
     let mut buf = vec![0u8; 8192];
     loop {
         match f.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 let rec = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
-                if let Some(l) = parse_record(&rec).filter(|l| l.concerns(dev_id)) {
-                    if out.len() == TAIL_LINES {
+                if let Some(v) = pick(&rec) {
+                    if out.len() == keep {
                         out.pop_front();
                     }
-                    out.push_back(l);
+                    out.push_back(v);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
