@@ -109,9 +109,81 @@ fn teardown(dev_id: u32, w: Option<HeadlessWatch>, wl: Option<ShellJob>, srv: Se
     assert_recovered(dev_id, RECOVER_WITHIN);
 }
 
-fn report(name: &str, t0: Instant, found: Option<(Instant, Value)>, class: &str) -> Value {
+/// Classes whose presence depends only on how long something lasted, which a late look sees
+/// as well as the live one: never a false class when only the late one names them.
+const TIME_ONLY: &[&str] = &["WAITERS", "SLOW"];
+
+/// The class names of a watch or diagnose document.
+fn class_names(doc: &Value) -> BTreeSet<String> {
+    findings(doc)
+        .iter()
+        .filter_map(|f| f["class"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Late attach: a one-shot `diagnose`, started long after the fault while the watch that saw
+/// it from the start keeps running. It must name one of the scenario's `late` classes (none
+/// when the fault leaves no trace), and never a class the live watch did not report over the
+/// same time. Run before the teardown, judged after it.
+fn late_attach(
+    s: &Scenario,
+    dev_id: u32,
+    w: &HeadlessWatch,
+    found: &Option<(Instant, Value)>,
+) -> Result<(), String> {
+    if found.is_none() {
+        return Ok(()); // the live watch failed; `report` says so
+    }
+    let (_, doc, took) = diagnose(
+        dev_id,
+        &["--for", "2", "--stuck-ms", "500", "--waiter-ms", "500"],
+    );
+    let mut live: BTreeSet<String> = found.iter().flat_map(|(_, d)| class_names(d)).collect();
+    while let Ok((_, d)) = w.docs.try_recv() {
+        live.extend(class_names(&d));
+    }
+    let late = class_names(&doc);
+    let undecided: Vec<&str> = doc["undecided"]
+        .as_array()
+        .map(|u| u.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    println!(
+        "{}: late diagnose ({took:?}) {late:?}, undecided {undecided:?}; live {live:?}",
+        s.name
+    );
+    let false_classes: Vec<&String> = late
+        .iter()
+        .filter(|c| !live.contains(*c) && !TIME_ONLY.contains(&c.as_str()))
+        .collect();
+    if !false_classes.is_empty() {
+        return Err(format!(
+            "{}: late attach named {false_classes:?}, which the live watch never did ({live:?})",
+            s.name
+        ));
+    }
+    let named = s.late.iter().any(|c| late.contains(*c));
+    if !named && !s.late.is_empty() {
+        return Err(format!(
+            "{}: late attach named none of {:?} (got {late:?}, undecided {undecided:?})",
+            s.name, s.late
+        ));
+    }
+    Ok(())
+}
+
+/// The live finding (its time from the fault), then the late attach's verdict.
+fn report(
+    name: &str,
+    t0: Instant,
+    found: Option<(Instant, Value)>,
+    class: &str,
+    late: Result<(), String>,
+) -> Value {
     let (t, doc) =
         found.unwrap_or_else(|| panic!("{name}: no matching {class} within {FIND_WITHIN:?}"));
+    if let Err(e) = late {
+        panic!("{e}");
+    }
     println!(
         "{name}: {class} {:?} after the fault: {:?}",
         t.duration_since(t0),
@@ -142,8 +214,9 @@ fn repro_hang_tag_gives_stuck_in_server() {
         finding_on(&fs, &[s.expect], q, tag).is_some_and(|f| has_pid(f, pid))
     });
     let id = srv.dev_id;
+    let late = late_attach(s, id, &w, &found);
     teardown(id, Some(w), Some(wl), srv);
-    let doc = report(s.name, fault, found, s.expect);
+    let doc = report(s.name, fault, found, s.expect, late);
     let fs = findings(&doc);
     let f = finding_on(&fs, &[s.expect], q, tag).expect("matched above");
     if let Some(tid) = qtid {
@@ -193,10 +266,11 @@ fn repro_stopped_server_gives_server_stopped() {
     });
     // SIGKILL (never DEL a stopped server's device first), then DEL.
     let id = srv.dev_id;
+    let late = late_attach(s, id, &w, &found);
     teardown(id, Some(w), Some(wl), srv);
     assert!(!blocked.is_empty(), "no reader blocked in D after the stop");
     assert!(!busy.is_empty(), "debugfs shows no request in flight");
-    report(s.name, fault, found, s.expect);
+    report(s.name, fault, found, s.expect, late);
     println!("blocked {blocked:?}, busy {busy:?}");
 }
 
@@ -219,8 +293,9 @@ fn repro_crash_gives_server_dead() {
     let id = srv.dev_id;
     // The block disk goes away with the server; the char device stays until DEL.
     let char_dev_stayed = std::path::Path::new(&format!("/dev/ublkc{id}")).exists();
+    let late = late_attach(s, id, &w, &found);
     teardown(id, Some(w), Some(wl), srv);
-    let doc = report(s.name, fault, found, s.expect);
+    let doc = report(s.name, fault, found, s.expect, late);
     println!("{}", of_class(&doc, s.expect)[0]);
     assert!(char_dev_stayed, "/dev/ublkc{id} vanished before DEL");
 }
@@ -265,8 +340,9 @@ fn bad_commit_scenario(name: &str, bad: fn(i32) -> bool, what: &str) {
         })
     });
     let id = srv.dev_id;
+    let late = late_attach(s, id, &w, &found);
     teardown(id, Some(w), Some(wl), srv);
-    let doc = report(name, fault, found, s.expect);
+    let doc = report(name, fault, found, s.expect, late);
     println!("bad commits per the tag file: {truth:?}");
     for f in of_class(&doc, s.expect) {
         let at = (
@@ -325,8 +401,9 @@ fn repro_slow_gives_slow() {
         })
     });
     let id = srv.dev_id;
+    let late = late_attach(s, id, &w, &found);
     teardown(id, Some(w), Some(wl), srv);
-    let doc = report(s.name, fault, found, s.expect);
+    let doc = report(s.name, fault, found, s.expect, late);
     println!("in flight per debugfs: {seen:?}");
     // Slow is all it is: nothing stuck, no bad commit.
     let problems: Vec<_> = findings(&doc)
@@ -372,8 +449,9 @@ fn repro_stall_queue_gives_not_delivered() {
         })
     });
     let id = srv.dev_id;
+    let late = late_attach(s, id, &w, &found);
     teardown(id, Some(w), Some(wl), srv);
-    let doc = report(s.name, fault, found, s.expect);
+    let doc = report(s.name, fault, found, s.expect, late);
     println!("stuck per debugfs: {stuck:?}, queue thread {qtid:?}");
     for f in of_class(&doc, s.expect) {
         println!("{f}");
@@ -494,8 +572,9 @@ fn fault_scenario(name: &str, also: &[&str]) {
         })
     });
     let id = srv.dev_id;
+    let late = late_attach(s, id, &w, &found);
     teardown(id, Some(w), Some(wl), srv);
-    report(s.name, t0, found, s.expect);
+    report(s.name, t0, found, s.expect, late);
 }
 
 #[test]

@@ -15,9 +15,18 @@ pub use crate::scenarios::{SCENARIOS, Scenario};
 use crate::util::cache_dir;
 
 pub fn list() {
-    println!("{:<16} {:<18} symptom", "scenario", "finding");
+    println!(
+        "{:<18} {:<16} {:<32} symptom",
+        "scenario", "finding", "found by a late diagnose"
+    );
     for s in SCENARIOS {
-        println!("{:<16} {:<18} {}", s.name, s.expect, s.symptom);
+        println!(
+            "{:<18} {:<16} {:<32} {}",
+            s.name,
+            s.expect,
+            s.late.join(" or "),
+            s.symptom
+        );
     }
     println!(
         "\nDetails (cause, what ublk-trace shows, how to fix such a server): docs/scenarios.md"

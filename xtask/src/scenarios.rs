@@ -18,6 +18,11 @@ pub struct Scenario {
     pub action: &'static str,
     /// The finding class that names the bug.
     pub expect: &'static str,
+    /// What `diagnose` started after the fault names (one of these): the classes the snapshots
+    /// and the traffic that goes on can tell without having seen the fault happen. Empty: the
+    /// fault leaves nothing a later look could see (the device serves on), so a late look
+    /// must simply name nothing false.
+    pub late: &'static [&'static str],
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -28,6 +33,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "fio --name=r --filename=/dev/ublkb0 --rw=randread --bs=4k --iodepth=4 --ioengine=io_uring --direct=1 --time_based --runtime=600 >/dev/null 2>&1",
         action: "",
         expect: "STUCK_IN_SERVER",
+        late: &["STUCK_IN_SERVER"],
     },
     Scenario {
         name: "stopped-server",
@@ -36,6 +42,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=1000000 iflag=direct 2>/dev/null",
         action: "kill -STOP $SRV",
         expect: "SERVER_STOPPED",
+        late: &["SERVER_STOPPED"],
     },
     Scenario {
         name: "crash",
@@ -44,6 +51,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=1000000 iflag=direct 2>/dev/null",
         action: "",
         expect: "SERVER_DEAD",
+        late: &["SERVER_DEAD"],
     },
     Scenario {
         name: "error-commit",
@@ -52,6 +60,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=100 iflag=direct 2>/dev/null",
         action: "",
         expect: "BAD_COMMIT",
+        late: &["BAD_COMMIT"],
     },
     Scenario {
         name: "zero-commit",
@@ -60,6 +69,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=100 iflag=direct 2>/dev/null",
         action: "",
         expect: "BAD_COMMIT",
+        late: &["BAD_COMMIT"],
     },
     Scenario {
         name: "slow",
@@ -68,6 +78,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "fio --name=r --filename=/dev/ublkb0 --rw=randread --bs=4k --iodepth=4 --ioengine=io_uring --direct=1 --time_based --runtime=600 >/dev/null 2>&1",
         action: "",
         expect: "SLOW",
+        late: &["SLOW"],
     },
     Scenario {
         name: "stall-queue",
@@ -78,6 +89,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "fio --name=r --filename=/dev/ublkb0 --rw=randread --bs=4k --iodepth=8 --ioengine=io_uring --direct=1 --time_based --runtime=600 >/dev/null 2>&1",
         action: "",
         expect: "NOT_DELIVERED",
+        late: &["NOT_DELIVERED"],
     },
     Scenario {
         name: "skip-fetch",
@@ -86,6 +98,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "true",
         action: "",
         expect: "NO_FETCH",
+        late: &["NO_FETCH"],
     },
     Scenario {
         name: "wrong-tag",
@@ -94,6 +107,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=1000000 iflag=direct 2>/dev/null",
         action: "",
         expect: "CMD_REJECTED",
+        late: &["CMD_REJECTED", "STUCK_IN_SERVER"],
     },
     Scenario {
         name: "double-commit",
@@ -102,6 +116,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=1000000 iflag=direct 2>/dev/null",
         action: "",
         expect: "CMD_REJECTED",
+        late: &[],
     },
     Scenario {
         name: "wrong-thread",
@@ -110,6 +125,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=1000000 iflag=direct 2>/dev/null",
         action: "",
         expect: "CMD_REJECTED",
+        late: &["CMD_REJECTED", "STUCK_IN_SERVER"],
     },
     Scenario {
         name: "no-submit",
@@ -118,6 +134,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=1000000 iflag=direct 2>/dev/null",
         action: "",
         expect: "STUCK_IN_SERVER",
+        late: &["STUCK_IN_SERVER"],
     },
     Scenario {
         name: "no-reap",
@@ -126,6 +143,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "dd if=/dev/ublkb0 of=/dev/null bs=4k count=1000000 iflag=direct 2>/dev/null",
         action: "",
         expect: "STUCK_IN_SERVER",
+        late: &["STUCK_IN_SERVER"],
     },
     Scenario {
         name: "start-gate",
@@ -134,6 +152,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "true",
         action: "",
         expect: "CTRL_PENDING",
+        late: &["CTRL_PENDING"],
     },
     Scenario {
         name: "zero-commit-write",
@@ -142,5 +161,6 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "dd if=/dev/zero of=/dev/ublkb0 bs=4k count=1 oflag=direct 2>/dev/null",
         action: "",
         expect: "BAD_COMMIT",
+        late: &["BAD_COMMIT"],
     },
 ];

@@ -151,6 +151,10 @@ fn stuck_in_server_names_the_tag() {
     let mut s = snap(10 * MS, vec![]);
     s.blk = Some(busy_blk(&[3]));
     late.apply_snapshot(&s, 0);
+    // Still listed 2.9 s later (a state only snapshots support ages up to the last one).
+    let mut again = s.clone();
+    again.taken_ns = 2900 * MS;
+    late.apply_snapshot(&again, 0);
     assert!(classes(&late, 3000 * MS).is_empty());
     assert!(rechecks(&late, 3000 * MS).contains(&Class::StuckInServer));
 }
@@ -1147,5 +1151,39 @@ fn a_tag_held_while_the_starved_owner_serves_others_is_stuck() {
     assert!(
         !c.iter().any(|x| x.2 == Some(0) || x.2 == Some(2)),
         "tags 0 and 2 were just received: {c:?}"
+    );
+}
+
+#[test]
+fn snapshot_only_server_time_counts_up_to_the_last_snapshot() {
+    // Guest repro "slow" (400 ms per request) under a late `diagnose`: the last snapshot
+    // (1300 ms) saw tag 0 received at 1000 ms; judged at 1600 ms, the request was in the
+    // server for at least 300 ms, not 600 ms: it may have been committed right after the look.
+    let mk = |ts: u64| {
+        let mut s = with_tagfile(
+            snap(ts, vec![task(Q_TID, 'S', "io_cqring_wait")]),
+            vec![published(0, "in_server", 1000 * MS)],
+        );
+        s.blk = Some(busy_blk(&[0]));
+        s
+    };
+    let th = Thresholds {
+        stuck_ms: 500,
+        ..th()
+    };
+    let at = |m: &Model, now: u64| -> Vec<_> {
+        run(m, now, &th)
+            .into_iter()
+            .map(|f| (f.class, f.queue, f.tag))
+            .collect()
+    };
+    let mut m = Model::new();
+    m.apply_snapshot(&mk(1300 * MS), 0);
+    assert!(at(&m, 1600 * MS).is_empty(), "{:?}", at(&m, 1600 * MS));
+    // Still there at the next look (1700 ms): now it is stuck.
+    m.apply_snapshot(&mk(1700 * MS), 0);
+    assert_eq!(
+        at(&m, 1800 * MS),
+        vec![(Class::StuckInServer, Some(0), Some(0))]
     );
 }

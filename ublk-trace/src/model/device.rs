@@ -86,6 +86,9 @@ pub struct Device {
     pub info: Option<DevInfo>,
     /// Latest snapshot (servers, waiters, blk-mq, kernel log).
     pub snapshot: Option<DeviceSnapshot>,
+    /// When the latest snapshot was taken: a state only snapshots support is known up to here.
+    #[serde(default)]
+    pub last_snapshot_ns: u64,
     pub first_seen_ns: u64,
     pub last_event_ns: u64,
     /// ADD_DEV/START_DEV or an accepted FETCH_REQ was seen: the setup happened in view, so
@@ -406,6 +409,7 @@ impl Device {
     /// Merge a snapshot taken at `ts` (see module doc).
     pub fn apply_snapshot(&mut self, snap: &DeviceSnapshot, ts: u64) {
         self.persist.snapshots += 1;
+        self.last_snapshot_ns = self.last_snapshot_ns.max(ts);
         if snap.dev_info.is_some() {
             self.info = snap.dev_info;
         }

@@ -32,6 +32,10 @@ pub struct QueueView<'a> {
     /// Ages of event-derived states count up to here: `now_ns`, or the events horizon when
     /// the reader lags behind the kernel (see `Model::set_events_horizon`).
     pub events_now_ns: u64,
+    /// Ages of states only snapshots support count up to the latest snapshot: the fact was
+    /// true when it was read, and nothing is known of it since (a request seen in the server
+    /// by a snapshot 300 ms ago may have been committed 290 ms ago).
+    pub snapshot_now_ns: u64,
 }
 
 /// One tag at `now_ns`.
@@ -102,6 +106,10 @@ impl<'a> DeviceView<'a> {
                 completes_seen: self.dev.completes_seen,
                 now_ns: self.now_ns,
                 events_now_ns: self.model.events_now(self.dev, self.now_ns),
+                snapshot_now_ns: match self.dev.last_snapshot_ns {
+                    0 => self.now_ns,
+                    t => t.min(self.now_ns),
+                },
             })
             .collect()
     }
@@ -247,7 +255,7 @@ impl<'a> QueueView<'a> {
             0
         } else {
             let now = if d.from_snapshot {
-                self.now_ns
+                self.snapshot_now_ns
             } else {
                 self.events_now_ns
             };
