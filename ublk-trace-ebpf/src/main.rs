@@ -42,9 +42,18 @@ static SWITCHES: Array<u32> = Array::with_max_entries(NR_SWITCHES, 0);
 /// same thread; the EAGAIN first try and the io-wq retry are separate pairs).
 #[map]
 static CTRL_INFLIGHT: HashMap<u64, RawEvent> = HashMap::with_max_entries(1024, 0);
-/// I/O commands between entry and return, by pid_tgid.
+/// I/O commands between entry and return, by pid_tgid: the rare ones (FETCH_REQ may sleep
+/// on a mutex and return on another CPU).
 #[map]
 static IO_INFLIGHT: HashMap<u64, RawEvent> = HashMap::with_max_entries(4096, 0);
+/// The COMMIT_AND_FETCH_REQ between entry and return on this CPU (one per I/O: a hash insert,
+/// lookup and delete per commit cost about 1 us each under emulation). The commit path does
+/// not sleep, so its return runs on the entry's CPU; the slot names its thread and time, and
+/// a return that does not match it (a preempted, migrated thread) counts as unpaired.
+#[map]
+static IO_COMMIT_SLOT: PerCpuArray<RawEvent> = PerCpuArray::with_max_entries(1, 0);
+/// A slot entry older than this is left over from a return that ran elsewhere.
+const SLOT_STALE_NS: u64 = 50_000_000;
 
 /// Per-(dev, queue, tag) state for readers that do not stream (see `tagmap`).
 #[map]
@@ -494,8 +503,37 @@ pub fn io_enter(ctx: ProbeContext) -> u32 {
         ev.result = rd2(sqe, o.sqe_cmd, o.io_result).unwrap_or(0);
         ev.arg0 = rd2(sqe, o.sqe_cmd, o.io_addr).unwrap_or(0);
     }
+    if ev.cmd_op & 0xff == IO_COMMIT_AND_FETCH_REQ {
+        if let Some(slot) = IO_COMMIT_SLOT.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; a program runs to its end on one CPU.
+            unsafe { *slot = ev };
+            return 0;
+        }
+    } else if let Some(slot) = IO_COMMIT_SLOT.get_ptr_mut(0) {
+        // SAFETY: as above. This thread enters anew: a commit entry of it left here is stale.
+        unsafe {
+            if (*slot).pid_tgid == ev.pid_tgid {
+                (*slot).ts_ns = 0;
+            }
+        }
+    }
     let _ = IO_INFLIGHT.insert(ev.pid_tgid, ev, 0);
     0
+}
+
+/// The commit this thread entered on this CPU, taken out of the slot.
+#[inline(always)]
+fn take_commit_slot(key: u64, now: u64) -> Option<RawEvent> {
+    let slot = IO_COMMIT_SLOT.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, read and cleared within this program run.
+    unsafe {
+        let e = *slot;
+        if e.pid_tgid != key || e.ts_ns == 0 {
+            return None;
+        }
+        (*slot).ts_ns = 0;
+        (now.wrapping_sub(e.ts_ns) < SLOT_STALE_NS).then_some(e)
+    }
 }
 
 /// One record per command, written at return: the return value decides whether the kernel
@@ -503,16 +541,23 @@ pub fn io_enter(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn io_exit(ctx: RetProbeContext) -> u32 {
     let key = bpf_get_current_pid_tgid();
-    // SAFETY: as in ctrl_exit: copied out, then removed; only this thread uses the key.
-    let Some(start) = (unsafe { IO_INFLIGHT.get(&key) }).copied() else {
-        if active() {
-            count(COUNTER_UNPAIRED);
+    let now = unsafe_ktime();
+    let start = match take_commit_slot(key, now) {
+        Some(e) => e,
+        None => {
+            // SAFETY: as in ctrl_exit: copied out, then removed; only this thread uses the key.
+            let Some(e) = (unsafe { IO_INFLIGHT.get(&key) }).copied() else {
+                if active() {
+                    count(COUNTER_UNPAIRED);
+                }
+                return 0;
+            };
+            let _ = IO_INFLIGHT.remove(&key);
+            e
         }
-        return 0;
     };
-    let _ = IO_INFLIGHT.remove(&key);
     let mut ev = start;
-    ev.arg1 = unsafe_ktime().wrapping_sub(start.ts_ns);
+    ev.arg1 = now.wrapping_sub(start.ts_ns);
     ev.ret = ctx.ret::<i64>() as i32;
     publish(&ev);
     0

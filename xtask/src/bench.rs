@@ -37,6 +37,8 @@ pub struct BenchOpts {
     /// Turn on `kernel.bpf_stats_enabled` so the tracers report run count and time per
     /// program (adds two clock reads per program run: compare ratios only with like runs).
     pub bpf_stats: bool,
+    /// Only the layout whose name contains this (`1vcpu`, `pinned`).
+    pub layout: Option<String>,
 }
 
 /// One measured device configuration.
@@ -61,7 +63,10 @@ fn ours(name: &'static str, target: &str, queues: u32, depth: u32) -> Config {
     Config {
         name,
         start: format!(
-            "ublk-server run {target}{size} --queues {queues} --depth {depth} > /tmp/srv.out 2>/tmp/srv.err &\n\
+            // Remove the last config's output first: the background job truncates it only
+            // once it runs, and wait_ready must not find that config's "ready" line.
+            "rm -f /tmp/srv.out /tmp/srv.err\n\
+             ublk-server run {target}{size} --queues {queues} --depth {depth} > /tmp/srv.out 2>/tmp/srv.err &\n\
              SRV_PID=$!\nwait_ready /tmp/srv.out || {{ echo \"server did not start:\"; cat /tmp/srv.out /tmp/srv.err; kill -KILL $SRV_PID; wait $SRV_PID; SRV_PID=; }}\n\
              DEV=$(grep -o '/dev/ublkb[0-9]*' /tmp/srv.out | head -n 1)\n"
         ),
@@ -113,7 +118,8 @@ fn configs(mode: Mode, rublk: bool, tracer_only: bool) -> Vec<Config> {
 /// time, memory, and what it saw (events and drops), parsed into the JSON results.
 fn traced() -> [Config; 2] {
     let mut rec = ours("ours-null-q1+record", "null", 1, 64);
-    rec.attach = "ublk-trace record --dev 0 -o /tmp/rec.jsonl > /tmp/rec.out 2>&1 &\nTRC=$!\nwait_line /tmp/rec.out recording\nT0=$(now_ms); C0=$(cpu_ns $TRC)\n"
+    // rm first: wait_line must not find the previous round's line (see `ours`).
+    rec.attach = "rm -f /tmp/rec.out\nublk-trace record --dev 0 -o /tmp/rec.jsonl > /tmp/rec.out 2>&1 &\nTRC=$!\nwait_line /tmp/rec.out recording\nT0=$(now_ms); C0=$(cpu_ns $TRC)\n"
         .into();
     // The recorder writes the events it has not converted yet after the stop (stop_ms):
     // cpu_ns is its CPU while attached (start-up excluded), cpu_total_ns what it reports at
@@ -124,7 +130,7 @@ fn traced() -> [Config; 2] {
         grep -E '^ublk-trace: (recorded|program)' /tmp/rec.out | sed 's/^/TRACER /'\n"
         .into();
     let mut watch = ours("ours-null-q1+watch", "null", 1, 64);
-    watch.attach = "ublk-trace watch dev 0 --headless --json --interval 1000 > /tmp/watch.out 2>/tmp/watch.err &\nTRC=$!\nwait_line /tmp/watch.out ebpf\nT0=$(now_ms); C0=$(cpu_ns $TRC)\n".into();
+    watch.attach = "rm -f /tmp/watch.out /tmp/watch.err\nublk-trace watch dev 0 --headless --json --interval 1000 > /tmp/watch.out 2>/tmp/watch.err &\nTRC=$!\nwait_line /tmp/watch.out ebpf\nT0=$(now_ms); C0=$(cpu_ns $TRC)\n".into();
     watch.detach = "T1=$(now_ms); C=$(cpu_ns $TRC); M=$(mem_kb $TRC); bpf_progs $TRC; stop_pid $TRC INT\n\
         L=$(tail -n 1 /tmp/watch.out)\n\
         echo \"TRACER-STAT config=$CFG round=$ROUND ms=$((T1-T0)) cpu_ns=$((C-C0)) $M docs=$(grep -c kind /tmp/watch.out) dropped=$(echo \"$L\" | sed -n 's/.*\"dropped_events\":\\([0-9]*\\).*/\\1/p') lag_ms=$(echo \"$L\" | sed -n 's/.*\"stream_lag_ms\":\\([0-9]*\\).*/\\1/p')\"\n\
@@ -611,7 +617,17 @@ pub fn run(o: &BenchOpts) -> Result<()> {
     let mut all = Vec::new();
     let mut tracer_stats = Vec::new();
     // The tracer's target is set in the pinned layout (server and fio on their own vCPUs).
-    for layout in LAYOUTS.iter().filter(|l| !o.tracer_only || l.pin) {
+    if let Some(want) = o.layout.as_deref()
+        && !LAYOUTS.iter().any(|l| l.name.contains(want))
+    {
+        let names: Vec<&str> = LAYOUTS.iter().map(|l| l.name).collect();
+        bail!("no CPU layout {want:?}: use one of {}", names.join(", "));
+    }
+    let wanted = |l: &Layout| o.layout.as_deref().is_none_or(|w| l.name.contains(w));
+    for layout in LAYOUTS
+        .iter()
+        .filter(|l| (!o.tracer_only || l.pin) && wanted(l))
+    {
         let mut g = GuestOpts::new(o.kernel.clone());
         g.smp = layout.smp;
         g.release = true;

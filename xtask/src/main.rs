@@ -90,6 +90,9 @@ enum Cmd {
         /// Enable kernel.bpf_stats_enabled: the tracers report runs and ns per program.
         #[arg(long)]
         bpf_stats: bool,
+        /// Only this CPU layout: `1vcpu` or `pinned` (two vCPUs, fio off the server's CPU).
+        #[arg(long, value_name = "LAYOUT")]
+        layout: Option<String>,
     },
 }
 
@@ -237,6 +240,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             tracer,
             rounds,
             bpf_stats,
+            layout,
         } => {
             let mode = match (quick, long) {
                 (true, _) => bench::Mode::Quick,
@@ -250,6 +254,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 tracer_only: tracer,
                 rounds,
                 bpf_stats,
+                layout,
             })?;
             Ok(ExitCode::SUCCESS)
         }
