@@ -71,7 +71,10 @@ fn ours(name: &'static str, target: &str, queues: u32, depth: u32) -> Config {
              DEV=$(grep -o '/dev/ublkb[0-9]*' /tmp/srv.out | head -n 1)\n"
         ),
         // `wait` with an empty pid would wait for every background job: guard it.
-        stop: "[ -n \"$SRV_PID\" ] && { kill -INT $SRV_PID; wait $SRV_PID; }\n".into(),
+        // SIGINT, then SIGKILL after 30 s: a signal that reached the job before the server
+        // blocked it is lost (a non-interactive shell starts background jobs with SIGINT
+        // ignored), and a lost stop must not hang the whole run.
+        stop: "[ -n \"$SRV_PID\" ] && stop_pid $SRV_PID INT 30\n".into(),
         attach: String::new(),
         detach: String::new(),
     }
@@ -230,7 +233,9 @@ fn script(
             s.push_str(&c.attach);
             s.push_str("fio --name=long --filename=$DEV --rw=randread --bs=4k --iodepth=64 --ioengine=io_uring --direct=1 --time_based --runtime=600 --size=1G --eta=never --output=/dev/null >/dev/null 2>&1\n");
             // One TRACER-STAT line (round 0), parsed into the tracer table and the JSON.
-            s.push_str("T1=$(now_ms); C=$(cpu_ns $TRC); M=$(mem_kb $TRC); L=$(tail -n 1 /tmp/watch.out)\n");
+            s.push_str(
+                "T1=$(now_ms); C=$(cpu_ns $TRC); M=$(mem_kb $TRC); L=$(tail -n 1 /tmp/watch.out)\n",
+            );
             s.push_str("echo \"TRACER-STAT config=ours-null-q1+watch-600s round=0 ms=$((T1-T0)) cpu_ns=$((C-C0)) $M dropped=$(echo \"$L\" | sed -n 's/.*\"dropped_events\":\\([0-9]*\\).*/\\1/p')\"\n");
             s.push_str("stop_pid $TRC INT\n");
             s.push_str(&c.stop);
