@@ -150,15 +150,10 @@ impl Queue {
     ) {
         self.bytes = self.bytes.saturating_add(bytes);
         self.bytes_rate.add(ts_ns, bytes);
-        if self.counts_from_kernel {
-            // Counted (and its latency sampled) by the state map already.
-            self.remember_slow(ts_ns, tag, latency_ns);
-            return;
-        }
-        self.completed += 1;
-        self.completions.add(ts_ns, 1);
-        if let Some(lat) = latency_ns {
-            self.server_latency.record(lat);
+        // With the state map counting (and sampling) completions, an event only adds its
+        // slow-request record.
+        if !self.counts_from_kernel {
+            self.count_served(ts_ns, 1, latency_ns);
         }
         self.remember_slow(ts_ns, tag, latency_ns);
     }
@@ -167,6 +162,10 @@ impl Queue {
     /// state path), with the latency of the last one when the map still holds its start.
     pub(crate) fn kernel_completions(&mut self, ts_ns: u64, n: u64, latency_ns: Option<u64>) {
         self.counts_from_kernel = true;
+        self.count_served(ts_ns, n, latency_ns);
+    }
+
+    fn count_served(&mut self, ts_ns: u64, n: u64, latency_ns: Option<u64>) {
         self.completed += n;
         self.completions.add(ts_ns, n);
         if let Some(lat) = latency_ns {
