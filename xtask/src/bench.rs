@@ -232,12 +232,10 @@ fn script(
             s.push_str(&c.start);
             s.push_str(&c.attach);
             s.push_str("fio --name=long --filename=$DEV --rw=randread --bs=4k --iodepth=64 --ioengine=io_uring --direct=1 --time_based --runtime=600 --size=1G --eta=never --output=/dev/null >/dev/null 2>&1\n");
-            // One TRACER-STAT line (round 0), parsed into the tracer table and the JSON.
-            s.push_str(
-                "T1=$(now_ms); C=$(cpu_ns $TRC); M=$(mem_kb $TRC); L=$(tail -n 1 /tmp/watch.out)\n",
-            );
-            s.push_str("echo \"TRACER-STAT config=ours-null-q1+watch-600s round=0 ms=$((T1-T0)) cpu_ns=$((C-C0)) $M dropped=$(echo \"$L\" | sed -n 's/.*\"dropped_events\":\\([0-9]*\\).*/\\1/p')\"\n");
-            s.push_str("stop_pid $TRC INT\n");
+            // The watch config's own detach: one TRACER-STAT line (round 0) for the table
+            // and the JSON, then the stop.
+            s.push_str("CFG=ours-null-q1+watch-600s\nROUND=0\n");
+            s.push_str(&c.detach);
             s.push_str(&c.stop);
         }
     }
