@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use ublk_server::ctrl::Ctrl;
 use ublk_server::inject::Fault;
+use ublk_server::queue::Sched;
 use ublk_server::server::{self, RunOpts, TargetSpec};
 use ublk_server::{Error, admin};
 use ublk_trace_common::logging::{self, Prefix};
@@ -67,6 +68,11 @@ enum Cmd {
         /// How long START_DEV may take before the missing FETCH_REQs are reported (ms).
         #[arg(long, default_value_t = 30_000)]
         start_timeout_ms: u64,
+        /// Queue threads' scheduling: batch (a request's wakeup does not preempt its
+        /// submitter, so a burst is served in one pass) or normal (serve at once, at the cost
+        /// of a context switch per request when the server shares a CPU with the submitter).
+        #[arg(long, value_enum, default_value_t = Sched::Batch)]
+        sched: Sched,
     },
     /// List devices.
     List,
@@ -143,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             need_get_data,
             inject,
             start_timeout_ms,
+            sched,
         } => {
             let target = match target {
                 TargetKind::Null => TargetSpec::Null {
@@ -165,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 need_get_data,
                 faults: parse_faults(&inject)?,
                 start_timeout: Duration::from_millis(start_timeout_ms),
+                sched,
             };
             server::run(opts)?;
         }

@@ -100,6 +100,8 @@ pub struct QueueShared {
 
 pub struct QueueConfig {
     pub dev_id: u32,
+    /// The queue thread's scheduling policy.
+    pub sched: Sched,
     pub q_id: u16,
     pub depth: u16,
     /// Per-tag buffer size (the kernel's max_io_buf_bytes).
@@ -115,6 +117,50 @@ pub struct QueueConfig {
     pub stop_fd: Arc<OwnedFd>,
     pub cpus: Vec<usize>,
     pub crash_counter: Arc<AtomicU64>,
+}
+
+/// The queue thread's scheduling policy.
+///
+/// Each request the kernel hands over wakes the queue thread. Under SCHED_NORMAL that wakeup
+/// preempts the task that submitted the request when both share a CPU, so the server answers
+/// one request per wakeup while the submitter is still queueing the rest of its batch.
+/// SCHED_BATCH wakeups never preempt (the tick or the submitter blocking does): the thread
+/// then finds the whole batch in one io_uring_enter. In a 1-vCPU 6.12 guest (fio and the
+/// server on one CPU, 4k QD64) that took the null target from ~18k to ~44k IOPS and its CPU
+/// per I/O from ~27 to ~9 µs. The cost: on a CPU busy with work that never blocks, a request
+/// may wait for the tick; `normal` serves first there.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Sched {
+    #[default]
+    Batch,
+    Normal,
+}
+
+impl Sched {
+    /// Apply the policy to the calling thread. Lowering NORMAL to BATCH needs no privilege.
+    pub fn apply_to_current_thread(self) -> std::io::Result<()> {
+        let policy = match self {
+            Sched::Batch => libc::SCHED_BATCH,
+            Sched::Normal => libc::SCHED_OTHER,
+        };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+        if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// A read-only or read-write anonymous/device mapping released on drop.
@@ -342,6 +388,13 @@ impl Queue {
     /// Run until main sets `stop` or every tag is aborted by the kernel.
     pub fn run(mut self) -> Result<()> {
         self.pin_cpus();
+        if let Err(e) = self.cfg.sched.apply_to_current_thread() {
+            log::warn!(
+                "queue {}: scheduling policy {:?} not applied ({e})",
+                self.cfg.q_id,
+                self.cfg.sched
+            );
+        }
         if self.ring.params().is_setup_single_issuer() {
             // The ring was created disabled: enabling it here makes this thread its single
             // issuer, the one whose io_uring_enter runs its deferred task work.
@@ -933,6 +986,26 @@ mod tests {
                 "ublksrv_io_cmd in the cmd area"
             );
         }
+    }
+
+    /// The policy lands on the thread that applies it, and only there: the queue thread
+    /// calls it for itself, so main and the other queues keep theirs.
+    #[test]
+    fn sched_applies_to_the_calling_thread_only() {
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        let before = policy();
+        let inside = std::thread::spawn(move || {
+            Sched::Batch.apply_to_current_thread().expect("SCHED_BATCH");
+            let batch = policy();
+            Sched::Normal
+                .apply_to_current_thread()
+                .expect("back to SCHED_OTHER");
+            (batch, policy())
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(inside, (libc::SCHED_BATCH, libc::SCHED_OTHER));
+        assert_eq!(policy(), before);
     }
 
     /// Batched delivery and the stall-queue fault rely on this: on the queue's DEFER_TASKRUN

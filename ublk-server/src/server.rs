@@ -21,7 +21,7 @@ use ublk_abi::*;
 use crate::ctrl::{Ctrl, CtrlCmd};
 use crate::error::{Error, Result};
 use crate::inject::{Fault, QueueFaults, fault_mask};
-use crate::queue::{Queue, QueueConfig, QueueShared};
+use crate::queue::{Queue, QueueConfig, QueueShared, Sched};
 use crate::tagstate::TagStateFile;
 use crate::target::{Target, loop_file::LoopFile, null::Null, ramdisk::Ramdisk};
 
@@ -55,6 +55,8 @@ pub struct RunOpts {
     pub need_get_data: bool,
     pub faults: Vec<Fault>,
     pub start_timeout: Duration,
+    /// The queue threads' scheduling policy.
+    pub sched: Sched,
 }
 
 /// What `recover` needs to serve the device again, saved next to the tag-state file.
@@ -62,6 +64,9 @@ pub struct RunOpts {
 struct SavedRun {
     target: TargetSpec,
     need_get_data: bool,
+    /// Absent in files written before the option existed: the default.
+    #[serde(default)]
+    sched: Sched,
 }
 
 fn saved_run_path(dev_id: u32) -> PathBuf {
@@ -177,6 +182,7 @@ impl Served {
         info: &ublksrv_ctrl_dev_info,
         target: Arc<dyn Target>,
         faults: Vec<Fault>,
+        sched: Sched,
     ) -> Result<Self> {
         let dev_id = info.dev_id;
         let char_fd = Arc::new(open_char_dev(dev_id)?);
@@ -209,6 +215,7 @@ impl Served {
             let stop_fd = Arc::new(eventfd()?);
             let cfg = QueueConfig {
                 dev_id,
+                sched,
                 q_id,
                 depth: info.queue_depth,
                 buf_bytes: info.max_io_buf_bytes,
@@ -524,6 +531,7 @@ fn serve_added(
         let saved = SavedRun {
             target: opts.target.clone(),
             need_get_data: opts.need_get_data,
+            sched: opts.sched,
         };
         // Without this file `recover` cannot rebuild the target: fail now, not after a crash.
         let path = saved_run_path(info.dev_id);
@@ -538,7 +546,7 @@ fn serve_added(
                 )
             })?;
     }
-    let mut served = Served::start(ctrl, info, target, opts.faults.clone())?;
+    let mut served = Served::start(ctrl, info, target, opts.faults.clone(), opts.sched)?;
     let cmd = CtrlCmd::start_dev(info.dev_id, std::process::id() as i32);
     let outcome = start_and_serve(ctrl, &cmd, &mut served, sigs, opts.start_timeout);
     let joined = served.stop_queues();
@@ -693,7 +701,7 @@ pub fn recover(dev_id: u32, faults: Vec<Fault>, start_timeout: Duration) -> Resu
         }
     }
     let info = ctrl.get_dev_info(dev_id)?;
-    let mut served = Served::start(&mut ctrl, &info, target, faults)?;
+    let mut served = Served::start(&mut ctrl, &info, target, faults, saved.sched)?;
     let cmd = CtrlCmd::end_user_recovery(dev_id, std::process::id() as i32);
     let outcome = start_and_serve(&mut ctrl, &cmd, &mut served, &sigs, start_timeout);
     let joined = served.stop_queues();
@@ -720,7 +728,25 @@ mod tests {
             need_get_data: false,
             faults: vec![],
             start_timeout: Duration::from_secs(1),
+            sched: Sched::default(),
         }
+    }
+
+    /// A device added by an older server (no `sched` in its saved run) still recovers, with
+    /// the default policy; a saved `normal` survives the round trip.
+    #[test]
+    fn saved_run_sched_defaults_when_absent() {
+        let saved = SavedRun {
+            target: TargetSpec::Null { size: 1 << 20 },
+            need_get_data: false,
+            sched: Sched::Normal,
+        };
+        let mut v = serde_json::to_value(&saved).expect("encode");
+        let back: SavedRun = serde_json::from_value(v.clone()).expect("decode");
+        assert_eq!(back.sched, Sched::Normal);
+        v.as_object_mut().expect("object").remove("sched");
+        let old: SavedRun = serde_json::from_value(v).expect("decode without sched");
+        assert_eq!(old.sched, Sched::Batch);
     }
 
     #[test]

@@ -55,6 +55,11 @@ struct Config {
 }
 
 fn ours(name: &'static str, target: &str, queues: u32, depth: u32) -> Config {
+    ours_with(name, target, queues, depth, "")
+}
+
+/// `ours` with extra `ublk-server run` options.
+fn ours_with(name: &'static str, target: &str, queues: u32, depth: u32, extra: &str) -> Config {
     let size = if target == "ramdisk" {
         " --size 256M"
     } else {
@@ -66,7 +71,7 @@ fn ours(name: &'static str, target: &str, queues: u32, depth: u32) -> Config {
             // Remove the last config's output first: the background job truncates it only
             // once it runs, and wait_ready must not find that config's "ready" line.
             "rm -f /tmp/srv.out /tmp/srv.err\n\
-             ublk-server run {target}{size} --queues {queues} --depth {depth} > /tmp/srv.out 2>/tmp/srv.err &\n\
+             ublk-server run {target}{size} --queues {queues} --depth {depth}{extra} > /tmp/srv.out 2>/tmp/srv.err &\n\
              SRV_PID=$!\nwait_ready /tmp/srv.out || {{ echo \"server did not start:\"; cat /tmp/srv.out /tmp/srv.err; kill -KILL $SRV_PID; wait $SRV_PID; SRV_PID=; }}\n\
              DEV=$(grep -o '/dev/ublkb[0-9]*' /tmp/srv.out | head -n 1)\n"
         ),
@@ -98,6 +103,15 @@ fn configs(mode: Mode, rublk: bool, tracer_only: bool) -> Vec<Config> {
     });
     v.push(ours("ours-null-q1", "null", 1, 64));
     if mode != Mode::Quick {
+        // The queue threads' default policy is SCHED_BATCH; this row keeps its effect (and
+        // its QD1 cost) measured.
+        v.push(ours_with(
+            "ours-null-q1-sched-normal",
+            "null",
+            1,
+            64,
+            " --sched normal",
+        ));
         v.push(ours("ours-null-q2", "null", 2, 64));
         v.push(ours("ours-ramdisk-q1", "ramdisk", 1, 64));
         v.push(ours("ours-ramdisk-q2", "ramdisk", 2, 64));
