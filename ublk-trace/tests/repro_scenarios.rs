@@ -153,7 +153,9 @@ fn late_attach(
     );
     let false_classes: Vec<&String> = late
         .iter()
-        .filter(|c| !live.contains(*c) && !TIME_ONLY.contains(&c.as_str()))
+        .filter(|c| {
+            !live.contains(*c) && !TIME_ONLY.contains(&c.as_str()) && !s.also.contains(&c.as_str())
+        })
         .collect();
     if !false_classes.is_empty() {
         return Err(format!(

@@ -28,6 +28,13 @@ pub fn list() {
             s.symptom
         );
     }
+    for s in SCENARIOS.iter().filter(|s| !s.also.is_empty()) {
+        println!(
+            "{}: either look may also name {} (a true side view)",
+            s.name,
+            s.also.join(", ")
+        );
+    }
     println!(
         "\nDetails (cause, what ublk-trace shows, how to fix such a server): docs/scenarios.md"
     );
