@@ -358,12 +358,8 @@ fn fill_rq(o: &Offsets, ev: &mut RawEvent, rq: u64, q_id: Option<u16>) {
             rd::<u32>(hctx, o.hctx_queue_num).unwrap_or(u32::MAX) as u16
         }
     };
-    // One read instead of four where the fields sit as they have for years (the offsets
-    // are still this kernel's, from BTF: the layout is checked, not assumed).
-    if o.rq_tag == o.rq_cmd_flags.wrapping_add(8)
-        && o.rq_data_len == o.rq_cmd_flags.wrapping_add(20)
-        && o.rq_sector == o.rq_cmd_flags.wrapping_add(24)
-    {
+    // One read instead of four where the fields sit as they have for years.
+    if rq_head_fits(o) {
         if let Some(h) = rd::<RqHead>(rq, o.rq_cmd_flags) {
             ev.tag = h.tag as u16;
             ev.arg0 = h.sector;
@@ -378,6 +374,15 @@ fn fill_rq(o: &Offsets, ev: &mut RawEvent, rq: u64, q_id: Option<u16>) {
     ev.arg0 = rd(rq, o.rq_sector).unwrap_or(0);
     ev.bytes = rd(rq, o.rq_data_len).unwrap_or(0);
     ev.flags = rd(rq, o.rq_cmd_flags).unwrap_or(0);
+}
+
+/// Whether this kernel's `struct request` has the [`RqHead`] layout (the offsets are its own,
+/// from BTF: the layout is checked, not assumed).
+#[inline(always)]
+fn rq_head_fits(o: &Offsets) -> bool {
+    o.rq_tag == o.rq_cmd_flags.wrapping_add(8)
+        && o.rq_data_len == o.rq_cmd_flags.wrapping_add(20)
+        && o.rq_sector == o.rq_cmd_flags.wrapping_add(24)
 }
 
 /// `struct request` from `cmd_flags` to `__sector` when they are at +0/+8/+20/+24.
@@ -835,10 +840,7 @@ fn commit_completion(rq: u64, error: u8, nr_bytes: u32) -> Option<RawEvent> {
         return None;
     }
     let o = OFFSETS.load();
-    if o.rq_tag != o.rq_cmd_flags.wrapping_add(8)
-        || o.rq_data_len != o.rq_cmd_flags.wrapping_add(20)
-        || o.rq_sector != o.rq_cmd_flags.wrapping_add(24)
-    {
+    if !rq_head_fits(&o) {
         return None;
     }
     let h = rd::<RqHead>(rq, o.rq_cmd_flags)?;
