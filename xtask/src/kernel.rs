@@ -475,7 +475,7 @@ impl AptState {
 }
 
 /// The Debian mirror the system already uses (`UBLK_DEBIAN_MIRROR` overrides).
-fn mirror() -> Result<String> {
+pub fn mirror() -> Result<String> {
     if let Ok(m) = std::env::var("UBLK_DEBIAN_MIRROR") {
         return Ok(m);
     }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 mod bench;
 mod demo;
 mod guest;
+mod hostqemu;
 mod initramfs;
 mod kernel;
 mod qemu;

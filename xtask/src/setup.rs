@@ -27,6 +27,7 @@ const HOST_TOOLS: &[(&str, &str)] = &[
 
 pub fn setup(with_kernel: bool) -> Result<()> {
     let t = std::time::Instant::now();
+    crate::hostqemu::ensure()?;
     host_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
