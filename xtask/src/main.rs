@@ -52,6 +52,10 @@ enum Cmd {
         /// Arguments for `ublk-trace watch` in the guest.
         #[arg(long, default_value = "dev 0")]
         watch: String,
+        /// Break the server on purpose (an `ublk-server --inject` spec, e.g. `hang:q=1,tag=5`;
+        /// see `cargo xtask repro --list`), to see what a hang looks like.
+        #[arg(long, value_name = "SPEC")]
+        inject: Option<String>,
     },
     /// Reproduce a classic ublk-server bug in the guest and show what ublk-trace says.
     Repro {
@@ -111,9 +115,10 @@ struct GuestArgs {
     /// Give up (and fail) after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
-    /// Use release builds of the project's binaries.
+    /// Use debug builds of the project's binaries (default: release, whose probes are live
+    /// within about 2 s in the emulated guest; unoptimised BTF parsing takes several times that).
     #[arg(long)]
-    release: bool,
+    debug: bool,
     /// Bring a host binary (with its shared libraries) into the guest's /bin; repeatable.
     #[arg(long = "include", value_name = "PATH")]
     include: Vec<PathBuf>,
@@ -128,7 +133,7 @@ impl GuestArgs {
         o.smp = self.smp;
         o.mem_mib = self.mem;
         o.timeout = Duration::from_secs(self.timeout);
-        o.release = self.release;
+        o.release = !self.debug;
         o.include = self.include.clone();
         o.modules = self.modules.clone();
         Ok(o)
@@ -232,7 +237,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let name = scenario.unwrap_or_default();
             Ok(exit(repro::run(&name, watch, &kernel)?))
         }
-        Cmd::Demo { kernel, watch } => Ok(exit(demo::run(&kernel, &watch)?)),
+        Cmd::Demo {
+            kernel,
+            watch,
+            inject,
+        } => Ok(exit(demo::run(&kernel, &watch, inject.as_deref())?)),
         Cmd::Bench {
             quick,
             long,

@@ -53,6 +53,9 @@ impl Outcome {
 }
 
 fn base_args(o: &BootOpts) -> Vec<String> {
+    // Once per run: which emulator, and (when it is old) what that costs.
+    static ANNOUNCE: std::sync::Once = std::sync::Once::new();
+    ANNOUNCE.call_once(|| eprintln!("[guest] using {}", crate::hostqemu::describe()));
     let accel = match o.accel {
         // thread=multi: one host thread per vCPU; -cpu max: every feature TCG can emulate.
         Accel::Tcg if o.single_thread_tcg => ["-accel", "tcg,thread=single", "-cpu", "max"],

@@ -50,17 +50,8 @@ fn find(name: &str) -> Result<&'static Scenario> {
     }
 }
 
-/// The guest script: start the broken server, trigger, observe, then always clean up so no
-/// device or D-state task is left (a stopped server is resumed/killed before `del`: DEL on a
-/// stopped server blocks in del_gendisk holding the global ublk mutex). SIGINT comes first
-/// (a start-gated server on 6.12 must open its gate: SIGKILL would leave START_DEV and the
-/// dying server in D state for good), a second SIGINT 2.5 s later, SIGKILL 5 s after that.
-/// The first SIGINT sends STOP_DEV, which waits for the I/O that injected faults hold; the
-/// second makes the server fail or serve that I/O so STOP_DEV can finish. A SIGKILL while
-/// STOP_DEV waits can deadlock the exit on 6.12: with a stall-queue DEFER_TASKRUN ring, the
-/// undelivered requests complete only when the ring is torn down, which waits for the exit,
-/// which waits for the io-wq worker stuck in STOP_DEV (seen: the server's main thread and its
-/// iou-wrk in D for good).
+/// The guest script: start the broken server, trigger, observe, then always clean up
+/// ([`TEARDOWN`]).
 pub fn script(s: &Scenario, observe: &str) -> String {
     format!(
         r#"ublk-server run {server} > /tmp/srv.out 2>/tmp/srv.err &
@@ -75,15 +66,7 @@ sleep 1
 {observe}
 rc=$?
 echo "=== cleanup"
-kill -CONT $SRV 2>/dev/null; kill -INT $SRV 2>/dev/null
-i=0; while kill -0 $SRV 2>/dev/null && [ $i -lt 25 ]; do sleep 0.1; i=$((i+1)); done
-kill -INT $SRV 2>/dev/null
-i=0; while kill -0 $SRV 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-kill -KILL $SRV 2>/dev/null; wait $SRV 2>/dev/null
-kill -KILL $WL 2>/dev/null; wait $WL 2>/dev/null
-ublk-server del --all >/dev/null 2>&1
-ls /dev/ublkb* /dev/ublkc* 2>/dev/null && echo "=== WARNING: devices left behind"
-grep -l '^State:.*D' /proc/[0-9]*/status 2>/dev/null | sed 's/^/=== D-state task: /'
+{TEARDOWN}
 exit $rc"#,
         server = s.server,
         name = s.name,
@@ -92,6 +75,27 @@ exit $rc"#,
         action = s.action,
     )
 }
+
+/// Shell lines that end the server `$SRV` and the workload `$WL` so that no device or
+/// D-state task is left (a stopped server is resumed/killed before `del`: DEL on a
+/// stopped server blocks in del_gendisk holding the global ublk mutex). SIGINT comes first
+/// (a start-gated server on 6.12 must open its gate: SIGKILL would leave START_DEV and the
+/// dying server in D state for good), a second SIGINT 2.5 s later, SIGKILL 5 s after that.
+/// The first SIGINT sends STOP_DEV, which waits for the I/O that injected faults hold; the
+/// second makes the server fail or serve that I/O so STOP_DEV can finish. A SIGKILL while
+/// STOP_DEV waits can deadlock the exit on 6.12: with a stall-queue DEFER_TASKRUN ring, the
+/// undelivered requests complete only when the ring is torn down, which waits for the exit,
+/// which waits for the io-wq worker stuck in STOP_DEV (seen: the server's main thread and its
+/// iou-wrk in D for good).
+pub const TEARDOWN: &str = r#"kill -CONT $SRV 2>/dev/null; kill -INT $SRV 2>/dev/null
+i=0; while kill -0 $SRV 2>/dev/null && [ $i -lt 25 ]; do sleep 0.1; i=$((i+1)); done
+kill -INT $SRV 2>/dev/null
+i=0; while kill -0 $SRV 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+kill -KILL $SRV 2>/dev/null; wait $SRV 2>/dev/null
+kill -KILL $WL 2>/dev/null; wait $WL 2>/dev/null
+ublk-server del --all >/dev/null 2>&1
+ls /dev/ublkb* /dev/ublkc* 2>/dev/null && echo "=== WARNING: devices left behind"
+grep -l '^State:.*D' /proc/[0-9]*/status 2>/dev/null | sed 's/^/=== D-state task: /'"#;
 
 pub fn run(name: &str, watch: bool, kernel: &str) -> Result<i32> {
     let s = find(name)?;
