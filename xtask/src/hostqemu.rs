@@ -67,7 +67,10 @@ pub fn ensure() -> Result<()> {
         match install_from(suite) {
             Ok(()) => match version() {
                 Some(v) if is_good(v) => {
-                    eprintln!("[setup] QEMU {}.{}.{} installed from {suite}", v.0, v.1, v.2);
+                    eprintln!(
+                        "[setup] QEMU {}.{}.{} installed from {suite}",
+                        v.0, v.1, v.2
+                    );
                     return Ok(());
                 }
                 v => eprintln!(

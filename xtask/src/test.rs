@@ -242,7 +242,9 @@ fn guest_suite(
     filter: &[String],
 ) -> Result<Tally> {
     let kernel = crate::kernel::fetch(spec)?;
-    let bin_dir = build_project(false)?;
+    // Release builds, as users run them: unoptimised BTF parsing and loading take the probes
+    // several seconds longer to go live in the emulated guest.
+    let bin_dir = build_project(true)?;
     let mut opts = GuestOpts::new(spec.clone());
     opts.timeout = Duration::from_secs(
         std::env::var("UBLK_GUEST_TIMEOUT")
@@ -322,6 +324,12 @@ fn suite_script(
 ) -> (String, Vec<(PathBuf, String, bool)>) {
     let mut extra = Vec::new();
     let mut script = String::from("rc=0\n");
+    // Knobs for guest tests (`UBLK_TEST_ATTACH_CYCLES=25`, ...) reach the guest as they are.
+    for (k, v) in std::env::vars() {
+        if k.starts_with("UBLK_TEST_") && k != "UBLK_TEST_BIN_DIR" {
+            script.push_str(&format!("export {k}={}\n", crate::guest::shell_quote(&v)));
+        }
+    }
     for &i in which {
         let (name, exe) = &binaries[i];
         let guest_path = format!("/tests/{i:02}-{name}");

@@ -212,6 +212,7 @@ pub fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         observed_ms,
         source,
         note,
+        probes_live_ms: session.probes_live_ms(),
         dropped_events: session.dropped_events(),
     };
     let out = render_report(&report, &diagnosis)?;
@@ -241,6 +242,7 @@ struct Report<'a> {
     observed_ms: u64,
     source: &'static str,
     note: Option<String>,
+    probes_live_ms: Option<u64>,
     dropped_events: u64,
 }
 
@@ -271,6 +273,7 @@ fn render_report(r: &Report, d: &Diagnosis) -> anyhow::Result<Rendered> {
         observed_ms: r.observed_ms,
         source: r.source.to_string(),
         source_note: r.note.clone(),
+        probes_live_ms: r.probes_live_ms,
         dropped_events: r.dropped_events,
         findings: views.iter().map(FindingJson::from).collect(),
         undecided: rechecks.clone(),

@@ -20,14 +20,21 @@ pub struct Facts {
 
 impl Facts {
     pub fn gather() -> Self {
-        let ks = Kallsyms::load(kallsyms::PREFIXES).unwrap_or_else(|e| {
-            log::warn!("read {}: {e}", kallsyms::KALLSYMS_PATH);
-            Kallsyms::default()
+        // The kernel formats /proc/kallsyms (~200k lines) while we parse BTF: two CPUs' worth
+        // of start-up that would otherwise run one after the other (seconds in a TCG guest).
+        let (ks, (offsets, module_btf)) = std::thread::scope(|s| {
+            let ks = s.spawn(|| {
+                Kallsyms::load(kallsyms::PREFIXES).unwrap_or_else(|e| {
+                    log::warn!("read {}: {e}", kallsyms::KALLSYMS_PATH);
+                    Kallsyms::default()
+                })
+            });
+            let btf = match offsets::load_kernel_btf() {
+                Ok((btf, module)) => (Ok(offsets::resolve(&btf)), module),
+                Err(e) => (Err(e), false),
+            };
+            (ks.join().unwrap_or_default(), btf)
         });
-        let (offsets, module_btf) = match offsets::load_kernel_btf() {
-            Ok((btf, module)) => (Ok(offsets::resolve(&btf)), module),
-            Err(e) => (Err(e), false),
-        };
         Self {
             release: kernel_release(),
             concepts: kallsyms::resolve_all(&ks),

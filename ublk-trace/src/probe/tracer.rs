@@ -243,13 +243,26 @@ impl Tracer {
     /// reported in [`Tracer::attached`], never an error.
     pub fn start(cfg: &TracerConfig) -> Result<Self, ProbeError> {
         let t0 = std::time::Instant::now();
-        let facts = Facts::gather();
+        // aya's loader parses vmlinux BTF on creation; let it do so beside our own reads.
+        let (facts, loader) = std::thread::scope(|s| {
+            let loader = s.spawn(EbpfLoader::new);
+            let facts = Facts::gather();
+            (facts, loader.join().unwrap_or_else(|_| EbpfLoader::new()))
+        });
         // Start-up takes seconds in an emulated guest; say where the time goes.
         log::info!("kernel facts (kallsyms, BTF) in {:?}", t0.elapsed());
-        Self::start_with(cfg, facts)
+        Self::start_loading(cfg, facts, loader)
     }
 
     pub fn start_with(cfg: &TracerConfig, facts: Facts) -> Result<Self, ProbeError> {
+        Self::start_loading(cfg, facts, EbpfLoader::new())
+    }
+
+    fn start_loading(
+        cfg: &TracerConfig,
+        facts: Facts,
+        loader: EbpfLoader<'static>,
+    ) -> Result<Self, ProbeError> {
         let Facts {
             release,
             concepts,
@@ -269,7 +282,8 @@ impl Tracer {
         }
         raise_memlock_rlimit();
         let offsets: Offsets = res.offsets;
-        let mut loader = EbpfLoader::new();
+        // Covariance: the loader may now borrow the local offsets.
+        let mut loader: EbpfLoader<'_> = loader;
         loader.override_global(OFFSETS_GLOBAL, &offsets, true);
         if let Some(bytes) = cfg.ring_bytes {
             loader.map_max_entries(EVENTS_MAP, bytes);
@@ -549,7 +563,7 @@ fn attach_all(
     facts: &Targets,
     o: &Offsets,
 ) -> Vec<ProbeStatus> {
-    PLANS
+    let plans: Vec<&Plan> = PLANS
         .iter()
         .filter(|p| match p.how {
             Attach::RawTp => cfg.block,
@@ -559,8 +573,65 @@ fn attach_all(
             }
             _ => cfg.kprobes,
         })
+        .collect();
+    let names: Vec<String> = plans
+        .iter()
+        .filter_map(|p| program_name(p, facts, o))
+        .collect();
+    load_parallel(ebpf, &names);
+    plans
+        .into_iter()
         .map(|p| attach_one(ebpf, p, facts, o))
         .collect()
+}
+
+/// The program that `p` attaches, when its target exists on this kernel.
+fn program_name(p: &Plan, facts: &Targets, o: &Offsets) -> Option<String> {
+    match p.how {
+        Attach::RawTp => Some(p.program.to_string()),
+        Attach::Kprobe | Attach::Kretprobe => {
+            facts.concept(p.target).and_then(|c| c.first())?;
+            match p.program {
+                "dispatch_req" if o.dispatch_req_arg > 2 => None,
+                "dispatch_req" => Some(format!("dispatch_req{}", o.dispatch_req_arg)),
+                other => Some(other.to_string()),
+            }
+        }
+    }
+}
+
+/// Verify `names` on two threads before attaching them one by one: the kernel's verifier
+/// runs in the loading thread, so two CPUs check two programs at once (verification is most
+/// of the start-up in an emulated guest). A program that fails here is loaded again by its
+/// attach, which reports the verifier's error.
+fn load_parallel(ebpf: &mut Ebpf, names: &[String]) {
+    let queue: std::sync::Mutex<Vec<&mut aya::programs::Program>> = std::sync::Mutex::new(
+        ebpf.programs_mut()
+            .filter(|(n, _)| names.iter().any(|w| w == n))
+            .map(|(_, p)| p)
+            .collect(),
+    );
+    let work = || {
+        loop {
+            let next = match queue.lock() {
+                Ok(mut q) => q.pop(),
+                Err(_) => None,
+            };
+            let Some(prog) = next else { break };
+            let res = match prog {
+                aya::programs::Program::KProbe(p) => p.load(),
+                aya::programs::Program::RawTracePoint(p) => p.load(),
+                _ => Ok(()),
+            };
+            if let Err(e) = res {
+                log::debug!("parallel load: {e}");
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(work);
+        work();
+    });
 }
 
 fn attach_one(ebpf: &mut Ebpf, p: &Plan, facts: &Targets, o: &Offsets) -> ProbeStatus {
@@ -621,7 +692,9 @@ fn attach_kprobe(ebpf: &mut Ebpf, program: &str, func: &str) -> Result<(), Strin
         .ok_or_else(|| format!("program {program} missing; rebuild ublk-trace"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| format!("load: {e}"))?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|e| format!("load: {e}"))?;
+    }
     prog.attach(func, 0).map(|_| ()).map_err(|e| {
         let kprobe_dir = "/sys/bus/event_source/devices/kprobe";
         if std::path::Path::new(kprobe_dir).exists() {
@@ -638,7 +711,9 @@ fn attach_raw_tp(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), String>
         .ok_or_else(|| format!("program {program} missing; rebuild ublk-trace"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| format!("load: {e}"))?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|e| format!("load: {e}"))?;
+    }
     prog.attach(tp)
         .map(|_| ())
         .map_err(|e| format!("attach: {e}"))

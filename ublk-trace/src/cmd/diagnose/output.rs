@@ -71,6 +71,9 @@ pub struct DiagnoseJson {
     /// Why probes were not used, when `source` is `snapshots`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_note: Option<String>,
+    /// Milliseconds from the start until the probes were live (absent: they never were).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes_live_ms: Option<u64>,
     /// Events the probes lost: findings may miss what happened in the gap.
     pub dropped_events: u64,
     pub findings: Vec<FindingJson>,

@@ -33,6 +33,9 @@ pub struct WatchJson {
     pub source: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_note: Option<String>,
+    /// Milliseconds from the start until the probes were live (absent: not live yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes_live_ms: Option<u64>,
     pub dropped_events: u64,
     /// How far the applied event stream was behind `ts_ns`; findings are judged at
     /// `ts_ns - stream_lag_ms`.
@@ -147,6 +150,7 @@ pub fn document(session: &Session, devs: &[u32], now_ns: u64) -> WatchJson {
         ts_ns: now_ns,
         source,
         source_note,
+        probes_live_ms: session.probes_live_ms(),
         dropped_events: session.dropped_events(),
         stream_lag_ms: session.stream_lag_ns(now_ns) / 1_000_000,
         devices: devs

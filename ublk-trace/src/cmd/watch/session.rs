@@ -28,6 +28,9 @@ pub struct Session {
     thresholds: Thresholds,
     /// The tag whose event history the detail view shows.
     pub detail: Option<(u16, u16)>,
+    /// When observing began, and how long after it the probes went live.
+    started: std::time::Instant,
+    probes_live_after: Option<std::time::Duration>,
 }
 
 impl Default for Session {
@@ -54,6 +57,8 @@ impl Session {
             stream_ns: 0,
             thresholds: Thresholds::default(),
             detail: None,
+            started: std::time::Instant::now(),
+            probes_live_after: None,
         }
     }
 
@@ -79,6 +84,7 @@ impl Session {
             Msg::ProbesLive => {
                 self.source = SourceView::Live;
                 self.source_known = true;
+                self.probes_live_after = Some(self.started.elapsed());
             }
             Msg::ProbesOff(reason) => {
                 self.source = SourceView::SnapshotsOnly { reason };
@@ -100,6 +106,12 @@ impl Session {
 
     pub fn source(&self) -> &SourceView {
         &self.source
+    }
+
+    /// Milliseconds from the start of observing until the probes were live (None: not live).
+    pub fn probes_live_ms(&self) -> Option<u64> {
+        self.probes_live_after
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Whether the probes run is settled (headless output waits for it, so the first
