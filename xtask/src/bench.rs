@@ -253,8 +253,95 @@ fn script(
             s.push_str(&c.stop);
         }
     }
+    s.push_str(&probe_start_section(layout));
     s.push_str("exit 0\n");
     s
+}
+
+/// How long `diagnose --for 2` takes to have live probes, for the release build and the debug
+/// build (`/bin/ublk-trace-debug`), against an idle device: one `PROBE-START` line per run.
+fn probe_start_section(layout: &Layout) -> String {
+    format!(
+        "echo '=== probe start-up: diagnose --for 2, release and debug builds'\n\
+         rm -f /tmp/srv.out; ublk-server run null --queues 1 --depth 64 > /tmp/srv.out 2>&1 &\n\
+         SRV_PID=$!\nwait_ready /tmp/srv.out\n\
+         for round in 1 2 3; do for p in release debug; do\n\
+         b=ublk-trace; [ $p = debug ] && b=ublk-trace-debug\n\
+         T0=$(now_ms); $b diagnose dev 0 --for 2 --json > /tmp/diag.json 2>/dev/null; T1=$(now_ms)\n\
+         echo \"PROBE-START layout={} profile=$p round=$round wall_ms=$((T1-T0)) \
+         live_ms=$(sed -n 's/.*\"probes_live_ms\":\\([0-9]*\\).*/\\1/p' /tmp/diag.json) \
+         source=$(sed -n 's/.*\"source\":\"\\([^\"]*\\)\".*/\\1/p' /tmp/diag.json)\"\n\
+         done; done\n\
+         stop_pid $SRV_PID INT 30\n",
+        layout.name
+    )
+}
+
+/// One `PROBE-START` line: the time to live probes of one build profile.
+#[derive(Debug, Clone, Serialize)]
+struct ProbeStart {
+    layout: String,
+    profile: String,
+    round: u32,
+    wall_ms: u64,
+    /// None: the probes were not live when diagnose ended.
+    live_ms: Option<u64>,
+    source: String,
+}
+
+fn parse_probe_starts(lines: &[String]) -> Vec<ProbeStart> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("PROBE-START "))
+        .filter_map(|rest| {
+            let kv: BTreeMap<&str, &str> = rest
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .collect();
+            Some(ProbeStart {
+                layout: kv.get("layout")?.to_string(),
+                profile: kv.get("profile")?.to_string(),
+                round: kv.get("round")?.parse().ok()?,
+                wall_ms: kv.get("wall_ms")?.parse().ok()?,
+                live_ms: kv.get("live_ms").and_then(|v| v.parse().ok()),
+                source: kv.get("source").unwrap_or(&"").to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Median and range of the time to live probes, per layout and profile.
+fn print_probe_starts(v: &[ProbeStart]) {
+    if v.is_empty() {
+        return;
+    }
+    println!("\nTime to live probes (`diagnose --for 2` on an idle device):");
+    let mut keys: Vec<(&str, &str)> = v
+        .iter()
+        .map(|p| (p.layout.as_str(), p.profile.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for (layout, profile) in keys {
+        let mut live: Vec<u64> = v
+            .iter()
+            .filter(|p| p.layout == layout && p.profile == profile)
+            .filter_map(|p| p.live_ms)
+            .collect();
+        let runs = v
+            .iter()
+            .filter(|p| p.layout == layout && p.profile == profile)
+            .count();
+        live.sort_unstable();
+        match (live.first(), live.last()) {
+            (Some(lo), Some(hi)) => println!(
+                "  {layout:<14} {profile:<8} median {} ms ({lo}-{hi}), live in {}/{runs} runs",
+                live[live.len() / 2],
+                live.len()
+            ),
+            _ => println!("  {layout:<14} {profile:<8} never live in {runs} runs"),
+        }
+    }
 }
 
 struct Layout {
@@ -628,6 +715,8 @@ pub fn run(o: &BenchOpts) -> Result<()> {
     crate::setup::setup(false)?;
     let kernel = crate::kernel::fetch(&o.kernel)?;
     let bins = build_project(true)?;
+    // The debug build too, for its time to live probes (PROBE-START lines).
+    let debug_trace = build_project(false)?.join("ublk-trace");
     let rublk = if o.no_rublk || o.tracer_only {
         None
     } else {
@@ -635,6 +724,7 @@ pub fn run(o: &BenchOpts) -> Result<()> {
     };
     let mut all = Vec::new();
     let mut tracer_stats = Vec::new();
+    let mut probe_starts = Vec::new();
     // The tracer's target is set in the pinned layout (server and fio on their own vCPUs).
     if let Some(want) = o.layout.as_deref()
         && !LAYOUTS.iter().any(|l| l.name.contains(want))
@@ -660,7 +750,12 @@ pub fn run(o: &BenchOpts) -> Result<()> {
         }
         let cfgs = configs(o.mode, rublk.is_some(), o.tracer_only);
         let sh = script(o.mode, o.rounds, o.bpf_stats, layout, &cfgs);
-        let initrd = make_initramfs(&kernel, &g, &bins, &sh, &[])?;
+        let extra = [(
+            debug_trace.clone(),
+            "/bin/ublk-trace-debug".to_string(),
+            true,
+        )];
+        let initrd = make_initramfs(&kernel, &g, &bins, &sh, &extra)?;
         let log = cache_dir().join(format!("bench-{}.log", layout.name));
         eprintln!(
             "[bench] layout {} ({} vCPU) on {}",
@@ -668,7 +763,11 @@ pub fn run(o: &BenchOpts) -> Result<()> {
         );
         let (outcome, lines) =
             crate::qemu::boot_captured(&boot_opts(&g, &kernel, &initrd), &log, |l| {
-                if l.starts_with("===") || l.starts_with("TRACER") || l.starts_with("BENCH-SKIP") {
+                if l.starts_with("===")
+                    || l.starts_with("TRACER")
+                    || l.starts_with("BENCH-SKIP")
+                    || l.starts_with("PROBE-START")
+                {
                     eprintln!("  {l}");
                 }
             })?;
@@ -686,6 +785,7 @@ pub fn run(o: &BenchOpts) -> Result<()> {
         }
         all.extend(parse_samples(&lines));
         tracer_stats.extend(parse_tracer_stats(layout.name, &lines));
+        probe_starts.extend(parse_probe_starts(&lines));
     }
     if all.is_empty() {
         bail!("no benchmark samples were produced (see target/guest/bench-*.log)");
@@ -693,6 +793,7 @@ pub fn run(o: &BenchOpts) -> Result<()> {
     let rows = summarize(&all);
     print_table(&rows);
     print_tracer_table(&tracer_stats, &all);
+    print_probe_starts(&probe_starts);
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     let stamp = std::time::SystemTime::now()
@@ -707,6 +808,7 @@ pub fn run(o: &BenchOpts) -> Result<()> {
         "bpf_stats": o.bpf_stats,
         "summary": rows,
         "tracer": tracer_stats,
+        "probe_start": probe_starts,
         "samples": all,
     });
     let text = serde_json::to_string_pretty(&doc).context("serialize bench results")?;
@@ -767,6 +869,29 @@ mod tests {
         );
         assert_eq!(get("ours-null-q1").vs_untraced_rounds, None);
         assert_eq!(get("null_blk").vs_null_blk, None);
+    }
+
+    #[test]
+    fn probe_start_lines_parse_and_the_section_is_valid_shell() {
+        let sh = probe_start_section(&LAYOUTS[1]);
+        let ok = std::process::Command::new("sh")
+            .args(["-n", "-c", &format!("{PRELUDE}{sh}")])
+            .status()
+            .expect("run sh -n");
+        assert!(ok.success(), "not valid shell:\n{sh}");
+        let lines: Vec<String> = [
+            "PROBE-START layout=2vcpu-pinned profile=release round=1 wall_ms=3900 live_ms=1650 source=ebpf+snapshots",
+            "PROBE-START layout=2vcpu-pinned profile=debug round=1 wall_ms=7000 live_ms= source=snapshots",
+            "PROBE-START garbage",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let v = parse_probe_starts(&lines);
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].live_ms, v[0].wall_ms), (Some(1650), 3900));
+        assert_eq!(v[0].source, "ebpf+snapshots");
+        assert_eq!((v[1].profile.as_str(), v[1].live_ms), ("debug", None));
     }
 
     #[test]
