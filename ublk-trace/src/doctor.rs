@@ -460,7 +460,7 @@ fn check_functions(f: &Facts) -> Check {
 /// kernel's layout lacks. The reader is an extra source (events remain the fallback), so a
 /// reader that does not work is a warning.
 fn check_driver_state() -> Check {
-    let p = crate::driver::probe(std::time::Instant::now() + Duration::from_secs(5));
+    let p = crate::driver::probe(Duration::from_secs(5));
     let missing = if p.not_readable.is_empty() {
         String::new()
     } else {

@@ -35,8 +35,9 @@ pub fn run(args: StateArgs) -> anyhow::Result<ExitCode> {
         (false, Some(id)) => Target::Dev(id),
         (false, None) => bail!("say which device: 'ublk-trace state dev N' or '--all'"),
     };
-    let deadline = Instant::now() + Duration::from_millis(args.timeout_ms);
     let mut reader = Reader::open().context("driver-state reader")?;
+    // After the open: it parses BTF (seconds in an emulated guest); the read is what can hang.
+    let deadline = Instant::now() + Duration::from_millis(args.timeout_ms);
     let snap = reader
         .read(target, deadline)
         .context("read the driver's state")?;

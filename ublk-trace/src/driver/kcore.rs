@@ -28,8 +28,10 @@ pub trait Memory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError>;
 }
 
-/// Lowest kernel virtual address on x86-64 and arm64 (48-bit VA): the upper canonical half.
-pub const KERNEL_MIN: u64 = 0xffff_8000_0000_0000;
+/// Lowest kernel virtual address: the upper canonical half with 5-level paging (x86-64 LA57,
+/// which QEMU's `-cpu max` guests boot with: the direct map sits at 0xff11...), which also
+/// covers 4-level paging's 0xffff_8000_0000_0000. User space ends at 0x00ff_ffff_ffff_ffff.
+pub const KERNEL_MIN: u64 = 0xff00_0000_0000_0000;
 
 /// `addr` can be a pointer to a kernel object aligned to `align`: in the kernel half, not in
 /// the last page (ERR_PTR values), aligned.

@@ -140,6 +140,7 @@ impl Inner {
     fn read(&self, target: Target, deadline: Instant) -> Result<DriverSnapshot, DriverError> {
         let taken_ns = monotonic_ns();
         let t0 = Instant::now();
+        let ms = |t: Instant| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (devices, dropped) = walk(
             &self.mem,
             &self.layout,
@@ -147,7 +148,11 @@ impl Inner {
             self.idr_addr,
             target,
             deadline,
-        )?;
+        )
+        .map_err(|e| match e {
+            DriverError::TimedOut { .. } => DriverError::TimedOut { waited_ms: ms(t0) },
+            e => e,
+        })?;
         Ok(DriverSnapshot {
             schema: SCHEMA_VERSION,
             kernel: self.release.clone(),
@@ -262,10 +267,12 @@ pub struct Probe {
     pub not_readable: Vec<String>,
 }
 
-/// Open a reader and read every device once (bounded by `deadline`).
-pub fn probe(deadline: Instant) -> Probe {
+/// Open a reader and read every device once, the read bounded by `timeout` (the open parses
+/// BTF and is not bounded: it reads only files).
+pub fn probe(timeout: std::time::Duration) -> Probe {
     let mut not_readable = Vec::new();
     let result = Inner::open(&mut not_readable).and_then(|inner| {
+        let deadline = Instant::now() + timeout;
         let mut r = Reader {
             inner: Some(inner),
             not_readable: not_readable.clone(),
