@@ -90,6 +90,7 @@ pub fn run() -> Report {
     checks.extend(check_mounts());
     checks.push(check_functions(&facts));
     checks.extend(check_devices());
+    checks.push(check_driver_state());
     let offsets = match &facts.offsets {
         Ok(r) => {
             let missing = r.missing_required();
@@ -452,6 +453,56 @@ fn check_functions(f: &Facts) -> Check {
             format!("required functions not found: {}", missing.join(", ")),
             "this kernel renamed them; report 'ublk-trace doctor --json'",
         )
+    }
+}
+
+/// Whether the driver's own state can be read here (`ublk-trace state`), and what this
+/// kernel's layout lacks. The reader is an extra source (events remain the fallback), so a
+/// reader that does not work is a warning.
+fn check_driver_state() -> Check {
+    let p = crate::driver::probe(Duration::from_secs(5));
+    let missing = if p.not_readable.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; not readable on this kernel: {}",
+            p.not_readable.join(", ")
+        )
+    };
+    match p.result {
+        Ok(s) => {
+            let table = if s.flags_table.in_table {
+                format!("UBLK_IO_FLAG_* of {}", s.flags_table.row)
+            } else {
+                format!(
+                    "kernel outside the UBLK_IO_FLAG_* table (decoded as {})",
+                    s.flags_table.row
+                )
+            };
+            let status = if s.flags_table.in_table {
+                Status::Ok
+            } else {
+                Status::Warn
+            };
+            check(
+                "driver_state",
+                status,
+                format!(
+                    "/proc/kcore readable: {} device(s) read in {} us, {table}{missing}",
+                    s.devices.len(),
+                    s.took_us
+                ),
+                "",
+            )
+        }
+        Err(e) => check(
+            "driver_state",
+            Status::Warn,
+            format!(
+                "the driver's own state cannot be read (per-tag state from events only){missing}"
+            ),
+            e.to_string(),
+        ),
     }
 }
 

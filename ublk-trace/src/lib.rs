@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod cmd;
 pub mod diagnose;
 pub mod doctor;
+pub mod driver;
 pub mod event;
 pub mod kernel;
 pub mod model;

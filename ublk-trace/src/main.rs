@@ -30,6 +30,8 @@ enum Cmd {
     Watch(cmd::watch::WatchArgs),
     /// Observe a device, print findings, exit 0 (none), 1 (findings) or 2 (error).
     Diagnose(cmd::diagnose::DiagnoseArgs),
+    /// Print what the driver itself holds per queue and tag (read from kernel memory).
+    State(cmd::state::StateArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Cmd::Report(a) => cmd::report::run(a),
         Cmd::Watch(a) => cmd::watch::run(a),
         Cmd::Diagnose(a) => cmd::diagnose::run(a),
+        Cmd::State(a) => cmd::state::run(a),
     };
     match res {
         Ok(code) => code,

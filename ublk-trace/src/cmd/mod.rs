@@ -4,4 +4,5 @@ pub mod diagnose;
 pub mod doctor;
 pub mod record;
 pub mod report;
+pub mod state;
 pub mod watch;

@@ -363,6 +363,40 @@ impl Btf {
 
     /// Byte offset of `path` ("dev_info.dev_id") inside struct/union `ty_name`.
     pub fn member_offset(&self, ty_name: &str, path: &str) -> Result<u32> {
+        self.member_at(ty_name, path).map(|(off, _)| off)
+    }
+
+    /// Byte size of type `id` after modifiers (ints, enums, structs, unions, pointers,
+    /// arrays); `None` for void, functions and unknown ids.
+    pub fn type_size(&self, id: u32) -> Option<u32> {
+        let t = self.ty(self.skip_mods(id))?;
+        match t.kind {
+            Kind::Int | Kind::Struct | Kind::Union | Kind::Enum | Kind::Enum64 | Kind::Float => {
+                Some(t.size_or_type)
+            }
+            // The kernels this reads are 64-bit.
+            Kind::Ptr => Some(8),
+            Kind::Array => {
+                let (elem, n) = self.array_info(id)?;
+                self.type_size(elem)?.checked_mul(n)
+            }
+            _ => None,
+        }
+    }
+
+    /// `sizeof(struct name)` (or union).
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        self.type_size(self.find(name, &[Kind::Struct, Kind::Union])?)
+    }
+
+    /// Element type and length of array type `id` (0 for a flexible array member).
+    pub fn array_info(&self, id: u32) -> Option<(u32, u32)> {
+        let t = self.ty(self.skip_mods(id))?;
+        (t.kind == Kind::Array).then(|| (self.extra_u32(t, 0), self.extra_u32(t, 2)))
+    }
+
+    /// Byte offset and type id of member `path` of struct/union `ty_name`.
+    pub fn member_at(&self, ty_name: &str, path: &str) -> Result<(u32, u32)> {
         let id = self
             .find(ty_name, &[Kind::Struct, Kind::Union])
             .ok_or_else(|| BtfError::NotFound {
@@ -393,7 +427,7 @@ impl Btf {
                 member: path.to_string(),
             });
         }
-        Ok(total_bits / 8)
+        Ok((total_bits / 8, cur))
     }
 
     /// Find `name` in struct/union `id`, descending into anonymous members; returns the bit
