@@ -107,6 +107,9 @@ pub struct Device {
     pub persist: Persist,
     /// Latest thing the server's tag file says it did (receive, commit, re-arm), CLOCK_MONOTONIC.
     pub server_activity_ns: u64,
+    /// The driver's own view of the device, as last read (`crate::driver`).
+    #[serde(default)]
+    pub driver: Option<super::driver::DriverDevice>,
 }
 
 /// An I/O command's entry or return, as the device needs it.

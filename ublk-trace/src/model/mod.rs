@@ -36,6 +36,7 @@ use crate::snapshot::DeviceSnapshot;
 
 pub mod ctrl;
 pub mod device;
+pub mod driver;
 pub mod hist;
 pub mod queue;
 pub mod tag;
@@ -413,6 +414,15 @@ impl Model {
     /// Forget a device (the caller saw it disappear and does not want it listed).
     pub fn remove_device(&mut self, dev_id: u32) {
         self.devices.remove(&dev_id);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tag_mut_for_test(&mut self, dev_id: u32, q_id: u16, tag: u16) -> &mut tag::Tag {
+        self.device_mut(dev_id, 0)
+            .queue_mut(q_id)
+            .tags
+            .entry(tag)
+            .or_default()
     }
 
     fn device_mut(&mut self, dev_id: u32, ts: u64) -> &mut Device {

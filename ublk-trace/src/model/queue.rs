@@ -107,6 +107,9 @@ pub struct Queue {
     /// Completions are counted from the state map's commit counters (watch's state path):
     /// commit events that still stream (bad or slow ones) must not count twice.
     pub counts_from_kernel: bool,
+    /// The driver's own view of the queue, as last read.
+    #[serde(default)]
+    pub driver: Option<super::driver::DriverQueue>,
 }
 
 impl Queue {

@@ -30,6 +30,11 @@ pub enum TagState {
     Committed,
     /// Only a snapshot knows: blk-mq lists the request in flight; delivery unknown.
     InFlight,
+    /// The driver holds no accepted FETCH for the tag (read from its memory: a fact, unlike
+    /// [`Self::Unknown`]).
+    NotFetched,
+    /// The driver aborted the tag's command (server gone, queue torn down).
+    Aborted,
 }
 
 impl TagState {
@@ -41,6 +46,8 @@ impl TagState {
             Self::InServer => "IN_SERVER",
             Self::Committed => "COMMITTED",
             Self::InFlight => "IN_FLIGHT",
+            Self::NotFetched => "NOT_FETCHED",
+            Self::Aborted => "ABORTED",
         }
     }
     /// A request occupies the tag.
@@ -186,6 +193,9 @@ pub struct Tag {
     pub cqe_id: Option<CqeId>,
     /// The server's own view, when it publishes one.
     pub published: Option<PublishedTag>,
+    /// The driver's own view of the tag (`ublk_io` + blk-mq request), as last read.
+    #[serde(default)]
+    pub driver: Option<super::driver::DriverTag>,
     pub history: VecDeque<HistoryEntry>,
 }
 
@@ -203,6 +213,9 @@ pub struct Derived {
     pub delivery_inferred: bool,
     /// Only a snapshot (debugfs/tag file) supports this state.
     pub from_snapshot: bool,
+    /// Read from the driver's own memory (exact when read; ages count to that read).
+    #[serde(default)]
+    pub from_driver: bool,
 }
 
 impl Tag {
@@ -222,7 +235,7 @@ impl Tag {
     }
 
     /// Latest event-sourced timestamp.
-    fn latest_event_ns(&self) -> u64 {
+    pub(crate) fn latest_event_ns(&self) -> u64 {
         self.fetch_ns
             .max(self.queue_rq_ns)
             .max(self.delivered_ns)
@@ -260,6 +273,7 @@ impl Tag {
             since_ns,
             delivery_inferred: false,
             from_snapshot: false,
+            from_driver: false,
         };
         let req = self.request_ns();
         // Completed without a commit (the kernel failed it: abort at teardown, timeout):
@@ -299,9 +313,19 @@ impl Tag {
         d(TagState::Unknown, 0)
     }
 
+    /// Every source combined. The driver's own state, read after every event of the tag,
+    /// is the truth (late attach, lost events, batched delivery); else events and the
+    /// newest snapshot.
+    pub fn derive(&self, queue_delivered_ns: u64, completes_seen: bool) -> Derived {
+        if let Some(d) = self.derive_from_driver(self.latest_event_ns()) {
+            return d;
+        }
+        self.derive_without_driver(queue_delivered_ns, completes_seen)
+    }
+
     /// Events and the newest snapshot combined: a snapshot newer than every event of the tag
     /// overrides what the events imply (late attach, lost events).
-    pub fn derive(&self, queue_delivered_ns: u64, completes_seen: bool) -> Derived {
+    pub fn derive_without_driver(&self, queue_delivered_ns: u64, completes_seen: bool) -> Derived {
         let ev = self.derive_from_events(queue_delivered_ns, completes_seen);
         let ev = self.server_rearmed_since(ev);
         if self.snap_ns == 0 || self.snap_ns <= self.latest_event_ns() {
@@ -314,6 +338,7 @@ impl Tag {
                     since_ns: ev.since_ns,
                     delivery_inferred: false,
                     from_snapshot: true,
+                    from_driver: false,
                 }
             }
             (true, true) => self.newer_published_request(ev),
@@ -325,6 +350,7 @@ impl Tag {
                     since_ns: 0,
                     delivery_inferred: false,
                     from_snapshot: true,
+                    from_driver: false,
                 }
             }
             (false, false) => ev,
@@ -339,6 +365,7 @@ impl Tag {
                 since_ns: 0,
                 delivery_inferred: false,
                 from_snapshot: true,
+                from_driver: false,
             },
         }
     }
@@ -360,6 +387,7 @@ impl Tag {
             since_ns: p.waiting_since_ns,
             delivery_inferred: false,
             from_snapshot: true,
+            from_driver: false,
         }
     }
 
@@ -380,6 +408,7 @@ impl Tag {
             since_ns,
             delivery_inferred: false,
             from_snapshot: true,
+            from_driver: false,
         };
         if let Some(cqe) = self.cqe_since_ns {
             // Delivered: its CQE waits in the server's ring (posted, never reaped).
@@ -404,6 +433,7 @@ impl Tag {
                 since_ns: p.received_ns,
                 delivery_inferred: false,
                 from_snapshot: true,
+                from_driver: false,
             },
             _ => ev,
         }
@@ -422,6 +452,7 @@ impl Tag {
             since_ns,
             delivery_inferred: false,
             from_snapshot: true,
+            from_driver: false,
         };
         match p.state.as_str() {
             "waiting" => mk(TagState::Waiting, p.waiting_since_ns),

@@ -61,6 +61,8 @@ pub struct TagView<'a> {
     pub delivery_inferred: bool,
     /// Only a snapshot supports the state.
     pub from_snapshot: bool,
+    /// Read from the driver's own memory.
+    pub from_driver: bool,
     #[serde(skip)]
     pub history: Option<&'a std::collections::VecDeque<HistoryEntry>>,
     #[serde(skip)]
@@ -82,10 +84,14 @@ impl<'a> DeviceView<'a> {
     pub fn snapshot(&self) -> Option<&'a DeviceSnapshot> {
         self.dev.snapshot.as_ref()
     }
-    /// (nr_queues, queue_depth) from GET_DEV_INFO, else from the server's tag file.
+    /// (nr_queues, queue_depth) from GET_DEV_INFO, else the driver's memory, else the server's
+    /// tag file.
     pub fn geometry(&self) -> Option<(u16, u16)> {
         if let Some(i) = self.dev.info {
             return Some((i.nr_hw_queues, i.queue_depth));
+        }
+        if let Some(d) = self.dev.driver.as_ref().filter(|d| d.nr_hw_queues > 0) {
+            return Some((d.nr_hw_queues, d.queue_depth));
         }
         let tf = self.dev.snapshot.as_ref()?.tagfile.as_ref()?;
         Some((tf.nr_queues, tf.queue_depth))
@@ -254,16 +260,21 @@ impl<'a> QueueView<'a> {
         let age_ns = if d.since_ns == 0 {
             0
         } else {
-            let now = if d.from_snapshot {
-                self.snapshot_now_ns
-            } else {
-                self.events_now_ns
+            let now = match &t.driver {
+                // The driver's read is exact up to when it was taken.
+                Some(drv) if d.from_driver => drv.read_ns.min(self.now_ns),
+                _ if d.from_snapshot => self.snapshot_now_ns,
+                _ => self.events_now_ns,
             };
             now.saturating_sub(d.since_ns)
         };
-        // Without events the server's tag file knows the request (late attach).
-        let (op, sector, bytes) = match t.published.as_ref() {
-            Some(p) if t.op.is_empty() && p.nr_sectors > 0 => (
+        // Without events the driver (or the server's tag file) knows the request.
+        let drv_rq = t.driver.as_ref().and_then(|d| d.request.as_ref());
+        let (op, sector, bytes) = match (drv_rq, t.published.as_ref()) {
+            (Some(r), _) if d.from_driver || t.op.is_empty() => {
+                (r.op.as_str(), r.sector, r.bytes)
+            }
+            (_, Some(p)) if t.op.is_empty() && p.nr_sectors > 0 => (
                 ublk_io_op_name(p.op),
                 p.start_sector,
                 p.nr_sectors.saturating_mul(512),
@@ -280,7 +291,11 @@ impl<'a> QueueView<'a> {
             sector,
             bytes,
             owner_tid: t
-                .owner_tid
+                .driver
+                .as_ref()
+                .and_then(|d| d.task_tid)
+                .or(t.owner_tid)
+                .or(self.queue.driver.as_ref().and_then(|q| q.owner_tid))
                 .or(t.published.as_ref().map(|p| p.tid).filter(|tid| *tid != 0)),
             commit_result: t.commit_result,
             requeues: t.requeues,
@@ -288,6 +303,7 @@ impl<'a> QueueView<'a> {
             bad_commits: t.bad_commits,
             delivery_inferred: d.delivery_inferred,
             from_snapshot: d.from_snapshot,
+            from_driver: d.from_driver,
             history: Some(&t.history),
             published: t.published.as_ref(),
             raw: Some(t),
@@ -343,6 +359,7 @@ impl TagView<'_> {
             bad_commits: 0,
             delivery_inferred: false,
             from_snapshot: false,
+            from_driver: false,
             history: None,
             published: None,
             raw: None,

@@ -45,6 +45,8 @@ pub fn cell_state(s: TagState) -> CellState {
         TagState::InServer => CellState::InServer,
         TagState::Committed => CellState::Committed,
         TagState::InFlight => CellState::InFlight,
+        TagState::NotFetched => CellState::Idle,
+        TagState::Aborted => CellState::Aborted,
     }
 }
 

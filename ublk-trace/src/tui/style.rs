@@ -18,6 +18,7 @@ pub fn state_color(s: CellState) -> Color {
         CellState::InServer => Color::Cyan,
         CellState::Committed => Color::Blue,
         CellState::InFlight => Color::Magenta,
+        CellState::Aborted => Color::Red,
     }
 }
 

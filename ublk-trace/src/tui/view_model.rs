@@ -22,6 +22,8 @@ pub enum CellState {
     Committed,
     /// Only a snapshot knows: blk-mq lists the request in flight; where exactly is unknown.
     InFlight,
+    /// The driver aborted the tag's command (server gone, queue torn down).
+    Aborted,
 }
 
 impl CellState {
@@ -35,6 +37,7 @@ impl CellState {
             Self::InServer => "IN_SERVER",
             Self::Committed => "COMMITTED",
             Self::InFlight => "IN_FLIGHT",
+            Self::Aborted => "ABORTED",
         }
     }
 
@@ -48,6 +51,7 @@ impl CellState {
             Self::InServer => 'S',
             Self::Committed => 'C',
             Self::InFlight => 'F',
+            Self::Aborted => 'x',
         }
     }
 

@@ -74,6 +74,8 @@ pub struct StateCounts {
     pub committed: u32,
     /// In flight per blk-mq debugfs; delivery unknown (snapshots only).
     pub in_flight: u32,
+    /// The driver aborted the tag's command.
+    pub aborted: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,6 +107,7 @@ fn queue_json(q: &QueueView) -> QueueJson {
             CellState::InServer => &mut c.in_server,
             CellState::Committed => &mut c.committed,
             CellState::InFlight => &mut c.in_flight,
+            CellState::Aborted => &mut c.aborted,
         };
         *slot += 1;
     }

@@ -1,0 +1,315 @@
+//! The driver's own state ([`DriverSnapshot`], read from kernel memory by `crate::driver`)
+//! merged into the model: per device the state the driver holds, per queue its owner and
+//! abort flags, per tag its `ublk_io` and blk-mq request.
+//!
+//! A tag the driver shows is never UNKNOWN, and a read newer than every event of a tag decides
+//! its state: events may be lost, batched (≤ 6.14 task work names no tag) or not traced at all
+//! (late attach, no kprobes). Events newer than the read win: the tag moved on since.
+use serde::{Deserialize, Serialize};
+
+use super::Model;
+use super::tag::{Derived, Tag, TagState};
+use crate::driver::{self, DriverSnapshot, IoFlags, RequestState, TagView as DriverView};
+
+/// One tag as the driver held it at `read_ns`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriverTag {
+    pub read_ns: u64,
+    pub view: DriverView,
+    /// The first read that showed this view (and this request), continuously since.
+    pub view_since_ns: u64,
+    pub flags: IoFlags,
+    /// `io->res`: the last result committed for the tag.
+    pub res: i32,
+    pub cmd_parked: bool,
+    /// `io->task` (6.16+): the thread that owns this tag.
+    pub task_tid: Option<u32>,
+    pub request: Option<RequestState>,
+}
+
+impl DriverTag {
+    /// When the tag's request started, when the driver's request records it.
+    pub fn request_start_ns(&self) -> Option<u64> {
+        self.request
+            .as_ref()
+            .and_then(|r| r.start_time_ns)
+            .filter(|t| *t > 0)
+    }
+}
+
+/// One queue as the driver held it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriverQueue {
+    pub read_ns: u64,
+    /// `ubq->ubq_daemon` (up to 6.15).
+    pub owner_tid: Option<u32>,
+    pub owner_comm: Option<String>,
+    pub canceling: Option<bool>,
+    pub force_abort: Option<bool>,
+    pub fail_io: Option<bool>,
+    pub nr_io_ready: Option<u32>,
+    /// Tags whose two reads disagreed in the latest read (they keep their older view).
+    pub changing: Vec<u16>,
+}
+
+/// One device as the driver held it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriverDevice {
+    pub read_ns: u64,
+    /// `UBLK_S_DEV_*` name (LIVE, QUIESCED, DEAD, FAIL_IO).
+    pub state_name: String,
+    pub flags: u64,
+    pub nr_hw_queues: u16,
+    pub queue_depth: u16,
+    pub ublksrv_pid: i32,
+    pub has_disk: bool,
+    pub mq_freeze_depth: Option<i32>,
+    pub quiesce_depth: Option<i32>,
+    /// Fields this kernel lacks, named as the reader names them.
+    pub not_readable: Vec<String>,
+}
+
+fn tid(t: &Option<driver::TaskRef>) -> Option<u32> {
+    t.as_ref()
+        .and_then(|t| u32::try_from(t.tid).ok())
+        .filter(|t| *t > 0)
+}
+
+impl Model {
+    /// Merge one read of the driver's memory (every device it holds, or the one asked for).
+    pub fn apply_driver(&mut self, snap: &DriverSnapshot) {
+        let ts = snap.taken_ns;
+        for d in &snap.devices {
+            let dev = self.device_mut(d.dev_id, ts);
+            dev.driver = Some(DriverDevice {
+                read_ns: ts,
+                state_name: d.state_name.clone(),
+                flags: d.flags,
+                nr_hw_queues: d.nr_hw_queues,
+                queue_depth: d.queue_depth,
+                ublksrv_pid: d.ublksrv_pid,
+                has_disk: d.has_disk,
+                mq_freeze_depth: d.mq_freeze_depth,
+                quiesce_depth: d.quiesce_depth,
+                not_readable: snap.not_readable.clone(),
+            });
+            for q in &d.queues {
+                let queue = dev.queue_mut(q.q_id);
+                queue.driver = Some(DriverQueue {
+                    read_ns: ts,
+                    owner_tid: tid(&q.owner),
+                    owner_comm: q.owner.as_ref().map(|t| t.comm.clone()),
+                    canceling: q.canceling,
+                    force_abort: q.force_abort,
+                    fail_io: q.fail_io,
+                    nr_io_ready: q.nr_io_ready,
+                    changing: q.changing.clone(),
+                });
+                for t in &q.tags {
+                    queue.tags.entry(t.tag).or_default().apply_driver(t, ts);
+                }
+            }
+        }
+    }
+}
+
+impl Tag {
+    fn apply_driver(&mut self, t: &driver::TagState, read_ns: u64) {
+        let key = |view: DriverView, rq: Option<&RequestState>| {
+            (view, rq.map(|r| (r.sector, r.start_time_ns, r.op.clone())))
+        };
+        let same = self.driver.as_ref().is_some_and(|p| {
+            key(p.view, p.request.as_ref()) == key(t.view, t.request.as_ref())
+        });
+        let view_since_ns = match &self.driver {
+            Some(p) if same => p.view_since_ns,
+            _ => read_ns,
+        };
+        self.driver = Some(DriverTag {
+            read_ns,
+            view: t.view,
+            view_since_ns,
+            flags: t.flags.clone(),
+            res: t.res,
+            cmd_parked: t.cmd_parked,
+            task_tid: tid(&t.task),
+            request: t.request.clone(),
+        });
+    }
+
+    /// The tag's state from the driver's read, when that read is newer than `latest_event_ns`.
+    pub(crate) fn derive_from_driver(&self, latest_event_ns: u64) -> Option<Derived> {
+        let d = self.driver.as_ref()?;
+        if d.read_ns < latest_event_ns {
+            return None;
+        }
+        let mk = |state, since_ns| Derived {
+            state,
+            since_ns,
+            delivery_inferred: false,
+            from_snapshot: false,
+            from_driver: true,
+        };
+        let rq_start = d.request_start_ns();
+        Some(match d.view {
+            DriverView::Waiting => {
+                let armed = self.fetch_ns.max(self.commit_ns);
+                mk(TagState::Waiting, if armed > 0 { armed } else { 0 })
+            }
+            DriverView::Queued => mk(TagState::Queued, rq_start.unwrap_or(d.view_since_ns)),
+            DriverView::InServer | DriverView::NeedGetData => {
+                // Memory does not keep the delivery time: an event that saw this request's
+                // delivery dates it, else the request's start bounds it from below.
+                let seen = rq_start.is_none_or(|s| self.delivered_ns >= s);
+                let since = if self.delivered_ns > 0 && seen {
+                    self.delivered_ns
+                } else {
+                    rq_start.unwrap_or(d.view_since_ns)
+                };
+                mk(TagState::InServer, since)
+            }
+            DriverView::Aborted => mk(TagState::Aborted, d.view_since_ns),
+            DriverView::NotFetched => mk(TagState::NotFetched, d.view_since_ns),
+            DriverView::Other => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{DeviceState, QueueState, RqState, TagState as DrvTag};
+
+    fn flags(names: &[&str]) -> IoFlags {
+        IoFlags {
+            raw: 0,
+            names: names.iter().map(|s| s.to_string()).collect(),
+            unknown: 0,
+        }
+    }
+
+    fn rq(start: u64) -> RequestState {
+        RequestState {
+            op: "READ".into(),
+            cmd_flags: 0,
+            sector: 2048,
+            bytes: 4096,
+            start_time_ns: Some(start),
+            state: RqState::InFlight,
+        }
+    }
+
+    fn snap(taken_ns: u64, tags: Vec<DrvTag>) -> DriverSnapshot {
+        DriverSnapshot {
+            schema: driver::SCHEMA_VERSION,
+            kernel: "test".into(),
+            taken_ns,
+            took_us: 10,
+            flags_table: driver::flags::describe(&driver::flags::TABLE[0], true),
+            not_readable: vec!["ublk_io.task".into()],
+            devices: vec![DeviceState {
+                dev_id: 0,
+                state: 1,
+                state_name: "LIVE".into(),
+                flags: 0,
+                nr_hw_queues: 1,
+                queue_depth: 4,
+                ublksrv_pid: 100,
+                has_disk: true,
+                mq_freeze_depth: Some(0),
+                quiesce_depth: Some(0),
+                queues: vec![QueueState {
+                    q_id: 0,
+                    owner: Some(driver::TaskRef {
+                        tid: 101,
+                        pid: 100,
+                        comm: "srv-q0".into(),
+                    }),
+                    canceling: Some(false),
+                    force_abort: Some(false),
+                    fail_io: None,
+                    nr_io_ready: Some(4),
+                    tags,
+                    changing: vec![],
+                }],
+            }],
+            dropped: vec![],
+        }
+    }
+
+    fn tag(n: u16, view: DriverView, request: Option<RequestState>) -> DrvTag {
+        DrvTag {
+            tag: n,
+            view,
+            flags: flags(&[]),
+            res: 0,
+            cmd_parked: view == DriverView::Waiting,
+            task: None,
+            request,
+        }
+    }
+
+    #[test]
+    fn a_late_attach_knows_every_tag_from_the_driver() {
+        let mut m = Model::new();
+        m.apply_driver(&snap(
+            5_000_000_000,
+            vec![
+                tag(0, DriverView::Waiting, None),
+                tag(1, DriverView::InServer, Some(rq(1_000_000_000))),
+                tag(2, DriverView::Queued, Some(rq(4_000_000_000))),
+                tag(3, DriverView::NotFetched, None),
+            ],
+        ));
+        let dev = m.device(0, 6_000_000_000).expect("device from the driver");
+        let q = dev.queue(0).expect("queue 0");
+        let states: Vec<TagState> = q.tags().iter().map(|t| t.state).collect();
+        assert_eq!(
+            states,
+            vec![
+                TagState::Waiting,
+                TagState::InServer,
+                TagState::Queued,
+                TagState::NotFetched
+            ]
+        );
+        let t1 = q.tag(1);
+        // Aged from the request's start up to the read (the fact held then).
+        assert_eq!((t1.since_ns, t1.age_ns), (1_000_000_000, 4_000_000_000));
+        assert!(t1.from_driver && !t1.from_snapshot);
+        assert_eq!((t1.op, t1.sector, t1.bytes), ("READ", 2048, 4096));
+        assert_eq!(t1.owner_tid, Some(101), "the queue's daemon owns its tags");
+    }
+
+    #[test]
+    fn events_newer_than_the_read_win() {
+        let mut m = Model::new();
+        m.apply_driver(&snap(
+            5_000_000_000,
+            vec![tag(1, DriverView::InServer, Some(rq(1_000_000_000)))],
+        ));
+        // A commit accepted after the read: the tag waits again.
+        let t = m.tag_mut_for_test(0, 0, 1);
+        t.commit_ns = 5_500_000_000;
+        t.commit_result = Some(4096);
+        t.queue_rq_ns = 1_000_000_000;
+        t.commits = 1;
+        let dev = m.device(0, 6_000_000_000).expect("device");
+        let v = dev.queue(0).expect("queue").tag(1);
+        assert_eq!(v.state, TagState::Waiting);
+        assert!(!v.from_driver);
+    }
+
+    #[test]
+    fn a_view_keeps_its_first_read_time_until_it_changes() {
+        let mut m = Model::new();
+        m.apply_driver(&snap(1_000, vec![tag(0, DriverView::NotFetched, None)]));
+        m.apply_driver(&snap(2_000, vec![tag(0, DriverView::NotFetched, None)]));
+        let t = &m.raw_device(0).expect("dev").queues[&0].tags[&0];
+        let d = t.driver.as_ref().expect("driver view");
+        assert_eq!((d.view_since_ns, d.read_ns), (1_000, 2_000));
+        m.apply_driver(&snap(3_000, vec![tag(0, DriverView::Waiting, None)]));
+        let t = &m.raw_device(0).expect("dev").queues[&0].tags[&0];
+        assert_eq!(t.driver.as_ref().map(|d| d.view_since_ns), Some(3_000));
+    }
+}
