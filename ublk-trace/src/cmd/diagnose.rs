@@ -143,7 +143,7 @@ fn observe(
     let mut tracker = RoundTracker::default();
     let done = |have_round: bool, s: &Session, c: Option<&bundle::Capture>| {
         let waited = start.elapsed();
-        let settled = s.source_known() || waited >= probe_wait;
+        let settled = (s.source_known() && s.driver_known()) || waited >= probe_wait;
         let recorded = c.is_none_or(|c| c.recorded_enough(record_for, settled));
         have_round && waited >= window && settled && recorded
     };
@@ -213,6 +213,7 @@ pub fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         source,
         note,
         probes_live_ms: session.probes_live_ms(),
+        driver: crate::cmd::watch::headless::driver_json(session.driver_source()),
         dropped_events: session.dropped_events(),
     };
     let out = render_report(&report, &diagnosis)?;
@@ -243,6 +244,7 @@ struct Report<'a> {
     source: &'static str,
     note: Option<String>,
     probes_live_ms: Option<u64>,
+    driver: crate::cmd::watch::headless::DriverJson,
     dropped_events: u64,
 }
 
@@ -274,6 +276,7 @@ fn render_report(r: &Report, d: &Diagnosis) -> anyhow::Result<Rendered> {
         source: r.source.to_string(),
         source_note: r.note.clone(),
         probes_live_ms: r.probes_live_ms,
+        driver: r.driver.clone(),
         dropped_events: r.dropped_events,
         findings: views.iter().map(FindingJson::from).collect(),
         undecided: rechecks.clone(),

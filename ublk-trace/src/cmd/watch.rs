@@ -78,6 +78,10 @@ pub fn start_sources(
     let h = sources::spawn_snapshotter(s.tx.clone(), s.focus.clone(), period, s.stop.clone())
         .context("start the snapshot thread")?;
     s.add(h);
+    let h = sources::spawn_driver_reader(s.tx.clone(), s.focus.clone(), period, s.stop.clone())
+        .context("start the driver-state thread")?;
+    // Building the reader parses BTF: the command does not wait for that to end.
+    s.add_detached(h);
     if no_probes {
         // The loop shows this in the header: a fallback is never silent.
         let _ =

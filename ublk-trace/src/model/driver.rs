@@ -118,9 +118,10 @@ impl Tag {
         let key = |view: DriverView, rq: Option<&RequestState>| {
             (view, rq.map(|r| (r.sector, r.start_time_ns, r.op.clone())))
         };
-        let same = self.driver.as_ref().is_some_and(|p| {
-            key(p.view, p.request.as_ref()) == key(t.view, t.request.as_ref())
-        });
+        let same = self
+            .driver
+            .as_ref()
+            .is_some_and(|p| key(p.view, p.request.as_ref()) == key(t.view, t.request.as_ref()));
         let view_since_ns = match &self.driver {
             Some(p) if same => p.view_since_ns,
             _ => read_ns,

@@ -271,9 +271,7 @@ impl<'a> QueueView<'a> {
         // Without events the driver (or the server's tag file) knows the request.
         let drv_rq = t.driver.as_ref().and_then(|d| d.request.as_ref());
         let (op, sector, bytes) = match (drv_rq, t.published.as_ref()) {
-            (Some(r), _) if d.from_driver || t.op.is_empty() => {
-                (r.op.as_str(), r.sector, r.bytes)
-            }
+            (Some(r), _) if d.from_driver || t.op.is_empty() => (r.op.as_str(), r.sector, r.bytes),
             (_, Some(p)) if t.op.is_empty() && p.nr_sectors > 0 => (
                 ublk_io_op_name(p.op),
                 p.start_sector,

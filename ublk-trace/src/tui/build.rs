@@ -88,6 +88,7 @@ fn header(d: Option<&DeviceView>, model: &Model, input: &BuildInput) -> HeaderVi
         dropped_events: model.lost_events(),
         stream_lag_ns: 0,
         source: input.source.clone(),
+        driver_off: None,
     }
 }
 

@@ -116,6 +116,10 @@ pub fn render_header(f: &mut Frame, area: Rect, h: &HeaderView, paused: bool) {
         spans.push(sep());
     }
     spans.push(source_span(&h.source));
+    spans.push(match &h.driver_off {
+        None => Span::raw(" + driver state"),
+        Some(why) => Span::styled(format!(" | NO DRIVER STATE: {why}"), style::warn()),
+    });
     f.render_widget(Paragraph::new(Line::from(spans)), rest);
 }
 

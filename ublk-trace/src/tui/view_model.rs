@@ -120,6 +120,8 @@ pub struct HeaderView {
     /// at the stream's time, so a large lag is shown.
     pub stream_lag_ns: u64,
     pub source: SourceView,
+    /// Why the driver's own state is not read (None: it is, and is the per-tag truth).
+    pub driver_off: Option<String>,
 }
 
 /// One request in flight, for the "oldest in-flight" list.
@@ -257,6 +259,7 @@ impl ViewModel {
                 dropped_events: 0,
                 stream_lag_ns: 0,
                 source,
+                driver_off: None,
             },
             queues: Vec::new(),
             oldest: Vec::new(),

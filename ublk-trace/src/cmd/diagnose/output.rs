@@ -74,6 +74,8 @@ pub struct DiagnoseJson {
     /// Milliseconds from the start until the probes were live (absent: they never were).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probes_live_ms: Option<u64>,
+    /// Whether the driver's own state (per-tag truth read from kernel memory) was read.
+    pub driver: crate::cmd::watch::headless::DriverJson,
     /// Events the probes lost: findings may miss what happened in the gap.
     pub dropped_events: u64,
     pub findings: Vec<FindingJson>,

@@ -36,6 +36,8 @@ pub struct WatchJson {
     /// Milliseconds from the start until the probes were live (absent: not live yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probes_live_ms: Option<u64>,
+    /// Whether the driver's own state (per-tag truth read from kernel memory) is read.
+    pub driver: DriverJson,
     pub dropped_events: u64,
     /// How far the applied event stream was behind `ts_ns`; findings are judged at
     /// `ts_ns - stream_lag_ms`.
@@ -86,6 +88,38 @@ pub struct QueueJson {
     pub counts: StateCounts,
     /// Age of the oldest request in flight on this queue, null when none.
     pub oldest_in_flight_ms: Option<u64>,
+}
+
+/// The driver-state source as JSON: `{"live":true}` or `{"live":false,"note":"why"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriverJson {
+    pub live: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Fields this kernel lacks ("not readable on this kernel").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_readable: Vec<String>,
+}
+
+pub fn driver_json(d: &super::session::DriverSource) -> DriverJson {
+    use super::session::DriverSource;
+    match d {
+        DriverSource::Live { not_readable } => DriverJson {
+            live: true,
+            note: None,
+            not_readable: not_readable.clone(),
+        },
+        DriverSource::Starting => DriverJson {
+            live: false,
+            note: Some("driver state not read yet".into()),
+            not_readable: Vec::new(),
+        },
+        DriverSource::Off(why) => DriverJson {
+            live: false,
+            note: Some(why.clone()),
+            not_readable: Vec::new(),
+        },
+    }
 }
 
 pub fn source_names(s: &SourceView) -> (&'static str, Option<String>) {
@@ -154,6 +188,7 @@ pub fn document(session: &Session, devs: &[u32], now_ns: u64) -> WatchJson {
         source,
         source_note,
         probes_live_ms: session.probes_live_ms(),
+        driver: driver_json(session.driver_source()),
         dropped_events: session.dropped_events(),
         stream_lag_ms: session.stream_lag_ns(now_ns) / 1_000_000,
         devices: devs

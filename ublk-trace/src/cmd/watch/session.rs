@@ -31,6 +31,16 @@ pub struct Session {
     /// When observing began, and how long after it the probes went live.
     started: std::time::Instant,
     probes_live_after: Option<std::time::Duration>,
+    driver: DriverSource,
+}
+
+/// Whether the driver's own state is read: not yet known, read (with what this kernel lacks),
+/// or not (why).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverSource {
+    Starting,
+    Live { not_readable: Vec<String> },
+    Off(String),
 }
 
 impl Default for Session {
@@ -59,6 +69,7 @@ impl Session {
             detail: None,
             started: std::time::Instant::now(),
             probes_live_after: None,
+            driver: DriverSource::Starting,
         }
     }
 
@@ -95,6 +106,13 @@ impl Session {
                 self.stream_ns = self.stream_ns.max(t);
                 self.model.set_events_horizon(t);
             }
+            Msg::Driver(snap) => {
+                self.model.apply_driver(&snap);
+                self.driver = DriverSource::Live {
+                    not_readable: snap.not_readable.clone(),
+                };
+            }
+            Msg::DriverOff(reason) => self.driver = DriverSource::Off(reason),
             Msg::KernelTags(tags) => {
                 for e in &tags {
                     self.model
@@ -106,6 +124,16 @@ impl Session {
 
     pub fn source(&self) -> &SourceView {
         &self.source
+    }
+
+    /// The driver reader has answered at least once (read, or said why not).
+    pub fn driver_known(&self) -> bool {
+        self.driver != DriverSource::Starting
+    }
+
+    /// Whether the driver's own state is being read.
+    pub fn driver_source(&self) -> &DriverSource {
+        &self.driver
     }
 
     /// Milliseconds from the start of observing until the probes were live (None: not live).
@@ -174,6 +202,11 @@ impl Session {
         let mut vm = build(&self.model, &input);
         vm.header.dropped_events = self.dropped_events();
         vm.header.stream_lag_ns = self.stream_lag_ns(now_ns);
+        vm.header.driver_off = match &self.driver {
+            DriverSource::Live { .. } => None,
+            DriverSource::Starting => Some("starting".into()),
+            DriverSource::Off(why) => Some(why.clone()),
+        };
         vm.undecided = undecided_of(&d, dev);
         vm
     }

@@ -33,6 +33,10 @@ pub enum Msg {
     /// The in-kernel per-tag state map, read once per tick (the state path: its cost does
     /// not grow with IOPS, and it is never behind like a backlogged event stream).
     KernelTags(Vec<TagStateEntry>),
+    /// One read of the driver's own memory (every tag's truth, nothing on the I/O path).
+    Driver(Box<crate::driver::DriverSnapshot>),
+    /// The driver's memory could not be read (this time, or here at all): why.
+    DriverOff(String),
 }
 
 /// Shared stop flag for all source threads.
@@ -118,6 +122,49 @@ pub fn spawn_snapshotter(
                 }
                 next += period;
                 // After a slow round, start the next one now rather than bursting to catch up.
+                next = next.max(Instant::now());
+                sleep_until(next, &stop);
+            }
+        })
+}
+
+/// How long one read of the driver's memory may take (it never blocks on the device; the
+/// deadline bounds a machine too loaded to finish it).
+const DRIVER_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Read the driver's own state (`crate::driver`) of the focused device(s) every `period`,
+/// starting now. If it cannot be read here (no /proc/kcore, lockdown, not root, a layout the
+/// reader does not know), say why once and end: the loop goes on with events and snapshots.
+/// A read that fails once (timed out, device gone) is said and tried again next period.
+pub fn spawn_driver_reader(
+    tx: Sender<Msg>,
+    focus: Focus,
+    period: Duration,
+    stop: Stop,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("driver".into())
+        .spawn(move || {
+            let mut reader = match crate::driver::Reader::open() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Msg::DriverOff(e.to_string()));
+                    return;
+                }
+            };
+            let mut next = Instant::now();
+            while !stop.is_set() {
+                let target = focus
+                    .get()
+                    .map_or(crate::driver::Target::All, crate::driver::Target::Dev);
+                let msg = match reader.read(target, Instant::now() + DRIVER_DEADLINE) {
+                    Ok(s) => Msg::Driver(Box::new(s)),
+                    Err(e) => Msg::DriverOff(e.to_string()),
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+                next += period;
                 next = next.max(Instant::now());
                 sleep_until(next, &stop);
             }
