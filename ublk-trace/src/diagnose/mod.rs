@@ -314,4 +314,6 @@ fn timed_out_sources(cx: &Ctx<'_>) -> Vec<Recheck> {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_driver;
+#[cfg(test)]
 mod tests_faults;

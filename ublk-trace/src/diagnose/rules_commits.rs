@@ -40,11 +40,13 @@ impl Rule for BadCommit {
                 let Some(r) = t.raw else { continue };
                 let own = r.requeues_within(cx.now_ns, window);
                 let from_file = published_bad(t.published, recent);
+                let from_driver = driver_bad(r, recent);
                 let bad = r
                     .last_bad
                     .clone()
                     .filter(|b| b.ts_ns >= recent)
-                    .or(from_file.clone());
+                    .or(from_file.clone())
+                    .or(from_driver.clone());
                 let short_write = bad
                     .as_ref()
                     .is_some_and(|b| b.result >= 0 && b.op != "READ");
@@ -61,6 +63,8 @@ impl Rule for BadCommit {
                 let mut f = bad_commit(cx, &q, &t, bad.as_ref(), storm);
                 if r.last_bad.is_none() && from_file.is_some() {
                     f.evidence.insert(1, "(from the server's tag-state file: the commit happened before tracing started)".into());
+                } else if r.last_bad.is_none() && from_driver.is_some() {
+                    f.evidence.insert(1, "(from the driver's memory: io->res keeps the tag's last committed result; the commit happened before tracing started)".into());
                 }
                 out.push(f);
             }
@@ -94,6 +98,19 @@ fn published_bad(
     })
 }
 
+/// The driver keeps the last committed result of a re-armed tag in `io->res`: negative means
+/// the server failed the tag's last request (0 cannot be told from a tag never used).
+fn driver_bad(r: &crate::model::tag::Tag, recent: u64) -> Option<crate::model::tag::BadCommit> {
+    let d = r.driver.as_ref()?;
+    let rearmed = d.view == crate::driver::TagView::Waiting;
+    (rearmed && d.res < 0 && d.view_since_ns >= recent).then(|| crate::model::tag::BadCommit {
+        ts_ns: d.view_since_ns,
+        result: d.res,
+        op: String::new(),
+        bytes: 0,
+    })
+}
+
 /// Requeues within the storm window: of this tag, or of its whole queue.
 #[derive(Clone, Copy)]
 enum Storm {
@@ -112,7 +129,12 @@ fn bad_commit(
     let count = t.bad_commits;
     if let Some(b) = bad {
         f.age_ms = cx.age_ms(b.ts_ns);
-        f.evidence.push(if b.result < 0 {
+        f.evidence.push(if b.result < 0 && b.op.is_empty() {
+            format!(
+                "COMMIT_AND_FETCH_REQ result {} for the tag's last request: it failed",
+                errno_name(b.result)
+            )
+        } else if b.result < 0 {
             format!(
                 "COMMIT_AND_FETCH_REQ result {} for a {}-byte {}: the request fails",
                 errno_name(b.result),
@@ -174,6 +196,9 @@ fn bad_commit(
             "q{} tag {}: {st}: {} commit result {} for {} bytes",
             t.q_id, t.tag, b.op, b.result, b.bytes
         ),
+        (Some(b), None) if b.op.is_empty() => {
+            format!("q{} tag {}: last commit result {}", t.q_id, t.tag, b.result)
+        }
         (Some(b), None) => format!(
             "q{} tag {}: {} commit result {} for {} bytes",
             t.q_id, t.tag, b.op, b.result, b.bytes

@@ -79,6 +79,7 @@ pub(super) fn tag_finding(
 fn unsure(cx: &Ctx<'_>, t: &TagView<'_>, lim: u64) -> bool {
     let lost_since = cx.model.lost_events() > 0 && cx.model.last_lost_ns() >= t.since_ns;
     let confirmed = t.from_snapshot
+        || t.from_driver
         || t.raw
             .is_some_and(|r| r.snap_busy && r.snap_ns >= t.since_ns.saturating_add(lim));
     lost_since && !confirmed
@@ -216,7 +217,9 @@ fn stuck(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
         dur(t.age_ns)
     );
     let cqe = t.raw.is_some_and(|r| r.cqe_since_ns.is_some());
-    let how = if t.delivery_inferred {
+    let how = if t.from_driver {
+        " (the driver holds it as OWNED_BY_SRV: the server received it)"
+    } else if t.delivery_inferred {
         " (delivery inferred from the queue's batched task-work run)"
     } else if cqe {
         " (its CQE sits in the server's ring; age counted from the first snapshot that saw it)"
@@ -330,10 +333,14 @@ impl Rule for NotDelivered {
                 // The owner thread entered io_uring (a command of this queue was accepted)
                 // after the request started, so the delivery task work ran then: the
                 // delivery event is late or batched, not missing.
-                if !t.from_snapshot && q.queue.last_accepted_ns > t.since_ns {
+                // (The driver's own flags need no such inference: ACTIVE with a request in
+                // flight is a request the server has not received.)
+                if !t.from_snapshot && !t.from_driver && q.queue.last_accepted_ns > t.since_ns {
                     continue;
                 }
-                if (q.queue.deliveries == 0 && !t.from_snapshot) || unsure(cx, &t, lim) {
+                let blind_to_delivery =
+                    q.queue.deliveries == 0 && !t.from_snapshot && !t.from_driver;
+                if blind_to_delivery || unsure(cx, &t, lim) {
                     blind.push(format!("q{} tag {}", t.q_id, t.tag));
                     continue;
                 }
@@ -370,6 +377,12 @@ fn not_delivered(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
         text::request(t.op, t.sector, t.bytes),
         dur(t.age_ns)
     ));
+    if t.from_driver {
+        f.evidence.push(
+            "the driver's own state: the io is still ACTIVE (the server's FETCH/COMMIT is              parked, not answered) while its request is in flight"
+                .into(),
+        );
+    }
     if q.queue.last_delivered_ns > 0 {
         f.evidence.push(format!(
             "the queue's last delivery ran {} ago",
@@ -558,7 +571,8 @@ impl Rule for NoFetch {
     }
 }
 
-/// Tags without an accepted FETCH per queue, and whether the server's tag file was seen.
+/// Tags without an accepted FETCH per queue, and whether a per-tag source (the server's tag
+/// file, the driver's memory) said so.
 fn unfetched(
     cx: &Ctx<'_>,
     (nr, depth): (u16, u16),
@@ -570,6 +584,18 @@ fn unfetched(
         let qv = cx.dev.queue(q);
         for t in 0..depth {
             let tv = qv.map(|qv| qv.tag(t));
+            // The driver's memory says it outright, late attach or not.
+            if let Some(d) = tv
+                .as_ref()
+                .and_then(|t| t.raw)
+                .and_then(|r| r.driver.as_ref())
+            {
+                told_by_file = true;
+                if d.view == crate::driver::TagView::NotFetched {
+                    missing.entry(q).or_default().push(t);
+                }
+                continue;
+            }
             let fetched = tv
                 .as_ref()
                 .and_then(|t| t.raw)

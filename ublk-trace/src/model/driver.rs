@@ -179,87 +179,18 @@ impl Tag {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::{DeviceState, QueueState, RqState, TagState as DrvTag};
-
-    fn flags(names: &[&str]) -> IoFlags {
-        IoFlags {
-            raw: 0,
-            names: names.iter().map(|s| s.to_string()).collect(),
-            unknown: 0,
-        }
-    }
-
-    fn rq(start: u64) -> RequestState {
-        RequestState {
-            op: "READ".into(),
-            cmd_flags: 0,
-            sector: 2048,
-            bytes: 4096,
-            start_time_ns: Some(start),
-            state: RqState::InFlight,
-        }
-    }
-
-    fn snap(taken_ns: u64, tags: Vec<DrvTag>) -> DriverSnapshot {
-        DriverSnapshot {
-            schema: driver::SCHEMA_VERSION,
-            kernel: "test".into(),
-            taken_ns,
-            took_us: 10,
-            flags_table: driver::flags::describe(&driver::flags::TABLE[0], true),
-            not_readable: vec!["ublk_io.task".into()],
-            devices: vec![DeviceState {
-                dev_id: 0,
-                state: 1,
-                state_name: "LIVE".into(),
-                flags: 0,
-                nr_hw_queues: 1,
-                queue_depth: 4,
-                ublksrv_pid: 100,
-                has_disk: true,
-                mq_freeze_depth: Some(0),
-                quiesce_depth: Some(0),
-                queues: vec![QueueState {
-                    q_id: 0,
-                    owner: Some(driver::TaskRef {
-                        tid: 101,
-                        pid: 100,
-                        comm: "srv-q0".into(),
-                    }),
-                    canceling: Some(false),
-                    force_abort: Some(false),
-                    fail_io: None,
-                    nr_io_ready: Some(4),
-                    tags,
-                    changing: vec![],
-                }],
-            }],
-            dropped: vec![],
-        }
-    }
-
-    fn tag(n: u16, view: DriverView, request: Option<RequestState>) -> DrvTag {
-        DrvTag {
-            tag: n,
-            view,
-            flags: flags(&[]),
-            res: 0,
-            cmd_parked: view == DriverView::Waiting,
-            task: None,
-            request,
-        }
-    }
+    use crate::model::testutil::{driver_rq, driver_snap, driver_tag};
 
     #[test]
     fn a_late_attach_knows_every_tag_from_the_driver() {
         let mut m = Model::new();
-        m.apply_driver(&snap(
+        m.apply_driver(&driver_snap(
             5_000_000_000,
             vec![
-                tag(0, DriverView::Waiting, None),
-                tag(1, DriverView::InServer, Some(rq(1_000_000_000))),
-                tag(2, DriverView::Queued, Some(rq(4_000_000_000))),
-                tag(3, DriverView::NotFetched, None),
+                driver_tag(0, DriverView::Waiting, None),
+                driver_tag(1, DriverView::InServer, Some(driver_rq(1_000_000_000))),
+                driver_tag(2, DriverView::Queued, Some(driver_rq(4_000_000_000))),
+                driver_tag(3, DriverView::NotFetched, None),
             ],
         ));
         let dev = m.device(0, 6_000_000_000).expect("device from the driver");
@@ -279,15 +210,23 @@ mod tests {
         assert_eq!((t1.since_ns, t1.age_ns), (1_000_000_000, 4_000_000_000));
         assert!(t1.from_driver && !t1.from_snapshot);
         assert_eq!((t1.op, t1.sector, t1.bytes), ("READ", 2048, 4096));
-        assert_eq!(t1.owner_tid, Some(101), "the queue's daemon owns its tags");
+        assert_eq!(
+            t1.owner_tid,
+            Some(crate::model::testutil::Q_TID),
+            "the queue's daemon owns its tags"
+        );
     }
 
     #[test]
     fn events_newer_than_the_read_win() {
         let mut m = Model::new();
-        m.apply_driver(&snap(
+        m.apply_driver(&driver_snap(
             5_000_000_000,
-            vec![tag(1, DriverView::InServer, Some(rq(1_000_000_000)))],
+            vec![driver_tag(
+                1,
+                DriverView::InServer,
+                Some(driver_rq(1_000_000_000)),
+            )],
         ));
         // A commit accepted after the read: the tag waits again.
         let t = m.tag_mut_for_test(0, 0, 1);
@@ -304,12 +243,16 @@ mod tests {
     #[test]
     fn a_view_keeps_its_first_read_time_until_it_changes() {
         let mut m = Model::new();
-        m.apply_driver(&snap(1_000, vec![tag(0, DriverView::NotFetched, None)]));
-        m.apply_driver(&snap(2_000, vec![tag(0, DriverView::NotFetched, None)]));
+        let idle = || vec![driver_tag(0, DriverView::NotFetched, None)];
+        m.apply_driver(&driver_snap(1_000, idle()));
+        m.apply_driver(&driver_snap(2_000, idle()));
         let t = &m.raw_device(0).expect("dev").queues[&0].tags[&0];
         let d = t.driver.as_ref().expect("driver view");
         assert_eq!((d.view_since_ns, d.read_ns), (1_000, 2_000));
-        m.apply_driver(&snap(3_000, vec![tag(0, DriverView::Waiting, None)]));
+        m.apply_driver(&driver_snap(
+            3_000,
+            vec![driver_tag(0, DriverView::Waiting, None)],
+        ));
         let t = &m.raw_device(0).expect("dev").queues[&0].tags[&0];
         assert_eq!(t.driver.as_ref().map(|d| d.view_since_ns), Some(3_000));
     }

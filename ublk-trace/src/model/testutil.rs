@@ -231,3 +231,80 @@ pub fn setup(dev: u32, queues: u16, depth: u16, t0: u64) -> Vec<TraceEvent> {
     v.push(ctrl_done(dev, t0 + 50_010, SRV_PID, "START_DEV", 0));
     v
 }
+
+/// A request of the driver's snapshot: a 4 KiB READ at sector 2048 started at `start`.
+pub fn driver_rq(start: u64) -> crate::driver::RequestState {
+    crate::driver::RequestState {
+        op: "READ".into(),
+        cmd_flags: 0,
+        sector: 2048,
+        bytes: 4096,
+        start_time_ns: Some(start),
+        state: crate::driver::RqState::InFlight,
+    }
+}
+
+/// One tag of the driver's snapshot in `view` (a parked command when WAITING).
+pub fn driver_tag(
+    n: u16,
+    view: crate::driver::TagView,
+    request: Option<crate::driver::RequestState>,
+) -> crate::driver::TagState {
+    crate::driver::TagState {
+        tag: n,
+        view,
+        flags: crate::driver::IoFlags {
+            raw: 0,
+            names: Vec::new(),
+            unknown: 0,
+        },
+        res: 0,
+        cmd_parked: view == crate::driver::TagView::Waiting,
+        task: None,
+        request,
+    }
+}
+
+/// A read of the driver's memory: device 0, LIVE, one queue (owner [`Q_TID`]) of depth 4
+/// holding `tags`.
+pub fn driver_snap(
+    taken_ns: u64,
+    tags: Vec<crate::driver::TagState>,
+) -> crate::driver::DriverSnapshot {
+    use crate::driver::{DeviceState, DriverSnapshot, QueueState, TaskRef, flags};
+    DriverSnapshot {
+        schema: crate::driver::SCHEMA_VERSION,
+        kernel: "test".into(),
+        taken_ns,
+        took_us: 10,
+        flags_table: flags::describe(&flags::TABLE[0], true),
+        not_readable: vec!["ublk_io.task".into()],
+        devices: vec![DeviceState {
+            dev_id: 0,
+            state: 1,
+            state_name: "LIVE".into(),
+            flags: 0,
+            nr_hw_queues: 1,
+            queue_depth: 4,
+            ublksrv_pid: SRV_PID as i32,
+            has_disk: true,
+            mq_freeze_depth: Some(0),
+            quiesce_depth: Some(0),
+            queues: vec![QueueState {
+                q_id: 0,
+                owner: Some(TaskRef {
+                    tid: Q_TID as i32,
+                    pid: SRV_PID as i32,
+                    comm: "srv-q0".into(),
+                }),
+                canceling: Some(false),
+                force_abort: Some(false),
+                fail_io: None,
+                nr_io_ready: Some(4),
+                tags,
+                changing: vec![],
+            }],
+        }],
+        dropped: vec![],
+    }
+}

@@ -1,0 +1,106 @@
+//! The rules on the driver's own state alone (a late attach with no events and no tag file):
+//! what was undecided from events and snapshots is decided.
+use super::*;
+use crate::driver::TagView as DriverView;
+use crate::model::testutil::*;
+
+fn th() -> Thresholds {
+    Thresholds::default()
+}
+
+const S: u64 = 1_000_000_000;
+
+fn late(tags: Vec<crate::driver::TagState>, read_at: u64) -> Model {
+    let mut m = Model::new();
+    m.apply_driver(&driver_snap(read_at, tags));
+    m
+}
+
+#[test]
+fn a_request_the_driver_holds_in_the_server_is_stuck_in_server() {
+    let m = late(
+        vec![
+            driver_tag(0, DriverView::Waiting, None),
+            driver_tag(1, DriverView::InServer, Some(driver_rq(S))),
+        ],
+        5 * S,
+    );
+    let d = diagnose(&m, 5 * S, &th());
+    let f = d
+        .findings
+        .iter()
+        .find(|f| f.class == Class::StuckInServer)
+        .expect("STUCK_IN_SERVER from the driver's state");
+    assert_eq!((f.queue, f.tag), (Some(0), Some(1)));
+    assert_eq!(f.age_ms, 4000, "aged from the request's start");
+    let text = f.evidence.join(" | ");
+    assert!(text.contains("OWNED_BY_SRV"), "{text}");
+    assert!(
+        text.contains("READ 4096 bytes at sector 2048") || text.contains("2048"),
+        "{text}"
+    );
+    assert!(
+        d.rechecks.is_empty(),
+        "nothing is left undecided: {:?}",
+        d.rechecks
+    );
+}
+
+#[test]
+fn a_request_still_active_in_the_driver_is_not_delivered() {
+    let m = late(
+        vec![driver_tag(2, DriverView::Queued, Some(driver_rq(S)))],
+        5 * S,
+    );
+    let d = diagnose(&m, 5 * S, &th());
+    let f = d
+        .findings
+        .iter()
+        .find(|f| f.class == Class::NotDelivered)
+        .expect("NOT_DELIVERED without any delivery event");
+    assert_eq!(f.tag, Some(2));
+    assert!(f.evidence.join(" ").contains("still ACTIVE"));
+    assert!(d.rechecks.is_empty(), "{:?}", d.rechecks);
+}
+
+#[test]
+fn an_idle_device_read_late_gives_nothing_and_no_unknown_tag() {
+    let tags = (0..4)
+        .map(|n| driver_tag(n, DriverView::Waiting, None))
+        .collect();
+    let m = late(tags, 5 * S);
+    let d = diagnose(&m, 5 * S, &th());
+    assert!(d.findings.is_empty(), "{:?}", d.findings);
+    let dev = m.device(0, 5 * S).expect("device");
+    let q = dev.queue(0).expect("queue");
+    assert!(
+        q.tags()
+            .iter()
+            .all(|t| t.state == crate::model::tag::TagState::Waiting)
+    );
+}
+
+#[test]
+fn a_negative_result_kept_by_the_driver_is_a_bad_commit() {
+    let mut t = driver_tag(3, DriverView::Waiting, None);
+    t.res = -5;
+    let m = late(vec![t], 5 * S);
+    let d = diagnose(&m, 5 * S, &th());
+    let f = d
+        .findings
+        .iter()
+        .find(|f| f.class == Class::BadCommit)
+        .expect("BAD_COMMIT from io->res");
+    assert_eq!(f.tag, Some(3));
+    let text = format!("{} | {}", f.summary, f.evidence.join(" | "));
+    assert!(text.contains("-EIO"), "{text}");
+    assert!(text.contains("driver's memory"), "{text}");
+}
+
+#[test]
+fn a_zero_result_is_not_evidence() {
+    // io->res is 0 both for a tag never used and for a 0-byte commit: no finding.
+    let m = late(vec![driver_tag(3, DriverView::Waiting, None)], 5 * S);
+    let d = diagnose(&m, 5 * S, &th());
+    assert!(d.findings.iter().all(|f| f.class != Class::BadCommit));
+}
