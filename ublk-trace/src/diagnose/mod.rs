@@ -93,6 +93,67 @@ pub struct Finding {
     pub evidence: Vec<String>,
     /// What a server author or operator should do.
     pub hint: String,
+    /// Every (queue, tag) the finding concerns, as data (filled after the rules ran).
+    #[serde(default)]
+    pub tags: Vec<FindingTag>,
+}
+
+/// One tag a finding concerns: where it is and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindingTag {
+    pub q_id: u16,
+    pub tag: u16,
+    /// WAITING, QUEUED, IN_SERVER, ... (the model's state name).
+    pub state: String,
+    /// Time in that state (None when unknown).
+    pub age_ms: Option<u64>,
+    /// The request's op, sector and bytes (None: no request known).
+    pub op: Option<String>,
+    pub sector: Option<u64>,
+    pub bytes: Option<u32>,
+    pub owner_tid: Option<u32>,
+}
+
+impl FindingTag {
+    fn of(t: &crate::model::view::TagView<'_>) -> Self {
+        let has_rq = !t.op.is_empty();
+        Self {
+            q_id: t.q_id,
+            tag: t.tag,
+            state: t.state.name().to_string(),
+            age_ms: (t.since_ns > 0).then_some(t.age_ns / 1_000_000),
+            op: has_rq.then(|| t.op.to_string()),
+            sector: has_rq.then_some(t.sector),
+            bytes: has_rq.then_some(t.bytes),
+            owner_tid: t.owner_tid,
+        }
+    }
+}
+
+/// The tags a finding concerns: its own tag; for a queue's or a device's finding, the tags
+/// holding a request (NO_FETCH: the tags without a FETCH).
+fn concerned_tags(f: &Finding, dev: &crate::model::view::DeviceView<'_>) -> Vec<FindingTag> {
+    const MAX: usize = 256;
+    let mut out = Vec::new();
+    for q in dev.queues() {
+        if f.queue.is_some_and(|fq| fq != q.q_id) {
+            continue;
+        }
+        for t in q.tags() {
+            let wanted = match f.tag {
+                Some(tag) => t.tag == tag,
+                None if f.class == Class::NoFetch => matches!(
+                    t.state,
+                    crate::model::tag::TagState::NotFetched | crate::model::tag::TagState::Unknown
+                ),
+                None => t.state.busy(),
+            };
+            if wanted && out.len() < MAX {
+                out.push(FindingTag::of(&t));
+            }
+        }
+    }
+    out
 }
 
 impl Finding {
@@ -256,7 +317,12 @@ fn diagnose_inner(model: &Model, now_ns: u64, th: &Thresholds, history: bool) ->
         for r in rules.iter().filter(|r| !removed || r.historical()) {
             match r.check(&cx) {
                 Verdict::Ok => {}
-                Verdict::Findings(f) => findings.extend(f),
+                Verdict::Findings(f) => findings.extend(f.into_iter().map(|mut f| {
+                    if f.tags.is_empty() {
+                        f.tags = concerned_tags(&f, &dev);
+                    }
+                    f
+                })),
                 Verdict::Recheck(reason) => rechecks.push(Recheck {
                     class: r.class(),
                     dev: cx.dev_id(),

@@ -7,20 +7,7 @@ use crate::snapshot::{DevState, WaitKind};
 
 const MS: u64 = 1_000_000;
 
-fn finding(cx: &Ctx<'_>, class: Class, severity: Severity) -> Finding {
-    Finding {
-        class,
-        severity,
-        dev: cx.dev_id(),
-        queue: None,
-        tag: None,
-        pids: Vec::new(),
-        age_ms: 0,
-        summary: String::new(),
-        evidence: Vec::new(),
-        hint: String::new(),
-    }
-}
+use super::rules_tags::finding;
 
 /// Kernel-log lines about this device's I/O errors (count and the last one).
 fn kmsg_errors(cx: &Ctx<'_>) -> Option<String> {
@@ -613,6 +600,7 @@ pub fn unresolved_add_dev(model: &Model, now_ns: u64, th: &Thresholds) -> Vec<Fi
             hint: "ADD_DEV has hung inside the kernel before (6.17 oops in ublk_init_queues): \
                    check the kernel log."
                 .into(),
+            tags: Vec::new(),
         })
         .collect()
 }

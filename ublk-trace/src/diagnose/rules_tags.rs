@@ -25,6 +25,7 @@ pub(super) fn finding(cx: &Ctx<'_>, class: Class, severity: Severity) -> Finding
         summary: String::new(),
         evidence: Vec::new(),
         hint: String::new(),
+        tags: Vec::new(),
     }
 }
 

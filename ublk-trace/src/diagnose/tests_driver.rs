@@ -44,6 +44,20 @@ fn a_request_the_driver_holds_in_the_server_is_stuck_in_server() {
         "nothing is left undecided: {:?}",
         d.rechecks
     );
+    // The tag as data, not only inside a sentence.
+    assert_eq!(
+        f.tags,
+        vec![FindingTag {
+            q_id: 0,
+            tag: 1,
+            state: "IN_SERVER".into(),
+            age_ms: Some(4000),
+            op: Some("READ".into()),
+            sector: Some(2048),
+            bytes: Some(4096),
+            owner_tid: Some(Q_TID),
+        }]
+    );
 }
 
 #[test]

@@ -68,6 +68,7 @@ pub fn finding_view(f: &Finding) -> FindingView {
         summary: f.summary.clone(),
         evidence: f.evidence.clone(),
         hint: f.hint.clone(),
+        tags: f.tags.clone(),
     }
 }
 
@@ -291,6 +292,7 @@ mod tests {
             summary: String::new(),
             evidence: Vec::new(),
             hint: String::new(),
+            tags: Vec::new(),
         };
         let vm = build(&m, &input(std::slice::from_ref(&f), Some((1, 3))));
         let cell = vm.cell(1, 3).cloned();

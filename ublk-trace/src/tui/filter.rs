@@ -142,6 +142,7 @@ mod tests {
             summary: String::new(),
             evidence: Vec::new(),
             hint: String::new(),
+            tags: Vec::new(),
         };
         assert!(Filter::parse("q3").matches_finding(&f));
         assert!(Filter::parse("server").matches_finding(&f));

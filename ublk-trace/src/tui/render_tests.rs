@@ -43,6 +43,7 @@ fn stuck_finding() -> FindingView {
         summary: "request READ 4096B delivered to tid 4243, no commit for 3.2s".into(),
         evidence: vec!["tag-state file: q1 t5 in_server since 3.2s, fault hang".into()],
         hint: "commit every request the server received".into(),
+        tags: Vec::new(),
     }
 }
 

@@ -171,6 +171,8 @@ pub struct FindingView {
     pub evidence: Vec<String>,
     /// What a server author or operator should do (may be empty).
     pub hint: String,
+    /// Every (queue, tag) the finding concerns, with state, age, request and owner.
+    pub tags: Vec<crate::diagnose::FindingTag>,
 }
 
 impl FindingView {

@@ -29,6 +29,8 @@ pub struct FindingJson {
     pub evidence: Vec<String>,
     /// What to do about it (may be empty).
     pub hint: String,
+    /// Every (queue, tag) the finding concerns: state, age, request, owner thread.
+    pub tags: Vec<crate::diagnose::FindingTag>,
 }
 
 pub fn severity_name(s: Severity) -> &'static str {
@@ -52,6 +54,7 @@ impl From<&FindingView> for FindingJson {
             summary: f.summary.clone(),
             evidence: f.evidence.clone(),
             hint: f.hint.clone(),
+            tags: f.tags.clone(),
         }
     }
 }
@@ -83,6 +86,21 @@ pub struct DiagnoseJson {
     pub undecided: Vec<String>,
 }
 
+/// `q1 t5 IN_SERVER 31.2s READ 4096 B @ sector 47249109, owner tid 173`.
+pub fn tag_line(t: &crate::diagnose::FindingTag) -> String {
+    let mut s = format!("q{} t{} {}", t.q_id, t.tag, t.state);
+    if let Some(a) = t.age_ms {
+        s.push_str(&format!(" {}", fmt_age(a.saturating_mul(1_000_000))));
+    }
+    if let (Some(op), Some(b), Some(sec)) = (&t.op, t.bytes, t.sector) {
+        s.push_str(&format!(" {op} {b} B @ sector {sec}"));
+    }
+    if let Some(tid) = t.owner_tid {
+        s.push_str(&format!(", owner tid {tid}"));
+    }
+    s
+}
+
 /// One human block: `CLASS  dev D qQ tT  pids P  for AGE`, the sentence, the evidence lines.
 pub fn human_block(f: &FindingView) -> String {
     let mut head = format!("{}  dev {}", f.class, f.dev_id);
@@ -102,6 +120,9 @@ pub fn human_block(f: &FindingView) -> String {
     let mut out = format!("{head}\n  {}\n", f.summary);
     for e in &f.evidence {
         out.push_str(&format!("    - {e}\n"));
+    }
+    for t in &f.tags {
+        out.push_str(&format!("    tag {}\n", tag_line(t)));
     }
     if !f.hint.is_empty() {
         out.push_str(&format!("  fix: {}\n", f.hint));
@@ -151,6 +172,7 @@ mod tests {
             summary: "no commit for 3.2s".into(),
             evidence: vec!["tag-state file: in_server".into()],
             hint: String::new(),
+            tags: Vec::new(),
         }
     }
 
