@@ -73,6 +73,10 @@ enum Cmd {
         /// of a context switch per request when the server shares a CPU with the submitter).
         #[arg(long, value_enum, default_value_t = Sched::Batch)]
         sched: Sched,
+        /// Publish no tag-state file: ublk-trace then sees only what the kernel shows, as
+        /// with a server that is not ours (the tracer's own tests use this).
+        #[arg(long)]
+        no_tag_state: bool,
     },
     /// List devices.
     List,
@@ -150,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             inject,
             start_timeout_ms,
             sched,
+            no_tag_state,
         } => {
             let target = match target {
                 TargetKind::Null => TargetSpec::Null {
@@ -173,6 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 faults: parse_faults(&inject)?,
                 start_timeout: Duration::from_millis(start_timeout_ms),
                 sched,
+                tag_state: !no_tag_state,
             };
             server::run(opts)?;
         }

@@ -57,6 +57,9 @@ pub struct RunOpts {
     pub start_timeout: Duration,
     /// The queue threads' scheduling policy.
     pub sched: Sched,
+    /// Publish the per-tag state file for ublk-trace (off: look like a server that is not
+    /// ours, so the tracer is tested on what the kernel alone shows).
+    pub tag_state: bool,
 }
 
 /// What `recover` needs to serve the device again, saved next to the tag-state file.
@@ -183,20 +186,25 @@ impl Served {
         target: Arc<dyn Target>,
         faults: Vec<Fault>,
         sched: Sched,
+        tag_state: bool,
     ) -> Result<Self> {
         let dev_id = info.dev_id;
         let char_fd = Arc::new(open_char_dev(dev_id)?);
-        let tagstate = match TagStateFile::create(
-            dev_id,
-            info.nr_hw_queues,
-            info.queue_depth,
-            fault_mask(&faults),
-        ) {
-            Ok(t) => Some(Arc::new(t)),
-            Err(e) => {
+        let created = tag_state.then(|| {
+            TagStateFile::create(
+                dev_id,
+                info.nr_hw_queues,
+                info.queue_depth,
+                fault_mask(&faults),
+            )
+        });
+        let tagstate = match created {
+            Some(Ok(t)) => Some(Arc::new(t)),
+            Some(Err(e)) => {
                 log::warn!("tag state not published ({e}); ublk-trace will see less");
                 None
             }
+            None => None,
         };
         let crash_counter = Arc::new(AtomicU64::new(0));
         let mut s = Self {
@@ -546,7 +554,14 @@ fn serve_added(
                 )
             })?;
     }
-    let mut served = Served::start(ctrl, info, target, opts.faults.clone(), opts.sched)?;
+    let mut served = Served::start(
+        ctrl,
+        info,
+        target,
+        opts.faults.clone(),
+        opts.sched,
+        opts.tag_state,
+    )?;
     let cmd = CtrlCmd::start_dev(info.dev_id, std::process::id() as i32);
     let outcome = start_and_serve(ctrl, &cmd, &mut served, sigs, opts.start_timeout);
     let joined = served.stop_queues();
@@ -701,7 +716,7 @@ pub fn recover(dev_id: u32, faults: Vec<Fault>, start_timeout: Duration) -> Resu
         }
     }
     let info = ctrl.get_dev_info(dev_id)?;
-    let mut served = Served::start(&mut ctrl, &info, target, faults, saved.sched)?;
+    let mut served = Served::start(&mut ctrl, &info, target, faults, saved.sched, true)?;
     let cmd = CtrlCmd::end_user_recovery(dev_id, std::process::id() as i32);
     let outcome = start_and_serve(&mut ctrl, &cmd, &mut served, &sigs, start_timeout);
     let joined = served.stop_queues();
@@ -729,6 +744,7 @@ mod tests {
             faults: vec![],
             start_timeout: Duration::from_secs(1),
             sched: Sched::default(),
+            tag_state: true,
         }
     }
 
