@@ -19,9 +19,7 @@ fn driver_doc(dev_id: u32) -> Value {
     let doc = w.wait_for(Instant::now(), Duration::from_secs(60), |d| {
         d["driver"]["live"] == true
     });
-    let mut child = w.child;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(w); // kills the watch
     let (_, doc) = doc.expect("a watch document with the driver state read");
     doc
 }
