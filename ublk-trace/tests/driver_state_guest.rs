@@ -26,6 +26,18 @@ fn hang_queue() -> (u16, u16) {
     if cpus >= 2 { (2, 1) } else { (1, 0) }
 }
 
+/// The CPU whose I/O goes to hardware queue `q` (`/sys/block/ublkbN/mq/Q/cpu_list`): 6.12
+/// maps CPU n to queue n, 7.3 maps them the other way round.
+fn cpu_of_queue(dev_id: u32, q: u16) -> usize {
+    let p = format!("/sys/block/ublkb{dev_id}/mq/{q}/cpu_list");
+    let list = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {p}: {e}"));
+    list.trim()
+        .split([',', '-'])
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no CPU in {p}: {list:?}"))
+}
+
 /// Read `dev_id` until a read has no tag changing (an idle queue agrees with itself at
 /// once; a request completing mid-read is retried), at most `tries` times.
 fn settled(reader: &mut Reader, dev_id: u32, tries: usize) -> (DriverSnapshot, DeviceState) {
@@ -64,7 +76,7 @@ struct Reads {
     children: Vec<Child>,
 }
 
-/// Issue one 4 KiB direct read at a time on CPU `q` (so on hardware queue `q`), each at its
+/// Issue one 4 KiB direct read at a time on a CPU of hardware queue `q`, each at its
 /// own block, and learn its tag from debugfs (`hctxN/busy`, the ground truth). Commits are
 /// delayed, so every read keeps its tag: blk-mq (lib/sbitmap.c, not round robin) hands out
 /// the lowest free bit from the word the CPU's random hint names, wrapping, so HUNG_TAG is
@@ -82,10 +94,11 @@ fn issue_until_hung_tag(dev_id: u32, bdev: &str, q: u16) -> Reads {
             .map(|(_, t)| t as u16)
             .collect()
     };
+    let cpu = cpu_of_queue(dev_id, q);
     for i in 0..u64::from(DEPTH) {
         let block = FIRST_BLOCK + i;
         let before = busy_on_q();
-        r.children.push(dd(bdev, block, 1, Some(usize::from(q))));
+        r.children.push(dd(bdev, block, 1, Some(cpu)));
         let t0 = Instant::now();
         let tag = loop {
             if let Some(t) = busy_on_q().into_iter().find(|t| !before.contains(t)) {

@@ -148,9 +148,25 @@ pub fn render_text(s: &DriverSnapshot, all_tags: bool) -> String {
 }
 
 fn render_queue(o: &mut String, q: &QueueState, depth: u16, now_ns: u64, all: bool) {
-    let owner = q.owner.as_ref().map_or("-".to_string(), |t| {
-        format!("{} ({}, pid {})", t.tid, t.comm, t.pid)
-    });
+    // Up to 6.15 the queue has one daemon; later each io has its own task: list them.
+    let owner = match &q.owner {
+        Some(t) => format!("owner {} ({}, pid {})", t.tid, t.comm, t.pid),
+        None => {
+            let mut tasks: Vec<String> = q
+                .tags
+                .iter()
+                .filter_map(|t| t.task.as_ref())
+                .map(|t| format!("{} ({})", t.tid, t.comm))
+                .collect();
+            tasks.sort();
+            tasks.dedup();
+            if tasks.is_empty() {
+                "owner -".to_string()
+            } else {
+                format!("io tasks {}", tasks.join(", "))
+            }
+        }
+    };
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for t in &q.tags {
         *counts.entry(view_name(t.view).to_string()).or_default() += 1;
@@ -158,7 +174,7 @@ fn render_queue(o: &mut String, q: &QueueState, depth: u16, now_ns: u64, all: bo
     let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
     let _ = writeln!(
         o,
-        "  q{} owner {owner}, ios ready {}/{depth}, canceling {} force_abort {} fail_io {}: {}{}",
+        "  q{} {owner}, ios ready {}/{depth}, canceling {} force_abort {} fail_io {}: {}{}",
         q.q_id,
         opt(q.nr_io_ready),
         yes_no(q.canceling),
