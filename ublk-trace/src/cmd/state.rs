@@ -33,8 +33,8 @@ pub struct StateArgs {
     pub repeat: u32,
 }
 
-/// User + system CPU time of this process (every thread), µs.
-fn cpu_us() -> u64 {
+/// (user, system) CPU time of this process (every thread), µs.
+fn cpu_us() -> (u64, u64) {
     // SAFETY: getrusage fills the zeroed rusage we own; RUSAGE_SELF covers the reader's
     // helper thread.
     let ru = unsafe {
@@ -43,7 +43,7 @@ fn cpu_us() -> u64 {
         ru
     };
     let us = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
-    us(ru.ru_utime) + us(ru.ru_stime)
+    (us(ru.ru_utime), us(ru.ru_stime))
 }
 
 pub fn run(args: StateArgs) -> anyhow::Result<ExitCode> {
@@ -72,9 +72,13 @@ pub fn run(args: StateArgs) -> anyhow::Result<ExitCode> {
             .flat_map(|d| &d.queues)
             .map(|q| q.tags.len())
             .sum();
+        let (u1, s1) = cpu_us();
+        let per = |a: u64, b: u64| (a - b) / u64::from(n);
         eprintln!(
-            "ublk-trace state: {n} reads of {tags} tags: {} us CPU (user+sys), {} us wall per read",
-            (cpu_us() - c0) / u64::from(n),
+            "ublk-trace state: {n} reads of {tags} tags: {} us CPU ({} user + {} sys), {} us wall per read",
+            per(u1 + s1, c0.0 + c0.1),
+            per(u1, c0.0),
+            per(s1, c0.1),
             t0.elapsed().as_micros() / u128::from(n)
         );
     }
