@@ -6,6 +6,8 @@
 //! (idle = plain ACTIVE, not busy in blk-mq). An idle 4 x 1024 device reads no request.
 //!
 //! Live memory tears: each queue is read twice and a tag is kept only when both reads agree.
+use std::collections::HashMap;
+
 use super::device::Ctx;
 use super::flags::{self, IoFlags};
 use super::kcore::check_ptr;
@@ -22,6 +24,16 @@ struct Header {
     nr_io_ready: Option<u32>,
 }
 
+/// One tag as one pass read it, undecoded (cheap to compare).
+#[derive(Debug, Clone, PartialEq)]
+struct RawTag {
+    flags: u32,
+    res: i32,
+    cmd: u64,
+    task: u64,
+    request: Option<RequestState>,
+}
+
 /// Read queue `q` at `ubq` twice; tags whose reads disagree are `changing`.
 pub(super) fn read_queue(
     ctx: &Ctx,
@@ -33,14 +45,30 @@ pub(super) fn read_queue(
 ) -> Result<QueueState, WalkError> {
     let (h, first) = pass(ctx, q, ubq, tags, depth, rq_queue)?;
     let (_, second) = pass(ctx, q, ubq, tags, depth, rq_queue)?;
+    let active = flags::bit(ctx.row, flags::ACTIVE).unwrap_or(1);
+    // Most tags share a few flag values: decode each value once.
+    let mut decoded: HashMap<u32, IoFlags> = HashMap::new();
     let mut agreed = Vec::with_capacity(first.len());
     let mut changing = Vec::new();
-    for (a, b) in first.into_iter().zip(second) {
-        if a == b {
-            agreed.push(a);
-        } else {
-            changing.push(a.tag);
+    for (tag, (a, b)) in (0..depth).zip(first.into_iter().zip(second)) {
+        if a != b {
+            changing.push(tag);
+            continue;
         }
+        let fl = decoded
+            .entry(a.flags)
+            .or_insert_with(|| flags::decode(ctx.row, a.flags))
+            .clone();
+        let cmd_parked = a.flags & active != 0 && a.cmd != 0;
+        agreed.push(TagState {
+            tag,
+            view: tag_view(&fl, cmd_parked, a.request.as_ref()),
+            flags: fl,
+            res: a.res,
+            cmd_parked,
+            task: if a.task == 0 { None } else { ctx.task(a.task) },
+            request: a.request,
+        });
     }
     Ok(QueueState {
         q_id: q,
@@ -65,7 +93,7 @@ fn pass(
     tags: u64,
     depth: u16,
     rq_queue: Option<u64>,
-) -> Result<(Header, Vec<TagState>), WalkError> {
+) -> Result<(Header, Vec<RawTag>), WalkError> {
     let l = ctx.l;
     let len = l.ios as usize + usize::from(depth) * l.io_size as usize;
     let b = ctx.read(ubq, len)?;
@@ -94,34 +122,29 @@ fn pass(
     };
     let blk = BlkTags::read(ctx, tags, depth)?;
     let active = flags::bit(ctx.row, flags::ACTIVE).unwrap_or(1);
-    let mut out = Vec::with_capacity(usize::from(depth));
-    for tag in 0..depth {
-        let io = l.ios as usize + usize::from(tag) * l.io_size as usize;
-        let io = b.get(io..io + l.io_size as usize).unwrap_or_default();
-        let raw = l.io_flags.get(io).unwrap_or(0) as u32;
-        let cmd = Field::new(l.io_cmd, 8).get(io).unwrap_or(0);
-        let fl: IoFlags = flags::decode(ctx.row, raw);
-        let idle = raw == active && !blk.busy(tag);
-        let request = if idle {
-            None
-        } else {
-            blk.request(ctx, tag, rq_queue)
-        };
-        let cmd_parked = raw & active != 0 && cmd != 0;
-        let task = l
-            .io_task
-            .and_then(|o| Field::new(o, 8).get(io))
-            .and_then(|t| ctx.task(t));
-        out.push(TagState {
-            tag,
-            view: tag_view(&fl, cmd_parked, request.as_ref()),
-            flags: fl,
-            res: l.io_res.get_signed(io).unwrap_or(0) as i32,
-            cmd_parked,
-            task,
-            request,
-        });
-    }
+    let (cmd, task) = (Field::new(l.io_cmd, 8), l.io_task.map(|o| Field::new(o, 8)));
+    let ios = b.get(l.ios as usize..).unwrap_or_default();
+    let out = ios
+        .chunks_exact(l.io_size as usize)
+        .take(usize::from(depth))
+        .zip(0..depth)
+        .map(|(io, tag)| {
+            let flags = l.io_flags.get(io).unwrap_or(0) as u32;
+            // Idle (plain ACTIVE, not busy in blk-mq): no request head to read.
+            let idle = flags == active && !blk.busy(tag);
+            RawTag {
+                flags,
+                res: l.io_res.get_signed(io).unwrap_or(0) as i32,
+                cmd: cmd.get(io).unwrap_or(0),
+                task: task.and_then(|f| f.get(io)).unwrap_or(0),
+                request: if idle {
+                    None
+                } else {
+                    blk.request(ctx, tag, rq_queue)
+                },
+            }
+        })
+        .collect();
     Ok((header, out))
 }
 
