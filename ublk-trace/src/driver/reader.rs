@@ -11,7 +11,7 @@ use super::flags::{self, FlagRow};
 use super::kcore::{KCORE_PATH, Kcore, Memory};
 use super::layout::{Layout, LayoutError};
 use super::{DeviceState, DriverSnapshot, Dropped, SCHEMA_VERSION, Target, WalkError, xarray};
-use crate::kernel::btf::{self, Btf};
+use crate::kernel::btf;
 use crate::kernel::facts::kernel_release;
 use crate::kernel::kallsyms::Kallsyms;
 use crate::snapshot::deadline;
@@ -88,7 +88,7 @@ fn lockdown_confidential() -> bool {
 
 /// The address of `ublk_index_idr`.
 fn idr_address() -> Result<u64, DriverError> {
-    let ks = Kallsyms::load(&[IDR_SYMBOL]).map_err(|e| DriverError::Kallsyms(e.to_string()))?;
+    let ks = Kallsyms::load_shared().map_err(|e| DriverError::Kallsyms(e.to_string()))?;
     match ks.exact(IDR_SYMBOL) {
         Some(s) if s.addr == 0 => Err(DriverError::AddressesHidden),
         Some(s) => Ok(s.addr),
@@ -99,10 +99,15 @@ fn idr_address() -> Result<u64, DriverError> {
 
 /// vmlinux + ublk_drv BTF, resolved into a layout.
 fn load_layout() -> Result<Layout, DriverError> {
-    let mut b =
-        Btf::from_file(btf::VMLINUX_PATH).map_err(|e| DriverError::NoVmlinuxBtf(e.to_string()))?;
-    b.add_split_file(btf::module_path("ublk_drv"))
-        .map_err(|e| DriverError::NoModuleBtf(e.to_string()))?;
+    // The same parse as the probes' (shared per process).
+    let (b, has_module) = crate::kernel::offsets::load_kernel_btf()
+        .map_err(|e| DriverError::NoVmlinuxBtf(e.to_string()))?;
+    if !has_module {
+        return Err(DriverError::NoModuleBtf(format!(
+            "cannot read {}",
+            btf::module_path("ublk_drv")
+        )));
+    }
     Layout::from_btf(&b).map_err(DriverError::Layout)
 }
 

@@ -24,9 +24,9 @@ impl Facts {
         // of start-up that would otherwise run one after the other (seconds in a TCG guest).
         let (ks, (offsets, module_btf)) = std::thread::scope(|s| {
             let ks = s.spawn(|| {
-                Kallsyms::load(kallsyms::PREFIXES).unwrap_or_else(|e| {
+                Kallsyms::load_shared().unwrap_or_else(|e| {
                     log::warn!("read {}: {e}", kallsyms::KALLSYMS_PATH);
-                    Kallsyms::default()
+                    std::sync::Arc::new(Kallsyms::default())
                 })
             });
             let btf = match offsets::load_kernel_btf() {

@@ -69,6 +69,25 @@ pub struct Kallsyms {
 impl Kallsyms {
     /// Read `/proc/kallsyms`, keeping only symbols whose name starts with one of `prefixes`
     /// (the full file has ~200k lines; we need a few dozen).
+    /// The ublk symbols ([`PREFIXES`]), read once per process: the probes and the driver-state
+    /// reader start side by side, and the kernel formats ~200k lines per read. Kept only once
+    /// ublk_drv's symbols are in (the module may be loaded later).
+    pub fn load_shared() -> std::io::Result<std::sync::Arc<Self>> {
+        static SHARED: std::sync::Mutex<Option<std::sync::Arc<Kallsyms>>> =
+            std::sync::Mutex::new(None);
+        let mut shared = SHARED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(k) = shared.as_ref() {
+            return Ok(k.clone());
+        }
+        let k = std::sync::Arc::new(Self::load(PREFIXES)?);
+        if k.has_module("ublk_drv") {
+            *shared = Some(k.clone());
+        }
+        Ok(k)
+    }
+
     pub fn load(prefixes: &[&str]) -> std::io::Result<Self> {
         let text = std::fs::read_to_string(KALLSYMS_PATH)?;
         Ok(Self::parse(&text, prefixes))

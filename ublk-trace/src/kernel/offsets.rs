@@ -193,7 +193,17 @@ pub fn resolve(btf: &Btf) -> Resolution {
 
 /// Load vmlinux BTF plus `ublk_drv`'s split BTF when the module is loaded. The second value
 /// says whether the module BTF was there.
-pub fn load_kernel_btf() -> Result<(Btf, bool), super::btf::BtfError> {
+pub fn load_kernel_btf() -> Result<(std::sync::Arc<Btf>, bool), super::btf::BtfError> {
+    // Parsed once per process: the probes and the driver-state reader start side by side and
+    // both need it (seconds of parsing each in an emulated guest). Kept only once the module's
+    // BTF is in: ublk_drv may be loaded later.
+    static SHARED: std::sync::Mutex<Option<std::sync::Arc<Btf>>> = std::sync::Mutex::new(None);
+    let mut shared = SHARED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(b) = shared.as_ref() {
+        return Ok((b.clone(), true));
+    }
     let mut btf = Btf::from_file(super::btf::VMLINUX_PATH)?;
     let module = super::btf::module_path("ublk_drv");
     let has_module = match btf.add_split_file(&module) {
@@ -203,6 +213,10 @@ pub fn load_kernel_btf() -> Result<(Btf, bool), super::btf::BtfError> {
             false
         }
     };
+    let btf = std::sync::Arc::new(btf);
+    if has_module {
+        *shared = Some(btf.clone());
+    }
     Ok((btf, has_module))
 }
 

@@ -79,6 +79,16 @@ pub fn take(dev_id: u32, deadline: Instant) -> DeviceSnapshot {
         Err(e) => s.errors.push(err("/proc scan", &e, true)),
     }
     match tagfile::find(tagfile::default_dir(), dev_id) {
+        // A file left by an earlier server of the same device number (killed before it
+        // could remove it) says nothing about this one.
+        Ok(Some(t)) if is_stale(&t, &s) => s.errors.push(err(
+            "tag-state file",
+            &format!(
+                "written by pid {}, which is not the server holding /dev/ublkc{dev_id}: a                  stale file of an earlier server, ignored",
+                t.pid
+            ),
+            false,
+        )),
         Ok(t) => s.tagfile = t,
         Err(e) => s.errors.push(err("tag-state file", &e, false)),
     }
@@ -87,6 +97,12 @@ pub fn take(dev_id: u32, deadline: Instant) -> DeviceSnapshot {
         Err(e) => s.errors.push(err("/dev/kmsg", &e, false)),
     }
     s
+}
+
+/// The tag file was written by a process that is not among the device's servers (which
+/// were found). With no server at all the file is the dead server's last word: kept.
+fn is_stale(t: &tagfile::TagFileSnapshot, s: &DeviceSnapshot) -> bool {
+    s.proc_scanned && !s.servers.is_empty() && !s.servers.iter().any(|p| p.pid == t.pid)
 }
 
 fn err(source: &str, e: &dyn std::fmt::Display, timed_out: bool) -> SourceError {
@@ -210,6 +226,36 @@ fn read_sched(dir: &Path) -> SchedInfo {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_tag_file_of_another_process_is_stale_only_while_a_server_is_found() {
+        let t = tagfile::TagFileSnapshot {
+            pid: 241,
+            ..Default::default()
+        };
+        let server = |pid| crate::snapshot::ServerProcess {
+            pid,
+            comm: "srv".into(),
+            threads: Vec::new(),
+            rings: Vec::new(),
+        };
+        let mut s = DeviceSnapshot {
+            proc_scanned: true,
+            servers: vec![server(593)],
+            ..Default::default()
+        };
+        assert!(is_stale(&t, &s), "an earlier server's file");
+        s.servers = vec![server(241)];
+        assert!(!is_stale(&t, &s), "its own server's file");
+        s.servers.clear();
+        assert!(!is_stale(&t, &s), "no server: the dead server's last word");
+        s.proc_scanned = false;
+        s.servers = vec![server(593)];
+        assert!(
+            !is_stale(&t, &s),
+            "an unfinished /proc scan decides nothing"
+        );
+    }
     use super::*;
 
     #[test]

@@ -9,7 +9,7 @@ use ublk_trace_common::tagstate::{
 };
 
 /// Decoded file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TagFileSnapshot {
     pub path: String,
     /// Server tgid as the server saw it (its own pid namespace).
