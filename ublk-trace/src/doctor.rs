@@ -18,6 +18,7 @@ pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 pub const LOCKDOWN_PATH: &str = "/sys/kernel/security/lockdown";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
@@ -28,6 +29,7 @@ pub enum Status {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Check {
     /// Stable key (`kprobes`, `ublk_drv`, ...).
     pub name: &'static str,
@@ -44,6 +46,7 @@ pub const REPORT_KIND: &str = "ublk-trace.doctor";
 pub const REPORT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Report {
     /// Always [`REPORT_KIND`].
     pub kind: &'static str,
