@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod dist;
 mod guest;
 mod initramfs;
 mod kernel;
@@ -66,6 +67,13 @@ enum Cmd {
         /// Kernel to boot.
         #[arg(long, default_value = "6.12")]
         kernel: String,
+    },
+    /// Release artifacts in target/dist/: static tarball, .deb, SHA256SUMS (reproducible).
+    Dist {
+        /// Build twice (second time in target/dist-build-check) and fail unless the
+        /// artifacts are byte-for-byte identical.
+        #[arg(long)]
+        check_reproducible: bool,
     },
     /// Benchmarks in the guest: ours vs null_blk and rublk, the tracer's cost; table + JSON.
     Bench {
@@ -232,6 +240,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(exit(repro::run(&name, watch, &kernel)?))
         }
         Cmd::Demo { kernel, watch } => Ok(exit(demo::run(&kernel, &watch)?)),
+        Cmd::Dist { check_reproducible } => {
+            dist::run(check_reproducible).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::Bench {
             quick,
             long,
