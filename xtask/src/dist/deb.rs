@@ -32,7 +32,11 @@ pub fn entries(r: &Release) -> Result<Vec<Entry>> {
         Entry::exec("usr/bin/ublk-server", r.ublk_server.clone()),
         Entry::file(
             "usr/share/doc/ublk-toolkit/copyright",
-            copyright(&r.license_mit).into_bytes(),
+            copyright(&r.license_mit, year(r.epoch)).into_bytes(),
+        ),
+        Entry::file(
+            "usr/share/lintian/overrides/ublk-toolkit",
+            LINTIAN_OVERRIDES.as_bytes().to_vec(),
         ),
         Entry::file(
             "usr/share/doc/ublk-toolkit/THIRD-PARTY.txt",
@@ -53,8 +57,26 @@ pub fn entries(r: &Release) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// Static executables are the point of this package: it is for machines with nothing but a
+/// kernel (lintian: "Usually this is a bug. Otherwise, please add an override").
+const LINTIAN_OVERRIDES: &str = "\
+# Static on purpose: ublk-trace and ublk-server are copied onto test machines that have no
+# Rust toolchain and no matching libraries; the package ships the same files as the tarball.
+ublk-toolkit: statically-linked-binary [usr/bin/ublk-server]
+ublk-toolkit: statically-linked-binary [usr/bin/ublk-trace]
+";
+
+/// The calendar year of a Unix time (UTC).
+fn year(epoch: u64) -> String {
+    rfc2822(epoch)
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or("1970")
+        .to_string()
+}
+
 /// DEP-5 copyright: MIT text inline, Apache-2.0 from common-licenses (lintian asks for that).
-fn copyright(mit: &str) -> String {
+fn copyright(mit: &str, year: String) -> String {
     let body: String = mit
         .lines()
         .skip_while(|l| !l.starts_with("Permission"))
@@ -71,13 +93,13 @@ fn copyright(mit: &str) -> String {
          Upstream-Name: ublk-toolkit\n\
          Upstream-Contact: {MAINTAINER}\n\n\
          Files: *\n\
-         Copyright: the ublk toolkit authors\n\
+         Copyright: {year} the ublk toolkit authors\n\
          License: MIT or Apache-2.0\n\
          Comment: the executables are statically linked; they contain the GNU C Library\n \
          (LGPL-2.1+) and Rust crates under MIT, Apache-2.0 or compatible licences, listed in\n \
          /usr/share/doc/ublk-toolkit/THIRD-PARTY.txt.\n\n\
          Files: ublk-trace-ebpf/*\n\
-         Copyright: the ublk toolkit authors\n\
+         Copyright: {year} the ublk toolkit authors\n\
          License: GPL-2.0-only\n\
          Comment: the eBPF programs embedded in /usr/bin/ublk-trace; the kernel lets only GPL\n \
          programs call helpers such as bpf_probe_read_kernel.\n\n\
@@ -239,7 +261,14 @@ mod tests {
 
     #[test]
     fn copyright_is_dep5_with_the_mit_text_as_a_paragraph() {
-        let c = copyright("MIT License\n\nCopyright (c) x\n\nPermission is granted.\n\nTHE END\n");
+        let c = copyright(
+            "MIT License\n\nCopyright (c) x\n\nPermission is granted.\n\nTHE END\n",
+            year(1_764_645_600),
+        );
+        assert!(
+            c.contains("Copyright: 2025 the ublk toolkit authors"),
+            "{c}"
+        );
         assert!(c.starts_with("Format: https://www.debian.org/doc/packaging-manuals/"));
         assert!(
             c.contains("License: MIT\n Permission is granted.\n .\n THE END\n"),
@@ -257,7 +286,7 @@ pub fn lintian(deb: &Path) -> Result<Option<String>> {
         return Ok(None);
     }
     let out = Command::new("lintian")
-        .args(["--no-tag-display-limit", "--info"])
+        .args(["--tag-display-limit", "0"])
         .arg(deb)
         .output()
         .context("run lintian")?;
