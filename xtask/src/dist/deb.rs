@@ -248,6 +248,26 @@ fn set_mtime(p: &Path, epoch: u64) -> Result<()> {
         .with_context(|| format!("set the mtime of {}", p.display()))
 }
 
+/// Run lintian on the package when it is installed: print its tags, fail on an error (E:).
+/// Returns the tags, or None without lintian.
+pub fn lintian(deb: &Path) -> Result<Option<String>> {
+    if util::which("lintian").is_none() {
+        eprintln!("[dist] lintian not installed ('apt-get install lintian'): .deb not checked");
+        return Ok(None);
+    }
+    let out = Command::new("lintian")
+        .args(["--tag-display-limit", "0"])
+        .arg(deb)
+        .output()
+        .context("run lintian")?;
+    let tags = String::from_utf8_lossy(&out.stdout).into_owned();
+    let errors: Vec<&str> = tags.lines().filter(|l| l.starts_with("E:")).collect();
+    if !errors.is_empty() {
+        bail!("lintian found errors in the .deb:\n{}", errors.join("\n"));
+    }
+    Ok(Some(tags))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,24 +296,4 @@ mod tests {
         );
         assert!(c.contains("/usr/share/common-licenses/Apache-2.0"));
     }
-}
-
-/// Run lintian on the package when it is installed: print its tags, fail on an error (E:).
-/// Returns the tags, or None without lintian.
-pub fn lintian(deb: &Path) -> Result<Option<String>> {
-    if util::which("lintian").is_none() {
-        eprintln!("[dist] lintian not installed ('apt-get install lintian'): .deb not checked");
-        return Ok(None);
-    }
-    let out = Command::new("lintian")
-        .args(["--tag-display-limit", "0"])
-        .arg(deb)
-        .output()
-        .context("run lintian")?;
-    let tags = String::from_utf8_lossy(&out.stdout).into_owned();
-    let errors: Vec<&str> = tags.lines().filter(|l| l.starts_with("E:")).collect();
-    if !errors.is_empty() {
-        bail!("lintian found errors in the .deb:\n{}", errors.join("\n"));
-    }
-    Ok(Some(tags))
 }

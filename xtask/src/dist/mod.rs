@@ -48,10 +48,12 @@ pub struct Release {
     pub third_party: String,
 }
 
-/// A finished artifact: its file name and bytes.
+/// A finished artifact: its file name and bytes, and the files it holds (to name the one
+/// that differs when two builds disagree).
 pub struct Artifact {
     pub name: String,
     pub data: Vec<u8>,
+    pub parts: Vec<Entry>,
 }
 
 pub fn run(check_reproducible: bool) -> Result<()> {
@@ -66,12 +68,13 @@ pub fn run(check_reproducible: bool) -> Result<()> {
     if check_reproducible {
         eprintln!("[dist] --check-reproducible: second build in target/dist-build-check");
         let second_tmp = TempDir::new(&out_dir)?;
-        let second = build_artifacts(
-            &root,
-            &util::target_dir().join("dist-build-check"),
-            epoch,
-            &second_tmp.0,
-        )?;
+        // From scratch, so nothing is shared with the first build but the sources.
+        let check_dir = util::target_dir().join("dist-build-check");
+        if check_dir.exists() {
+            std::fs::remove_dir_all(&check_dir)
+                .with_context(|| format!("remove {}", check_dir.display()))?;
+        }
+        let second = build_artifacts(&root, &check_dir, epoch, &second_tmp.0)?;
         compare(&first, &second)?;
         eprintln!("[dist] reproducible: both builds gave the same bytes");
     }
@@ -258,13 +261,11 @@ fn build_artifacts(
         readme: std::fs::read(root.join("README.md")).context("read README.md")?,
         third_party: third_party::list(root, TARGET)?,
     };
+    let parts = tarball_entries(&release);
     let tarball = Artifact {
         name: tarball_name(&release.version),
-        data: archive::gzip(&archive::tar(
-            &top_dir(&release.version),
-            &tarball_entries(&release),
-            epoch,
-        )?)?,
+        data: archive::gzip(&archive::tar(&top_dir(&release.version), &parts, epoch)?)?,
+        parts,
     };
     let deb_name = deb::file_name(&release.version);
     let deb_path = tmp.join(&deb_name);
@@ -277,6 +278,7 @@ fn build_artifacts(
     let deb = Artifact {
         name: deb_name,
         data: std::fs::read(&deb_path).context("read the .deb")?,
+        parts: deb::entries(&release)?,
     };
     Ok(vec![tarball, deb])
 }
@@ -325,13 +327,22 @@ pub fn tarball_entries(r: &Release) -> Vec<Entry> {
 fn compare(a: &[Artifact], b: &[Artifact]) -> Result<()> {
     for (x, y) in a.iter().zip(b) {
         if x.data != y.data {
-            let at = x.data.iter().zip(&y.data).position(|(p, q)| p != q);
+            let differing: Vec<&str> = x
+                .parts
+                .iter()
+                .filter(|p| !y.parts.iter().any(|q| q == *p))
+                .map(|p| p.path.as_str())
+                .collect();
             bail!(
-                "not reproducible: {} differs between the two builds (first difference at byte {:?}; sizes {} and {})",
+                "not reproducible: {} differs between the two builds ({} and {} bytes); files that differ: {}",
                 x.name,
-                at,
                 x.data.len(),
-                y.data.len()
+                y.data.len(),
+                if differing.is_empty() {
+                    "none (the packaging itself)".to_string()
+                } else {
+                    differing.join(", ")
+                }
             );
         }
     }
