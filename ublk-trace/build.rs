@@ -1,7 +1,12 @@
 //! Builds `ublk-trace-ebpf` for bpfel-unknown-none (nightly + bpf-linker, through aya-build) and
 //! leaves the object in `$OUT_DIR/ublk-trace`, which `probe/` embeds with `include_bytes_aligned!`.
+//! It also embeds what `--version` prints: the git commit, the tested guest kernels and the
+//! SHA-256 of that eBPF object.
 use std::path::Path;
 use std::process::Command;
+
+#[path = "../build/build_info.rs"]
+mod build_info;
 
 fn fail(msg: &str) -> ! {
     // One line the user can act on; cargo prints it as `error: ...`.
@@ -61,4 +66,20 @@ fn main() {
     if let Err(e) = aya_build::build_ebpf([pkg], aya_build::Toolchain::default()) {
         fail(&format!("building the eBPF programs failed: {e:#}"));
     }
+    embed_build_info();
+}
+
+fn embed_build_info() {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let root = Path::new(&manifest).join("..");
+    let commit = build_info::git_commit(&root);
+    let kernels = build_info::tested_kernels(&root.join("xtask/guest-kernels.lock"));
+    // The object include_bytes_aligned! embeds (absent only under AYA_BUILD_SKIP).
+    let object = std::env::var_os("OUT_DIR").map(|d| Path::new(&d).join("ublk-trace"));
+    let sha = object
+        .and_then(|p| std::fs::read(p).ok())
+        .map_or_else(|| "unknown".to_string(), |b| build_info::sha256_hex(&b));
+    println!("cargo::rustc-env=UBLK_GIT_COMMIT={commit}");
+    println!("cargo::rustc-env=UBLK_TESTED_KERNELS={kernels}");
+    println!("cargo::rustc-env=UBLK_TRACE_EBPF_SHA256={sha}");
 }

@@ -48,7 +48,11 @@ pub fn info(ctrl: &mut Ctrl, dev_id: u32, as_json: bool) -> Result<String> {
         .collect();
     let features: Vec<&str> = feature_names(i.flags).collect();
     if as_json {
+        // kind/version as in every ublk-trace document; bump the version when a field changes
+        // meaning or goes away.
         let v = json!({
+            "kind": "ublk-server.info",
+            "version": 1,
             "dev_id": i.dev_id,
             "state": dev_state_name(i.state),
             "nr_hw_queues": i.nr_hw_queues,

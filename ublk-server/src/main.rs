@@ -14,11 +14,37 @@ use ublk_server::server::{self, RunOpts, TargetSpec};
 use ublk_server::{Error, admin};
 use ublk_trace_common::logging::{self, Prefix};
 
+/// `-V`: one line.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("UBLK_GIT_COMMIT"),
+    ")"
+);
+/// `--version`: what a bug report needs to name the build.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("UBLK_GIT_COMMIT"),
+    "\ntested on kernels: ",
+    env!("UBLK_TESTED_KERNELS"),
+);
+
+/// Exit status, shared by every subcommand's `--help` and man page.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  done (run, recover: served until SIGINT/SIGTERM, then the device was stopped)
+  1  failed while running (the message says what failed)
+  2  bad arguments or a fixable setup problem, nothing changed: no /dev/ublk-control
+     (modprobe ublk_drv), not root, no such device, device id in use";
+
 #[derive(Parser)]
 #[command(
     name = "ublk-server",
-    version,
-    about = "A reference ublk server (null, ramdisk, loop)"
+    version = VERSION,
+    long_version = LONG_VERSION,
+    about = "A reference ublk server (null, ramdisk, loop)",
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace); UBLK_LOG=<level> overrides.
@@ -38,6 +64,7 @@ enum TargetKind {
 #[derive(Subcommand)]
 enum Cmd {
     /// Add a device and serve it in the foreground until SIGINT/SIGTERM.
+    #[command(after_help = EXIT_STATUS)]
     Run {
         target: TargetKind,
         /// Device size (null, ramdisk), e.g. 64M, 1G, 4096.
@@ -79,14 +106,17 @@ enum Cmd {
         no_tag_state: bool,
     },
     /// List devices.
+    #[command(after_help = EXIT_STATUS)]
     List,
     /// Show one device.
+    #[command(after_help = EXIT_STATUS)]
     Info {
         id: u32,
         #[arg(long)]
         json: bool,
     },
     /// Delete a device (or all).
+    #[command(after_help = EXIT_STATUS)]
     Del {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<u32>,
@@ -94,8 +124,10 @@ enum Cmd {
         all: bool,
     },
     /// Kernel ublk features, decoded.
+    #[command(after_help = EXIT_STATUS)]
     Features,
     /// Serve a device again after its server died (added with --recovery).
+    #[command(after_help = EXIT_STATUS)]
     Recover {
         id: u32,
         #[arg(long = "inject", value_name = "SPEC")]
@@ -103,6 +135,10 @@ enum Cmd {
         #[arg(long, default_value_t = 30_000)]
         start_timeout_ms: u64,
     },
+    /// Write man pages and shell completions under DIR (used by `cargo xtask dist`).
+    #[cfg(feature = "gen")]
+    #[command(name = "__generate", hide = true)]
+    Generate { dir: PathBuf },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -207,6 +243,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             parse_faults(&inject)?,
             Duration::from_millis(start_timeout_ms),
         )?,
+        #[cfg(feature = "gen")]
+        Cmd::Generate { dir } => {
+            use clap::CommandFactory;
+            ublk_trace_common::docgen::generate(Cli::command(), &dir)
+                .with_context(|| format!("write man pages and completions to {}", dir.display()))?;
+        }
     }
     Ok(())
 }

@@ -93,3 +93,49 @@ fn control_device_missing_names_modprobe() {
     }
     assert_usage(&["run", "null"], "modprobe ublk_drv");
 }
+
+/// `--help` and `--version` exit 0 on stdout; every subcommand's help lists the exit codes
+/// (scripts and the man pages read them there).
+#[test]
+fn help_and_version_exit_0_and_help_lists_exit_codes() {
+    for sub in ["", "run", "list", "info", "del", "features", "recover"] {
+        let mut args: Vec<&str> = sub.split_whitespace().collect();
+        args.push("--help");
+        let out = Command::new(env!("CARGO_BIN_EXE_ublk-server"))
+            .args(&args)
+            .output()
+            .expect("spawn ublk-server");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(text.contains("Exit status:"), "{args:?}: {text}");
+        assert!(text.contains("  2  bad arguments"), "{args:?}: {text}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ublk-server"))
+        .arg("--version")
+        .output()
+        .expect("spawn ublk-server");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text.starts_with(concat!("ublk-server ", env!("CARGO_PKG_VERSION"), "\n")),
+        "{text}"
+    );
+    let commit = text
+        .lines()
+        .find_map(|l| l.strip_prefix("commit: "))
+        .expect("a commit line");
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{text}"
+    );
+    assert!(text.contains("tested on kernels: 6.12"), "{text}");
+}
+
+#[test]
+fn unknown_subcommand_or_flag_exits_2() {
+    assert_usage(&["frobnicate"], "unrecognized subcommand");
+    assert_usage(&["list", "--bogus"], "unexpected argument");
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(2), "no subcommand: {err}");
+}

@@ -33,6 +33,8 @@ fn control_round_trip() {
     let s = Server::start(&["ramdisk", "--size", "16M", "--queues", "2", "--depth", "64"]);
     let id = s.dev_id;
     let v = info_json(id);
+    assert_eq!(v["kind"], "ublk-server.info", "{v}");
+    assert_eq!(v["version"], 1, "{v}");
     assert_eq!(v["state"], "LIVE", "{v}");
     assert_eq!(v["ublksrv_pid"], s.pid(), "{v}");
     assert_eq!(v["nr_hw_queues"], 2, "{v}");

@@ -10,7 +10,9 @@ pub mod offsets;
 pub mod tagmap;
 pub mod tagstate;
 
-#[cfg(feature = "logging")]
+#[cfg(any(feature = "logging", feature = "gen"))]
 extern crate std;
+#[cfg(feature = "gen")]
+pub mod docgen;
 #[cfg(feature = "logging")]
 pub mod logging;

@@ -18,6 +18,7 @@ pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 pub const LOCKDOWN_PATH: &str = "/sys/kernel/security/lockdown";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
@@ -28,6 +29,7 @@ pub enum Status {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Check {
     /// Stable key (`kprobes`, `ublk_drv`, ...).
     pub name: &'static str,
@@ -38,8 +40,17 @@ pub struct Check {
     pub fix: String,
 }
 
+/// Value of [`Report::kind`].
+pub const REPORT_KIND: &str = "ublk-trace.doctor";
+/// Value of [`Report::version`]: bumped when a field changes meaning or goes away.
+pub const REPORT_VERSION: u32 = 1;
+
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Report {
+    /// Always [`REPORT_KIND`].
+    pub kind: &'static str,
+    pub version: u32,
     pub kernel: String,
     pub checks: Vec<Check>,
     /// Each probe concept: the real function names on this kernel, and candidates not found.
@@ -117,6 +128,8 @@ pub fn run() -> Report {
         }
     };
     Report {
+        kind: REPORT_KIND,
+        version: REPORT_VERSION,
         kernel: facts.release.clone(),
         checks,
         functions: facts.concepts.clone(),
@@ -507,16 +520,32 @@ fn check_driver_state() -> Check {
 }
 
 /// Human-readable report.
+/// Human-readable report, without colour (files, pipes).
 pub fn render_text(r: &Report) -> String {
+    render_text_with(r, false)
+}
+
+/// The status tag, in green/yellow/red when `color`.
+fn status_tag(status: Status, color: bool) -> String {
+    let (text, sgr) = match status {
+        Status::Ok => (" OK ", "32"),
+        Status::Warn => ("WARN", "33"),
+        Status::Fail => ("FAIL", "1;31"),
+    };
+    if color {
+        format!("[\x1b[{sgr}m{text}\x1b[0m]")
+    } else {
+        format!("[{text}]")
+    }
+}
+
+/// Human-readable report; `color` adds ANSI colour to the status tags (`--color`, NO_COLOR).
+pub fn render_text_with(r: &Report, color: bool) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     for c in &r.checks {
-        let tag = match c.status {
-            Status::Ok => " OK ",
-            Status::Warn => "WARN",
-            Status::Fail => "FAIL",
-        };
-        let _ = writeln!(s, "[{tag}] {:<13} {}", c.name, c.detail);
+        let tag = status_tag(c.status, color);
+        let _ = writeln!(s, "{tag} {:<13} {}", c.name, c.detail);
         if !c.fix.is_empty() && c.status != Status::Ok {
             let _ = writeln!(s, "       {:<13} fix: {}", "", c.fix);
         }
@@ -585,5 +614,11 @@ mod tests {
         assert!(text.contains("ctrl_handler"), "{text}");
         let json = serde_json::to_string(&r).expect("report serializes");
         assert!(json.contains("\"checks\""));
+        assert!(!text.contains('\x1b'), "plain text has no colour: {text}");
+        let colored = render_text_with(&r, true);
+        assert!(
+            colored.contains("\x1b[1;31mFAIL\x1b[0m") || r.failures() == 0,
+            "{colored}"
+        );
     }
 }

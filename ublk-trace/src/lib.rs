@@ -16,5 +16,7 @@ pub mod model;
 pub mod probe;
 pub mod record;
 pub mod report;
+#[cfg(test)]
+mod schema_tests;
 pub mod snapshot;
 pub mod tui;

@@ -1,4 +1,4 @@
-//! Guest test: `ublk-trace doctor --json --strict` on a kernel with ublk_drv and kprobes finds
+//! Guest test: `ublk-trace doctor --json` on a kernel with ublk_drv and kprobes finds
 //! every required function and offset, and exits 0.
 
 mod guest_util;
@@ -9,7 +9,7 @@ use std::process::Command;
 #[ignore = "needs ublk guest"]
 fn doctor_finds_every_required_function_and_offset() {
     let out = Command::new(guest_util::bin("ublk-trace"))
-        .args(["doctor", "--json", "--strict"])
+        .args(["doctor", "--json"])
         .output()
         .expect("run ublk-trace doctor");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -21,7 +21,7 @@ fn doctor_finds_every_required_function_and_offset() {
         .filter(|c| c["status"] == "fail")
         .collect();
     assert!(failed.is_empty(), "failed checks: {failed:#?}");
-    assert!(out.status.success(), "--strict exit {:?}", out.status);
+    assert!(out.status.success(), "doctor exit {:?}", out.status);
     for f in report["functions"].as_array().expect("functions array") {
         if f["required"] == true {
             let found = f["found"].as_array().expect("found array");

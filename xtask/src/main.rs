@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod dist;
 mod guest;
 mod hostqemu;
 mod initramfs;
@@ -71,6 +72,13 @@ enum Cmd {
         /// Kernel to boot.
         #[arg(long, default_value = "6.12")]
         kernel: String,
+    },
+    /// Release artifacts in target/dist/: static tarball, .deb, SHA256SUMS (reproducible).
+    Dist {
+        /// Build twice (second time in target/dist-build-check) and fail unless the
+        /// artifacts are byte-for-byte identical.
+        #[arg(long)]
+        check_reproducible: bool,
     },
     /// Benchmarks in the guest: ours vs null_blk and rublk, the tracer's cost; table + JSON.
     Bench {
@@ -242,6 +250,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             watch,
             inject,
         } => Ok(exit(demo::run(&kernel, &watch, inject.as_deref())?)),
+        Cmd::Dist { check_reproducible } => {
+            dist::run(check_reproducible).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::Bench {
             quick,
             long,

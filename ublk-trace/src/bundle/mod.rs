@@ -57,6 +57,7 @@ pub struct RawRead {
 
 /// Something the bundle lacks, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Missing {
     pub what: String,
     pub why: String,
@@ -64,6 +65,7 @@ pub struct Missing {
 
 /// One file of the bundle, as the manifest lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct FileSize {
     pub path: String,
     pub bytes: u64,
@@ -71,6 +73,7 @@ pub struct FileSize {
 
 /// What the recording holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct RecordingSummary {
     pub events: u64,
     /// Events the probes lost (ring buffer full).
@@ -83,6 +86,7 @@ pub struct RecordingSummary {
 
 /// `MANIFEST.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Manifest {
     /// Always [`MANIFEST_KIND`].
     pub kind: String,

@@ -88,7 +88,8 @@ fn replay_from<R: BufRead>(name: &str, reader: JsonlReader<R>) -> anyhow::Result
 /// `report BUNDLE.tar.gz --json`: the manifest, the findings document and the recording's
 /// report (null when the bundle has none).
 #[derive(serde::Serialize)]
-struct BundleReportJson {
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub(crate) struct BundleReportJson {
     /// Always `ublk-trace.bundle-report`.
     kind: &'static str,
     version: u32,

@@ -60,6 +60,8 @@ pub struct WatchArgs {
     /// Where the TUI writes logs (the screen never shows them). Default: a file in $TMPDIR.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub color: crate::cmd::color::ColorArgs,
 }
 
 impl WatchArgs {

@@ -24,6 +24,7 @@ pub const FINDINGS_VERSION: u32 = 1;
 
 /// Finding classes (DESIGN.md "Findings").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Class {
     StuckInServer,
@@ -68,6 +69,7 @@ impl std::fmt::Display for Class {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
@@ -77,6 +79,7 @@ pub enum Severity {
 
 /// One diagnosis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Finding {
     pub class: Class,
     pub severity: Severity,
@@ -100,6 +103,7 @@ pub struct Finding {
 
 /// One tag a finding concerns: where it is and what it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct FindingTag {
     pub q_id: u16,
     pub tag: u16,
@@ -165,6 +169,7 @@ impl Finding {
 
 /// A rule that could not decide for lack of data, and what it would need.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Recheck {
     pub class: Class,
     pub dev: u32,
@@ -173,6 +178,7 @@ pub struct Recheck {
 
 /// Versioned output of a diagnosis run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Diagnosis {
     pub schema: String,
     pub version: u32,

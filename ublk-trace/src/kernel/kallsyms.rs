@@ -235,6 +235,7 @@ pub const CONCEPTS: &[Concept] = &[
 
 /// How one concept resolved on this kernel.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Resolved {
     pub key: &'static str,
     pub what: &'static str,
@@ -246,6 +247,7 @@ pub struct Resolved {
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct FoundSym {
     pub name: String,
     pub addr: u64,

@@ -15,6 +15,7 @@ use super::btf::Btf;
 
 /// Where a value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Btf,
@@ -25,6 +26,7 @@ pub enum Source {
 
 /// One resolved field, for `doctor` and logs.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Entry {
     /// `struct.member.path` as looked up.
     pub name: String,

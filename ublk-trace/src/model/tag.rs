@@ -15,6 +15,7 @@ pub const REQUEUE_WINDOW: usize = 32;
 
 /// Where a tag is (DESIGN.md "Per-tag state").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TagState {
     /// Never seen (tracer attached late, tag idle): not "missing".

@@ -19,6 +19,11 @@ use crate::kernel::kallsyms::Resolved;
 /// The eBPF object built by build.rs (aya-build) from `ublk-trace-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ublk-trace"));
 
+/// The embedded eBPF object, whose SHA-256 `--version` prints (`UBLK_TRACE_EBPF_SHA256`).
+pub fn ebpf_object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
 #[derive(Debug, Clone)]
 pub struct TracerConfig {
     /// Per-I/O events for this device only (control commands are always reported).

@@ -17,8 +17,16 @@ pub use text::render_text;
 pub const REPORT_SCHEMA: &str = "ublk-trace.report";
 pub const REPORT_VERSION: u32 = 1;
 
+fn report_kind() -> String {
+    REPORT_SCHEMA.to_string()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Report {
+    /// Always [`REPORT_SCHEMA`], as in every other JSON document (`schema` is the older name).
+    #[serde(default = "report_kind")]
+    pub kind: String,
     pub schema: String,
     pub version: u32,
     /// Where the events came from (file name), and the traced kernel when known.
@@ -39,6 +47,7 @@ pub struct Report {
 pub type PerQueueTags = Vec<(u16, Vec<u16>)>;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct DeviceReport {
     pub dev_id: u32,
     pub queues: Vec<QueueReport>,
@@ -54,6 +63,7 @@ pub struct DeviceReport {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct QueueReport {
     pub q_id: u16,
     pub requests: u64,
@@ -68,6 +78,7 @@ pub struct QueueReport {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct LatencySummary {
     pub count: u64,
     pub p50_ns: Option<u64>,
@@ -87,6 +98,7 @@ impl LatencySummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct OpenRequest {
     pub q_id: u16,
     pub tag: u16,
@@ -100,6 +112,7 @@ pub struct OpenRequest {
 
 /// One control command, times relative to the first event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct CtrlLine {
     pub at_ns: u64,
     pub dev_id: Option<u32>,
@@ -143,6 +156,7 @@ pub fn build(model: &Model, src: &Source, th: &Thresholds) -> Report {
         })
         .collect();
     Report {
+        kind: REPORT_SCHEMA.into(),
         schema: REPORT_SCHEMA.into(),
         version: REPORT_VERSION,
         source: src.name.clone(),

@@ -41,6 +41,20 @@ const HELP_TEXT: &[&str] = &[
     "  yellow: in flight > 100ms, red: > 1s, red background: named by a finding",
 ];
 
+/// The smallest terminal that shows every pane in full; below it the footer says so.
+pub const MIN_WIDTH: u16 = 80;
+pub const MIN_HEIGHT: u16 = 24;
+
+/// The one-line hint shown (in the footer) while the terminal is smaller than it needs.
+pub fn size_hint(area: Rect) -> Option<String> {
+    (area.width < MIN_WIDTH || area.height < MIN_HEIGHT).then(|| {
+        format!(
+            " terminal {}x{} is smaller than {MIN_WIDTH}x{MIN_HEIGHT}: enlarge it to see every pane  ? help  q quit",
+            area.width, area.height
+        )
+    })
+}
+
 /// Where the device screen's panes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceAreas {
@@ -110,7 +124,12 @@ pub fn grid_shape(area: Rect, vm: &ViewModel) -> GridShape {
     }
 }
 
-fn footer_text(app: &App) -> Line<'static> {
+fn footer_text(app: &App, area: Rect) -> Line<'static> {
+    if app.mode != Mode::Filter
+        && let Some(hint) = size_hint(area)
+    {
+        return Line::styled(hint, style::warn());
+    }
     let base = match app.mode {
         Mode::Filter => {
             return Line::from(vec![
@@ -161,7 +180,7 @@ fn render_device_screen(f: &mut Frame, area: Rect, app: &App, vm: &ViewModel) {
         panels::render_oldest(f, a.oldest, app, &vm.oldest);
         panels::render_latency(f, a.latency, &vm.latency);
     }
-    f.render_widget(Paragraph::new(footer_text(app)), a.footer);
+    f.render_widget(Paragraph::new(footer_text(app, area)), a.footer);
 }
 
 /// Draw one frame. `vm` is the open device (None on the device list), `devices` the list.
@@ -173,7 +192,7 @@ pub fn ui(f: &mut Frame, app: &App, vm: Option<&ViewModel>, devices: &[DeviceRow
             let [list, footer] =
                 Layout::vertical([Constraint::Fill(1), Constraint::Length(1)]).areas(area);
             panels::render_device_list(f, list, app, devices);
-            f.render_widget(Paragraph::new(footer_text(app)), footer);
+            f.render_widget(Paragraph::new(footer_text(app, area)), footer);
         }
     }
     if app.mode == Mode::Help {

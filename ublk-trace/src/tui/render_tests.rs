@@ -313,3 +313,18 @@ fn empty_device_list_says_how_to_get_one() {
     let s = render_text(&mut app, None, &[], 80, 24);
     assert!(s.contains("No ublk devices"), "{s}");
 }
+
+/// A terminal smaller than the layout needs says so in one line instead of silently cutting
+/// panes; at 80x24 the normal footer is back.
+#[test]
+fn small_terminal_shows_a_one_line_size_hint() {
+    let vm = fixture(2, 8, 0);
+    let s = screen(&mut App::for_device(), &vm, 60, 20);
+    let last = s.lines().last().unwrap_or_default();
+    assert!(last.contains("terminal 60x20 is smaller than 80x24"), "{s}");
+    let s = screen(&mut App::for_device(), &vm, 80, 24);
+    assert!(!s.contains("is smaller than"), "{s}");
+    let mut list = App::for_device_list();
+    let s = render_text(&mut list, None, &[], 70, 24);
+    assert!(s.contains("terminal 70x24 is smaller"), "{s}");
+}

@@ -1,6 +1,7 @@
 //! Colours and the age thresholds that pick them: one place, so every pane agrees on what
 //! "slow" and "stuck" look like.
 
+use ratatui::buffer::Buffer;
 use ratatui::style::{Color, Modifier, Style};
 
 use super::view_model::{CellState, Severity};
@@ -74,4 +75,39 @@ pub fn good() -> Style {
 
 pub fn selected() -> Style {
     Style::new().add_modifier(Modifier::REVERSED)
+}
+
+/// `--color never` / NO_COLOR: drop every colour of a drawn frame, keeping bold and reverse.
+/// A cell that stood out by its background (a flagged tag, a bad state) is drawn reversed so
+/// it still stands out.
+pub fn strip_colors(buf: &mut Buffer) {
+    for cell in &mut buf.content {
+        if cell.bg != Color::Reset {
+            cell.modifier.insert(Modifier::REVERSED);
+        }
+        cell.fg = Color::Reset;
+        cell.bg = Color::Reset;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::layout::Rect;
+
+    use super::*;
+
+    #[test]
+    fn stripped_frame_has_no_colour_and_flagged_cells_stay_visible() {
+        let mut buf = Buffer::empty(Rect::new(0, 0, 3, 1));
+        buf.set_string(0, 0, "a", cell_style(CellState::Waiting, None, false));
+        buf.set_string(1, 0, "b", cell_style(CellState::InServer, None, true));
+        strip_colors(&mut buf);
+        assert!(
+            buf.content
+                .iter()
+                .all(|c| c.fg == Color::Reset && c.bg == Color::Reset)
+        );
+        assert!(buf.content[1].modifier.contains(Modifier::REVERSED));
+        assert!(!buf.content[0].modifier.contains(Modifier::REVERSED));
+    }
 }

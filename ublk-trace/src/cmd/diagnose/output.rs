@@ -11,6 +11,7 @@ pub const JSON_VERSION: u32 = 1;
 
 /// One finding in JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct FindingJson {
     /// STUCK_IN_SERVER, SERVER_STOPPED, WAITERS, ...
     pub class: String,
@@ -61,6 +62,7 @@ impl From<&FindingView> for FindingJson {
 
 /// The whole `diagnose --json` document.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct DiagnoseJson {
     /// Always `ublk-trace.diagnose`.
     pub kind: &'static str,

@@ -23,6 +23,7 @@ use super::session::Session;
 use super::sources::RoundTracker;
 
 #[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct WatchJson {
     /// Always `ublk-trace.watch`.
     pub kind: &'static str,
@@ -46,6 +47,7 @@ pub struct WatchJson {
 }
 
 #[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct DeviceJson {
     pub dev: u32,
     /// Kernel device state (LIVE, QUIESCED, DEAD, FAIL_IO, GONE), null when unknown.
@@ -59,6 +61,7 @@ pub struct DeviceJson {
 }
 
 #[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct ServerJson {
     pub pid: u32,
     /// /proc state letter of the server's worst thread.
@@ -67,6 +70,7 @@ pub struct ServerJson {
 }
 
 #[derive(Debug, Serialize, Default, PartialEq, Eq)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct StateCounts {
     pub unknown: u32,
     pub idle: u32,
@@ -81,6 +85,7 @@ pub struct StateCounts {
 }
 
 #[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct QueueJson {
     pub q_id: u16,
     pub depth: u16,
@@ -92,6 +97,7 @@ pub struct QueueJson {
 
 /// The driver-state source as JSON: `{"live":true}` or `{"live":false,"note":"why"}`.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct DriverJson {
     pub live: bool,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -12,7 +12,7 @@ use crate::snapshot::read::monotonic_ns;
 use crate::tui::app::{Action, App};
 use crate::tui::term::{self, TerminalGuard};
 use crate::tui::view_model::{DeviceRow, ViewModel};
-use crate::tui::{draw, dump};
+use crate::tui::{draw, dump, style};
 
 use super::WatchArgs;
 use super::session::Session;
@@ -103,6 +103,7 @@ pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
     };
     let mut screen = Screen { dev, frozen: None };
     let log_path = args.log_file.clone().unwrap_or_else(term::default_log_path);
+    let color = args.color.enabled();
     let mut guard = TerminalGuard::enter(&log_path).context("start the TUI")?;
     let mut next_draw = Instant::now();
     while !term::stop_requested() {
@@ -128,7 +129,12 @@ pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
             app.set_devices(rows.iter().map(|r| r.dev_id).collect());
             guard
                 .terminal
-                .draw(|f| draw::ui(f, &app, vm.as_ref(), &rows))
+                .draw(|f| {
+                    draw::ui(f, &app, vm.as_ref(), &rows);
+                    if !color {
+                        style::strip_colors(f.buffer_mut());
+                    }
+                })
                 .context("draw the screen")?;
             next_draw = Instant::now() + DRAW_EVERY;
         }
