@@ -550,6 +550,13 @@ pub fn render_text_with(r: &Report, color: bool) -> String {
             let _ = writeln!(s, "       {:<13} fix: {}", "", c.fix);
         }
     }
+    let _ = writeln!(
+        s,
+        "\nprobes: watch and diagnose read the driver's state plus a per-tag kernel map (command \
+         handlers, delivery task work, block tracepoints); \
+         `record` streams every event; `record --probe ublk_queue_rq` adds the kprobes on \
+         ublk_queue_rq(s) (opt-in: one trap per I/O)"
+    );
     let _ = writeln!(s, "\nublk functions on this kernel:");
     for f in &r.functions {
         let found = if f.found.is_empty() {

@@ -88,6 +88,11 @@ pub enum EventKind {
         sector: u64,
         bytes: u32,
         cmd_flags: u32,
+        /// Where the kernel said it: `tracepoint:block_rq_issue` (the default request start),
+        /// `kprobe:ublk_queue_rq(s)` (`record --probe ublk_queue_rq`), or `state-map` (rebuilt
+        /// for a rare event on watch's state path). Absent in older recordings.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
     },
     /// The owner thread ran the delivery task work / the tag's CQE was posted.
     Delivered { dev_id: u32, q_id: u16, tag: u16 },
@@ -161,6 +166,7 @@ mod tests {
                 sector: 8,
                 bytes: 4096,
                 cmd_flags: 0x800,
+                source: None,
             },
         };
         let line = serde_json::to_string(&ev).expect("serializes");

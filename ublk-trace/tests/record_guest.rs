@@ -24,12 +24,22 @@ fn accepted<'a>(evs: &'a [TraceEvent], want: &'a str) -> impl Iterator<Item = &'
     })
 }
 
-#[test]
-#[ignore = "needs ublk guest"]
-fn recording_counts_fetches_requests_commits_and_ctrl_order() {
+/// What one recording around `n` direct 4 KiB reads by dd held.
+struct Recorded {
+    header: ublk_trace::record::RecordHeader,
+    evs: Vec<TraceEvent>,
+    dd_pid: u32,
+    bdev: String,
+}
+
+/// `ublk-trace record <record_args>` while `ublk-server run null` serves `n` reads by dd; the
+/// recorder and the server stop cleanly, with 0 dropped events.
+fn record_around_dd(record_args: &[&str], n: usize) -> Recorded {
     let out = std::env::temp_dir().join(format!("ublk-trace-rec-{}.jsonl", std::process::id()));
     let mut rec = Command::new(bin("ublk-trace"))
-        .args(["record", "-o"])
+        .args(["record"])
+        .args(record_args)
+        .arg("-o")
         .arg(&out)
         .stderr(Stdio::piped())
         .spawn()
@@ -73,7 +83,7 @@ fn recording_counts_fetches_requests_commits_and_ctrl_order() {
             &format!("if={bdev}"),
             "of=/dev/null",
             "bs=4k",
-            &format!("count={N}"),
+            &format!("count={n}"),
             "iflag=direct",
         ])
         .stderr(Stdio::null())
@@ -93,6 +103,24 @@ fn recording_counts_fetches_requests_commits_and_ctrl_order() {
     assert!(summary.contains(" 0 dropped"), "{summary}");
 
     let (header, evs) = ublk_trace::record::read_jsonl(&out).expect("recording parses");
+    let _ = std::fs::remove_file(&out);
+    Recorded {
+        header,
+        evs,
+        dd_pid,
+        bdev,
+    }
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn recording_counts_fetches_requests_commits_and_ctrl_order() {
+    let Recorded {
+        header,
+        evs,
+        dd_pid,
+        bdev,
+    } = record_around_dd(&[], N);
     for p in header.probes.iter().filter(|p| p.required) {
         assert!(p.attached, "{p:?}");
     }
@@ -105,6 +133,13 @@ fn recording_counts_fetches_requests_commits_and_ctrl_order() {
         .filter(|e| e.pid == dd_pid && matches!(e.kind, EventKind::QueueRq { .. }))
         .collect();
     assert_eq!(dd_rqs.len(), N, "queue_rq from dd");
+    // By default the request start is the block_rq_issue tracepoint, and says so.
+    assert!(
+        dd_rqs.iter().all(|e| matches!(&e.kind,
+            EventKind::QueueRq { source: Some(s), .. } if s == "tracepoint:block_rq_issue")),
+        "{:?}",
+        dd_rqs.first()
+    );
     let dev_id: u32 = bdev
         .trim_start_matches("/dev/ublkb")
         .parse()
@@ -195,5 +230,34 @@ fn recording_counts_fetches_requests_commits_and_ctrl_order() {
             "{w} missing or out of order in {ctrl:?}"
         );
     }
-    let _ = std::fs::remove_file(&out);
+}
+
+/// `record --probe ublk_queue_rq`: the design's kprobe on the driver's own entry point is
+/// attached under its kernel name, and every request start of dd comes from it.
+#[test]
+#[ignore = "needs ublk guest"]
+fn recording_with_probe_ublk_queue_rq_names_its_source() {
+    const READS: usize = 20;
+    let r = record_around_dd(&["--probe", "ublk_queue_rq"], READS);
+    let kprobe = r
+        .header
+        .probes
+        .iter()
+        .find(|p| p.program == "queue_rq")
+        .unwrap_or_else(|| panic!("no queue_rq program in {:#?}", r.header.probes));
+    assert!(kprobe.attached, "{kprobe:?}");
+    assert_eq!(kprobe.target, "ublk_queue_rq", "{kprobe:?}");
+    let dd_rqs: Vec<&TraceEvent> = r
+        .evs
+        .iter()
+        .filter(|e| e.pid == r.dd_pid && matches!(e.kind, EventKind::QueueRq { .. }))
+        .collect();
+    assert_eq!(dd_rqs.len(), READS, "one request start per read of dd");
+    assert!(
+        dd_rqs.iter().all(|e| matches!(&e.kind,
+            EventKind::QueueRq { source: Some(s), .. } if s == "kprobe:ublk_queue_rq(s)")),
+        "{:?}",
+        dd_rqs.first()
+    );
+    assert!(r.bdev.starts_with("/dev/ublkb"));
 }

@@ -17,6 +17,7 @@ const MATRIX_FILTERS: &[&str] = &[
     "smoke",
     "doctor_finds_every_required_function",
     "recording_counts_fetches_requests_commits",
+    "recording_with_probe_ublk_queue_rq",
     "ctrl_kprobe_counts_exactly",
     "state_map_tracks_tags",
     "fio_null_completes",

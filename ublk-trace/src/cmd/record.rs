@@ -37,7 +37,16 @@ pub struct RecordArgs {
     /// Do not trace: convert this JSON-lines recording to `--format perfetto`.
     #[arg(long, value_name = "JSONL")]
     pub from: Option<PathBuf>,
+    /// Also attach an opt-in probe (repeatable): `ublk_queue_rq` (kprobes on ublk_queue_rq
+    /// and ublk_queue_rqs: each request start then comes from the driver's own entry point,
+    /// which also sees a request it fails before starting; the block_rq_issue tracepoint is
+    /// recorded beside it). Off by default for cost: one kprobe trap per I/O.
+    #[arg(long = "probe", value_name = "NAME", value_parser = OPT_IN_PROBES)]
+    pub probes: Vec<String>,
 }
+
+/// Probes `record --probe` can add (the kernel's function names; `queue_rq` is accepted too).
+pub const OPT_IN_PROBES: [&str; 2] = ["ublk_queue_rq", "queue_rq"];
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -335,6 +344,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         // A recording is for offline analysis: keep the block issue (issue -> complete
         // latency in `report`); it is decoded from the request-start record, no extra cost.
         block_issue: Some(true),
+        queue_rq_kprobes: args.probes.iter().any(|p| p.ends_with("queue_rq")),
         ..Default::default()
     };
     let mut tracer = Tracer::start(&cfg).context("start the tracer (see 'ublk-trace doctor')")?;

@@ -125,6 +125,7 @@ pub fn queue_rq(dev: u32, q: u16, tag: u16, ts: u64, op: &str, bytes: u32) -> Tr
             sector: u64::from(tag) * 8,
             bytes,
             cmd_flags: 0,
+            source: None,
         },
     )
 }

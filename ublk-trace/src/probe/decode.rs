@@ -17,6 +17,15 @@ pub struct Decoder {
     pub issue_from_queue_rq: bool,
 }
 
+/// The kernel hook a request-start record came from (`arg1` says; the kprobes leave it 0).
+pub fn queue_rq_source(arg1: u64) -> &'static str {
+    match arg1 {
+        ublk_trace_common::event::QUEUE_RQ_FROM_ISSUE => "tracepoint:block_rq_issue",
+        ublk_trace_common::event::QUEUE_RQ_FROM_STATE => "state-map",
+        _ => "kprobe:ublk_queue_rq(s)",
+    }
+}
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error(
@@ -113,6 +122,7 @@ impl Decoder {
                         sector: r.arg0,
                         bytes: r.bytes,
                         cmd_flags: r.flags,
+                        source: Some(queue_rq_source(r.arg1).to_string()),
                     },
                 ));
                 if self.issue_from_queue_rq && r.arg1 == QUEUE_RQ_FROM_ISSUE {

@@ -211,6 +211,7 @@ mod tests {
                 sector: 8,
                 bytes: 4096,
                 cmd_flags: 0,
+                source: None,
             },
         )
     }

@@ -104,6 +104,7 @@ fn write_fields(out: &mut Vec<u8>, e: &TraceEvent) -> Option<()> {
             sector,
             bytes,
             cmd_flags,
+            source,
         } => {
             let _ = write!(
                 out,
@@ -112,8 +113,13 @@ fn write_fields(out: &mut Vec<u8>, e: &TraceEvent) -> Option<()> {
             string(out, op);
             let _ = write!(
                 out,
-                ",\"sector\":{sector},\"bytes\":{bytes},\"cmd_flags\":{cmd_flags}}}"
+                ",\"sector\":{sector},\"bytes\":{bytes},\"cmd_flags\":{cmd_flags}"
             );
+            if let Some(src) = source {
+                out.extend_from_slice(b",\"source\":");
+                string(out, src);
+            }
+            out.push(b'}');
         }
         EventKind::Delivered { dev_id, q_id, tag } => {
             let _ = write!(
@@ -245,6 +251,7 @@ mod tests {
                     sector: 1 << 40,
                     bytes: 4096,
                     cmd_flags: 0x800,
+                    source: None,
                 },
             ),
             ev(
