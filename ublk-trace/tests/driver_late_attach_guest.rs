@@ -12,6 +12,14 @@ use std::time::{Duration, Instant};
 use diagnose_common::*;
 use serde_json::Value;
 
+/// `ublk-server run null --queues 1 --depth DEPTH --no-tag-state <extra>`: a server whose
+/// state the tracer can learn only from the kernel.
+fn args(depth: &'static str, extra: &[&'static str]) -> Vec<&'static str> {
+    let mut v = vec!["null", "--queues", "1", "--depth", depth, "--no-tag-state"];
+    v.extend_from_slice(extra);
+    v
+}
+
 /// The first `watch --headless` document in which the driver's state is read; panics if none
 /// comes within a minute (the reader parses BTF first: seconds under TCG).
 fn driver_doc(dev_id: u32) -> Value {
@@ -68,16 +76,7 @@ fn has_tag(f: &Value, q: u64, tag: u64, state: &str) -> bool {
 #[test]
 #[ignore = "needs ublk guest"]
 fn smoke_driver_late_hang_tag_is_stuck_in_server_with_its_request() {
-    let s = Server::start(&[
-        "null",
-        "--queues",
-        "1",
-        "--depth",
-        "4",
-        "--no-tag-state",
-        "--inject",
-        "hang:q=0,tag=1",
-    ]);
+    let s = Server::start(&args("4", &["--inject", "hang:q=0,tag=1"]));
     let mut fio = fio_reads(&s.bdev(), 4, 0);
     assert!(
         wait_for_stuck_tag(s.dev_id, 0, 1, Duration::from_secs(30)),
@@ -107,7 +106,7 @@ fn smoke_driver_late_hang_tag_is_stuck_in_server_with_its_request() {
 #[test]
 #[ignore = "needs ublk guest"]
 fn smoke_driver_late_stopped_server_names_the_busy_tag() {
-    let s = Server::start(&["null", "--queues", "1", "--depth", "8", "--no-tag-state"]);
+    let s = Server::start(&args("8", &[]));
     s.signal(libc::SIGSTOP);
     let mut reader = dd(&s.bdev(), 3, 1, None);
     assert!(
@@ -142,18 +141,15 @@ fn smoke_driver_late_stopped_server_names_the_busy_tag() {
 #[test]
 #[ignore = "needs ublk guest"]
 fn smoke_driver_late_skip_fetch_is_no_fetch_on_the_skipped_tags() {
-    let s = Server::spawn_unready(&[
-        "null",
-        "--queues",
-        "1",
-        "--depth",
+    let s = Server::spawn_unready(&args(
         "8",
-        "--no-tag-state",
-        "--inject",
-        "skip-fetch:q=0,tags=2",
-        "--start-timeout-ms",
-        "120000",
-    ]);
+        &[
+            "--inject",
+            "skip-fetch:q=0,tags=2",
+            "--start-timeout-ms",
+            "120000",
+        ],
+    ));
     // START_DEV waits for the missing FETCH; give the stack and the driver time to show it.
     std::thread::sleep(Duration::from_secs(2));
     let doc = late_diagnose(s.dev_id);
@@ -179,16 +175,7 @@ fn smoke_driver_late_skip_fetch_is_no_fetch_on_the_skipped_tags() {
 #[test]
 #[ignore = "needs ublk guest"]
 fn smoke_driver_late_error_commit_is_a_bad_commit_from_io_res() {
-    let s = Server::start(&[
-        "null",
-        "--queues",
-        "1",
-        "--depth",
-        "8",
-        "--no-tag-state",
-        "--inject",
-        "error:errno=5",
-    ]);
+    let s = Server::start(&args("8", &["--inject", "error:errno=5"]));
     // dd stops at its first failed read: one tag keeps io->res = -EIO.
     let mut reader = dd(&s.bdev(), 0, 10, None);
     let _ = wait_timeout(&mut reader, Duration::from_secs(30));
@@ -206,16 +193,7 @@ fn smoke_driver_late_error_commit_is_a_bad_commit_from_io_res() {
 #[test]
 #[ignore = "needs ublk guest"]
 fn smoke_driver_late_crash_is_server_dead_with_known_tags() {
-    let s = Server::start(&[
-        "null",
-        "--queues",
-        "1",
-        "--depth",
-        "8",
-        "--no-tag-state",
-        "--inject",
-        "crash:after=200",
-    ]);
+    let s = Server::start(&args("8", &["--inject", "crash:after=200"]));
     let mut reader = dd(&s.bdev(), 0, 100_000, None);
     let mut s = s;
     let gone = wait_timeout(&mut s.child, Duration::from_secs(60));
