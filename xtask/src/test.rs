@@ -82,6 +82,8 @@ pub struct TestOpts {
     pub smoke_kernels: Vec<KernelSpec>,
     pub filter: Vec<String>,
     pub lint: bool,
+    /// Guest vCPUs (`None`: the harness default). The kernel clamps a device's queues to it.
+    pub smp: Option<u32>,
 }
 
 pub fn run(opts: &TestOpts) -> Result<bool> {
@@ -114,7 +116,7 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
             if smoke && filter.is_empty() {
                 filter.extend(MATRIX_FILTERS.iter().map(|f| f.to_string()));
             }
-            match guest_suite(spec, &binaries, &filter) {
+            match guest_suite(spec, &binaries, &filter, opts.smp) {
                 Ok(t) => {
                     println!(
                         "[test] guest {}{}: {} passed, {} failed{}",
@@ -240,10 +242,14 @@ fn guest_suite(
     spec: &KernelSpec,
     binaries: &[(String, PathBuf)],
     filter: &[String],
+    smp: Option<u32>,
 ) -> Result<Tally> {
     let kernel = crate::kernel::fetch(spec)?;
     let bin_dir = build_project(false)?;
     let mut opts = GuestOpts::new(spec.clone());
+    if let Some(n) = smp {
+        opts.smp = n;
+    }
     opts.timeout = Duration::from_secs(
         std::env::var("UBLK_GUEST_TIMEOUT")
             .ok()
