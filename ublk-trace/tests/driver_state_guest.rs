@@ -170,6 +170,13 @@ fn driver_state_smoke_hung_tag_is_owned_by_the_server_with_its_request() {
         assert_eq!((d.nr_hw_queues, d.queue_depth), (queues, DEPTH));
         assert_eq!(d.state_name, "LIVE");
         assert!(d.has_disk);
+        if let Some(n) = d.nr_io_ready {
+            assert_eq!(
+                n,
+                u32::from(queues) * u32::from(DEPTH),
+                "device-wide ios ready"
+            );
+        }
         assert_eq!(d.ublksrv_pid, srv_pid as i32);
         for qs in &d.queues {
             assert!(
@@ -331,4 +338,27 @@ fn driver_state_smoke_idle_4x1024_device_reads_cheaply() {
     // reads per tag (thousands of preads), not the target; `state --repeat` measures release.
     assert!(cpu < 500_000, "one read cost {cpu} us of CPU");
     assert_recovered(dev_id, Duration::from_secs(30));
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn driver_state_smoke_doctor_says_the_reader_works() {
+    let s = Server::start(&["null", "--queues", "1", "--depth", "8"]);
+    let out = Command::new(bin("ublk-trace"))
+        .args(["doctor", "--json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run ublk-trace doctor");
+    drop(s);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("doctor --json is JSON");
+    let check = doc["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "driver_state"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no driver_state check: {doc}"));
+    println!("{check}");
+    assert_eq!(check["status"], "ok", "{check}");
+    let detail = check["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("device(s) read"), "{check}");
 }

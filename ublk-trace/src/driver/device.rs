@@ -96,6 +96,7 @@ struct DevHead {
     ublksrv_pid: i64,
     disk: u64,
     tags: u64,
+    nr_io_ready: Option<u64>,
 }
 
 fn read_head(ctx: &Ctx, ub: u64) -> Result<(DevHead, Vec<u8>), WalkError> {
@@ -111,6 +112,7 @@ fn read_head(ctx: &Ctx, ub: u64) -> Result<(DevHead, Vec<u8>), WalkError> {
         ublksrv_pid: l.ublksrv_pid.get_signed(&b).unwrap_or(-1),
         disk: get(super::layout::Field::new(l.ub_disk, 8)),
         tags: get(super::layout::Field::new(l.set_tags, 8)),
+        nr_io_ready: l.dev_nr_io_ready.and_then(|f| f.get(&b)),
     };
     Ok((h, b))
 }
@@ -163,6 +165,7 @@ pub(super) fn read_device(ctx: &Ctx, dev_id: u64, ub: u64) -> Result<DeviceState
         queue_depth: depth,
         ublksrv_pid: again.ublksrv_pid as i32,
         has_disk: again.disk != 0,
+        nr_io_ready: again.nr_io_ready.map(|n| n as u32),
         mq_freeze_depth: freeze,
         quiesce_depth: quiesce,
         queues,

@@ -33,6 +33,7 @@ fn layout(queues: QueuesAt) -> Layout {
         dev_id: f(24, 4),
         ublksrv_pid: f(28, 4),
         dev_flags: f(32, 8),
+        dev_nr_io_ready: None,
         set_tags: 64,
         queues,
         q_id: Some(f(0, 2)),
