@@ -3,7 +3,6 @@
 //! shows up as a failed read or as fields that stop adding up; either ends its walk with a
 //! reason (the device is dropped), never a panic.
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::Instant;
 
 use super::flags::FlagRow;
@@ -17,9 +16,10 @@ pub(super) struct Ctx<'a> {
     pub l: &'a Layout,
     pub row: &'a FlagRow,
     pub deadline: Instant,
-    /// Tasks read during this read, by address (many tags share one task). Never kept
-    /// across reads: a freed task_struct can be reused for another task.
-    pub tasks: RefCell<HashMap<u64, Option<TaskRef>>>,
+    /// Tasks read during this read, by address (every tag of a queue shares one or a few
+    /// tasks: a short list, searched from the last hit). Never kept across reads: a freed
+    /// task_struct can be reused for another task.
+    pub tasks: RefCell<Vec<(u64, Option<TaskRef>)>>,
 }
 
 impl Ctx<'_> {
@@ -50,11 +50,11 @@ impl Ctx<'_> {
         if addr == 0 {
             return None;
         }
-        if let Some(t) = self.tasks.borrow().get(&addr) {
+        if let Some((_, t)) = self.tasks.borrow().iter().rev().find(|(a, _)| *a == addr) {
             return t.clone();
         }
         let t = self.read_task(addr).ok();
-        self.tasks.borrow_mut().insert(addr, t.clone());
+        self.tasks.borrow_mut().push((addr, t.clone()));
         t
     }
 

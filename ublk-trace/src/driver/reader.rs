@@ -3,7 +3,6 @@
 //! a deadline (a read of /proc/kcore should not block, but the tracer must never hang on what
 //! it diagnoses); a thread left behind is replaced on the next read.
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -267,7 +266,7 @@ pub fn walk(
         l,
         row,
         deadline,
-        tasks: RefCell::new(HashMap::new()),
+        tasks: RefCell::new(Vec::new()),
     };
     let wanted: Vec<(u64, u64)> = match target {
         Target::All => entries,
