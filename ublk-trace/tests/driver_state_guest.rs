@@ -362,3 +362,53 @@ fn driver_state_smoke_doctor_says_the_reader_works() {
     let detail = check["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("device(s) read"), "{check}");
 }
+
+/// Devices added and removed (server SIGKILLed, then `del`) while the reader reads every
+/// device in a loop: each read ends cleanly, a device caught mid-removal is dropped or
+/// simply absent, and a live one reads whole.
+#[test]
+#[ignore = "needs ublk guest"]
+fn driver_state_smoke_devices_removed_while_read_end_cleanly() {
+    let mut reader = Reader::open().unwrap_or_else(|e| panic!("reader opens in the guest: {e}"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 6 {
+                let s = Server::start(&["null", "--queues", "2", "--depth", "128"]);
+                std::thread::sleep(Duration::from_millis(300));
+                drop(s);
+                n += 1;
+            }
+            n
+        })
+    };
+    let (mut reads, mut devices, mut dropped) = (0, 0, Vec::new());
+    let t0 = Instant::now();
+    while !churn.is_finished() && t0.elapsed() < Duration::from_secs(120) {
+        let s = reader
+            .read(Target::All, Instant::now() + Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("read {reads} failed: {e}"));
+        for d in &s.devices {
+            assert_eq!(
+                d.queues.len(),
+                usize::from(d.nr_hw_queues),
+                "dev {}",
+                d.dev_id
+            );
+            for q in &d.queues {
+                assert_eq!(q.tags.len() + q.changing.len(), usize::from(d.queue_depth));
+            }
+        }
+        reads += 1;
+        devices += s.devices.len();
+        dropped.extend(s.dropped);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cycles = churn.join().expect("churn thread");
+    println!(
+        "{cycles} add/remove cycles, {reads} reads, {devices} devices read, dropped: {dropped:?}"
+    );
+    assert!(cycles >= 3 && reads > 0 && devices > 0);
+}

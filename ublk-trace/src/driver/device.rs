@@ -203,10 +203,19 @@ fn queue_addrs(
     depth: u16,
 ) -> Result<Vec<u64>, WalkError> {
     let l = ctx.l;
+    let set_up = |p: u64| {
+        if p == 0 {
+            Err(WalkError::Garbage(
+                "its queues are not set up (the device is being added or removed)".into(),
+            ))
+        } else {
+            Ok(check_ptr(p, 8)?)
+        }
+    };
     match l.queues {
         QueuesAt::PtrArray { off } => {
             let ptrs = ctx.read_ptrs(ub + u64::from(off), nq)?;
-            ptrs.into_iter().map(|p| Ok(check_ptr(p, 8)?)).collect()
+            ptrs.into_iter().map(set_up).collect()
         }
         QueuesAt::Blob { base, stride } => {
             let at = super::layout::Field::new(base, 8).get(head).unwrap_or(0);
@@ -217,7 +226,7 @@ fn queue_addrs(
                     "queue_size {stride} < {need} for depth {depth}"
                 )));
             }
-            let at = check_ptr(at, 8)?;
+            let at = set_up(at)?;
             Ok((0..nq as u64).map(|q| at + q * stride).collect())
         }
     }
