@@ -45,6 +45,17 @@ impl Ctx<'_> {
             .collect())
     }
 
+    /// `p` as a pointer to `what`: NULL is named (a structure being set up or torn down),
+    /// anything else must look like a kernel pointer.
+    pub fn ptr(&self, what: &str, p: u64) -> Result<u64, WalkError> {
+        if p == 0 {
+            return Err(WalkError::Garbage(format!(
+                "{what} is NULL (being set up or torn down)"
+            )));
+        }
+        Ok(check_ptr(p, 8)?)
+    }
+
     /// The task at `addr` (pid, tgid, comm), or None when it cannot be read.
     pub fn task(&self, addr: u64) -> Option<TaskRef> {
         if addr == 0 {
@@ -143,7 +154,7 @@ pub(super) fn read_device(ctx: &Ctx, dev_id: u64, ub: u64) -> Result<DeviceState
     let tags = if h.tags == 0 {
         vec![0; nq]
     } else {
-        ctx.read_ptrs(check_ptr(h.tags, 8)?, nq)?
+        ctx.read_ptrs(ctx.ptr("ub->tag_set.tags", h.tags)?, nq)?
     };
     let mut queues = Vec::with_capacity(nq);
     for (q, (&ubq, &t)) in queue_addrs.iter().zip(&tags).enumerate() {

@@ -173,7 +173,7 @@ impl BlkTags {
             return Err(WalkError::Garbage(format!("blk_mq_tags.nr_tags {nr}")));
         }
         let rqs = Field::new(l.tags_rqs, 8).get(&t).unwrap_or(0);
-        let rqs = ctx.read_ptrs(check_ptr(rqs, 8)?, usize::from(depth))?;
+        let rqs = ctx.read_ptrs(ctx.ptr("blk_mq_tags.rqs", rqs)?, usize::from(depth))?;
         let busy = busy_bitmap(ctx, l, &t, depth)?;
         Ok(Self { rqs, busy })
     }
@@ -239,7 +239,10 @@ fn busy_bitmap(
             "sbitmap shift {shift} map_nr {map_nr}"
         )));
     }
-    let w = ctx.read(check_ptr(map, 8)?, map_nr as usize * bm.word_size as usize)?;
+    let w = ctx.read(
+        ctx.ptr("sbitmap.map", map)?,
+        map_nr as usize * bm.word_size as usize,
+    )?;
     let per = 1u64 << shift;
     let busy = (0..u64::from(depth))
         .map(|tag| {
