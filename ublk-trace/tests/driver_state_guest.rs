@@ -170,6 +170,13 @@ fn driver_state_smoke_hung_tag_is_owned_by_the_server_with_its_request() {
         assert_eq!((d.nr_hw_queues, d.queue_depth), (queues, DEPTH));
         assert_eq!(d.state_name, "LIVE");
         assert!(d.has_disk);
+        if let Some(n) = d.nr_io_ready {
+            assert_eq!(
+                n,
+                u32::from(queues) * u32::from(DEPTH),
+                "device-wide ios ready"
+            );
+        }
         assert_eq!(d.ublksrv_pid, srv_pid as i32);
         for qs in &d.queues {
             assert!(
@@ -331,4 +338,77 @@ fn driver_state_smoke_idle_4x1024_device_reads_cheaply() {
     // reads per tag (thousands of preads), not the target; `state --repeat` measures release.
     assert!(cpu < 500_000, "one read cost {cpu} us of CPU");
     assert_recovered(dev_id, Duration::from_secs(30));
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn driver_state_smoke_doctor_says_the_reader_works() {
+    let s = Server::start(&["null", "--queues", "1", "--depth", "8"]);
+    let out = Command::new(bin("ublk-trace"))
+        .args(["doctor", "--json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run ublk-trace doctor");
+    drop(s);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("doctor --json is JSON");
+    let check = doc["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "driver_state"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no driver_state check: {doc}"));
+    println!("{check}");
+    assert_eq!(check["status"], "ok", "{check}");
+    let detail = check["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("device(s) read"), "{check}");
+}
+
+/// Devices added and removed (server SIGKILLed, then `del`) while the reader reads every
+/// device in a loop: each read ends cleanly, a device caught mid-removal is dropped or
+/// simply absent, and a live one reads whole.
+#[test]
+#[ignore = "needs ublk guest"]
+fn driver_state_smoke_devices_removed_while_read_end_cleanly() {
+    let mut reader = Reader::open().unwrap_or_else(|e| panic!("reader opens in the guest: {e}"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 6 {
+                let s = Server::start(&["null", "--queues", "2", "--depth", "128"]);
+                std::thread::sleep(Duration::from_millis(300));
+                drop(s);
+                n += 1;
+            }
+            n
+        })
+    };
+    let (mut reads, mut devices, mut dropped) = (0, 0, Vec::new());
+    let t0 = Instant::now();
+    while !churn.is_finished() && t0.elapsed() < Duration::from_secs(120) {
+        let s = reader
+            .read(Target::All, Instant::now() + Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("read {reads} failed: {e}"));
+        for d in &s.devices {
+            assert_eq!(
+                d.queues.len(),
+                usize::from(d.nr_hw_queues),
+                "dev {}",
+                d.dev_id
+            );
+            for q in &d.queues {
+                assert_eq!(q.tags.len() + q.changing.len(), usize::from(d.queue_depth));
+            }
+        }
+        reads += 1;
+        devices += s.devices.len();
+        dropped.extend(s.dropped);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cycles = churn.join().expect("churn thread");
+    println!(
+        "{cycles} add/remove cycles, {reads} reads, {devices} devices read, dropped: {dropped:?}"
+    );
+    assert!(cycles >= 3 && reads > 0 && devices > 0);
 }

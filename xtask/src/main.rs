@@ -225,6 +225,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 smoke_kernels: vec![],
                 filter,
                 lint: false,
+                smp: Some(g.smp),
             })?;
             Ok(if ok {
                 ExitCode::SUCCESS
@@ -292,6 +293,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 smoke_kernels: smoke,
                 filter: a.filter,
                 lint: !a.no_lint,
+                smp: None,
             })?;
             Ok(if ok {
                 ExitCode::SUCCESS

@@ -83,6 +83,8 @@ pub struct TestOpts {
     pub smoke_kernels: Vec<KernelSpec>,
     pub filter: Vec<String>,
     pub lint: bool,
+    /// Guest vCPUs (`None`: the harness default). The kernel clamps a device's queues to it.
+    pub smp: Option<u32>,
 }
 
 pub fn run(opts: &TestOpts) -> Result<bool> {
@@ -115,7 +117,7 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
             if smoke && filter.is_empty() {
                 filter.extend(MATRIX_FILTERS.iter().map(|f| f.to_string()));
             }
-            match guest_suite(spec, &binaries, &filter) {
+            match guest_suite(spec, &binaries, &filter, opts.smp) {
                 Ok(t) => {
                     println!(
                         "[test] guest {}{}: {} passed, {} failed{}",
@@ -241,12 +243,16 @@ fn guest_suite(
     spec: &KernelSpec,
     binaries: &[(String, PathBuf)],
     filter: &[String],
+    smp: Option<u32>,
 ) -> Result<Tally> {
     let kernel = crate::kernel::fetch(spec)?;
     // Release builds, as users run them: unoptimised BTF parsing and loading take the probes
     // several seconds longer to go live in the emulated guest.
     let bin_dir = build_project(true)?;
     let mut opts = GuestOpts::new(spec.clone());
+    if let Some(n) = smp {
+        opts.smp = n;
+    }
     opts.timeout = Duration::from_secs(
         std::env::var("UBLK_GUEST_TIMEOUT")
             .ok()

@@ -138,6 +138,10 @@ pub fn render_text(s: &DriverSnapshot, all_tags: bool) -> String {
             opt(d.mq_freeze_depth),
             opt(d.quiesce_depth),
         );
+        if let Some(n) = d.nr_io_ready {
+            let total = usize::from(d.nr_hw_queues) * usize::from(d.queue_depth);
+            let _ = writeln!(o, "  ios ready (device-wide) {n}/{total}");
+        }
         for q in &d.queues {
             render_queue(&mut o, q, d.queue_depth, s.taken_ns, all_tags);
         }

@@ -3,7 +3,6 @@
 //! shows up as a failed read or as fields that stop adding up; either ends its walk with a
 //! reason (the device is dropped), never a panic.
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::Instant;
 
 use super::flags::FlagRow;
@@ -17,9 +16,10 @@ pub(super) struct Ctx<'a> {
     pub l: &'a Layout,
     pub row: &'a FlagRow,
     pub deadline: Instant,
-    /// Tasks read during this read, by address (many tags share one task). Never kept
-    /// across reads: a freed task_struct can be reused for another task.
-    pub tasks: RefCell<HashMap<u64, Option<TaskRef>>>,
+    /// Tasks read during this read, by address (every tag of a queue shares one or a few
+    /// tasks: a short list, searched from the last hit). Never kept across reads: a freed
+    /// task_struct can be reused for another task.
+    pub tasks: RefCell<Vec<(u64, Option<TaskRef>)>>,
 }
 
 impl Ctx<'_> {
@@ -45,16 +45,27 @@ impl Ctx<'_> {
             .collect())
     }
 
+    /// `p` as a pointer to `what`: NULL is named (a structure being set up or torn down),
+    /// anything else must look like a kernel pointer.
+    pub fn ptr(&self, what: &str, p: u64) -> Result<u64, WalkError> {
+        if p == 0 {
+            return Err(WalkError::Garbage(format!(
+                "{what} is NULL (being set up or torn down)"
+            )));
+        }
+        Ok(check_ptr(p, 8)?)
+    }
+
     /// The task at `addr` (pid, tgid, comm), or None when it cannot be read.
     pub fn task(&self, addr: u64) -> Option<TaskRef> {
         if addr == 0 {
             return None;
         }
-        if let Some(t) = self.tasks.borrow().get(&addr) {
+        if let Some((_, t)) = self.tasks.borrow().iter().rev().find(|(a, _)| *a == addr) {
             return t.clone();
         }
         let t = self.read_task(addr).ok();
-        self.tasks.borrow_mut().insert(addr, t.clone());
+        self.tasks.borrow_mut().push((addr, t.clone()));
         t
     }
 
@@ -96,6 +107,7 @@ struct DevHead {
     ublksrv_pid: i64,
     disk: u64,
     tags: u64,
+    nr_io_ready: Option<u64>,
 }
 
 fn read_head(ctx: &Ctx, ub: u64) -> Result<(DevHead, Vec<u8>), WalkError> {
@@ -111,6 +123,7 @@ fn read_head(ctx: &Ctx, ub: u64) -> Result<(DevHead, Vec<u8>), WalkError> {
         ublksrv_pid: l.ublksrv_pid.get_signed(&b).unwrap_or(-1),
         disk: get(super::layout::Field::new(l.ub_disk, 8)),
         tags: get(super::layout::Field::new(l.set_tags, 8)),
+        nr_io_ready: l.dev_nr_io_ready.and_then(|f| f.get(&b)),
     };
     Ok((h, b))
 }
@@ -141,7 +154,7 @@ pub(super) fn read_device(ctx: &Ctx, dev_id: u64, ub: u64) -> Result<DeviceState
     let tags = if h.tags == 0 {
         vec![0; nq]
     } else {
-        ctx.read_ptrs(check_ptr(h.tags, 8)?, nq)?
+        ctx.read_ptrs(ctx.ptr("ub->tag_set.tags", h.tags)?, nq)?
     };
     let mut queues = Vec::with_capacity(nq);
     for (q, (&ubq, &t)) in queue_addrs.iter().zip(&tags).enumerate() {
@@ -163,6 +176,7 @@ pub(super) fn read_device(ctx: &Ctx, dev_id: u64, ub: u64) -> Result<DeviceState
         queue_depth: depth,
         ublksrv_pid: again.ublksrv_pid as i32,
         has_disk: again.disk != 0,
+        nr_io_ready: again.nr_io_ready.map(|n| n as u32),
         mq_freeze_depth: freeze,
         quiesce_depth: quiesce,
         queues,
@@ -200,10 +214,19 @@ fn queue_addrs(
     depth: u16,
 ) -> Result<Vec<u64>, WalkError> {
     let l = ctx.l;
+    let set_up = |p: u64| {
+        if p == 0 {
+            Err(WalkError::Garbage(
+                "its queues are not set up (the device is being added or removed)".into(),
+            ))
+        } else {
+            Ok(check_ptr(p, 8)?)
+        }
+    };
     match l.queues {
         QueuesAt::PtrArray { off } => {
             let ptrs = ctx.read_ptrs(ub + u64::from(off), nq)?;
-            ptrs.into_iter().map(|p| Ok(check_ptr(p, 8)?)).collect()
+            ptrs.into_iter().map(set_up).collect()
         }
         QueuesAt::Blob { base, stride } => {
             let at = super::layout::Field::new(base, 8).get(head).unwrap_or(0);
@@ -214,7 +237,7 @@ fn queue_addrs(
                     "queue_size {stride} < {need} for depth {depth}"
                 )));
             }
-            let at = check_ptr(at, 8)?;
+            let at = set_up(at)?;
             Ok((0..nq as u64).map(|q| at + q * stride).collect())
         }
     }

@@ -2,6 +2,8 @@
 //! BTF does not carry them. They are taken from the kernel source per version, and the table
 //! says which versions each row was checked against; a kernel outside every row is decoded
 //! with the nearest older row and the snapshot says so.
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// One range of kernels with the same flag values.
@@ -105,7 +107,8 @@ pub fn describe(row: &FlagRow, in_table: bool) -> FlagsTable {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoFlags {
     pub raw: u32,
-    pub names: Vec<String>,
+    /// Borrowed from the table: a per-tag copy costs no string allocation.
+    pub names: Vec<Cow<'static, str>>,
     /// Bits this kernel's row does not name (0 when none).
     pub unknown: u32,
 }
@@ -124,7 +127,7 @@ pub fn decode(row: &FlagRow, raw: u32) -> IoFlags {
         .filter(|(_, b)| raw & b != 0)
         .map(|(n, b)| {
             known |= b;
-            n.to_string()
+            Cow::Borrowed(*n)
         })
         .collect();
     IoFlags {

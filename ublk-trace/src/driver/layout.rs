@@ -94,6 +94,8 @@ pub struct Layout {
     pub dev_id: Field,
     pub ublksrv_pid: Field,
     pub dev_flags: Field,
+    /// `ub->nr_io_ready`: 6.17–6.18 count ready ios per device, not per queue.
+    pub dev_nr_io_ready: Option<Field>,
     /// `ub->tag_set.tags` (struct blk_mq_tags **).
     pub set_tags: u32,
     pub queues: QueuesAt,
@@ -255,6 +257,7 @@ impl Layout {
             dev_id: r.scalar("ublk_device", "dev_info.dev_id"),
             ublksrv_pid: r.scalar("ublk_device", "dev_info.ublksrv_pid"),
             dev_flags: r.scalar("ublk_device", "dev_info.flags"),
+            dev_nr_io_ready: r.look("ublk_device", "nr_io_ready"),
             set_tags: r.need("ublk_device", "tag_set").off + r.need("blk_mq_tag_set", "tags").off,
             queues,
             q_id: r.opt("ublk_queue", "q_id"),
@@ -316,6 +319,7 @@ impl Layout {
             self.dev_id.end(),
             self.ublksrv_pid.end(),
             self.dev_flags.end(),
+            self.dev_nr_io_ready.map_or(0, |f| f.end()),
             self.set_tags + 8,
         ]
         .into_iter()

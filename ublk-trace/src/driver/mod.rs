@@ -90,6 +90,8 @@ pub struct DeviceState {
     pub ublksrv_pid: i32,
     /// `ub->ub_disk` is set (START_DEV added the disk and it is not yet removed).
     pub has_disk: bool,
+    /// `ub->nr_io_ready`, where the device keeps the count instead of each queue (6.17–6.18).
+    pub nr_io_ready: Option<u32>,
     /// The disk's request_queue (shared by every hardware queue): `mq_freeze_depth` and
     /// `quiesce_depth`; absent without a disk or on a kernel without the field.
     pub mq_freeze_depth: Option<i32>,

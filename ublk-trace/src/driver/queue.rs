@@ -6,8 +6,6 @@
 //! (idle = plain ACTIVE, not busy in blk-mq). An idle 4 x 1024 device reads no request.
 //!
 //! Live memory tears: each queue is read twice and a tag is kept only when both reads agree.
-use std::collections::HashMap;
-
 use super::device::Ctx;
 use super::flags::{self, IoFlags};
 use super::kcore::check_ptr;
@@ -46,8 +44,8 @@ pub(super) fn read_queue(
     let (h, first) = pass(ctx, q, ubq, tags, depth, rq_queue)?;
     let (_, second) = pass(ctx, q, ubq, tags, depth, rq_queue)?;
     let active = flags::bit(ctx.row, flags::ACTIVE).unwrap_or(1);
-    // Most tags share a few flag values: decode each value once.
-    let mut decoded: HashMap<u32, IoFlags> = HashMap::new();
+    // Most tags share a few flag values: decode each value once (a short list beats a hash).
+    let mut decoded: Vec<(u32, IoFlags)> = Vec::new();
     let mut agreed = Vec::with_capacity(first.len());
     let mut changing = Vec::new();
     for (tag, (a, b)) in (0..depth).zip(first.into_iter().zip(second)) {
@@ -55,10 +53,14 @@ pub(super) fn read_queue(
             changing.push(tag);
             continue;
         }
-        let fl = decoded
-            .entry(a.flags)
-            .or_insert_with(|| flags::decode(ctx.row, a.flags))
-            .clone();
+        let fl = match decoded.iter().find(|(raw, _)| *raw == a.flags) {
+            Some((_, f)) => f.clone(),
+            None => {
+                let f = flags::decode(ctx.row, a.flags);
+                decoded.push((a.flags, f.clone()));
+                f
+            }
+        };
         let cmd_parked = a.flags & active != 0 && a.cmd != 0;
         agreed.push(TagState {
             tag,
@@ -171,7 +173,7 @@ impl BlkTags {
             return Err(WalkError::Garbage(format!("blk_mq_tags.nr_tags {nr}")));
         }
         let rqs = Field::new(l.tags_rqs, 8).get(&t).unwrap_or(0);
-        let rqs = ctx.read_ptrs(check_ptr(rqs, 8)?, usize::from(depth))?;
+        let rqs = ctx.read_ptrs(ctx.ptr("blk_mq_tags.rqs", rqs)?, usize::from(depth))?;
         let busy = busy_bitmap(ctx, l, &t, depth)?;
         Ok(Self { rqs, busy })
     }
@@ -237,7 +239,10 @@ fn busy_bitmap(
             "sbitmap shift {shift} map_nr {map_nr}"
         )));
     }
-    let w = ctx.read(check_ptr(map, 8)?, map_nr as usize * bm.word_size as usize)?;
+    let w = ctx.read(
+        ctx.ptr("sbitmap.map", map)?,
+        map_nr as usize * bm.word_size as usize,
+    )?;
     let per = 1u64 << shift;
     let busy = (0..u64::from(depth))
         .map(|tag| {

@@ -1,9 +1,9 @@
 //! [`Reader`]: built once (BTF layout, the kcore fd, the address of `ublk_index_idr`), then
-//! `read(target, deadline)` on every tick. Each read runs on a helper thread abandoned at the
-//! deadline (a read of /proc/kcore should not block, but the tracer must never hang on what
-//! it diagnoses); a reader left behind is replaced on the next read.
+//! `read(target, deadline)` on every tick. Reads run on the reader's own thread, abandoned at
+//! a deadline (a read of /proc/kcore should not block, but the tracer must never hang on what
+//! it diagnoses); a thread left behind is replaced on the next read.
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::sync::mpsc;
 use std::time::Instant;
 
 use super::device::{Ctx, read_device};
@@ -14,7 +14,6 @@ use super::{DeviceState, DriverSnapshot, Dropped, SCHEMA_VERSION, Target, WalkEr
 use crate::kernel::btf;
 use crate::kernel::facts::kernel_release;
 use crate::kernel::kallsyms::Kallsyms;
-use crate::snapshot::deadline;
 use crate::snapshot::read::monotonic_ns;
 
 pub const IDR_SYMBOL: &str = "ublk_index_idr";
@@ -77,7 +76,7 @@ struct Inner {
 
 /// The driver-state reader: one per process, `read()` once per tick.
 pub struct Reader {
-    inner: Option<Inner>,
+    worker: Option<Worker>,
     /// Kept when a read was abandoned, to describe the layout while it is rebuilt.
     not_readable: Vec<String>,
 }
@@ -171,13 +170,47 @@ impl Inner {
     }
 }
 
+/// A reply from the worker: the job's number and its result.
+type Reply = (u64, Result<DriverSnapshot, DriverError>);
+
+/// The thread that owns [`Inner`] and does the reads. One thread for every read, not one per
+/// read: under TCG a thread's creation and teardown cost more than the read itself.
+struct Worker {
+    jobs: mpsc::Sender<(u64, Target, Instant)>,
+    replies: mpsc::Receiver<Reply>,
+    seq: u64,
+}
+
+impl Worker {
+    fn spawn(inner: Inner) -> Result<Self, DriverError> {
+        let (jobs, job_rx) = mpsc::channel::<(u64, Target, Instant)>();
+        let (reply_tx, replies) = mpsc::channel::<Reply>();
+        std::thread::Builder::new()
+            .name("driver-read".into())
+            .spawn(move || {
+                // Ends when the Reader drops its sender (or gave up on this worker).
+                for (seq, target, deadline) in job_rx {
+                    if reply_tx.send((seq, inner.read(target, deadline))).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| DriverError::BadKcore(format!("start the reader thread: {e}")))?;
+        Ok(Self {
+            jobs,
+            replies,
+            seq: 0,
+        })
+    }
+}
+
 impl Reader {
     /// Check everything and build the reader (parses BTF: call once, not per tick).
     pub fn open() -> Result<Self, DriverError> {
         let mut not_readable = Vec::new();
         let inner = Inner::open(&mut not_readable)?;
         Ok(Self {
-            inner: Some(inner),
+            worker: Some(Worker::spawn(inner)?),
             not_readable,
         })
     }
@@ -187,28 +220,36 @@ impl Reader {
         &self.not_readable
     }
 
-    /// Read `target` once (two passes per queue) by `deadline`.
+    /// Read `target` once (two passes per queue) by `deadline`. A read that does not finish
+    /// by then is reported as timed out and its worker abandoned; the next read starts a new
+    /// one.
     pub fn read(
         &mut self,
         target: Target,
         deadline: Instant,
     ) -> Result<DriverSnapshot, DriverError> {
-        let inner = match self.inner.take() {
-            Some(i) => i,
-            None => Inner::open(&mut self.not_readable)?,
+        let mut w = match self.worker.take() {
+            Some(w) => w,
+            None => Worker::spawn(Inner::open(&mut self.not_readable)?)?,
         };
-        let done = deadline::run(deadline, move || {
-            let r = inner.read(target, deadline);
-            (inner, r)
-        });
-        match done {
-            Ok((inner, r)) => {
-                self.inner = Some(inner);
-                r
+        let t0 = Instant::now();
+        w.seq += 1;
+        if w.jobs.send((w.seq, target, deadline)).is_err() {
+            return Err(DriverError::BadKcore("the reader thread is gone".into()));
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match w.replies.recv_timeout(left) {
+                Ok((seq, r)) if seq == w.seq => {
+                    self.worker = Some(w);
+                    return r;
+                }
+                Ok(_) => continue, // a late answer to an earlier job
+                Err(_) => {
+                    let waited_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    return Err(DriverError::TimedOut { waited_ms });
+                }
             }
-            Err(t) => Err(DriverError::TimedOut {
-                waited_ms: t.waited_ms,
-            }),
         }
     }
 }
@@ -230,7 +271,7 @@ pub fn walk(
         l,
         row,
         deadline,
-        tasks: RefCell::new(HashMap::new()),
+        tasks: RefCell::new(Vec::new()),
     };
     let wanted: Vec<(u64, u64)> = match target {
         Target::All => entries,
@@ -279,7 +320,7 @@ pub fn probe(timeout: std::time::Duration) -> Probe {
     let result = Inner::open(&mut not_readable).and_then(|inner| {
         let deadline = Instant::now() + timeout;
         let mut r = Reader {
-            inner: Some(inner),
+            worker: Some(Worker::spawn(inner)?),
             not_readable: not_readable.clone(),
         };
         r.read(Target::All, deadline)

@@ -33,6 +33,7 @@ fn layout(queues: QueuesAt) -> Layout {
         dev_id: f(24, 4),
         ublksrv_pid: f(28, 4),
         dev_flags: f(32, 8),
+        dev_nr_io_ready: None,
         set_tags: 64,
         queues,
         q_id: Some(f(0, 2)),
@@ -324,6 +325,10 @@ fn image(queues: QueuesAt) -> Image {
     m.put(words0, Field::new(0, 8), 0b0110);
     m.put(words0 + 16, Field::new(0, 8), 0b0010);
     m.put(words0 + 16, Field::new(8, 8), 0b0010);
+    // q1's ios name their own task (io->task, 6.16+).
+    for t in 0..u64::from(DEPTH) {
+        m.put_ptr(io_addr(qs[1], t), l.io_task.expect("field"), task);
+    }
     // Device 1: freed, its memory now says dev_id 9.
     let (ub1, _, _) = device(&m, &l, 1, 1, rq_queue, task);
     m.put(ub1, l.dev_id, 9);
@@ -416,6 +421,13 @@ fn every_tag_state_of_a_fake_device_is_decoded() {
     assert!(t(0).task.is_none());
     assert_eq!(q0.busy().count(), 5);
     assert!(d.queues[1].tags.iter().all(|t| t.view == Waiting));
+    assert!(d.queues[1].tags.iter().all(|t| {
+        t.task
+            .as_ref()
+            .is_some_and(|k| k.tid == 101 && k.comm == "ublk-q0")
+    }));
+    // One read of the task for all of q1's tags (and one for q0's daemon), per pass pair.
+    assert_eq!(img.mem.reads_within(img.task, 1), 1);
 }
 
 #[test]

@@ -289,6 +289,7 @@ pub fn driver_snap(
             queue_depth: 4,
             ublksrv_pid: SRV_PID as i32,
             has_disk: true,
+            nr_io_ready: None,
             mq_freeze_depth: Some(0),
             quiesce_depth: Some(0),
             queues: vec![QueueState {
