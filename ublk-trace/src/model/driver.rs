@@ -52,19 +52,12 @@ pub struct DriverQueue {
     pub changing: Vec<u16>,
 }
 
-/// One device as the driver held it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// One device as the driver held it: the reader's own record, its queues left out (they are
+/// merged into the model's queues and tags).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriverDevice {
     pub read_ns: u64,
-    /// `UBLK_S_DEV_*` name (LIVE, QUIESCED, DEAD, FAIL_IO).
-    pub state_name: String,
-    pub flags: u64,
-    pub nr_hw_queues: u16,
-    pub queue_depth: u16,
-    pub ublksrv_pid: i32,
-    pub has_disk: bool,
-    pub mq_freeze_depth: Option<i32>,
-    pub quiesce_depth: Option<i32>,
+    pub state: driver::DeviceState,
     /// Fields this kernel lacks, named as the reader names them.
     pub not_readable: Vec<String>,
 }
@@ -83,14 +76,12 @@ impl Model {
             let dev = self.device_mut(d.dev_id, ts);
             dev.driver = Some(DriverDevice {
                 read_ns: ts,
-                state_name: d.state_name.clone(),
-                flags: d.flags,
-                nr_hw_queues: d.nr_hw_queues,
-                queue_depth: d.queue_depth,
-                ublksrv_pid: d.ublksrv_pid,
-                has_disk: d.has_disk,
-                mq_freeze_depth: d.mq_freeze_depth,
-                quiesce_depth: d.quiesce_depth,
+                // Every field but these two is Copy: no per-tick clone of the queues.
+                state: driver::DeviceState {
+                    queues: Vec::new(),
+                    state_name: d.state_name.clone(),
+                    ..*d
+                },
                 not_readable: snap.not_readable.clone(),
             });
             for q in &d.queues {

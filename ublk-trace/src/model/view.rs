@@ -90,8 +90,13 @@ impl<'a> DeviceView<'a> {
         if let Some(i) = self.dev.info {
             return Some((i.nr_hw_queues, i.queue_depth));
         }
-        if let Some(d) = self.dev.driver.as_ref().filter(|d| d.nr_hw_queues > 0) {
-            return Some((d.nr_hw_queues, d.queue_depth));
+        if let Some(d) = self
+            .dev
+            .driver
+            .as_ref()
+            .filter(|d| d.state.nr_hw_queues > 0)
+        {
+            return Some((d.state.nr_hw_queues, d.state.queue_depth));
         }
         let tf = self.dev.snapshot.as_ref()?.tagfile.as_ref()?;
         Some((tf.nr_queues, tf.queue_depth))
