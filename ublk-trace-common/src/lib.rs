@@ -3,8 +3,10 @@
 //! - [`event`]: the raw ring-buffer record the eBPF programs write, map names and counters.
 //! - [`offsets`]: kernel structure offsets passed to the eBPF programs as a global.
 //! - [`tagmap`]: the in-kernel per-tag state map (watch's cheap path).
+//! - [`civil`]: calendar dates from Unix time.
 #![no_std]
 
+pub mod civil;
 pub mod event;
 pub mod offsets;
 pub mod tagmap;

@@ -353,18 +353,9 @@ pub fn root_dir(created_unix_ms: u64) -> String {
 
 /// Seconds since the epoch as `2026-11-25T16:15:00Z` (proleptic Gregorian, UTC).
 pub fn utc_text(unix_secs: u64) -> String {
-    let days = unix_secs / 86_400;
+    let days = i64::try_from(unix_secs / 86_400).unwrap_or(0);
     let rem = unix_secs % 86_400;
-    // Howard Hinnant's days_from_civil inverse, shifted to start the year in March.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = ublk_trace_common::civil::from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
