@@ -24,6 +24,15 @@ pub const NEED_GET_DATA: &str = "NEED_GET_DATA";
 pub const AUTO_BUF_REG: &str = "AUTO_BUF_REG";
 pub const CANCELED: &str = "CANCELED";
 
+/// The values from 6.17 on (AUTO_BUF_REG, no ABORTED): the 7.x driver kept them.
+const BITS_SINCE_6_17: &[(&str, u32)] = &[
+    (ACTIVE, 0x01),
+    (OWNED_BY_SRV, 0x02),
+    (NEED_GET_DATA, 0x08),
+    (AUTO_BUF_REG, 0x10),
+    (CANCELED, 0x8000_0000),
+];
+
 /// Oldest first.
 pub const TABLE: &[FlagRow] = &[
     FlagRow {
@@ -43,25 +52,13 @@ pub const TABLE: &[FlagRow] = &[
         from: (6, 17),
         to: (6, 18),
         verified: "ublk_drv.c of 6.17 (PER_IO_DAEMON, io->task) and 7.x agree; 6.18 lies between",
-        bits: &[
-            (ACTIVE, 0x01),
-            (OWNED_BY_SRV, 0x02),
-            (NEED_GET_DATA, 0x08),
-            (AUTO_BUF_REG, 0x10),
-            (CANCELED, 0x8000_0000),
-        ],
+        bits: BITS_SINCE_6_17,
     },
     FlagRow {
         from: (7, 0),
         to: (7, 3),
         verified: "ublk_drv.c of 7.x with UBLK_F_BATCH_IO (ub->queues[], per-io lock)",
-        bits: &[
-            (ACTIVE, 0x01),
-            (OWNED_BY_SRV, 0x02),
-            (NEED_GET_DATA, 0x08),
-            (AUTO_BUF_REG, 0x10),
-            (CANCELED, 0x8000_0000),
-        ],
+        bits: BITS_SINCE_6_17,
     },
 ];
 
