@@ -138,6 +138,14 @@ impl FindingTag {
 /// holding a request (NO_FETCH: the tags without a FETCH).
 fn concerned_tags(f: &Finding, dev: &crate::model::view::DeviceView<'_>) -> Vec<FindingTag> {
     const MAX: usize = 256;
+    // A tag's own finding: derive that one tag, not every tag of the device (up to 32 such
+    // findings per rule, each judged on every tick of watch).
+    if let (Some(q), Some(tag)) = (f.queue, f.tag) {
+        return dev
+            .queue(q)
+            .map(|qv| vec![FindingTag::of(&qv.tag(tag))])
+            .unwrap_or_default();
+    }
     let mut out = Vec::new();
     for q in dev.queues() {
         if f.queue.is_some_and(|fq| fq != q.q_id) {
