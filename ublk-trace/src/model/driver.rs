@@ -144,10 +144,8 @@ impl Tag {
         };
         let rq_start = d.request_start_ns();
         Some(match d.view {
-            DriverView::Waiting => {
-                let armed = self.fetch_ns.max(self.commit_ns);
-                mk(TagState::Waiting, if armed > 0 { armed } else { 0 })
-            }
+            // Since the last FETCH/COMMIT seen (0: armed before the tracer attached).
+            DriverView::Waiting => mk(TagState::Waiting, self.fetch_ns.max(self.commit_ns)),
             DriverView::Queued => mk(TagState::Queued, rq_start.unwrap_or(d.view_since_ns)),
             DriverView::InServer | DriverView::NeedGetData => {
                 // Memory does not keep the delivery time: an event that saw this request's
