@@ -102,14 +102,24 @@ fn maybe_starved(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>, lim: u64) -> 
     unread && runnable && t.age_ns < lim.saturating_mul(2)
 }
 
-/// When the queue last served a request: an accepted command, or a commit in the server's
-/// tag file. A tag held since before then is not waiting for the owner to get a CPU: the
-/// owner had one and served others.
+/// When the queue last served a request: an accepted command, a tag's last accepted commit
+/// (from events or from the kernel's state map, which watch's state path reads instead of
+/// commit events), or a commit in the server's tag file. A tag held since before then is not
+/// waiting for the owner to get a CPU: the owner had one and served others.
 fn queue_last_progress_ns(q: &QueueView<'_>) -> u64 {
-    let published = q.queue.tags.values().filter_map(|t| t.published.as_ref());
-    published
-        .map(|p| p.committed_ns)
+    q.queue
+        .tags
+        .values()
+        .map(|t| {
+            t.commit_ns
+                .max(t.published.as_ref().map_or(0, |p| p.committed_ns))
+        })
         .fold(q.queue.last_accepted_ns, u64::max)
+}
+
+#[cfg(test)]
+pub(super) fn queue_last_progress_ns_for_test(q: &QueueView<'_>) -> u64 {
+    queue_last_progress_ns(q)
 }
 
 /// `q1 tag 3 (owner tid 179 waited for a CPU 620 ms of the last 700 ms)`.

@@ -118,3 +118,25 @@ fn a_zero_result_is_not_evidence() {
     let d = diagnose(&m, 5 * S, &th());
     assert!(d.findings.iter().all(|f| f.class != Class::BadCommit));
 }
+
+#[test]
+fn commits_on_other_tags_after_the_request_rule_out_a_starved_owner() {
+    // Late attach: the driver holds tag 1 in the server since 1 s; the state map then saw
+    // tag 2 committed at 4 s. The owner thread waited for a CPU a lot, but it served tag 2
+    // after tag 1 arrived: tag 1 is stuck, not starved.
+    let mut m = late(
+        vec![
+            driver_tag(1, DriverView::InServer, Some(driver_rq(S))),
+            driver_tag(2, DriverView::Waiting, None),
+        ],
+        5 * S,
+    );
+    let t2 = m.tag_mut_for_test(0, 0, 2);
+    t2.commit_ns = 4 * S;
+    t2.commit_result = Some(4096);
+    let q = m.device(0, 5 * S).expect("device").queue(0).expect("queue");
+    assert_eq!(
+        super::rules_tags::queue_last_progress_ns_for_test(&q),
+        4 * S
+    );
+}
