@@ -56,7 +56,14 @@ pub const SWITCH_ISSUE_STARTS: u32 = 5;
 /// [`KIND_QUEUE_RQ`] record rebuilt from the state map, `arg1` = [`QUEUE_RQ_FROM_STATE`]),
 /// failed completions and requeues. 0 = none.
 pub const SWITCH_RARE_SLOW_MS: u32 = 6;
-pub const NR_SWITCHES: u32 = 7;
+/// Switch: 1 = the light path (watch's default where the driver's memory is read, see
+/// [`crate::latmap`]): per-I/O programs keep no per-tag state; they send only what memory
+/// cannot show, one record at a time: rejected commands, commits with a result < 0, failed
+/// completions, requeues and completions `SWITCH_RARE_SLOW_MS` or more after the request
+/// started (each after a [`KIND_BLOCK_ISSUE`] record dated at the request's start); and
+/// block_rq_complete adds every completion to its queue's latency histogram.
+pub const SWITCH_LIGHT: u32 = 7;
+pub const NR_SWITCHES: u32 = 8;
 
 /// `arg1` of a [`KIND_QUEUE_RQ`] record taken from block_rq_issue (the kprobes leave it 0).
 pub const QUEUE_RQ_FROM_ISSUE: u64 = 1;

@@ -52,6 +52,9 @@ pub struct Offsets {
     pub rq_data_len: u32,
     pub rq_sector: u32,
     pub rq_next: u32,
+    /// `request.start_time_ns`: set when the request is allocated (0 when the queue keeps
+    /// no I/O statistics); the light path's latency counts from it.
+    pub rq_start_time_ns: u32,
     // struct request_queue / blk_mq_tag_set / gendisk (vmlinux). ublk sets
     // `tag_set.driver_data = ub` (queuedata is NULL: blk_mq_alloc_disk(.., NULL)).
     pub q_tag_set: u32,
@@ -67,7 +70,7 @@ pub struct Offsets {
     pub dispatch_req_arg: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 33 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 34 * 4);
 
 impl Offsets {
     /// Every field unknown: a program reading with these reports nothing useful, which is
@@ -99,6 +102,7 @@ impl Offsets {
         rq_data_len: NO_OFFSET,
         rq_sector: NO_OFFSET,
         rq_next: NO_OFFSET,
+        rq_start_time_ns: NO_OFFSET,
         q_tag_set: NO_OFFSET,
         set_driver_data: NO_OFFSET,
         q_disk: NO_OFFSET,

@@ -8,8 +8,10 @@
 //! Cost (DESIGN "Two eBPF paths"): per-I/O programs return at once unless
 //! `SWITCHES[SWITCH_STREAM]` (event path: records to the ring, which do not wake the
 //! reader) or `SWITCHES[SWITCH_STATE]` (state path: the `TAGS` per-tag map, read by user
-//! space once per tick) is on. Control commands (rare, and the evidence for a wedged
-//! START/STOP/DEL) are always reported.
+//! space once per tick) is on, or `SWITCHES[SWITCH_LIGHT]` (light path: where user space
+//! reads every tag's state from the driver's own memory, only what memory cannot show, see
+//! `latmap`). Control commands (rare, and the evidence for a wedged START/STOP/DEL) are
+//! always reported.
 #![no_std]
 #![no_main]
 
@@ -22,10 +24,11 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{kprobe, kretprobe, map, raw_tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use ublk_trace_common::event::*;
+use ublk_trace_common::latmap::{LAT_BUCKETS, LAT_MAX_ENTRIES, LatHist, lat_bucket};
 use ublk_trace_common::offsets::{NO_OFFSET, Offsets};
 use ublk_trace_common::tagmap::{KernelTag, TAGS_MAX_ENTRIES, tag_key};
 
@@ -59,6 +62,14 @@ const SLOT_STALE_NS: u64 = 50_000_000;
 #[map]
 static TAGS: HashMap<u64, KernelTag> = HashMap::with_max_entries(TAGS_MAX_ENTRIES, 0);
 
+/// Per-(dev, queue) completion histograms of the light path (see `latmap`).
+#[map]
+static LATENCY: PerCpuHashMap<u64, LatHist> = PerCpuHashMap::with_max_entries(LAT_MAX_ENTRIES, 0);
+/// One zeroed histogram to create `LATENCY` entries from (a map value, not 300 bytes of
+/// this program's 512-byte stack).
+#[map]
+static LAT_ZERO: Array<LatHist> = Array::with_max_entries(1, 0);
+
 /// Longest `ublk_queue_rqs` list walked (the plug flushes at 32-64 requests).
 const MAX_RQ_LIST: u32 = 64;
 
@@ -89,6 +100,11 @@ fn state_on() -> bool {
 #[inline(always)]
 fn active() -> bool {
     streaming() || state_on()
+}
+
+#[inline(always)]
+fn light() -> bool {
+    switch(SWITCH_LIGHT) == 1
 }
 
 #[inline(always)]
@@ -468,7 +484,7 @@ pub fn ctrl_exit(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn io_enter(ctx: ProbeContext) -> u32 {
-    if !active() {
+    if !active() && !light() {
         return 0;
     }
     let o = OFFSETS.load();
@@ -565,7 +581,24 @@ pub fn io_exit(ctx: RetProbeContext) -> u32 {
     ev.arg1 = now.wrapping_sub(start.ts_ns);
     ev.ret = ctx.ret::<i64>() as i32;
     publish(&ev);
+    if light() {
+        light_io(&ev);
+    }
     0
+}
+
+/// The light path's share of a command: memory keeps no trace of a rejected command, and
+/// the next request overwrites a negative result, so those two go to the ring.
+#[inline(always)]
+fn light_io(ev: &RawEvent) {
+    let o = OFFSETS.load();
+    if o.issue_flag_cancel != 0 && ev.flags & o.issue_flag_cancel != 0 {
+        return;
+    }
+    let bad = ev.cmd_op & 0xff == IO_COMMIT_AND_FETCH_REQ && ev.result < 0;
+    if ev.ret != EIOCBQUEUED || bad {
+        emit(&with_comm(*ev));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -722,18 +755,37 @@ fn block_event(
     stream: bool,
     state: bool,
 ) {
+    let Some((ev, is_ublk)) = block_record(kind, other_kind, rq, error, nr_bytes) else {
+        return;
+    };
+    if is_ublk {
+        publish_to(&ev, stream, state);
+    } else {
+        emit(&with_comm(ev));
+    }
+}
+
+/// The record of [`block_event`], and whether it is about a ublk disk; None when filtered out.
+#[inline(always)]
+fn block_record(
+    kind: u32,
+    other_kind: u32,
+    rq: u64,
+    error: u8,
+    nr_bytes: Option<u32>,
+) -> Option<(RawEvent, bool)> {
     let o = OFFSETS.load();
     let q: u64 = rd(rq, o.rq_q).unwrap_or(0);
     let (is_ublk, name) = ublk_disk(&o, q);
     let dev_id = if is_ublk {
         let d = dev_id_of_q(&o, q);
         if !dev_wanted(d) {
-            return;
+            return None;
         }
         d
     } else {
         if other_kind == 0 || !streaming() || switch(SWITCH_ALL_DISKS) != 1 {
-            return;
+            return None;
         }
         u32::MAX
     };
@@ -749,11 +801,7 @@ fn block_event(
     if let Some(n) = nr_bytes {
         ev.bytes = n;
     }
-    if is_ublk {
-        publish_to(&ev, stream, state);
-    } else {
-        emit(&with_comm(ev));
-    }
+    Some((ev, is_ublk))
 }
 
 #[raw_tracepoint(tracepoint = "block_rq_insert")]
@@ -803,12 +851,15 @@ pub fn blk_issue(ctx: RawTracePointContext) -> i32 {
 /// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`.
 #[raw_tracepoint(tracepoint = "block_rq_complete")]
 pub fn blk_complete(ctx: RawTracePointContext) -> i32 {
+    let error: u64 = ctx.arg(1);
+    let nr_bytes: u64 = ctx.arg(2);
+    if light() {
+        light_complete(ctx.arg(0), error as u8, nr_bytes as u32);
+    }
     let (stream, state) = (streaming(), state_on());
     if !stream && !state {
         return 0;
     }
-    let error: u64 = ctx.arg(1);
-    let nr_bytes: u64 = ctx.arg(2);
     if let Some(ev) = commit_completion(ctx.arg(0), error as u8, nr_bytes as u32) {
         publish_to(&ev, stream, state);
         return 0;
@@ -859,8 +910,77 @@ fn commit_completion(rq: u64, error: u8, nr_bytes: u32) -> Option<RawEvent> {
     Some(ev)
 }
 
+/// The light path's completion: into its queue's histogram; to the ring when it failed or
+/// took `SWITCH_RARE_SLOW_MS` or more since the request started (after a
+/// `KIND_BLOCK_ISSUE` record dated at that start, so the reader has the request).
+#[inline(always)]
+fn light_complete(rq: u64, error: u8, nr_bytes: u32) {
+    let ev = match commit_completion(rq, error, nr_bytes) {
+        Some(ev) => ev,
+        None => match block_record(KIND_BLOCK_COMPLETE, 0, rq, error, Some(nr_bytes)) {
+            Some((ev, true)) => ev,
+            _ => return,
+        },
+    };
+    let o = OFFSETS.load();
+    let start: u64 = rd(rq, o.rq_start_time_ns).unwrap_or(0);
+    let latency = (start != 0 && ev.ts_ns > start).then(|| ev.ts_ns - start);
+    add_latency(ev.dev_id, ev.q_id, latency);
+    let slow_ms = switch(SWITCH_RARE_SLOW_MS) as u64;
+    let slow = slow_ms != 0 && latency.is_some_and(|l| l >= slow_ms * 1_000_000);
+    if error == 0 && !slow {
+        return;
+    }
+    if start != 0 {
+        let mut issue = ev;
+        issue.kind = KIND_BLOCK_ISSUE;
+        issue.ts_ns = start;
+        issue.pid_tgid = 0;
+        issue.result = 0;
+        emit(&issue);
+    }
+    emit(&with_comm(ev));
+}
+
+/// Count one completion of (dev, queue), with its latency when the request has a start.
+#[inline(always)]
+fn add_latency(dev_id: u32, q_id: u16, latency: Option<u64>) {
+    let key = tag_key(dev_id, q_id, u16::MAX);
+    let h = match LATENCY.get_ptr_mut(key) {
+        Some(h) => h,
+        None => {
+            let Some(zero) = LAT_ZERO.get_ptr(0) else {
+                return;
+            };
+            // SAFETY: a map value of LAT_ZERO, never written; the helper copies it.
+            // BPF_NOEXIST: another CPU may have created the entry; it exists either way.
+            let _ = LATENCY.insert(key, unsafe { &*zero }, 1);
+            match LATENCY.get_ptr_mut(key) {
+                Some(h) => h,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: this CPU's copy of the entry (a per-CPU map): no other writer.
+    unsafe {
+        (*h).count += 1;
+        if let Some(l) = latency {
+            (*h).sum_ns += l;
+            let b = lat_bucket(l);
+            if b < LAT_BUCKETS {
+                (*h).buckets[b] += 1;
+            }
+        }
+    }
+}
+
 #[raw_tracepoint(tracepoint = "block_rq_requeue")]
 pub fn blk_requeue(ctx: RawTracePointContext) -> i32 {
+    if light() {
+        if let Some((ev, true)) = block_record(KIND_BLOCK_REQUEUE, 0, ctx.arg(0), 0, None) {
+            emit(&with_comm(ev));
+        }
+    }
     let (stream, state) = (streaming(), state_on());
     if stream || state {
         block_event(

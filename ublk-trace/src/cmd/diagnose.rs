@@ -41,6 +41,8 @@ pub struct DiagnoseArgs {
     #[arg(long)]
     pub no_probes: bool,
     #[command(flatten)]
+    pub per_io: crate::cmd::watch::PerIoArg,
+    #[command(flatten)]
     pub thresholds: ThresholdArgs,
     /// Also write a bug bundle (gzip-compressed tar) with everything a maintainer asks for.
     #[arg(long, value_name = "FILE.tar.gz", long_help = BUNDLE_HELP)]
@@ -120,7 +122,7 @@ fn observe(
     let period = Duration::from_millis(args.interval.max(50));
     let sources = match capture.as_deref() {
         Some(c) => bundle::start_sources(dev, period, args.no_probes, c)?,
-        None => start_sources(dev, period, args.no_probes)?,
+        None => start_sources(dev, period, args.no_probes, args.per_io.mode)?,
     };
     let start = Instant::now();
     // Loading eBPF parses BTF (seconds in a TCG guest): wait for it a bounded time, then go
@@ -214,6 +216,7 @@ pub fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         note,
         probes_live_ms: session.probes_live_ms(),
         driver: crate::cmd::watch::headless::driver_json(session.driver_source()),
+        per_io: crate::cmd::watch::headless::per_io_json(session.per_io()),
         dropped_events: session.dropped_events(),
     };
     let out = render_report(&report, &diagnosis)?;
@@ -245,6 +248,7 @@ struct Report<'a> {
     note: Option<String>,
     probes_live_ms: Option<u64>,
     driver: crate::cmd::watch::headless::DriverJson,
+    per_io: Option<crate::cmd::watch::headless::PerIoJson>,
     dropped_events: u64,
 }
 
@@ -277,6 +281,7 @@ fn render_report(r: &Report, d: &Diagnosis) -> anyhow::Result<Rendered> {
         source_note: r.note.clone(),
         probes_live_ms: r.probes_live_ms,
         driver: r.driver.clone(),
+        per_io: r.per_io.clone(),
         dropped_events: r.dropped_events,
         findings: views.iter().map(FindingJson::from).collect(),
         undecided: rechecks.clone(),

@@ -56,12 +56,30 @@ pub struct WatchArgs {
     #[arg(long)]
     pub no_probes: bool,
     #[command(flatten)]
+    pub per_io: PerIoArg,
+    #[command(flatten)]
     pub thresholds: crate::cmd::diagnose::ThresholdArgs,
     /// Where the TUI writes logs (the screen never shows them). Default: a file in $TMPDIR.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub color: crate::cmd::color::ColorArgs,
+}
+
+/// `--per-io MODE`, shared by `watch` and `diagnose`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PerIoArg {
+    /// What runs on every I/O. `light`: only what the driver's memory cannot show (rejected
+    /// commands, latency, failed and slow requests); `state`: also every tag's transitions
+    /// (where the driver's memory cannot be read, `light` falls back to it); `none`: no
+    /// per-I/O program at all.
+    #[arg(
+        long = "per-io",
+        value_enum,
+        value_name = "MODE",
+        default_value = "light"
+    )]
+    pub mode: sources::PerIo,
 }
 
 impl WatchArgs {
@@ -75,6 +93,7 @@ pub fn start_sources(
     dev: Option<u32>,
     period: Duration,
     no_probes: bool,
+    per_io: sources::PerIo,
 ) -> anyhow::Result<Sources> {
     let mut s = Sources::new(dev);
     let h = sources::spawn_snapshotter(s.tx.clone(), s.focus.clone(), period, s.stop.clone())
@@ -89,7 +108,7 @@ pub fn start_sources(
         let _ =
             s.tx.send(sources::Msg::ProbesOff("--no-probes given".into()));
     } else {
-        let h = sources::spawn_probes(s.tx.clone(), s.ev_tx.clone(), dev, s.stop.clone())
+        let h = sources::spawn_probes(s.tx.clone(), s.ev_tx.clone(), dev, per_io, s.stop.clone())
             .context("start the probe thread")?;
         s.add_detached(h);
     }

@@ -317,7 +317,14 @@ impl Rule for Slow {
                 .slow
                 .iter()
                 .filter(|s| s.done_ns >= recent && s.latency_ns >= lim)
-                .map(|s| (*s, "queue_rq -> commit"))
+                .map(|s| {
+                    let how = if s.block {
+                        "request start -> completion"
+                    } else {
+                        "queue_rq -> commit"
+                    };
+                    (*s, how)
+                })
                 .collect();
             // Without events, the tag file's last request per tag: received -> committed.
             if slow.is_empty() {
@@ -330,6 +337,7 @@ impl Rule for Slow {
                             done_ns: p.committed_ns,
                             tag: t.tag,
                             latency_ns: took,
+                            block: false,
                         },
                         "received -> committed, from the server's tag file",
                     ))
@@ -338,7 +346,12 @@ impl Rule for Slow {
             let Some((worst, how)) = slow.iter().max_by_key(|s| s.0.latency_ns).copied() else {
                 continue;
             };
-            let h = q.server_latency();
+            // The light path measures start -> completion only.
+            let h = if q.server_latency().count() > 0 {
+                q.server_latency()
+            } else {
+                q.block_latency()
+            };
             let mut f = finding(cx, Class::Slow, Severity::Info);
             f.queue = Some(q.q_id());
             f.tag = Some(worst.tag);

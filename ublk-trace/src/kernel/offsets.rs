@@ -143,6 +143,7 @@ pub fn resolve(btf: &Btf) -> Resolution {
     o.rq_data_len = r.get("request", "__data_len", true, None);
     o.rq_sector = r.get("request", "__sector", true, None);
     o.rq_next = r.get("request", "rq_next", false, None);
+    o.rq_start_time_ns = r.get("request", "start_time_ns", false, None);
     o.q_tag_set = r.get("request_queue", "tag_set", true, None);
     o.set_driver_data = r.get("blk_mq_tag_set", "driver_data", true, None);
     o.q_disk = r.get("request_queue", "disk", true, None);

@@ -110,6 +110,9 @@ pub struct Device {
     /// The driver's own view of the device, as last read (`crate::driver`).
     #[serde(default)]
     pub driver: Option<super::driver::DriverDevice>,
+    /// The disk's completion counter (the IOPS that cost nothing per I/O).
+    #[serde(default)]
+    pub disk_ios: super::light::DiskIos,
 }
 
 /// An I/O command's entry or return, as the device needs it.
@@ -390,8 +393,11 @@ impl Device {
             t.last_block_error = Some((ts, error));
         }
         t.push_history(ts, tid, HistoryKind::Complete { error });
-        if let Some(l) = lat {
-            q.block_latency.record(l);
+        match lat {
+            // The light path counted it in the kernel's histogram already.
+            Some(l) if q.kernel_latency_read.is_some() => q.kernel_slow_completion(ts, tag, l),
+            Some(l) => q.block_latency.record(l),
+            None => {}
         }
     }
 
@@ -433,6 +439,9 @@ impl Device {
         }
         if snap.proc_scanned {
             self.persist_procfs(snap, ts);
+        }
+        if let Some(n) = snap.disk_ios {
+            self.disk_ios.read(ts, n);
         }
         self.snapshot = Some(snap.clone());
     }

@@ -64,6 +64,23 @@ impl Histogram {
         self.sum_ns = self.sum_ns.saturating_add(v_ns);
         self.max_ns = self.max_ns.max(v_ns);
     }
+    /// `n` values of `v_ns` at once (a bucket of a coarser histogram read from the kernel).
+    pub fn record_n(&mut self, v_ns: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Some(c) = self.counts.get_mut(bucket_of(v_ns)) {
+            *c += n;
+        }
+        self.min_ns = if self.count == 0 {
+            v_ns
+        } else {
+            self.min_ns.min(v_ns)
+        };
+        self.count += n;
+        self.sum_ns = self.sum_ns.saturating_add(v_ns.saturating_mul(n));
+        self.max_ns = self.max_ns.max(v_ns);
+    }
     pub fn count(&self) -> u64 {
         self.count
     }

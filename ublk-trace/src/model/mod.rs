@@ -38,6 +38,7 @@ pub mod ctrl;
 pub mod device;
 pub mod driver;
 pub mod hist;
+pub mod light;
 pub mod queue;
 pub mod tag;
 pub mod view;

@@ -49,6 +49,38 @@ impl RateWindow {
             })
             .collect()
     }
+    /// `n` events spread evenly over `(from_ns, to_ns]` (a counter read twice: the disk's
+    /// stat), so a read that spans two seconds does not put all of it into the second one.
+    pub fn add_spread(&mut self, from_ns: u64, to_ns: u64, n: u64) {
+        const SEC: u64 = 1_000_000_000;
+        if n == 0 {
+            return;
+        }
+        if from_ns >= to_ns || to_ns / SEC == from_ns / SEC {
+            self.add(to_ns, n);
+            return;
+        }
+        let span = (to_ns - from_ns) as u128;
+        let mut left = n;
+        let mut t = from_ns;
+        while t < to_ns && left > 0 {
+            let end = ((t / SEC + 1) * SEC).min(to_ns);
+            let share = if end == to_ns {
+                left
+            } else {
+                ((n as u128 * (end - t) as u128) / span) as u64
+            };
+            let share = share.min(left);
+            if share > 0 {
+                self.add(end.saturating_sub(1).max(t), share);
+            }
+            left -= share;
+            t = end;
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.secs.is_empty()
+    }
     /// Average per second over the `n` whole seconds before `now_ns`.
     pub fn rate(&self, now_ns: u64, n: usize) -> f64 {
         if n == 0 {
@@ -59,12 +91,15 @@ impl RateWindow {
     }
 }
 
-/// A completion that took long (queue_rq -> commit).
+/// A completion that took long (queue_rq -> commit; with `block`, the request's start ->
+/// its completion, as the light path measures it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlowIo {
     pub done_ns: u64,
     pub tag: u16,
     pub latency_ns: u64,
+    #[serde(default)]
+    pub block: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -110,6 +145,10 @@ pub struct Queue {
     /// The driver's own view of the queue, as last read.
     #[serde(default)]
     pub driver: Option<super::driver::DriverQueue>,
+    /// The light path's in-kernel histogram as last read (counts are cumulative there):
+    /// `block_latency` and the completions come from it, block events add only slow ones.
+    #[serde(default, skip)]
+    pub kernel_latency_read: Option<ublk_trace_common::latmap::LatHist>,
 }
 
 impl Queue {
@@ -158,7 +197,13 @@ impl Queue {
         if !self.counts_from_kernel {
             self.count_served(ts_ns, 1, latency_ns);
         }
-        self.remember_slow(ts_ns, tag, latency_ns);
+        self.remember_slow(ts_ns, tag, latency_ns, false);
+    }
+
+    /// A block completion the light path sent (failed, or slow since the request started):
+    /// its latency is already in the kernel's histogram.
+    pub(crate) fn kernel_slow_completion(&mut self, ts_ns: u64, tag: u16, latency_ns: u64) {
+        self.remember_slow(ts_ns, tag, Some(latency_ns), true);
     }
 
     /// `n` requests served by `ts_ns`, read from the state map's commit counters (watch's
@@ -176,7 +221,7 @@ impl Queue {
         }
     }
 
-    fn remember_slow(&mut self, ts_ns: u64, tag: u16, latency_ns: Option<u64>) {
+    fn remember_slow(&mut self, ts_ns: u64, tag: u16, latency_ns: Option<u64>, block: bool) {
         let Some(lat) = latency_ns.filter(|l| *l >= SLOW_FLOOR_NS) else {
             return;
         };
@@ -187,6 +232,7 @@ impl Queue {
             done_ns: ts_ns,
             tag,
             latency_ns: lat,
+            block,
         });
     }
 }
@@ -216,6 +262,17 @@ mod tests {
             r.add(s * 1_000_000_000, 1);
         }
         assert_eq!(r.secs.len(), RATE_SECONDS);
+    }
+
+    #[test]
+    fn a_spread_count_lands_in_the_seconds_it_spans() {
+        let mut r = RateWindow::default();
+        // 300 over 1.5 s .. 4.5 s: 50 in second 1, 100 in 2 and 3, 50 in 4.
+        r.add_spread(1_500_000_000, 4_500_000_000, 300);
+        assert_eq!(r.last_seconds(5_000_000_000, 4), vec![50, 100, 100, 50]);
+        let mut one = RateWindow::default();
+        one.add_spread(2_100_000_000, 2_900_000_000, 7);
+        assert_eq!(one.last_seconds(3_000_000_000, 1), vec![7]);
     }
 
     #[test]

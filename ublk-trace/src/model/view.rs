@@ -209,15 +209,24 @@ impl<'a> DeviceView<'a> {
         self.dev.rejected.iter()
     }
     /// Completions per second over the last `secs` whole seconds, summed over queues.
+    /// Completions per second: the disk's own counter where the snapshots read it (it costs
+    /// nothing per I/O and misses nothing), else the queues' counts from the probes.
     pub fn iops(&self, secs: usize) -> f64 {
+        if self.dev.disk_ios.known() {
+            return self.dev.disk_ios.rate.rate(self.now_ns, secs);
+        }
         self.dev
             .queues
             .values()
             .map(|q| q.completions.rate(self.now_ns, secs))
             .sum()
     }
-    /// Per-second completions (oldest first) for a sparkline.
+    /// Per-second completions (oldest first) for a sparkline, from the same source as
+    /// [`Self::iops`].
     pub fn iops_series(&self, secs: usize) -> Vec<u64> {
+        if self.dev.disk_ios.known() {
+            return self.dev.disk_ios.rate.last_seconds(self.now_ns, secs);
+        }
         let mut out = vec![0u64; secs];
         for q in self.dev.queues.values() {
             for (o, v) in out

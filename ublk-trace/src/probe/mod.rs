@@ -36,6 +36,7 @@ pub mod tracer;
 
 pub use status::ProbeStatus;
 pub use tracer::{
-    Counters, ProbeError, ProgramStat, TagStateEntry, Tracer, TracerConfig, monotonic_ns,
+    Counters, IoPrograms, LatencyEntry, ProbeError, ProgramStat, TagStateEntry, Tracer,
+    TracerConfig, monotonic_ns,
 };
 pub use ublk_trace_common::tagmap::KernelTag;

@@ -3,10 +3,11 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{KProbe, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
 use ublk_trace_common::event::*;
+use ublk_trace_common::latmap::{LAT_BUCKETS, LAT_MAP, LatHist};
 use ublk_trace_common::offsets::Offsets;
 use ublk_trace_common::tagmap::{KernelTag, TAGS_MAP, split_tag_key};
 
@@ -55,8 +56,44 @@ pub struct TracerConfig {
     /// With `state` and `stream` off: still send, one by one, the rare per-I/O events the
     /// diagnosis needs (rejected commands; commits with a result <= 0 or this many ms or more
     /// after the request started, each after its `QueueRq` rebuilt from the map; failed
-    /// completions; requeues). 0 = none.
+    /// completions; requeues). 0 = none. On the light path: completions this slow.
     pub rare_slow_ms: u32,
+    /// Which per-I/O programs are attached at all (an attached kprobe costs a trap per I/O
+    /// even when its program returns at once).
+    pub io_programs: IoPrograms,
+}
+
+/// The per-I/O programs a tracer attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoPrograms {
+    /// Every one this kernel has (record, the state path).
+    #[default]
+    All,
+    /// Only what the driver's memory cannot show: the command handler's entry and return
+    /// (rejected commands), block_rq_complete (the latency histograms, failed and slow
+    /// completions) and block_rq_requeue. Sets the light path (`SWITCH_LIGHT`).
+    Light,
+    /// None: control commands only.
+    None,
+}
+
+impl IoPrograms {
+    /// Whether plan `program` is attached on this path.
+    fn wants(self, program: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Light => matches!(
+                program,
+                "ctrl_enter"
+                    | "ctrl_exit"
+                    | "io_enter"
+                    | "io_exit"
+                    | "blk_complete"
+                    | "blk_requeue"
+            ),
+            Self::None => matches!(program, "ctrl_enter" | "ctrl_exit"),
+        }
+    }
 }
 
 impl Default for TracerConfig {
@@ -72,6 +109,7 @@ impl Default for TracerConfig {
             ring_bytes: None,
             queue_rq_kprobes: false,
             rare_slow_ms: 0,
+            io_programs: IoPrograms::All,
         }
     }
 }
@@ -212,6 +250,14 @@ pub struct TagStateEntry {
     pub state: KernelTag,
 }
 
+/// One queue's completion histogram of the light path, summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyEntry {
+    pub dev_id: u32,
+    pub q_id: u16,
+    pub hist: LatHist,
+}
+
 /// Totals of the eBPF-side counters (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -339,6 +385,7 @@ impl Tracer {
         t.decoder.issue_from_queue_rq = !queue_rq_attached && cfg.block_issue == Some(true);
         t.set_switch(SWITCH_STATE, cfg.state as u32)?;
         t.set_switch(SWITCH_RARE_SLOW_MS, cfg.rare_slow_ms)?;
+        t.set_switch(SWITCH_LIGHT, (cfg.io_programs == IoPrograms::Light) as u32)?;
         t.set_streaming(cfg.stream)?;
         Ok(t)
     }
@@ -403,6 +450,35 @@ impl Tracer {
             });
         }
         out.sort_by_key(|e| (e.dev_id, e.q_id, e.tag));
+        Ok(out)
+    }
+
+    /// Every queue's completion histogram (the light path), summed over CPUs, sorted.
+    pub fn latency_hists(&self) -> Result<Vec<LatencyEntry>, ProbeError> {
+        let map = self
+            .ebpf
+            .map(LAT_MAP)
+            .ok_or(ProbeError::Missing("map LATENCY"))?;
+        let hists: PerCpuHashMap<_, u64, LatHist> =
+            PerCpuHashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: LAT_MAP,
+                source,
+            })?;
+        let mut out = Vec::new();
+        for item in hists.iter() {
+            let Ok((key, per_cpu)) = item else { continue };
+            let (dev_id, q_id, _) = split_tag_key(key);
+            let mut hist = LatHist::ZERO;
+            for h in per_cpu.iter() {
+                hist.count = hist.count.wrapping_add(h.count);
+                hist.sum_ns = hist.sum_ns.wrapping_add(h.sum_ns);
+                for b in 0..LAT_BUCKETS {
+                    hist.buckets[b] = hist.buckets[b].wrapping_add(h.buckets[b]);
+                }
+            }
+            out.push(LatencyEntry { dev_id, q_id, hist });
+        }
+        out.sort_by_key(|e| (e.dev_id, e.q_id));
         Ok(out)
     }
 
@@ -570,6 +646,7 @@ fn attach_all(
 ) -> Vec<ProbeStatus> {
     let plans: Vec<&Plan> = PLANS
         .iter()
+        .filter(|p| cfg.io_programs.wants(p.program))
         .filter(|p| match p.how {
             Attach::RawTp => cfg.block,
             // Without block tracepoints the kprobes are the only source of request starts.

@@ -47,6 +47,10 @@ pub struct DeviceSnapshot {
     pub blk: Option<blkmq::BlkMqSnapshot>,
     /// `/sys/block/ublkbN/inflight`: requests owned by the driver.
     pub inflight: Option<Inflight>,
+    /// `/sys/block/ublkbN/stat`: requests completed since the disk was added (reads, writes,
+    /// discards, flushes), the IOPS that cost nothing per I/O.
+    #[serde(default)]
+    pub disk_ios: Option<u64>,
     /// The server: processes holding `/dev/ublkcN` open. Empty when none was found (check
     /// `proc_scanned` before concluding that there is no server).
     pub servers: Vec<ServerProcess>,

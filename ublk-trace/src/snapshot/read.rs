@@ -120,6 +120,11 @@ fn read_block_side(s: &mut DeviceSnapshot, deadline: Instant) {
         Ok(t) => s.inflight = parse_inflight(&t),
         Err(e) => s.errors.push(err(&inflight, &e, false)),
     }
+    let stat = format!("/sys/block/ublkb{dev_id}/stat");
+    match fs::read_to_string(&stat) {
+        Ok(t) => s.disk_ios = parse_disk_ios(&t),
+        Err(e) => s.errors.push(err(&stat, &e, false)),
+    }
     let dir = format!("{DEBUGFS_BLOCK}/ublkb{dev_id}");
     if !Path::new(&dir).is_dir() {
         s.errors.push(err(
@@ -142,6 +147,18 @@ pub fn parse_inflight(text: &str) -> Option<Inflight> {
         reads: it.next()??,
         writes: it.next()??,
     })
+}
+
+/// `/sys/block/ublkbN/stat` (Documentation/block/stat.rst): the completed reads (field 1),
+/// writes (5), discards (12, 4.18+) and flushes (16, 5.5+) added up.
+pub fn parse_disk_ios(text: &str) -> Option<u64> {
+    let f: Vec<u64> = text
+        .split_whitespace()
+        .map(|w| w.parse::<u64>())
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    (f.len() >= 11).then(|| at(0) + at(4) + at(11) + at(15))
 }
 
 fn read_text(p: &Path) -> String {

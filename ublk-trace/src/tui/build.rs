@@ -90,6 +90,7 @@ fn header(d: Option<&DeviceView>, model: &Model, input: &BuildInput) -> HeaderVi
         stream_lag_ns: 0,
         source: input.source.clone(),
         driver_off: None,
+        per_io: None,
     }
 }
 

@@ -10,8 +10,8 @@ use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table, TableState, Wrap
 use super::app::App;
 use super::style;
 use super::view_model::{
-    DeviceRow, FindingView, HeaderView, Health, InflightRow, LatencyBucket, ServerView, SourceView,
-    TagDetail, fmt_age,
+    DeviceRow, FindingView, HeaderView, Health, InflightRow, LatencyBucket, PerIoView, ServerView,
+    SourceView, TagDetail, fmt_age,
 };
 
 fn server_span(s: Option<&ServerView>) -> Span<'static> {
@@ -120,7 +120,24 @@ pub fn render_header(f: &mut Frame, area: Rect, h: &HeaderView, paused: bool) {
         None => Span::raw(" + driver state"),
         Some(why) => Span::styled(format!(" | NO DRIVER STATE: {why}"), style::warn()),
     });
+    if let Some(p) = &h.per_io {
+        spans.push(sep());
+        spans.push(per_io_span(p));
+    }
     f.render_widget(Paragraph::new(Line::from(spans)), rest);
+}
+
+/// `per-I/O light (no per-tag event history, delivery times)`: the mode and its blind spots,
+/// in warning colour when it is not the mode asked for.
+fn per_io_span(p: &PerIoView) -> Span<'static> {
+    let mut text = format!("per-I/O {}", p.mode);
+    if !p.cannot_see.is_empty() {
+        text.push_str(&format!(" (no {})", p.cannot_see.join(", ")));
+    }
+    match &p.note {
+        Some(_) => Span::styled(text, style::warn()),
+        None => Span::raw(text),
+    }
 }
 
 fn inflight_line(r: &InflightRow) -> Line<'static> {

@@ -122,6 +122,18 @@ pub struct HeaderView {
     pub source: SourceView,
     /// Why the driver's own state is not read (None: it is, and is the per-tag truth).
     pub driver_off: Option<String>,
+    /// What runs on every I/O (`light`, `state`, `none`) and what that cannot see; None
+    /// before the probe thread chose.
+    pub per_io: Option<PerIoView>,
+}
+
+/// The per-I/O mode as the header shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerIoView {
+    pub mode: &'static str,
+    pub cannot_see: &'static [&'static str],
+    /// Why this is not the mode asked for.
+    pub note: Option<String>,
 }
 
 /// One request in flight, for the "oldest in-flight" list.
@@ -262,6 +274,7 @@ impl ViewModel {
                 stream_lag_ns: 0,
                 source,
                 driver_off: None,
+                per_io: None,
             },
             queues: Vec::new(),
             oldest: Vec::new(),

@@ -187,13 +187,17 @@ fn spawn_probes(
     std::thread::Builder::new()
         .name("probes".into())
         .spawn(move || {
+            let choice = sources::PerIoChoice {
+                mode: sources::PerIo::State,
+                note: Some("--bundle records every event".into()),
+            };
+            if tx.send(Msg::PerIo(choice)).is_err() {
+                return;
+            }
             let cfg = TracerConfig {
-                dev_filter,
-                state: true,
-                stream: true,
                 // As `record`: the issue -> complete latency in `report`.
                 block_issue: Some(true),
-                ..Default::default()
+                ..sources::tracer_config(dev_filter, sources::PerIo::State, true)
             };
             let Some(mut tracer) = sources::start_tracer(&cfg, &tx) else {
                 return;
@@ -205,7 +209,14 @@ fn spawn_probes(
             if tx.send(Msg::ProbesLive).is_err() {
                 return;
             }
-            sources::probe_loop(&mut tracer, &tx, &ev_tx, &stop, sources::Drain::Streaming);
+            sources::probe_loop(
+                &mut tracer,
+                &tx,
+                &ev_tx,
+                &stop,
+                sources::Drain::Streaming,
+                sources::PerIo::State,
+            );
         })
 }
 

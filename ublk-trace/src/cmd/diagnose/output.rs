@@ -81,6 +81,9 @@ pub struct DiagnoseJson {
     pub probes_live_ms: Option<u64>,
     /// Whether the driver's own state (per-tag truth read from kernel memory) was read.
     pub driver: crate::cmd::watch::headless::DriverJson,
+    /// What ran on every I/O (absent: no probes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_io: Option<crate::cmd::watch::headless::PerIoJson>,
     /// Events the probes lost: findings may miss what happened in the gap.
     pub dropped_events: u64,
     pub findings: Vec<FindingJson>,

@@ -39,6 +39,9 @@ pub struct WatchJson {
     pub probes_live_ms: Option<u64>,
     /// Whether the driver's own state (per-tag truth read from kernel memory) is read.
     pub driver: DriverJson,
+    /// What runs on every I/O (absent: not chosen yet, or no probes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_io: Option<PerIoJson>,
     pub dropped_events: u64,
     /// How far the applied event stream was behind `ts_ns`; findings are judged at
     /// `ts_ns - stream_lag_ms`.
@@ -105,6 +108,27 @@ pub struct DriverJson {
     /// Fields this kernel lacks ("not readable on this kernel").
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_readable: Vec<String>,
+}
+
+/// `--per-io` as in force: `{"mode":"light","cannot_see":["tag history",..]}`.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub struct PerIoJson {
+    /// `light`, `state` or `none`.
+    pub mode: &'static str,
+    /// What this mode cannot see.
+    pub cannot_see: Vec<&'static str>,
+    /// Why this is not the mode asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+pub fn per_io_json(c: Option<&super::sources::PerIoChoice>) -> Option<PerIoJson> {
+    c.map(|c| PerIoJson {
+        mode: c.mode.name(),
+        cannot_see: c.mode.cannot_see().to_vec(),
+        note: c.note.clone(),
+    })
 }
 
 pub fn driver_json(d: &super::session::DriverSource) -> DriverJson {
@@ -195,6 +219,7 @@ pub fn document(session: &Session, devs: &[u32], now_ns: u64) -> WatchJson {
         source_note,
         probes_live_ms: session.probes_live_ms(),
         driver: driver_json(session.driver_source()),
+        per_io: per_io_json(session.per_io()),
         dropped_events: session.dropped_events(),
         stream_lag_ms: session.stream_lag_ns(now_ns) / 1_000_000,
         devices: devs
@@ -210,7 +235,7 @@ pub const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Print a document each time every device of the round has been snapshotted.
 pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
-    let sources = super::start_sources(dev, args.period(), args.no_probes)?;
+    let sources = super::start_sources(dev, args.period(), args.no_probes, args.per_io.mode)?;
     let mut session = Session::new();
     session.set_thresholds(args.thresholds.to_thresholds());
     let mut rounds = RoundTracker::default();

@@ -8,9 +8,9 @@ use crate::model::Model;
 use crate::snapshot::DeviceSnapshot;
 use crate::tui::build::{BuildInput, build, finding_view};
 use crate::tui::snapshot_view;
-use crate::tui::view_model::{DeviceRow, FindingView, SourceView, ViewModel};
+use crate::tui::view_model::{DeviceRow, FindingView, PerIoView, SourceView, ViewModel};
 
-use super::sources::Msg;
+use super::sources::{Msg, PerIoChoice};
 
 /// Everything the loop knows.
 #[derive(Debug)]
@@ -32,6 +32,8 @@ pub struct Session {
     started: std::time::Instant,
     probes_live_after: Option<std::time::Duration>,
     driver: DriverSource,
+    /// What runs on every I/O (None: the probe thread has not chosen yet).
+    per_io: Option<PerIoChoice>,
 }
 
 /// Whether the driver's own state is read: not yet known, read (with what this kernel lacks),
@@ -70,6 +72,7 @@ impl Session {
             started: std::time::Instant::now(),
             probes_live_after: None,
             driver: DriverSource::Starting,
+            per_io: None,
         }
     }
 
@@ -113,6 +116,8 @@ impl Session {
                 };
             }
             Msg::DriverOff(reason) => self.driver = DriverSource::Off(reason),
+            Msg::KernelLatency(hists, ts) => self.model.apply_kernel_latency(&hists, ts),
+            Msg::PerIo(choice) => self.per_io = Some(choice),
             Msg::KernelTags(tags) => {
                 for e in &tags {
                     self.model
@@ -129,6 +134,11 @@ impl Session {
     /// The driver reader has answered at least once (read, or said why not).
     pub fn driver_known(&self) -> bool {
         self.driver != DriverSource::Starting
+    }
+
+    /// What runs on every I/O, once the probe thread has chosen.
+    pub fn per_io(&self) -> Option<&PerIoChoice> {
+        self.per_io.as_ref()
     }
 
     /// Whether the driver's own state is being read.
@@ -207,6 +217,11 @@ impl Session {
             DriverSource::Starting => Some("starting".into()),
             DriverSource::Off(why) => Some(why.clone()),
         };
+        vm.header.per_io = self.per_io.as_ref().map(|c| PerIoView {
+            mode: c.mode.name(),
+            cannot_see: c.mode.cannot_see(),
+            note: c.note.clone(),
+        });
         vm.undecided = undecided_of(&d, dev);
         vm
     }

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::event::TraceEvent;
-use crate::probe::{TagStateEntry, Tracer, TracerConfig};
+use crate::probe::{IoPrograms, LatencyEntry, TagStateEntry, Tracer, TracerConfig};
 use crate::snapshot::{self, DeviceSnapshot};
 
 /// What a source tells the loop.
@@ -37,6 +37,88 @@ pub enum Msg {
     Driver(Box<crate::driver::DriverSnapshot>),
     /// The driver's memory could not be read (this time, or here at all): why.
     DriverOff(String),
+    /// The light path's per-queue completion histograms, read at this CLOCK_MONOTONIC time.
+    KernelLatency(Vec<LatencyEntry>, u64),
+    /// What runs on every I/O, chosen by the probe thread before it attaches.
+    PerIo(PerIoChoice),
+}
+
+/// What `watch` and `diagnose` run on every I/O (`--per-io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PerIo {
+    /// Only what the driver's memory cannot show: rejected commands, negative commits, the
+    /// latency histograms, failed, slow and requeued requests. Every tag's state comes from
+    /// the driver. Falls back to `state` where the driver's memory cannot be read.
+    Light,
+    /// Also the in-kernel per-tag state map, updated on every FETCH, COMMIT, request start,
+    /// delivery and completion: the event model, for kernels whose memory cannot be read.
+    State,
+    /// No program per I/O at all: the driver's memory and the disk's own counters only.
+    None,
+}
+
+impl PerIo {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Light => "light",
+            Self::State => "state",
+            Self::None => "none",
+        }
+    }
+
+    /// What this mode cannot see (shown in the header and the JSON).
+    pub fn cannot_see(self) -> &'static [&'static str] {
+        match self {
+            Self::Light => &["tag history", "delivery times"],
+            Self::State => &[],
+            Self::None => &[
+                "rejections",
+                "latency",
+                "slow/failed completions",
+                "tag history",
+            ],
+        }
+    }
+
+    fn io_programs(self) -> IoPrograms {
+        match self {
+            Self::Light => IoPrograms::Light,
+            Self::State => IoPrograms::All,
+            Self::None => IoPrograms::None,
+        }
+    }
+}
+
+/// The mode in force and, when it is not the one asked for, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerIoChoice {
+    pub mode: PerIo,
+    pub note: Option<String>,
+}
+
+impl PerIoChoice {
+    /// `asked`, unless it needs the driver's memory and `driver` says why that cannot be
+    /// read: then the state path, which keeps every tag's state from events.
+    pub fn decide(asked: PerIo, driver: Result<(), String>) -> Self {
+        match (asked, driver) {
+            (PerIo::State, _) | (_, Ok(())) => Self {
+                mode: asked,
+                note: None,
+            },
+            (PerIo::Light, Err(why)) => Self {
+                mode: PerIo::State,
+                note: Some(format!(
+                    "--per-io light needs the driver's memory ({why}): the per-I/O state path runs instead"
+                )),
+            },
+            (PerIo::None, Err(why)) => Self {
+                mode: PerIo::None,
+                note: Some(format!(
+                    "no per-I/O programs and no driver state ({why}): tags are known from snapshots only"
+                )),
+            },
+        }
+    }
 }
 
 /// Shared stop flag for all source threads.
@@ -197,38 +279,59 @@ const MIN_PASS: Duration = Duration::from_millis(50);
 /// completions), so SLOW can name them: half the default `--slow-ms`.
 const RARE_SLOW_MS: u32 = 100;
 
-/// Read the probes for `dev_filter` (all devices when None) until stopped: the in-kernel tag
-/// state map every [`STATE_EVERY`], control commands as they come. If the probes cannot load
-/// or attach (no kprobes, not root, no ublk_drv), say why once and end: the loop goes on with
-/// snapshots only.
+/// Read the probes for `dev_filter` (all devices when None) until stopped, with `per_io`'s
+/// programs: the in-kernel maps every [`STATE_EVERY`], control commands and rare per-I/O
+/// records as they come. If the probes cannot load or attach (no kprobes, not root, no
+/// ublk_drv), say why once and end: the loop goes on with snapshots only.
 pub fn spawn_probes(
     tx: Sender<Msg>,
     ev_tx: Sender<Msg>,
     dev_filter: Option<u32>,
+    per_io: PerIo,
     stop: Stop,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("probes".into())
         .spawn(move || {
-            // The state path (DESIGN "Two eBPF paths"): the programs keep every tag's
-            // state in a kernel map read once per tick; only control commands and rare
-            // per-I/O events reach the ring. Streaming every I/O cost as much CPU as the
-            // server itself.
-            let cfg = TracerConfig {
-                dev_filter,
-                state: true,
-                stream: false,
-                rare_slow_ms: RARE_SLOW_MS,
-                ..Default::default()
+            let driver = match per_io {
+                PerIo::State => Ok(()),
+                _ => crate::driver::Reader::open()
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
             };
+            let choice = PerIoChoice::decide(per_io, driver);
+            let mode = choice.mode;
+            if tx.send(Msg::PerIo(choice)).is_err() {
+                return;
+            }
+            let cfg = tracer_config(dev_filter, mode, false);
             let Some(mut tracer) = start_tracer(&cfg, &tx) else {
                 return;
             };
             if tx.send(Msg::ProbesLive).is_err() {
                 return;
             }
-            probe_loop(&mut tracer, &tx, &ev_tx, &stop, Drain::Paced);
+            probe_loop(&mut tracer, &tx, &ev_tx, &stop, Drain::Paced, mode);
         })
+}
+
+/// The tracer of `mode`. The state path (DESIGN "Two eBPF paths") keeps every tag's state
+/// in a kernel map read once per tick; the light path keeps per-queue histograms only. On
+/// both only control commands and rare per-I/O records reach the ring (streaming every I/O
+/// cost as much CPU as the server itself) unless `stream`.
+pub fn tracer_config(dev_filter: Option<u32>, mode: PerIo, stream: bool) -> TracerConfig {
+    TracerConfig {
+        dev_filter,
+        state: mode == PerIo::State,
+        stream,
+        rare_slow_ms: RARE_SLOW_MS,
+        io_programs: if stream {
+            IoPrograms::All
+        } else {
+            mode.io_programs()
+        },
+        ..Default::default()
+    }
 }
 
 /// Start the probes of `cfg`; when they cannot load or a required program did not attach,
@@ -258,7 +361,7 @@ pub enum Drain {
     Streaming,
 }
 
-/// The probe thread's loop: the state map every [`STATE_EVERY`], ring events as `drain`
+/// The probe thread's loop: `mode`'s map every [`STATE_EVERY`], ring events as `drain`
 /// says, until stopped, the loop has gone away, or the probes fail (said once).
 pub fn probe_loop(
     tracer: &mut Tracer,
@@ -266,19 +369,15 @@ pub fn probe_loop(
     ev_tx: &Sender<Msg>,
     stop: &Stop,
     drain: Drain,
+    mode: PerIo,
 ) {
     let mut last_state_read = Instant::now();
     let mut last_pass = Instant::now();
     while !stop.is_set() {
         if last_state_read.elapsed() >= STATE_EVERY {
             last_state_read = Instant::now();
-            match tracer.tag_states() {
-                Ok(tags) => {
-                    if tx.send(Msg::KernelTags(tags)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => log::debug!("read the tag state map: {e}"),
+            if !read_maps(tracer, tx, mode) {
+                return;
             }
         }
         let mut events = Vec::new();
@@ -308,6 +407,25 @@ pub fn probe_loop(
         }
         if ev_tx.send(Msg::CaughtUp(t)).is_err() {
             return;
+        }
+    }
+}
+
+/// Send `mode`'s in-kernel map; false when the loop has gone away.
+fn read_maps(tracer: &Tracer, tx: &Sender<Msg>, mode: PerIo) -> bool {
+    let msg = match mode {
+        PerIo::State => tracer.tag_states().map(Msg::KernelTags),
+        PerIo::Light => {
+            let t = crate::probe::monotonic_ns();
+            tracer.latency_hists().map(|h| Msg::KernelLatency(h, t))
+        }
+        PerIo::None => return true,
+    };
+    match msg {
+        Ok(m) => tx.send(m).is_ok(),
+        Err(e) => {
+            log::debug!("read the {} map: {e}", mode.name());
+            true
         }
     }
 }

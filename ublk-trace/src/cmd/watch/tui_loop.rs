@@ -94,7 +94,7 @@ fn frame_data(
 }
 
 pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
-    let sources = super::start_sources(dev, args.period(), args.no_probes)?;
+    let sources = super::start_sources(dev, args.period(), args.no_probes, args.per_io.mode)?;
     let mut session = Session::new();
     session.set_thresholds(args.thresholds.to_thresholds());
     let mut app = match dev {
@@ -161,7 +161,7 @@ fn report_log_file(path: &std::path::Path) {
 
 /// Observe for `args.ticks` sampling rounds, then print one frame of `w` x `h`.
 pub fn dump_screen(args: &WatchArgs, dev: Option<u32>, w: u16, h: u16) -> anyhow::Result<ExitCode> {
-    let sources = super::start_sources(dev, args.period(), args.no_probes)?;
+    let sources = super::start_sources(dev, args.period(), args.no_probes, args.per_io.mode)?;
     let mut session = Session::new();
     session.set_thresholds(args.thresholds.to_thresholds());
     let mut rounds = 0u32;
