@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{BlockStage, EventKind, TraceEvent};
 use crate::snapshot::DeviceSnapshot;
 
+pub mod crosscheck;
 pub mod ctrl;
 pub mod device;
 pub mod driver;
@@ -128,6 +129,8 @@ pub struct Model {
     ignore_pid: Option<u32>,
     /// Every event emitted before this time has been applied (set by the live reader).
     events_horizon_ns: Option<u64>,
+    /// When the in-kernel per-tag state map was last read (the state path's complete view).
+    kernel_tags_read_ns: u64,
 }
 
 impl Model {
@@ -139,6 +142,18 @@ impl Model {
     /// has been applied. Ages of event-derived states then count up to this horizon instead
     /// of `now`, so a reader that lags behind (debug build, emulated guest) does not make
     /// healthy requests look stuck. Readers that cannot tell never call it (ages use `now`).
+    /// The state map was read at `ts_ns` (its walk began then): every tag's events up to
+    /// then are in the model.
+    pub fn note_kernel_tags_read(&mut self, ts_ns: u64) {
+        self.kernel_tags_read_ns = self.kernel_tags_read_ns.max(ts_ns);
+    }
+
+    /// Up to when the event side knows every tag's transitions (0: it does not: no state
+    /// map, only rare events).
+    pub fn events_read_ns(&self) -> u64 {
+        self.kernel_tags_read_ns
+    }
+
     pub fn set_events_horizon(&mut self, ts_ns: u64) {
         self.events_horizon_ns = Some(self.events_horizon_ns.unwrap_or(0).max(ts_ns));
     }

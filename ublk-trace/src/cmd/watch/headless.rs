@@ -61,6 +61,10 @@ pub struct DeviceJson {
     pub findings: Vec<FindingJson>,
     /// Rules that lacked data to decide ("CLASS: what is missing").
     pub undecided: Vec<String>,
+    /// With `--per-io state` and the driver's memory read: both per-tag sources compared on
+    /// every tag that did not change between two reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_check: Option<crate::model::crosscheck::CrossCheck>,
 }
 
 #[derive(Debug, Serialize)]
@@ -206,6 +210,7 @@ pub fn device_json(vm: &ViewModel) -> DeviceJson {
         queues: vm.queues.iter().map(queue_json).collect(),
         findings: vm.findings.iter().map(FindingJson::from).collect(),
         undecided: vm.undecided.clone(),
+        cross_check: None,
     }
 }
 
@@ -224,7 +229,10 @@ pub fn document(session: &Session, devs: &[u32], now_ns: u64) -> WatchJson {
         stream_lag_ms: session.stream_lag_ns(now_ns) / 1_000_000,
         devices: devs
             .iter()
-            .map(|d| device_json(&session.view(*d, now_ns)))
+            .map(|d| DeviceJson {
+                cross_check: session.cross_check(*d),
+                ..device_json(&session.view(*d, now_ns))
+            })
             .collect(),
     }
 }

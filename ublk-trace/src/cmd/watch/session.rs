@@ -118,7 +118,8 @@ impl Session {
             Msg::DriverOff(reason) => self.driver = DriverSource::Off(reason),
             Msg::KernelLatency(hists, ts) => self.model.apply_kernel_latency(&hists, ts),
             Msg::PerIo(choice) => self.per_io = Some(choice),
-            Msg::KernelTags(tags) => {
+            Msg::KernelTags(tags, ts) => {
+                self.model.note_kernel_tags_read(ts);
                 for e in &tags {
                     self.model
                         .apply_kernel_tag(e.dev_id, e.q_id, e.tag, &e.state);
@@ -134,6 +135,11 @@ impl Session {
     /// The driver reader has answered at least once (read, or said why not).
     pub fn driver_known(&self) -> bool {
         self.driver != DriverSource::Starting
+    }
+
+    /// The driver's memory and the event model compared on device `dev` (both must be there).
+    pub fn cross_check(&self, dev: u32) -> Option<crate::model::crosscheck::CrossCheck> {
+        self.model.cross_check(dev)
     }
 
     /// What runs on every I/O, once the probe thread has chosen.

@@ -32,7 +32,7 @@ pub enum Msg {
     CaughtUp(u64),
     /// The in-kernel per-tag state map, read once per tick (the state path: its cost does
     /// not grow with IOPS, and it is never behind like a backlogged event stream).
-    KernelTags(Vec<TagStateEntry>),
+    KernelTags(Vec<TagStateEntry>, u64),
     /// One read of the driver's own memory (every tag's truth, nothing on the I/O path).
     Driver(Box<crate::driver::DriverSnapshot>),
     /// The driver's memory could not be read (this time, or here at all): why.
@@ -413,12 +413,11 @@ pub fn probe_loop(
 
 /// Send `mode`'s in-kernel map; false when the loop has gone away.
 fn read_maps(tracer: &Tracer, tx: &Sender<Msg>, mode: PerIo) -> bool {
+    // Taken before the walk: what the map holds includes every transition up to it.
+    let t = crate::probe::monotonic_ns();
     let msg = match mode {
-        PerIo::State => tracer.tag_states().map(Msg::KernelTags),
-        PerIo::Light => {
-            let t = crate::probe::monotonic_ns();
-            tracer.latency_hists().map(|h| Msg::KernelLatency(h, t))
-        }
+        PerIo::State => tracer.tag_states().map(|tags| Msg::KernelTags(tags, t)),
+        PerIo::Light => tracer.latency_hists().map(|h| Msg::KernelLatency(h, t)),
         PerIo::None => return true,
     };
     match msg {

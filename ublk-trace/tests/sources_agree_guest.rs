@@ -1,0 +1,85 @@
+//! Guest test: two sources, one answer. Under fio with an injected hang, `watch --per-io
+//! state` keeps both per-tag sources, the driver's memory and the event model (the
+//! in-kernel state map), and compares them on every tag that did not move between two
+//! reads (`cross_check` in each document). Any disagreement is a bug in one of them.
+//!
+//! The server publishes no tag file, so the event side is the events alone.
+mod diagnose_common;
+
+use std::time::{Duration, Instant};
+
+use diagnose_common::*;
+use serde_json::Value;
+
+/// The device's entry in a watch document.
+fn device(doc: &Value, dev_id: u32) -> Option<&Value> {
+    doc["devices"]
+        .as_array()?
+        .iter()
+        .find(|d| d["dev"] == dev_id)
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_driver_and_events_agree_on_every_stable_tag_under_fio_with_a_hang() {
+    let s = Server::start(&[
+        "null",
+        "--queues",
+        "1",
+        "--depth",
+        "8",
+        "--no-tag-state",
+        "--inject",
+        "hang:q=0,tag=3",
+    ]);
+    let w = HeadlessWatch::start_args(s.dev_id, 500, &["--per-io", "state"]);
+    w.wait_until_attached();
+    // fio after the attach: every tag's FETCH/COMMIT is seen from its first request on.
+    let mut fio = fio_reads(&s.bdev(), 8, 0);
+    assert!(
+        wait_for_stuck_tag(s.dev_id, 0, 3, Duration::from_secs(30)),
+        "q0 t3 never stuck per debugfs: {:?}",
+        busy_tags(s.dev_id)
+    );
+    // Ten seconds of documents while fio keeps the other seven tags busy.
+    let from = Instant::now();
+    let (mut docs, mut compared, mut agree) = (0u32, 0u64, 0u64);
+    let mut disagree: Vec<String> = Vec::new();
+    let mut in_server_seen = false;
+    while from.elapsed() < Duration::from_secs(10) {
+        let Ok((_, doc)) = w.docs.recv_timeout(Duration::from_secs(5)) else {
+            break;
+        };
+        let Some(d) = device(&doc, s.dev_id) else {
+            continue;
+        };
+        assert_eq!(doc["per_io"]["mode"], "state", "{doc}");
+        let c = &d["cross_check"];
+        if c.is_null() {
+            continue;
+        }
+        docs += 1;
+        compared += c["compared"].as_u64().unwrap_or(0);
+        agree += c["agree"].as_u64().unwrap_or(0);
+        for x in c["disagree"].as_array().into_iter().flatten() {
+            disagree.push(format!("{x} at {}", doc["ts_ns"]));
+        }
+        in_server_seen |= d["queues"][0]["counts"]["in_server"].as_u64() >= Some(1);
+    }
+    let _ = fio.kill();
+    drop(w);
+    drop(s);
+    let _ = wait_timeout(&mut fio, Duration::from_secs(30));
+    println!("{docs} documents compared {compared} tag states, {agree} agreed");
+    assert!(docs >= 5, "too few documents with both sources: {docs}");
+    assert!(in_server_seen, "the hung tag was never shown IN_SERVER");
+    // The hung tag is stable in every document after the hang: at least it is compared.
+    assert!(
+        compared >= u64::from(docs),
+        "{compared} comparisons in {docs} documents"
+    );
+    assert!(
+        disagree.is_empty(),
+        "the driver and the events disagree: {disagree:#?}"
+    );
+}
