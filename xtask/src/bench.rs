@@ -131,9 +131,11 @@ fn configs(mode: Mode, rublk: bool, tracer_only: bool) -> Vec<Config> {
 }
 
 /// The untraced server with a tracer attached: `record` (every event to a file) and
-/// `watch --headless` (the live view). Each prints one `TRACER-STAT` line at detach: its CPU
-/// time, memory, and what it saw (events and drops), parsed into the JSON results.
-fn traced() -> [Config; 2] {
+/// `watch --headless` (the live view) in each `--per-io` mode: `+watch` is the default
+/// (light), `+watch-state` and `+watch-none` the others. Each prints one `TRACER-STAT` line at
+/// detach: its CPU time, memory, and what it saw (events and drops), parsed into the JSON
+/// results.
+fn traced() -> Vec<Config> {
     let mut rec = ours("ours-null-q1+record", "null", 1, 64);
     // rm first: wait_line must not find the previous round's line (see `ours`).
     rec.attach = "rm -f /tmp/rec.out\nublk-trace record --dev 0 -o /tmp/rec.jsonl > /tmp/rec.out 2>&1 &\nTRC=$!\nwait_line /tmp/rec.out recording\nT0=$(now_ms); C0=$(cpu_ns $TRC)\n"
@@ -146,15 +148,28 @@ fn traced() -> [Config; 2] {
         echo \"TRACER-STAT config=$CFG round=$ROUND ms=$((T1-T0)) stop_ms=$((T2-T1)) cpu_ns=$((C-C0)) $M events=$(echo \"$S\" | sed -n 's/.*recorded \\([0-9]*\\) events.*/\\1/p') dropped=$(echo \"$S\" | sed -n 's/.* \\([0-9]*\\) dropped.*/\\1/p') cpu_total_ns=$(sed -n 's/.*CPU time \\([0-9]*\\) ms.*/\\1000000/p' /tmp/rec.out)\"\n\
         grep -E '^ublk-trace: (recorded|program)' /tmp/rec.out | sed 's/^/TRACER /'\n"
         .into();
-    let mut watch = ours("ours-null-q1+watch", "null", 1, 64);
-    watch.attach = "rm -f /tmp/watch.out /tmp/watch.err\nublk-trace watch dev 0 --headless --json --interval 1000 > /tmp/watch.out 2>/tmp/watch.err &\nTRC=$!\nwait_line /tmp/watch.out ebpf\nT0=$(now_ms); C0=$(cpu_ns $TRC)\n".into();
-    watch.detach = "T1=$(now_ms); C=$(cpu_ns $TRC); M=$(mem_kb $TRC); bpf_progs $TRC; stop_pid $TRC INT\n\
+    let mut v = vec![rec];
+    for (name, mode) in [
+        ("ours-null-q1+watch", "light"),
+        ("ours-null-q1+watch-state", "state"),
+        ("ours-null-q1+watch-none", "none"),
+    ] {
+        let mut watch = ours(name, "null", 1, 64);
+        // The default tick (--interval 500): what a user runs.
+        watch.attach = format!(
+            "rm -f /tmp/watch.out /tmp/watch.err\nublk-trace watch dev 0 --headless --json --per-io {mode} > /tmp/watch.out 2>/tmp/watch.err &\nTRC=$!\nwait_line /tmp/watch.out ebpf\nT0=$(now_ms); C0=$(cpu_ns $TRC)\n"
+        );
+        watch.detach = WATCH_DETACH.into();
+        v.push(watch);
+    }
+    v
+}
+
+/// A watch config's detach: one `TRACER-STAT` line, then its programs' run counts and times.
+const WATCH_DETACH: &str = "T1=$(now_ms); C=$(cpu_ns $TRC); M=$(mem_kb $TRC); bpf_progs $TRC; stop_pid $TRC INT\n\
         L=$(tail -n 1 /tmp/watch.out)\n\
         echo \"TRACER-STAT config=$CFG round=$ROUND ms=$((T1-T0)) cpu_ns=$((C-C0)) $M docs=$(grep -c kind /tmp/watch.out) dropped=$(echo \"$L\" | sed -n 's/.*\"dropped_events\":\\([0-9]*\\).*/\\1/p') lag_ms=$(echo \"$L\" | sed -n 's/.*\"stream_lag_ms\":\\([0-9]*\\).*/\\1/p')\"\n\
-        grep -E 'program' /tmp/watch.err | sed 's/^/TRACER /'\n"
-        .into();
-    [rec, watch]
-}
+        grep -E 'program' /tmp/watch.err | sed 's/^/TRACER /'\n";
 
 const JOBS: &[(&str, &str, u32)] = &[
     ("randread-qd1", "randread", 1),
@@ -275,6 +290,110 @@ fn probe_start_section(layout: &Layout) -> String {
          stop_pid $SRV_PID INT 30\n",
         layout.name
     )
+}
+
+/// The geometry of the driver-read measurement: the issue's 4 queues x 1024 tags (the
+/// kernel clamps the queue count to the CPUs, so it gets a 4-vCPU guest of its own).
+const READ_QUEUES: u32 = 4;
+const READ_DEPTH: u32 = 1024;
+/// watch's and diagnose's default tick (`--interval`), at which one read per tick runs.
+const DEFAULT_TICK_MS: u64 = 500;
+
+/// The script of the driver-read boot: an idle 4 x 1024 device, three times 20 reads with
+/// `ublk-trace state --repeat` (its CPU time user + system, per read): `DRIVER-READ` lines.
+fn driver_read_script() -> String {
+    format!(
+        "{PRELUDE}\necho '=== driver state: one read of an idle {READ_QUEUES} x {READ_DEPTH} device'\n\
+         rm -f /tmp/srv.out; ublk-server run null --queues {READ_QUEUES} --depth {READ_DEPTH} > /tmp/srv.out 2>&1 &\n\
+         SRV_PID=$!\nwait_ready /tmp/srv.out\nsleep 1\n\
+         for round in 1 2 3; do\n\
+         ublk-trace state dev 0 --repeat 20 > /dev/null 2> /tmp/state.err\n\
+         echo \"DRIVER-READ round=$round $(grep 'reads of' /tmp/state.err)\"\n\
+         done\n\
+         stop_pid $SRV_PID INT 30\nexit 0\n"
+    )
+}
+
+/// One `DRIVER-READ` line: the cost of one read of the driver's memory.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+struct DriverRead {
+    round: u32,
+    tags: u64,
+    cpu_us: u64,
+    user_us: u64,
+    sys_us: u64,
+    wall_us: u64,
+    /// `cpu_us` as a share of one CPU when one read runs per default tick.
+    pct_of_cpu_at_default_tick: f64,
+}
+
+/// `DRIVER-READ round=1 ublk-trace state: 20 reads of 4096 tags: 9000 us CPU (7000 user +
+/// 2000 sys), 12000 us wall per read`.
+fn parse_driver_reads(lines: &[String]) -> Vec<DriverRead> {
+    let num_before = |l: &str, word: &str| -> Option<u64> {
+        let i = l.find(word)?;
+        l[..i]
+            .split_whitespace()
+            .last()?
+            .trim_start_matches('(')
+            .parse()
+            .ok()
+    };
+    lines
+        .iter()
+        .filter_map(|l| {
+            let l = l.strip_prefix("DRIVER-READ round=")?;
+            let (round, rest) = l.split_once(' ')?;
+            let cpu_us = num_before(rest, " us CPU")?;
+            Some(DriverRead {
+                round: round.parse().ok()?,
+                tags: num_before(rest, " tags")?,
+                cpu_us,
+                user_us: num_before(rest, " user")?,
+                sys_us: num_before(rest, " sys")?,
+                wall_us: num_before(rest, " us wall")?,
+                pct_of_cpu_at_default_tick: cpu_us as f64 / (DEFAULT_TICK_MS as f64 * 10.0),
+            })
+        })
+        .collect()
+}
+
+/// Boot a 4-vCPU guest and measure [`driver_read_script`].
+fn measure_driver_reads(
+    o: &BenchOpts,
+    kernel: &crate::kernel::GuestKernel,
+    bins: &std::path::Path,
+) -> Result<Vec<DriverRead>> {
+    let mut g = GuestOpts::new(o.kernel.clone());
+    g.smp = READ_QUEUES;
+    g.release = true;
+    g.timeout = Duration::from_secs(600);
+    let initrd = make_initramfs(kernel, &g, bins, &driver_read_script(), &[])?;
+    let log = cache_dir().join("bench-driver-read.log");
+    eprintln!(
+        "[bench] driver-state read cost ({READ_QUEUES} vCPU) on {}",
+        kernel.kver
+    );
+    let (outcome, lines) =
+        crate::qemu::boot_captured(&boot_opts(&g, kernel, &initrd), &log, |l| {
+            if l.starts_with("DRIVER-READ") {
+                eprintln!("  {l}");
+            }
+        })?;
+    let _ = std::fs::remove_file(&initrd);
+    if !matches!(outcome, crate::qemu::Outcome::Exited(0)) {
+        crate::guest::report_outcome(&outcome, &lines, &log);
+    }
+    Ok(parse_driver_reads(&lines))
+}
+
+fn print_driver_reads(v: &[DriverRead]) {
+    for r in v {
+        println!(
+            "driver read {READ_QUEUES}x{READ_DEPTH} round {}: {} tags, {} us CPU ({} user + {} sys), {} us wall: {:.1} % of one CPU at the {DEFAULT_TICK_MS} ms tick (target <= 5 %)",
+            r.round, r.tags, r.cpu_us, r.user_us, r.sys_us, r.wall_us, r.pct_of_cpu_at_default_tick
+        );
+    }
 }
 
 /// One `PROBE-START` line: the time to live probes of one build profile.
@@ -790,10 +909,18 @@ pub fn run(o: &BenchOpts) -> Result<()> {
     if all.is_empty() {
         bail!("no benchmark samples were produced (see target/guest/bench-*.log)");
     }
+    let driver_reads = match measure_driver_reads(o, &kernel, &bins) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("[bench] warning: the driver-read boot failed: {e:#}");
+            Vec::new()
+        }
+    };
     let rows = summarize(&all);
     print_table(&rows);
     print_tracer_table(&tracer_stats, &all);
     print_probe_starts(&probe_starts);
+    print_driver_reads(&driver_reads);
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     let stamp = std::time::SystemTime::now()
@@ -809,6 +936,7 @@ pub fn run(o: &BenchOpts) -> Result<()> {
         "summary": rows,
         "tracer": tracer_stats,
         "probe_start": probe_starts,
+        "driver_read": driver_reads,
         "samples": all,
     });
     let text = serde_json::to_string_pretty(&doc).context("serialize bench results")?;
@@ -892,6 +1020,29 @@ mod tests {
         assert_eq!((v[0].live_ms, v[0].wall_ms), (Some(1650), 3900));
         assert_eq!(v[0].source, "ebpf+snapshots");
         assert_eq!((v[1].profile.as_str(), v[1].live_ms), ("debug", None));
+    }
+
+    #[test]
+    fn driver_read_lines_parse() {
+        let l = "DRIVER-READ round=2 ublk-trace state: 20 reads of 4096 tags: 9000 us CPU (7000 user + 2000 sys), 12000 us wall per read".to_string();
+        let v = parse_driver_reads(&[l, "DRIVER-READ round=3 ".into()]);
+        let ok = std::process::Command::new("sh")
+            .args(["-n", "-c", &driver_read_script()])
+            .status()
+            .expect("run sh -n");
+        assert!(ok.success(), "not valid shell:\n{}", driver_read_script());
+        assert_eq!(
+            v,
+            vec![DriverRead {
+                round: 2,
+                tags: 4096,
+                cpu_us: 9000,
+                user_us: 7000,
+                sys_us: 2000,
+                wall_us: 12000,
+                pct_of_cpu_at_default_tick: 1.8,
+            }]
+        );
     }
 
     #[test]
