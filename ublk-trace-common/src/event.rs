@@ -63,7 +63,12 @@ pub const SWITCH_RARE_SLOW_MS: u32 = 6;
 /// started (each after a [`KIND_BLOCK_ISSUE`] record dated at the request's start); and
 /// block_rq_complete adds every completion to its queue's latency histogram.
 pub const SWITCH_LIGHT: u32 = 7;
-pub const NR_SWITCHES: u32 = 8;
+/// Switch: streamed per-I/O records only for `(q_id << 16 | tag) + 1` of device
+/// `SWITCH_TAG_FILTER_DEV - 1` (the TUI's detail view follows one tag); 0 = every tag. The
+/// state map and the light path's records are not filtered.
+pub const SWITCH_TAG_FILTER: u32 = 8;
+pub const SWITCH_TAG_FILTER_DEV: u32 = 9;
+pub const NR_SWITCHES: u32 = 10;
 
 /// `arg1` of a [`KIND_QUEUE_RQ`] record taken from block_rq_issue (the kprobes leave it 0).
 pub const QUEUE_RQ_FROM_ISSUE: u64 = 1;

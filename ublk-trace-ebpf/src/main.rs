@@ -213,10 +213,31 @@ fn publish(ev: &RawEvent) {
     publish_to(ev, streaming(), state_on());
 }
 
+/// Whether a streamed record of (q_id, tag) passes `SWITCH_TAG_FILTER` (a queue-level
+/// record, tag u16::MAX, passes for its queue).
+/// `ev` went to the ring already (the tag streamed for the detail view): the light path does
+/// not send it twice.
+#[inline(always)]
+fn streamed(ev: &RawEvent) -> bool {
+    streaming() && tag_wanted(ev)
+}
+
+#[inline(always)]
+fn tag_wanted(ev: &RawEvent) -> bool {
+    let f = switch(SWITCH_TAG_FILTER);
+    if f == 0 {
+        return true;
+    }
+    let want = f.wrapping_sub(1);
+    switch(SWITCH_TAG_FILTER_DEV).wrapping_sub(1) == ev.dev_id
+        && (want >> 16) as u16 == ev.q_id
+        && (want as u16 == ev.tag || ev.tag == u16::MAX)
+}
+
 /// `ev` may lack the task name (`new_event_nocomm`): a streamed copy gets it here.
 #[inline(always)]
 fn publish_to(ev: &RawEvent, stream: bool, state: bool) {
-    if stream {
+    if stream && tag_wanted(ev) {
         emit(&with_comm(*ev));
     }
     if state {
@@ -596,7 +617,7 @@ fn light_io(ev: &RawEvent) {
         return;
     }
     let bad = ev.cmd_op & 0xff == IO_COMMIT_AND_FETCH_REQ && ev.result < 0;
-    if ev.ret != EIOCBQUEUED || bad {
+    if (ev.ret != EIOCBQUEUED || bad) && !streamed(ev) {
         emit(&with_comm(*ev));
     }
 }
@@ -928,7 +949,7 @@ fn light_complete(rq: u64, error: u8, nr_bytes: u32) {
     add_latency(ev.dev_id, ev.q_id, latency);
     let slow_ms = switch(SWITCH_RARE_SLOW_MS) as u64;
     let slow = slow_ms != 0 && latency.is_some_and(|l| l >= slow_ms * 1_000_000);
-    if error == 0 && !slow {
+    if (error == 0 && !slow) || streamed(&ev) {
         return;
     }
     if start != 0 {
@@ -977,7 +998,9 @@ fn add_latency(dev_id: u32, q_id: u16, latency: Option<u64>) {
 #[raw_tracepoint(tracepoint = "block_rq_requeue")]
 pub fn blk_requeue(ctx: RawTracePointContext) -> i32 {
     if light() {
-        if let Some((ev, true)) = block_record(KIND_BLOCK_REQUEUE, 0, ctx.arg(0), 0, None) {
+        if let Some((ev, true)) = block_record(KIND_BLOCK_REQUEUE, 0, ctx.arg(0), 0, None)
+            && !streamed(&ev)
+        {
             emit(&with_comm(ev));
         }
     }

@@ -49,6 +49,10 @@ pub struct WatchArgs {
     /// Render one frame of WxH (e.g. 80x24) as plain text to stdout and exit.
     #[arg(long, value_name = "WxH", conflicts_with = "headless")]
     pub dump_screen: Option<String>,
+    /// Open the detail view of queue Q, tag T (`0:3`): the probes stream that tag's every
+    /// event while it is shown. Needs `dev N`.
+    #[arg(long, value_name = "Q:T", value_parser = parse_q_tag, requires = "dev_id")]
+    pub detail: Option<(u16, u16)>,
     /// With --dump-screen: sampling rounds to observe before rendering.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub ticks: u32,
@@ -82,6 +86,19 @@ pub struct PerIoArg {
     pub mode: sources::PerIo,
 }
 
+/// `Q:T` (queue and tag numbers).
+fn parse_q_tag(s: &str) -> Result<(u16, u16), String> {
+    let (q, t) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected Q:T, e.g. 0:3"))?;
+    let n = |x: &str| {
+        x.trim()
+            .parse::<u16>()
+            .map_err(|e| format!("{s:?}: {x:?} is not a queue or tag number ({e})"))
+    };
+    Ok((n(q)?, n(t)?))
+}
+
 impl WatchArgs {
     pub fn period(&self) -> Duration {
         Duration::from_millis(self.interval.max(50))
@@ -108,8 +125,15 @@ pub fn start_sources(
         let _ =
             s.tx.send(sources::Msg::ProbesOff("--no-probes given".into()));
     } else {
-        let h = sources::spawn_probes(s.tx.clone(), s.ev_tx.clone(), dev, per_io, s.stop.clone())
-            .context("start the probe thread")?;
+        let h = sources::spawn_probes(
+            s.tx.clone(),
+            s.ev_tx.clone(),
+            dev,
+            per_io,
+            s.follow.clone(),
+            s.stop.clone(),
+        )
+        .context("start the probe thread")?;
         s.add_detached(h);
     }
     Ok(s)
@@ -150,6 +174,18 @@ mod tests {
         assert_eq!(t.as_ref().map(|t| t.w.target.id()), Ok(Some(3)));
         let t = T::try_parse_from(["x"]).map_err(|e| e.to_string());
         assert_eq!(t.map(|t| t.w.target.id()), Ok(None));
+    }
+
+    #[test]
+    fn detail_takes_a_queue_and_a_tag_of_a_device() {
+        let t = T::try_parse_from(["x", "dev", "0", "--detail", "1:7"]).map_err(|e| e.to_string());
+        assert_eq!(t.map(|t| t.w.detail), Ok(Some((1, 7))));
+        assert!(T::try_parse_from(["x", "dev", "0", "--detail", "7"]).is_err());
+        assert!(T::try_parse_from(["x", "dev", "0", "--detail", "a:1"]).is_err());
+        assert!(
+            T::try_parse_from(["x", "--detail", "0:1"]).is_err(),
+            "needs dev N"
+        );
     }
 
     #[test]

@@ -78,6 +78,10 @@ impl<'a> DeviceView<'a> {
     pub fn dev_id(&self) -> u32 {
         self.dev.dev_id
     }
+    /// The time this view is judged at.
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
     pub fn info(&self) -> Option<&'a DevInfo> {
         self.dev.info.as_ref()
     }

@@ -4,6 +4,8 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::kprobe::KProbeLinkId;
+use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::{KProbe, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
 use ublk_trace_common::event::*;
@@ -287,6 +289,19 @@ pub struct Tracer {
     lost_reported: u64,
     decode_errors: u64,
     release: String,
+    /// What [`Tracer::follow_tag`] needs to attach the programs this path left out.
+    cfg: TracerConfig,
+    concepts: Vec<Resolved>,
+    ublk_loaded: bool,
+    offsets: Offsets,
+    /// Programs attached for a followed tag, detached when it is let go.
+    follow_links: Vec<Link>,
+}
+
+/// One attachment this tracer may undo before it is dropped.
+enum Link {
+    Kprobe(String, KProbeLinkId),
+    RawTp(String, RawTracePointLinkId),
 }
 
 impl Tracer {
@@ -347,7 +362,12 @@ impl Tracer {
             concepts: &concepts,
             ublk_loaded,
         };
-        let attached = attach_all(&mut ebpf, cfg, &targets, &offsets);
+        let attached = attach_all(&mut ebpf, cfg, &targets, &offsets, |p| {
+            cfg.io_programs.wants(p)
+        })
+        .into_iter()
+        .map(|(st, _)| st)
+        .collect();
         log::info!("programs verified and attached in {:?}", t0.elapsed());
         let ring_map = ebpf
             .take_map(EVENTS_MAP)
@@ -368,6 +388,11 @@ impl Tracer {
             lost_reported: 0,
             decode_errors: 0,
             release,
+            cfg: cfg.clone(),
+            concepts,
+            ublk_loaded,
+            offsets,
+            follow_links: Vec::new(),
         };
         t.set_switch(
             SWITCH_DEV_FILTER,
@@ -418,6 +443,52 @@ impl Tracer {
             name: SWITCHES_MAP,
             source,
         })
+    }
+
+    /// Stream every event of one tag of device `dev` (the TUI's detail view), or stop
+    /// (`None`). On a path that left per-I/O programs out (light, none), they are attached
+    /// while the tag is followed and detached after: the whole life of one tag is worth a
+    /// moment of their cost. Returns the programs that could not be attached.
+    pub fn follow_tag(
+        &mut self,
+        tag: Option<(u32, u16, u16)>,
+    ) -> Result<Vec<ProbeStatus>, ProbeError> {
+        let mut failed = Vec::new();
+        match tag {
+            Some((dev, q, t)) => {
+                self.set_switch(SWITCH_TAG_FILTER_DEV, dev.wrapping_add(1))?;
+                self.set_switch(SWITCH_TAG_FILTER, ((u32::from(q) << 16) | u32::from(t)) + 1)?;
+                if self.follow_links.is_empty() && self.cfg.io_programs != IoPrograms::All {
+                    let targets = Targets {
+                        concepts: &self.concepts,
+                        ublk_loaded: self.ublk_loaded,
+                    };
+                    let on_path = self.cfg.io_programs;
+                    let extra =
+                        attach_all(&mut self.ebpf, &self.cfg, &targets, &self.offsets, |p| {
+                            !on_path.wants(p)
+                        });
+                    for (st, link) in extra {
+                        match link {
+                            Some(l) => self.follow_links.push(l),
+                            None if st.required => failed.push(st),
+                            None => {}
+                        }
+                    }
+                }
+                self.set_streaming(true)?;
+            }
+            None => {
+                self.set_streaming(false)?;
+                self.set_switch(SWITCH_TAG_FILTER, 0)?;
+                for l in std::mem::take(&mut self.follow_links) {
+                    if let Err(e) = detach(&mut self.ebpf, l) {
+                        log::info!("detach a followed tag's program: {e}");
+                    }
+                }
+            }
+        }
+        Ok(failed)
     }
 
     /// Turn the per-tag state map on or off.
@@ -638,15 +709,18 @@ impl Tracer {
     }
 }
 
+/// Attach the plans `pick` names (with `cfg`'s choices of kprobes and tracepoints); each with
+/// its link when it attached.
 fn attach_all(
     ebpf: &mut Ebpf,
     cfg: &TracerConfig,
     facts: &Targets,
     o: &Offsets,
-) -> Vec<ProbeStatus> {
+    pick: impl Fn(&str) -> bool,
+) -> Vec<(ProbeStatus, Option<Link>)> {
     let plans: Vec<&Plan> = PLANS
         .iter()
-        .filter(|p| cfg.io_programs.wants(p.program))
+        .filter(|p| pick(p.program))
         .filter(|p| match p.how {
             Attach::RawTp => cfg.block,
             // Without block tracepoints the kprobes are the only source of request starts.
@@ -716,7 +790,12 @@ fn load_parallel(ebpf: &mut Ebpf, names: &[String]) {
     });
 }
 
-fn attach_one(ebpf: &mut Ebpf, p: &Plan, facts: &Targets, o: &Offsets) -> ProbeStatus {
+fn attach_one(
+    ebpf: &mut Ebpf,
+    p: &Plan,
+    facts: &Targets,
+    o: &Offsets,
+) -> (ProbeStatus, Option<Link>) {
     let mut st = ProbeStatus {
         program: p.program.to_string(),
         target: p.target.to_string(),
@@ -758,17 +837,41 @@ fn attach_one(ebpf: &mut Ebpf, p: &Plan, facts: &Targets, o: &Offsets) -> ProbeS
         }
     };
     match result {
-        Ok(()) => st.attached = true,
+        Ok(link) => {
+            st.attached = true;
+            (st, Some(link))
+        }
         Err(e) => {
             // Callers decide how loud a missing probe is (record warns for required ones).
             log::info!("{} on {} not attached: {e}", p.program, st.target);
             st.error = e;
+            (st, None)
         }
     }
-    st
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf, program: &str, func: &str) -> Result<(), String> {
+fn detach(ebpf: &mut Ebpf, l: Link) -> Result<(), String> {
+    match l {
+        Link::Kprobe(program, id) => {
+            let prog: &mut KProbe = ebpf
+                .program_mut(&program)
+                .ok_or_else(|| format!("program {program} missing"))?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            prog.detach(id).map_err(|e| format!("{program}: {e}"))
+        }
+        Link::RawTp(program, id) => {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(&program)
+                .ok_or_else(|| format!("program {program} missing"))?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            prog.detach(id).map_err(|e| format!("{program}: {e}"))
+        }
+    }
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, program: &str, func: &str) -> Result<Link, String> {
     let prog: &mut KProbe = ebpf
         .program_mut(program)
         .ok_or_else(|| format!("program {program} missing; rebuild ublk-trace"))?
@@ -777,7 +880,9 @@ fn attach_kprobe(ebpf: &mut Ebpf, program: &str, func: &str) -> Result<(), Strin
     if prog.fd().is_err() {
         prog.load().map_err(|e| format!("load: {e}"))?;
     }
-    prog.attach(func, 0).map(|_| ()).map_err(|e| {
+    prog.attach(func, 0)
+        .map(|id| Link::Kprobe(program.to_string(), id))
+        .map_err(|e| {
         let kprobe_dir = "/sys/bus/event_source/devices/kprobe";
         if std::path::Path::new(kprobe_dir).exists() {
             format!("attach: {e}")
@@ -787,7 +892,7 @@ fn attach_kprobe(ebpf: &mut Ebpf, program: &str, func: &str) -> Result<(), Strin
     })
 }
 
-fn attach_raw_tp(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), String> {
+fn attach_raw_tp(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<Link, String> {
     let prog: &mut RawTracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| format!("program {program} missing; rebuild ublk-trace"))?
@@ -797,7 +902,7 @@ fn attach_raw_tp(ebpf: &mut Ebpf, program: &str, tp: &str) -> Result<(), String>
         prog.load().map_err(|e| format!("load: {e}"))?;
     }
     prog.attach(tp)
-        .map(|_| ())
+        .map(|id| Link::RawTp(program.to_string(), id))
         .map_err(|e| format!("attach: {e}"))
 }
 

@@ -118,6 +118,11 @@ impl App {
         }
     }
 
+    /// Start in the detail view (`watch --detail Q:T`): the loop selects the tag itself.
+    pub fn start_in_detail(&mut self) {
+        self.mode = Mode::Detail;
+    }
+
     pub fn set_grid_shape(&mut self, shape: GridShape) {
         self.shape = shape;
         self.clamp_cursor();

@@ -5,6 +5,7 @@ use crate::diagnose::{self, Finding};
 use crate::model::{DeviceView, Histogram, HistoryEntry, Model, TagState, TagView};
 
 use super::snapshot_view;
+use super::view_model::fmt_age;
 use super::view_model::{
     CellState, FindingView, HeaderView, HistoryLine, InflightRow, LatencyBucket, QueueView,
     Severity, SourceView, TagCell, TagDetail, ViewModel,
@@ -35,6 +36,9 @@ pub struct BuildInput<'a> {
     pub findings: &'a [FindingView],
     /// The tag the detail view shows.
     pub detail: Option<(u16, u16)>,
+    /// Since when the probes stream the detail tag's every event, and the programs that
+    /// could not be attached for it (None: not streamed).
+    pub following: Option<(u64, &'a [String])>,
 }
 
 pub fn cell_state(s: TagState) -> CellState {
@@ -164,14 +168,89 @@ fn history_line(h: &HistoryEntry) -> HistoryLine {
     }
 }
 
-fn detail(d: &DeviceView, q_id: u16, tag: u16, source: &SourceView) -> TagDetail {
+fn rq_state_name(s: crate::driver::RqState) -> String {
+    // The reader's own names (SCREAMING_SNAKE_CASE, as `state --json` prints them).
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{s:?}"))
+}
+
+fn view_name(v: crate::driver::TagView) -> &'static str {
+    use crate::driver::TagView as V;
+    match v {
+        V::Waiting => "WAITING",
+        V::Queued => "QUEUED",
+        V::InServer => "IN_SERVER",
+        V::NeedGetData => "NEED_GET_DATA",
+        V::Aborted => "ABORTED",
+        V::NotFetched => "NOT_FETCHED",
+        V::Other => "OTHER",
+    }
+}
+
+/// The driver's view of a tag as detail lines: its `ublk_io` and blk-mq request.
+fn driver_lines(t: &crate::model::tag::Tag, now_ns: u64) -> Vec<String> {
+    let Some(d) = t.driver.as_ref() else {
+        return Vec::new();
+    };
+    let flags = if d.flags.names.is_empty() {
+        "none".to_string()
+    } else {
+        d.flags.names.join("|")
+    };
+    let mut v = vec![format!(
+        "driver ({} ago): {}, flags {flags} ({:#x}), res {}, command {}",
+        fmt_age(now_ns.saturating_sub(d.read_ns)),
+        view_name(d.view),
+        d.flags.raw,
+        d.res,
+        if d.cmd_parked { "parked" } else { "not parked" }
+    )];
+    if let Some(tid) = d.task_tid {
+        v.push(format!("  io task tid {tid}"));
+    }
+    match &d.request {
+        Some(r) => v.push(format!(
+            "  request {} {} {} bytes @ sector {}{}",
+            rq_state_name(r.state),
+            r.op,
+            r.bytes,
+            r.sector,
+            r.start_time_ns
+                .filter(|s| *s > 0)
+                .map(|s| format!(", started {} ago", fmt_age(now_ns.saturating_sub(s))))
+                .unwrap_or_default()
+        )),
+        None => v.push("  no request on the tag".into()),
+    }
+    v
+}
+
+fn detail(
+    d: &DeviceView,
+    q_id: u16,
+    tag: u16,
+    source: &SourceView,
+    following: Option<(u64, &[String])>,
+) -> TagDetail {
     let t = d
         .queue(q_id)
         .map(|q| q.tag(tag))
         .filter(|t| t.state != TagState::Unknown || t.raw.is_some());
-    let note = match source {
-        SourceView::SnapshotsOnly { .. } => {
+    let note = match (source, following) {
+        (SourceView::SnapshotsOnly { .. }, _) => {
             Some("snapshots only: no event history (eBPF probes are off)".to_string())
+        }
+        (_, Some((since, missing))) => {
+            let mut n = format!(
+                "streaming this tag's events since {} ago",
+                fmt_age(d.now_ns().saturating_sub(since))
+            );
+            if !missing.is_empty() {
+                n.push_str(&format!("; not attached: {}", missing.join(", ")));
+            }
+            Some(n)
         }
         _ => None,
     };
@@ -187,6 +266,8 @@ fn detail(d: &DeviceView, q_id: u16, tag: u16, source: &SourceView) -> TagDetail
             owner_tid: 0,
             history: Vec::new(),
             history_note: note,
+            last_request: false,
+            driver: Vec::new(),
         };
     };
     let mut d = TagDetail {
@@ -200,6 +281,11 @@ fn detail(d: &DeviceView, q_id: u16, tag: u16, source: &SourceView) -> TagDetail
         owner_tid: t.owner_tid.unwrap_or(0),
         history: t.history().map(history_line).collect(),
         history_note: note,
+        last_request: !t.state.busy(),
+        driver: t
+            .raw
+            .map(|r| driver_lines(r, d.now_ns()))
+            .unwrap_or_default(),
     };
     if !t.op.is_empty() {
         d.sector = Some(t.sector);
@@ -216,8 +302,14 @@ fn detail(d: &DeviceView, q_id: u16, tag: u16, source: &SourceView) -> TagDetail
         d.owner_tid = p.tid;
     }
     if d.history.is_empty() && d.history_note.is_none() {
-        d.history_note =
-            Some("nothing seen since the tracer attached: the state comes from snapshots".into());
+        let from = if t.from_driver {
+            "the driver's memory"
+        } else {
+            "snapshots"
+        };
+        d.history_note = Some(format!(
+            "nothing seen since the tracer attached: the state comes from {from}"
+        ));
     }
     d
 }
@@ -238,7 +330,9 @@ pub fn build(model: &Model, input: &BuildInput) -> ViewModel {
         .map(inflight_row)
         .collect();
     vm.latency = latency(&d);
-    vm.detail = input.detail.map(|(q, t)| detail(&d, q, t, &input.source));
+    vm.detail = input
+        .detail
+        .map(|(q, t)| detail(&d, q, t, &input.source, input.following));
     vm
 }
 
@@ -273,6 +367,7 @@ mod tests {
             source: SourceView::Live,
             findings,
             detail,
+            following: None,
         }
     }
 
@@ -407,6 +502,49 @@ mod tests {
     }
 
     #[test]
+    fn detail_shows_the_drivers_view_and_a_streamed_tag_says_since_when() {
+        use crate::driver::TagView as V;
+        use crate::model::testutil::{driver_rq, driver_snap, driver_tag};
+        let mut m = Model::new();
+        m.apply_driver(&driver_snap(
+            9 * S,
+            vec![
+                driver_tag(0, V::Waiting, None),
+                driver_tag(1, V::InServer, Some(driver_rq(8 * S))),
+            ],
+        ));
+        let missing = vec!["ublk_dispatch_req (no kprobes)".to_string()];
+        let mut i = input(&[], Some((0, 1)));
+        i.following = Some((9 * S, &missing));
+        let d = build(&m, &i).detail.expect("detail");
+        assert!(!d.last_request);
+        assert!(d.driver[0].contains("IN_SERVER"), "{:?}", d.driver);
+        assert!(
+            d.driver
+                .iter()
+                .any(|l| l.contains("READ 4096 bytes @ sector 2048")
+                    && l.contains("started 2.0s ago")),
+            "{:?}",
+            d.driver
+        );
+        let note = d.history_note.unwrap_or_default();
+        assert!(
+            note.contains("streaming this tag's events since 1.0s ago"),
+            "{note}"
+        );
+        assert!(note.contains("not attached: ublk_dispatch_req"), "{note}");
+        // An idle tag: its request line is the last one, and the driver has no request.
+        let d = build(&m, &input(&[], Some((0, 0)))).detail.expect("detail");
+        assert!(d.last_request);
+        assert!(d.driver.iter().any(|l| l.contains("no request on the tag")));
+        let note = d.history_note.unwrap_or_default();
+        assert!(
+            note.contains("the state comes from the driver's memory"),
+            "{note}"
+        );
+    }
+
+    #[test]
     fn unseen_device_gives_an_empty_screen_with_its_id() {
         let m = Model::new();
         let input = BuildInput {
@@ -415,6 +553,7 @@ mod tests {
             source: SourceView::Live,
             findings: &[],
             detail: Some((0, 0)),
+            following: None,
         };
         let vm = build(&m, &input);
         assert_eq!(vm.header.dev_id, 9);

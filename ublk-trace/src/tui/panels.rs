@@ -285,7 +285,11 @@ pub fn render_findings(
 
 fn detail_head(d: &TagDetail) -> Vec<Line<'static>> {
     let age = d.age_ns.map(fmt_age).unwrap_or_else(|| "?".into());
-    let mut io = format!("op {}", if d.op.is_empty() { "?" } else { &d.op });
+    let mut io = match (d.last_request, d.op.is_empty()) {
+        (true, true) => "no request seen".to_string(),
+        (true, false) => format!("last request: op {}", d.op),
+        (false, _) => format!("op {}", if d.op.is_empty() { "?" } else { &d.op }),
+    };
     if let Some(s) = d.sector {
         io.push_str(&format!("  sector {s}"));
     }
@@ -305,8 +309,11 @@ fn detail_head(d: &TagDetail) -> Vec<Line<'static>> {
             Span::raw(format!("for {age}  {owner}")),
         ]),
         Line::raw(io),
-        Line::raw(""),
     ]
+    .into_iter()
+    .chain(d.driver.iter().map(|l| Line::raw(l.clone())))
+    .chain([Line::raw("")])
+    .collect()
 }
 
 fn history_lines(d: &TagDetail) -> Vec<Line<'static>> {

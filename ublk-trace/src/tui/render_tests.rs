@@ -233,9 +233,12 @@ fn detail_view_shows_the_selected_tags_history() {
             },
         ],
         history_note: None,
+        last_request: false,
+        driver: vec!["driver (120ms ago): InServer, flags ACTIVE|OWNED_BY_SRV (0x3)".into()],
     });
     let s = screen(&mut app, &vm, 80, 24);
     assert!(s.contains(" q1 t5 "), "{s}");
+    assert!(s.contains("driver (120ms ago): InServer"), "{s}");
     assert!(s.contains("IN_SERVER for 3.2s"), "{s}");
     assert!(s.contains("owner tid 4243"), "{s}");
     assert!(s.contains("+50us"), "relative time of delivery: {s}");

@@ -220,6 +220,11 @@ pub struct TagDetail {
     pub history: Vec<HistoryLine>,
     /// `history` is only what was seen since the event path was switched on for this tag.
     pub history_note: Option<String>,
+    /// The request is the tag's last one, not one in flight (the tag is idle).
+    pub last_request: bool,
+    /// The driver's own view of the tag as last read (`ublk_io` and its request), one line
+    /// per fact; empty when the driver's memory is not read.
+    pub driver: Vec<String>,
 }
 
 /// Health of one device in the device list.

@@ -216,6 +216,7 @@ fn spawn_probes(
                 &stop,
                 sources::Drain::Streaming,
                 sources::PerIo::State,
+                |_| true,
             );
         })
 }

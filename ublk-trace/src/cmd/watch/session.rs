@@ -34,6 +34,18 @@ pub struct Session {
     driver: DriverSource,
     /// What runs on every I/O (None: the probe thread has not chosen yet).
     per_io: Option<PerIoChoice>,
+    /// The tag whose every event the probes stream (the detail view).
+    following: Option<Following>,
+}
+
+/// A tag the probes stream for the detail view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Following {
+    /// (dev, q_id, tag).
+    pub tag: (u32, u16, u16),
+    pub since_ns: u64,
+    /// Programs that could not be attached for it (their events are missing).
+    pub missing: Vec<String>,
 }
 
 /// Whether the driver's own state is read: not yet known, read (with what this kernel lacks),
@@ -73,6 +85,7 @@ impl Session {
             probes_live_after: None,
             driver: DriverSource::Starting,
             per_io: None,
+            following: None,
         }
     }
 
@@ -118,6 +131,13 @@ impl Session {
             Msg::DriverOff(reason) => self.driver = DriverSource::Off(reason),
             Msg::KernelLatency(hists, ts) => self.model.apply_kernel_latency(&hists, ts),
             Msg::PerIo(choice) => self.per_io = Some(choice),
+            Msg::Following(tag, since, missing) => {
+                self.following = tag.map(|t| Following {
+                    tag: t,
+                    since_ns: since,
+                    missing,
+                });
+            }
             Msg::KernelTags(tags, ts) => {
                 self.model.note_kernel_tags_read(ts);
                 for e in &tags {
@@ -214,6 +234,11 @@ impl Session {
             source: self.source.clone(),
             findings: &findings,
             detail: self.detail,
+            following: self
+                .following
+                .as_ref()
+                .filter(|f| f.tag.0 == dev && Some((f.tag.1, f.tag.2)) == self.detail)
+                .map(|f| (f.since_ns, f.missing.as_slice())),
         };
         let mut vm = build(&self.model, &input);
         vm.header.dropped_events = self.dropped_events();

@@ -5,7 +5,7 @@
 //! Threads stop when the [`Stop`] flag is set or the receiver is gone.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,6 +41,9 @@ pub enum Msg {
     KernelLatency(Vec<LatencyEntry>, u64),
     /// What runs on every I/O, chosen by the probe thread before it attaches.
     PerIo(PerIoChoice),
+    /// The probes now stream every event of this tag (None: of none), since this
+    /// CLOCK_MONOTONIC time; with the programs that could not be attached for it.
+    Following(Option<(u32, u16, u16)>, u64, Vec<String>),
 }
 
 /// What `watch` and `diagnose` run on every I/O (`--per-io`).
@@ -151,6 +154,33 @@ impl Focus {
         match self.0.load(Ordering::SeqCst) {
             ALL => None,
             d => Some(d),
+        }
+    }
+}
+
+/// The tag whose every event the probes stream (the TUI's detail view), or none.
+#[derive(Debug, Clone)]
+pub struct Follow(Arc<AtomicU64>);
+
+const NOBODY: u64 = u64::MAX;
+
+impl Default for Follow {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU64::new(NOBODY)))
+    }
+}
+
+impl Follow {
+    pub fn set(&self, tag: Option<(u32, u16, u16)>) {
+        let v = tag.map_or(NOBODY, |(d, q, t)| {
+            (u64::from(d) << 32) | (u64::from(q) << 16) | u64::from(t)
+        });
+        self.0.store(v, Ordering::SeqCst);
+    }
+    pub fn get(&self) -> Option<(u32, u16, u16)> {
+        match self.0.load(Ordering::SeqCst) {
+            NOBODY => None,
+            v => Some(((v >> 32) as u32, (v >> 16) as u16, v as u16)),
         }
     }
 }
@@ -288,6 +318,7 @@ pub fn spawn_probes(
     ev_tx: Sender<Msg>,
     dev_filter: Option<u32>,
     per_io: PerIo,
+    follow: Follow,
     stop: Stop,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -311,7 +342,23 @@ pub fn spawn_probes(
             if tx.send(Msg::ProbesLive).is_err() {
                 return;
             }
-            probe_loop(&mut tracer, &tx, &ev_tx, &stop, Drain::Paced, mode);
+            let mut followed = None;
+            probe_loop(&mut tracer, &tx, &ev_tx, &stop, Drain::Paced, mode, |t| {
+                let want = follow.get();
+                if want == followed {
+                    return true;
+                }
+                followed = want;
+                let missing = match t.follow_tag(want) {
+                    Ok(failed) => failed
+                        .iter()
+                        .map(|p| format!("{} ({})", p.target, p.error))
+                        .collect(),
+                    Err(e) => vec![e.to_string()],
+                };
+                let msg = Msg::Following(want, crate::probe::monotonic_ns(), missing);
+                tx.send(msg).is_ok()
+            });
         })
 }
 
@@ -362,7 +409,8 @@ pub enum Drain {
 }
 
 /// The probe thread's loop: `mode`'s map every [`STATE_EVERY`], ring events as `drain`
-/// says, until stopped, the loop has gone away, or the probes fail (said once).
+/// says, `each_pass` (false: stop), until stopped, the loop has gone away, or the probes
+/// fail (said once).
 pub fn probe_loop(
     tracer: &mut Tracer,
     tx: &Sender<Msg>,
@@ -370,10 +418,14 @@ pub fn probe_loop(
     stop: &Stop,
     drain: Drain,
     mode: PerIo,
+    mut each_pass: impl FnMut(&mut Tracer) -> bool,
 ) {
     let mut last_state_read = Instant::now();
     let mut last_pass = Instant::now();
     while !stop.is_set() {
+        if !each_pass(tracer) {
+            return;
+        }
         if last_state_read.elapsed() >= STATE_EVERY {
             last_state_read = Instant::now();
             if !read_maps(tracer, tx, mode) {
@@ -467,6 +519,7 @@ pub struct Sources {
     pub ev_tx: Sender<Msg>,
     pub stop: Stop,
     pub focus: Focus,
+    pub follow: Follow,
     /// Threads joined on drop (they notice `stop` within a step or a deadline).
     handles: Vec<JoinHandle<()>>,
 }
@@ -482,6 +535,7 @@ impl Sources {
             ev_tx,
             stop: Stop::default(),
             focus: Focus::new(focus),
+            follow: Follow::default(),
             handles: Vec::new(),
         }
     }

@@ -41,9 +41,17 @@ fn on_action(a: Action, screen: &mut Screen, session: &mut Session, sources: &So
             screen.dev = None;
             session.detail = None;
             sources.focus.set(None);
+            sources.follow.set(None);
         }
-        Action::SelectTag { q_id, tag } => session.detail = Some((q_id, tag)),
-        Action::UnselectTag => session.detail = None,
+        Action::SelectTag { q_id, tag } => {
+            session.detail = Some((q_id, tag));
+            // The probes stream this tag's every event while it is selected.
+            sources.follow.set(screen.dev.map(|d| (d, q_id, tag)));
+        }
+        Action::UnselectTag => {
+            session.detail = None;
+            sources.follow.set(None);
+        }
         Action::None | Action::Redraw => {}
     }
     true
@@ -101,6 +109,7 @@ pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
         Some(_) => App::for_device(),
         None => App::for_device_list(),
     };
+    start_detail(args, dev, &mut app, &mut session, &sources);
     let mut screen = Screen { dev, frozen: None };
     let log_path = args.log_file.clone().unwrap_or_else(term::default_log_path);
     let color = args.color.enabled();
@@ -159,11 +168,28 @@ fn report_log_file(path: &std::path::Path) {
     }
 }
 
+/// `--detail Q:T`: open on that tag's detail, its events streamed from the start.
+fn start_detail(
+    args: &WatchArgs,
+    dev: Option<u32>,
+    app: &mut App,
+    session: &mut Session,
+    sources: &Sources,
+) {
+    if let (Some((q, t)), Some(d)) = (args.detail, dev) {
+        app.start_in_detail();
+        session.detail = Some((q, t));
+        sources.follow.set(Some((d, q, t)));
+    }
+}
+
 /// Observe for `args.ticks` sampling rounds, then print one frame of `w` x `h`.
 pub fn dump_screen(args: &WatchArgs, dev: Option<u32>, w: u16, h: u16) -> anyhow::Result<ExitCode> {
     let sources = super::start_sources(dev, args.period(), args.no_probes, args.per_io.mode)?;
     let mut session = Session::new();
     session.set_thresholds(args.thresholds.to_thresholds());
+    let mut detail_app = App::for_device();
+    start_detail(args, dev, &mut detail_app, &mut session, &sources);
     let mut rounds = 0u32;
     let mut tracker = RoundTracker::default();
     // Bounded even if a source stalls: ticks periods plus slack for slow snapshots.
@@ -181,7 +207,7 @@ pub fn dump_screen(args: &WatchArgs, dev: Option<u32>, w: u16, h: u16) -> anyhow
     }
     let now = monotonic_ns();
     let (mut app, vm) = match dev {
-        Some(d) => (App::for_device(), Some(session.view(d, now))),
+        Some(d) => (detail_app, Some(session.view(d, now))),
         None => (App::for_device_list(), None),
     };
     let rows = session.device_rows(now);

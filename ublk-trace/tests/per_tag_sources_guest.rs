@@ -1,9 +1,12 @@
-//! Guest test: two sources, one answer. Under fio with an injected hang, `watch --per-io
-//! state` keeps both per-tag sources, the driver's memory and the event model (the
-//! in-kernel state map), and compares them on every tag that did not move between two
-//! reads (`cross_check` in each document). Any disagreement is a bug in one of them.
+//! Guest tests of the two per-tag sources, the driver's memory and the events:
+//! - Two sources, one answer: under fio with an injected hang, `watch --per-io state` keeps
+//!   both (the event side is the in-kernel state map) and compares them on every tag that
+//!   did not move between two reads (`cross_check` in each document). Any disagreement is a
+//!   bug in one of them.
+//! - The detail view of one tag on the default (light) path: its events streamed while it
+//!   is shown, next to the driver's view of it.
 //!
-//! The server publishes no tag file, so the event side is the events alone.
+//! The servers publish no tag file, so nothing comes from it.
 mod diagnose_common;
 
 use std::time::{Duration, Instant};
@@ -81,5 +84,55 @@ fn smoke_driver_and_events_agree_on_every_stable_tag_under_fio_with_a_hang() {
     assert!(
         disagree.is_empty(),
         "the driver and the events disagree: {disagree:#?}"
+    );
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_detail_view_streams_one_tags_life_next_to_the_driver_view() {
+    let s = Server::start(&["null", "--queues", "1", "--depth", "4", "--no-tag-state"]);
+    let mut fio = fio_reads(&s.bdev(), 4, 0);
+    let out = std::process::Command::new(bin("ublk-trace"))
+        .args(["watch", "dev", &s.dev_id.to_string()])
+        .args([
+            "--dump-screen",
+            "120x40",
+            "--detail",
+            "0:2",
+            "--ticks",
+            "16",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("run watch --dump-screen: {e}"));
+    let _ = fio.kill();
+    drop(s);
+    let _ = wait_timeout(&mut fio, Duration::from_secs(30));
+    let screen = String::from_utf8_lossy(&out.stdout);
+    println!("{screen}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        screen.contains("per-I/O light"),
+        "the default mode is named"
+    );
+    assert!(screen.contains("q0 t2"), "the detail of q0 t2 is shown");
+    assert!(
+        screen.contains("streaming this tag's events since"),
+        "the detail says its events stream"
+    );
+    // The life of the tag's requests, from programs the light path does not run otherwise.
+    for step in [
+        "queue_rq READ",
+        "COMMIT_AND_FETCH_REQ accepted",
+        "block complete",
+    ] {
+        assert!(screen.contains(step), "no {step:?} in the tag's history");
+    }
+    assert!(
+        screen.contains("driver ("),
+        "the driver's view of the tag is shown"
     );
 }
