@@ -334,8 +334,18 @@ impl<'a> QueueView<'a> {
     pub fn iops(&self, secs: usize) -> f64 {
         self.queue.completions.rate(self.now_ns, secs)
     }
+    /// The queue's owner thread: the last accepted command's, else the driver's
+    /// `ubq_daemon`, else (6.16+: per-io tasks) the task of a tag the driver read.
     pub fn owner_tid(&self) -> Option<u32> {
-        self.queue.owner_tid
+        self.queue
+            .owner_tid
+            .or(self.queue.driver.as_ref().and_then(|q| q.owner_tid))
+            .or_else(|| {
+                self.queue
+                    .tags
+                    .values()
+                    .find_map(|t| t.driver.as_ref().and_then(|d| d.task_tid))
+            })
     }
 }
 

@@ -491,6 +491,49 @@ impl Tracer {
         Ok(failed)
     }
 
+    /// Move from the light or none path to the state path (the driver's memory turned out
+    /// unreadable): attach every per-I/O program for good and keep the per-tag state map.
+    /// Returns the required programs that could not be attached.
+    pub fn switch_to_state_path(&mut self) -> Result<Vec<ProbeStatus>, ProbeError> {
+        let mut failed = Vec::new();
+        if self.cfg.io_programs != IoPrograms::All {
+            if self.follow_links.is_empty() {
+                let targets = Targets {
+                    concepts: &self.concepts,
+                    ublk_loaded: self.ublk_loaded,
+                };
+                let on_path = self.cfg.io_programs;
+                let extra = attach_all(&mut self.ebpf, &self.cfg, &targets, &self.offsets, |p| {
+                    !on_path.wants(p)
+                });
+                for (st, _) in extra {
+                    if !st.attached && st.required {
+                        failed.push(st.clone());
+                    }
+                    self.attached.push(st);
+                }
+            } else {
+                // A followed tag attached them already: they stay.
+                self.follow_links.clear();
+            }
+        }
+        self.cfg.io_programs = IoPrograms::All;
+        self.cfg.state = true;
+        self.set_switch(SWITCH_LIGHT, 0)?;
+        self.set_switch(SWITCH_STATE, 1)?;
+        Ok(failed)
+    }
+
+    /// Whether the per-tag state map is kept (the state path).
+    pub fn keeps_state(&self) -> bool {
+        self.cfg.state
+    }
+
+    /// Which per-I/O programs this tracer's path runs.
+    pub fn io_programs(&self) -> IoPrograms {
+        self.cfg.io_programs
+    }
+
     /// Turn the per-tag state map on or off.
     pub fn set_state_tracking(&mut self, on: bool) -> Result<(), ProbeError> {
         self.set_switch(SWITCH_STATE, on as u32)

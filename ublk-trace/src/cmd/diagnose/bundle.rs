@@ -154,8 +154,14 @@ pub fn start_sources(
     let h = sources::spawn_snapshotter(s.tx.clone(), s.focus.clone(), period, s.stop.clone())
         .context("start the snapshot thread")?;
     s.add(h);
-    let h = sources::spawn_driver_reader(s.tx.clone(), s.focus.clone(), period, s.stop.clone())
-        .context("start the driver-state thread")?;
+    let h = sources::spawn_driver_reader(
+        s.tx.clone(),
+        s.focus.clone(),
+        period,
+        s.driver_status.clone(),
+        s.stop.clone(),
+    )
+    .context("start the driver-state thread")?;
     // Building the reader parses BTF: the command does not wait for that to end.
     s.add_detached(h);
     if no_probes {
@@ -215,7 +221,6 @@ fn spawn_probes(
                 &ev_tx,
                 &stop,
                 sources::Drain::Streaming,
-                sources::PerIo::State,
                 |_| true,
             );
         })

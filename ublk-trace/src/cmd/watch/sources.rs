@@ -185,6 +185,26 @@ impl Follow {
     }
 }
 
+/// What the driver-state thread found when it opened the reader: not yet known, readable,
+/// or not (why). The probe thread moves off the light path when it cannot be read.
+#[derive(Debug, Clone, Default)]
+pub struct DriverStatus(Arc<std::sync::Mutex<Option<Result<(), String>>>>);
+
+impl DriverStatus {
+    pub fn set(&self, r: Result<(), String>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
+    }
+    pub fn get(&self) -> Option<Result<(), String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// Sleep until `until` in short steps so a stop request is noticed quickly.
 fn sleep_until(until: Instant, stop: &Stop) {
     const STEP: Duration = Duration::from_millis(50);
@@ -252,6 +272,7 @@ pub fn spawn_driver_reader(
     tx: Sender<Msg>,
     focus: Focus,
     period: Duration,
+    status: DriverStatus,
     stop: Stop,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -260,10 +281,12 @@ pub fn spawn_driver_reader(
             let mut reader = match crate::driver::Reader::open() {
                 Ok(r) => r,
                 Err(e) => {
+                    status.set(Err(e.to_string()));
                     let _ = tx.send(Msg::DriverOff(e.to_string()));
                     return;
                 }
             };
+            status.set(Ok(()));
             let mut next = Instant::now();
             while !stop.is_set() {
                 let target = focus
@@ -319,23 +342,19 @@ pub fn spawn_probes(
     dev_filter: Option<u32>,
     per_io: PerIo,
     follow: Follow,
+    driver: DriverStatus,
     stop: Stop,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("probes".into())
         .spawn(move || {
-            let driver = match per_io {
-                PerIo::State => Ok(()),
-                _ => crate::driver::Reader::open()
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-            };
-            let choice = PerIoChoice::decide(per_io, driver);
-            let mode = choice.mode;
+            // The asked mode at once (the driver thread opens its reader meanwhile); moved to
+            // the state path below if the driver's memory turns out unreadable.
+            let choice = PerIoChoice::decide(per_io, Ok(()));
             if tx.send(Msg::PerIo(choice)).is_err() {
                 return;
             }
-            let cfg = tracer_config(dev_filter, mode, false);
+            let cfg = tracer_config(dev_filter, per_io, false);
             let Some(mut tracer) = start_tracer(&cfg, &tx) else {
                 return;
             };
@@ -343,7 +362,14 @@ pub fn spawn_probes(
                 return;
             }
             let mut followed = None;
-            probe_loop(&mut tracer, &tx, &ev_tx, &stop, Drain::Paced, mode, |t| {
+            let mut decided = per_io == PerIo::State;
+            probe_loop(&mut tracer, &tx, &ev_tx, &stop, Drain::Paced, |t| {
+                if !decided && let Some(status) = driver.get() {
+                    decided = true;
+                    if !on_driver_status(t, &tx, per_io, status) {
+                        return false;
+                    }
+                }
                 let want = follow.get();
                 if want == followed {
                     return true;
@@ -360,6 +386,36 @@ pub fn spawn_probes(
                 tx.send(msg).is_ok()
             });
         })
+}
+
+/// The driver thread's verdict: where it cannot read the driver's memory, the light path
+/// becomes the state path (said in the header); false when the loop has gone away.
+fn on_driver_status(
+    t: &mut Tracer,
+    tx: &Sender<Msg>,
+    asked: PerIo,
+    status: Result<(), String>,
+) -> bool {
+    if status.is_ok() {
+        return true;
+    }
+    let mut choice = PerIoChoice::decide(asked, status);
+    if choice.mode == PerIo::State {
+        match t.switch_to_state_path() {
+            Ok(failed) if failed.is_empty() => {}
+            Ok(failed) => {
+                let names: Vec<&str> = failed.iter().map(|p| p.target.as_str()).collect();
+                if let Some(n) = choice.note.as_mut() {
+                    n.push_str(&format!("; not attached: {}", names.join(", ")));
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Msg::ProbesOff(format!("probes stopped: {e}")));
+                return false;
+            }
+        }
+    }
+    tx.send(Msg::PerIo(choice)).is_ok()
 }
 
 /// The tracer of `mode`. The state path (DESIGN "Two eBPF paths") keeps every tag's state
@@ -417,7 +473,6 @@ pub fn probe_loop(
     ev_tx: &Sender<Msg>,
     stop: &Stop,
     drain: Drain,
-    mode: PerIo,
     mut each_pass: impl FnMut(&mut Tracer) -> bool,
 ) {
     let mut last_state_read = Instant::now();
@@ -428,7 +483,7 @@ pub fn probe_loop(
         }
         if last_state_read.elapsed() >= STATE_EVERY {
             last_state_read = Instant::now();
-            if !read_maps(tracer, tx, mode) {
+            if !read_maps(tracer, tx) {
                 return;
             }
         }
@@ -463,19 +518,21 @@ pub fn probe_loop(
     }
 }
 
-/// Send `mode`'s in-kernel map; false when the loop has gone away.
-fn read_maps(tracer: &Tracer, tx: &Sender<Msg>, mode: PerIo) -> bool {
+/// Send the in-kernel map of the tracer's path; false when the loop has gone away.
+fn read_maps(tracer: &Tracer, tx: &Sender<Msg>) -> bool {
     // Taken before the walk: what the map holds includes every transition up to it.
     let t = crate::probe::monotonic_ns();
-    let msg = match mode {
-        PerIo::State => tracer.tag_states().map(|tags| Msg::KernelTags(tags, t)),
-        PerIo::Light => tracer.latency_hists().map(|h| Msg::KernelLatency(h, t)),
-        PerIo::None => return true,
+    let msg = if tracer.keeps_state() {
+        tracer.tag_states().map(|tags| Msg::KernelTags(tags, t))
+    } else if tracer.io_programs() == IoPrograms::Light {
+        tracer.latency_hists().map(|h| Msg::KernelLatency(h, t))
+    } else {
+        return true;
     };
     match msg {
         Ok(m) => tx.send(m).is_ok(),
         Err(e) => {
-            log::debug!("read the {} map: {e}", mode.name());
+            log::debug!("read the probes' map: {e}");
             true
         }
     }
@@ -520,6 +577,7 @@ pub struct Sources {
     pub stop: Stop,
     pub focus: Focus,
     pub follow: Follow,
+    pub driver_status: DriverStatus,
     /// Threads joined on drop (they notice `stop` within a step or a deadline).
     handles: Vec<JoinHandle<()>>,
 }
@@ -536,6 +594,7 @@ impl Sources {
             stop: Stop::default(),
             focus: Focus::new(focus),
             follow: Follow::default(),
+            driver_status: DriverStatus::default(),
             handles: Vec::new(),
         }
     }
@@ -651,6 +710,33 @@ mod tests {
             Err(RecvTimeoutError::Timeout)
         ));
         assert!(t.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn a_followed_tag_round_trips_and_none_is_nobody() {
+        let f = Follow::default();
+        assert_eq!(f.get(), None);
+        f.set(Some((7, 3, 1023)));
+        assert_eq!(f.get(), Some((7, 3, 1023)));
+        f.set(None);
+        assert_eq!(f.get(), None);
+    }
+
+    #[test]
+    fn light_falls_back_to_state_only_where_the_driver_cannot_be_read() {
+        let ok = PerIoChoice::decide(PerIo::Light, Ok(()));
+        assert_eq!((ok.mode, ok.note), (PerIo::Light, None));
+        let off = PerIoChoice::decide(PerIo::Light, Err("lockdown".into()));
+        assert_eq!(off.mode, PerIo::State);
+        assert!(off.note.is_some_and(|n| n.contains("lockdown")));
+        // `none` stays none (the user asked for no per-I/O cost), and says what is lost.
+        let none = PerIoChoice::decide(PerIo::None, Err("no /proc/kcore".into()));
+        assert_eq!(none.mode, PerIo::None);
+        assert!(none.note.is_some_and(|n| n.contains("snapshots only")));
+        assert_eq!(
+            PerIoChoice::decide(PerIo::State, Err("x".into())).note,
+            None
+        );
     }
 
     #[test]
