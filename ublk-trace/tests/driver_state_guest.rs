@@ -5,7 +5,7 @@
 //!   OWNED_BY_SRV with the request the test issued (op, sector, bytes) in flight, every other
 //!   tag is ACTIVE with a parked command, the owner is the server's queue thread.
 //! - An idle 4-queue x 1024 device (`--smp 4` gives 4 queues; fewer CPUs clamp the count):
-//!   no tag but WAITING, and the CPU time of one read.
+//!   no tag but WAITING, the CPU time of one read, and `diagnose` finds nothing.
 mod diagnose_common;
 
 use std::collections::BTreeMap;
@@ -332,6 +332,11 @@ fn driver_state_smoke_idle_4x1024_device_reads_cheaply() {
             q.q_id
         );
     }
+    // The whole tool on it: an idle device, every tag known, nothing to find.
+    let (code, doc, _) = diagnose(dev_id, &["--for", "1"]);
+    assert_eq!(doc["driver"]["live"], true, "{doc}");
+    assert!(findings(&doc).is_empty(), "findings on an idle device: {doc}");
+    assert_eq!(code, Some(0), "{doc}");
     drop(s);
     // Guest tests are debug builds under TCG: ~30x slower than a native release build (the
     // native target is 10 ms, 5 % of a CPU at a 200 ms tick). This bound catches a reader that
