@@ -335,7 +335,10 @@ fn driver_state_smoke_idle_4x1024_device_reads_cheaply() {
     // The whole tool on it: an idle device, every tag known, nothing to find.
     let (code, doc, _) = diagnose(dev_id, &["--for", "1"]);
     assert_eq!(doc["driver"]["live"], true, "{doc}");
-    assert!(findings(&doc).is_empty(), "findings on an idle device: {doc}");
+    assert!(
+        findings(&doc).is_empty(),
+        "findings on an idle device: {doc}"
+    );
     assert_eq!(code, Some(0), "{doc}");
     drop(s);
     // Guest tests are debug builds under TCG: ~30x slower than a native release build (the

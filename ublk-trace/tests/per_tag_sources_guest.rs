@@ -136,3 +136,117 @@ fn smoke_detail_view_streams_one_tags_life_next_to_the_driver_view() {
         "the driver's view of the tag is shown"
     );
 }
+
+/// tracefs, where the guest mounts it.
+fn tracefs() -> std::path::PathBuf {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.join("kprobe_events").exists())
+        .unwrap_or_else(|| panic!("no tracefs with kprobe_events in the guest"))
+}
+
+fn write(p: &std::path::Path, what: &str) {
+    std::fs::write(p, what).unwrap_or_else(|e| panic!("write {what:?} to {}: {e}", p.display()));
+}
+
+/// Every path opened on the machine while `f` runs, with the opener's tgid (a tracefs kprobe
+/// event on `do_sys_openat2`, reading the user's file name): the kernel's own account, not a
+/// sample of /proc.
+fn opens_during(f: impl FnOnce() -> Vec<u32>) -> (Vec<u32>, Vec<(u32, String)>) {
+    let t = tracefs();
+    write(&t.join("events/enable"), "0");
+    write(&t.join("trace"), "");
+    write(&t.join("options/record-tgid"), "1");
+    write(&t.join("buffer_size_kb"), "8192");
+    write(
+        &t.join("kprobe_events"),
+        "p:ublktest_open do_sys_openat2 name=+0($arg2):ustring\n",
+    );
+    write(&t.join("events/kprobes/ublktest_open/enable"), "1");
+    let pids = f();
+    write(&t.join("events/kprobes/ublktest_open/enable"), "0");
+    let trace = std::fs::read_to_string(t.join("trace")).unwrap_or_default();
+    write(&t.join("kprobe_events"), "");
+    write(&t.join("options/record-tgid"), "0");
+    // "  ublk-trace-231  (  229) [001] ..... 12.3: ublktest_open: (do_sys_openat2+0x0/0x..) name="/proc/kcore""
+    let opens = trace
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let tgid = l
+                .split_once('(')?
+                .1
+                .split_once(')')?
+                .0
+                .trim()
+                .parse()
+                .ok()?;
+            let name = l.split_once("name=\"")?.1.trim_end_matches('"').to_string();
+            Some((tgid, name))
+        })
+        .collect();
+    (pids, opens)
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_tracer_never_opens_the_devices_it_diagnoses() {
+    let s = Server::start(&["null", "--queues", "1", "--depth", "8", "--no-tag-state"]);
+    let mut fio = fio_reads(&s.bdev(), 8, 0);
+    let dev = s.dev_id.to_string();
+    let run = |args: &[&str]| -> u32 {
+        let mut c = std::process::Command::new(bin("ublk-trace"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ublk-trace {args:?}: {e}"));
+        let pid = c.id();
+        if wait_timeout(&mut c, Duration::from_secs(60)).is_none() {
+            let _ = c.kill();
+            panic!("ublk-trace {args:?} did not end within 60 s");
+        }
+        pid
+    };
+    let (pids, opens) = opens_during(|| {
+        vec![
+            run(&["diagnose", "dev", &dev, "--for", "2", "--json"]),
+            run(&["watch", "dev", &dev, "--headless", "--json", "--count", "6"]),
+            run(&[
+                "watch",
+                "dev",
+                &dev,
+                "--dump-screen",
+                "120x40",
+                "--detail",
+                "0:1",
+            ]),
+            run(&["state", "dev", &dev]),
+            run(&["doctor"]),
+        ]
+    });
+    let _ = fio.kill();
+    drop(s);
+    let _ = wait_timeout(&mut fio, Duration::from_secs(30));
+    let mine: Vec<&(u32, String)> = opens.iter().filter(|(t, _)| pids.contains(t)).collect();
+    println!(
+        "{} opens by the tracer's runs, e.g. {:?}",
+        mine.len(),
+        mine.iter().take(8).collect::<Vec<_>>()
+    );
+    assert!(
+        mine.iter()
+            .any(|(_, n)| n.starts_with("/sys/") || n.starts_with("/proc/")),
+        "the kprobe saw none of the tracer's own opens: {} events in all",
+        opens.len()
+    );
+    let devices: Vec<_> = mine
+        .iter()
+        .filter(|(_, n)| n.starts_with("/dev/ublkb") || n.starts_with("/dev/ublkc"))
+        .collect();
+    assert!(
+        devices.is_empty(),
+        "the tracer opened its devices: {devices:?}"
+    );
+}
