@@ -288,10 +288,16 @@ fn render_report(r: &Report, d: &Diagnosis) -> anyhow::Result<Rendered> {
     };
     let mut json = serde_json::to_string(&doc).context("encode JSON")?;
     json.push('\n');
-    let note = match &r.note {
+    let mut note = match &r.note {
         Some(n) => format!("snapshots only: {n}"),
         None => r.source.to_string(),
     };
+    if let Some(p) = &r.per_io {
+        note.push_str(&format!(", per-I/O {}", p.mode));
+        if let Some(n) = &p.note {
+            note.push_str(&format!(" ({n})"));
+        }
+    }
     let mut text = output::human_report(&views, r.devices, r.observed_ms, &note);
     for c in &rechecks {
         text.push_str(&format!("could not decide: {c}\n"));
