@@ -230,6 +230,31 @@ mod tests {
     }
 
     #[test]
+    fn a_completion_after_the_read_ends_the_request_the_read_held() {
+        let mut m = Model::new();
+        m.apply_driver(&driver_snap(
+            5_000_000_000,
+            vec![
+                driver_tag(1, DriverView::InServer, Some(driver_rq(4_000_000_000))),
+                driver_tag(2, DriverView::Waiting, None),
+            ],
+        ));
+        // The light path's slow completion of tag 1's request, and a requeue-free
+        // completion on tag 2 that tells no state of its own.
+        for (tag, done) in [(1u16, 5_400_000_000u64), (2, 5_300_000_000)] {
+            let t = m.tag_mut_for_test(0, 0, tag);
+            t.queue_rq_ns = 4_000_000_000;
+            t.block_issue_ns = 4_000_000_000;
+            t.complete_ns = done;
+        }
+        let dev = m.device(0, 6_000_000_000).expect("device");
+        let q = dev.queue(0).expect("queue");
+        let t1 = q.tag(1);
+        assert_eq!((t1.state, t1.since_ns), (TagState::Waiting, 5_400_000_000));
+        assert_eq!(q.tag(2).state, TagState::Waiting, "never UNKNOWN");
+    }
+
+    #[test]
     fn a_view_keeps_its_first_read_time_until_it_changes() {
         let mut m = Model::new();
         let idle = || vec![driver_tag(0, DriverView::NotFetched, None)];

@@ -321,7 +321,28 @@ impl Tag {
         if let Some(d) = self.derive_from_driver(self.latest_event_ns()) {
             return d;
         }
-        self.derive_without_driver(queue_delivered_ns, completes_seen)
+        let ev = self.derive_without_driver(queue_delivered_ns, completes_seen);
+        if ev.state != TagState::Unknown {
+            return ev;
+        }
+        // Events newer than the driver's read that tell no state: the light path's slow or
+        // failed completion of a request the read held. Completed since: the commit that
+        // completed it re-armed the tag; else the read still stands.
+        // The completed request is the one the read held: it started no earlier.
+        let read_start = self.driver.as_ref().and_then(|d| d.request_start_ns());
+        let ended = |d: &Derived| match read_start {
+            Some(s) => self.complete_ns > s && self.queue_rq_ns >= s,
+            None => self.complete_ns > d.since_ns,
+        };
+        match self.derive_from_driver(0) {
+            Some(d) if d.state.busy() && ended(&d) => Derived {
+                state: TagState::Waiting,
+                since_ns: self.complete_ns,
+                ..d
+            },
+            Some(d) => d,
+            None => ev,
+        }
     }
 
     /// Events and the newest snapshot combined: a snapshot newer than every event of the tag
