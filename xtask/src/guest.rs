@@ -189,6 +189,7 @@ fn probe_kvm(kernel: &GuestKernel) -> Result<bool> {
         append: String::new(),
         accel: Accel::Kvm,
         single_thread_tcg: false,
+        data_out: None,
     };
     let log = cache_dir().join("kvm-probe.log");
     let (outcome, _) = crate::qemu::boot_captured(&o, &log, |_| {})?;
@@ -206,6 +207,7 @@ pub fn boot_opts(opts: &GuestOpts, kernel: &GuestKernel, initrd: &Path) -> BootO
         append: String::new(),
         accel: choose_accel(opts, kernel),
         single_thread_tcg: false,
+        data_out: None,
     }
 }
 
