@@ -85,6 +85,8 @@ pub struct TestOpts {
     pub lint: bool,
     /// Guest vCPUs (`None`: the harness default). The kernel clamps a device's queues to it.
     pub smp: Option<u32>,
+    /// Also the stranger's machine (the dist tarball in a guest of its own) on the first kernel.
+    pub stranger: bool,
 }
 
 pub fn run(opts: &TestOpts) -> Result<bool> {
@@ -143,6 +145,9 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
             }
         }
     }
+    if opts.guest && opts.stranger && crate::stranger::selected(&opts.filter) {
+        stranger_stage(opts, &mut total, &mut problems);
+    }
     if std::env::var_os("UBLK_RUN_KNOWN_FAILURES").is_none() {
         println!(
             "[test] skipped guest tests named {KNOWN_FAILURE_PREFIX}* (known bugs, listed in README \"Known problems\"); UBLK_RUN_KNOWN_FAILURES=1 runs them"
@@ -155,6 +160,34 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
     let failed = total.failed + total.broken;
     println!("{} passed, {} failed", total.passed, failed);
     Ok(failed == 0 && problems.is_empty())
+}
+
+/// The stranger's machine on the first kernel; its checks count as tests.
+fn stranger_stage(opts: &TestOpts, total: &mut Tally, problems: &mut Vec<String>) {
+    let Some(spec) = opts.kernels.first() else {
+        return;
+    };
+    let t0 = Instant::now();
+    let mut g = GuestOpts::new(spec.clone());
+    if let Some(n) = opts.smp {
+        g.smp = n;
+    }
+    match crate::stranger::run(&g) {
+        Ok(verdicts) => {
+            let (passed, failed) = crate::stranger::report(&verdicts);
+            println!(
+                "[test] stranger's machine {}: {passed} passed, {failed} failed ({:.0} s)",
+                spec.name,
+                t0.elapsed().as_secs_f64()
+            );
+            total.passed += passed;
+            total.failed += failed;
+        }
+        Err(e) => {
+            problems.push(format!("stranger's machine {}: {e:#}", spec.name));
+            total.failed += 1;
+        }
+    }
 }
 
 fn cargo() -> Command {
