@@ -55,6 +55,11 @@ fn documents() -> Vec<(&'static str, &'static str, Value)> {
             crate::bundle::MANIFEST_KIND,
             schema_of::<crate::bundle::Manifest>(),
         ),
+        (
+            "state",
+            crate::cmd::state::STATE_KIND,
+            schema_of::<crate::cmd::state::StateJson>(),
+        ),
     ]
 }
 
