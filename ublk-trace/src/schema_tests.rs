@@ -60,6 +60,11 @@ fn documents() -> Vec<(&'static str, &'static str, Value)> {
             crate::cmd::state::STATE_KIND,
             schema_of::<crate::cmd::state::StateJson>(),
         ),
+        (
+            "record-header",
+            crate::record::jsonl::RECORDING_KIND,
+            schema_of::<crate::record::jsonl::RecordHeader>(),
+        ),
     ]
 }
 
