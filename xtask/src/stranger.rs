@@ -91,7 +91,7 @@ pub fn run(opts: &GuestOpts) -> Result<Vec<Verdict>> {
     let (facts, complete) = parse_facts(&String::from_utf8_lossy(&raw));
     let expect = Expect {
         version,
-        commit: head_commit(),
+        commit: crate::dist::head_commit(&crate::util::workspace_root()),
     };
     let mut verdicts = judge(&facts, &expect);
     if !complete {
@@ -112,16 +112,6 @@ pub fn run(opts: &GuestOpts) -> Result<Vec<Verdict>> {
         data.display()
     );
     Ok(verdicts)
-}
-
-fn head_commit() -> String {
-    crate::util::output(
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(crate::util::workspace_root())
-            .args(["rev-parse", "HEAD"]),
-    )
-    .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string())
 }
 
 /// fio at /opt/fio with its libraries (the loader too) in /opt/fio/lib, started through the
