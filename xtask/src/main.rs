@@ -44,7 +44,8 @@ enum Cmd {
     /// The QEMU guest (a Debian kernel with ublk_drv and kprobes).
     #[command(subcommand)]
     Guest(GuestCmd),
-    /// Host tests, then guest tests (default kernel: all; 6.18 and newest 7.x: smoke subset).
+    /// Host tests, then guest tests (default kernel: all; 6.18 and newest 7.x: smoke subset),
+    /// then the stranger's machine (the dist tarball alone in a guest, default kernel).
     Test(TestArgs),
     /// Boot the guest with `ublk-server run ramdisk` + fio and open `ublk-trace watch dev 0`.
     Demo {

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: setup, host tests, then the guest suite on the default kernel and a
-//! smoke subset on newer kernels; ends with one `N passed, N failed` line.
+//! smoke subset on newer kernels, then the stranger's machine (`stranger.rs`) on the default
+//! kernel; ends with one `N passed, N failed` line that counts the stranger's checks too.
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
