@@ -2,7 +2,6 @@
 
 use std::fmt::Write as _;
 
-use serde_json::json;
 use ublk_abi::*;
 
 use crate::ctrl::{Ctrl, params_basic_devt};
@@ -32,6 +31,39 @@ pub fn list(ctrl: &mut Ctrl) -> Result<String> {
     Ok(out)
 }
 
+/// `kind` of `info --json` (schema: docs/schema/ublk-server-info.schema.json).
+pub const INFO_KIND: &str = "ublk-server.info";
+
+/// `info --json`: GET_DEV_INFO, and GET_PARAMS when the device is LIVE. kind/version as in
+/// every ublk-trace document; bump the version when a field changes meaning or goes away.
+#[derive(Debug, serde::Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub struct InfoJson {
+    /// Always `ublk-server.info`.
+    pub kind: &'static str,
+    pub version: u32,
+    pub dev_id: u32,
+    /// `UBLK_S_DEV_*` by name: LIVE, DEAD, QUIESCED, FAIL_IO.
+    pub state: &'static str,
+    pub nr_hw_queues: u16,
+    pub queue_depth: u16,
+    pub max_io_buf_bytes: u32,
+    /// As GET_DEV_INFO gives it: in the caller's pid namespace on 7.x, -1 when invisible.
+    pub ublksrv_pid: i32,
+    /// `UBLK_F_*` of the device, and their names.
+    pub flags: u64,
+    pub features: Vec<&'static str>,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    /// From GET_PARAMS, sent only to a LIVE device (null otherwise): 512-byte sectors.
+    pub dev_sectors: Option<u64>,
+    pub logical_block_size: Option<u32>,
+    /// `major:minor` of /dev/ublkbN.
+    pub disk: Option<String>,
+    /// CPUs of each queue (GET_QUEUE_AFFINITY; empty when it failed).
+    pub queue_affinity: Vec<Vec<usize>>,
+}
+
 /// Human or JSON description of one device.
 pub fn info(ctrl: &mut Ctrl, dev_id: u32, as_json: bool) -> Result<String> {
     let i = ctrl.get_dev_info(dev_id)?;
@@ -48,26 +80,24 @@ pub fn info(ctrl: &mut Ctrl, dev_id: u32, as_json: bool) -> Result<String> {
         .collect();
     let features: Vec<&str> = feature_names(i.flags).collect();
     if as_json {
-        // kind/version as in every ublk-trace document; bump the version when a field changes
-        // meaning or goes away.
-        let v = json!({
-            "kind": "ublk-server.info",
-            "version": 1,
-            "dev_id": i.dev_id,
-            "state": dev_state_name(i.state),
-            "nr_hw_queues": i.nr_hw_queues,
-            "queue_depth": i.queue_depth,
-            "max_io_buf_bytes": i.max_io_buf_bytes,
-            "ublksrv_pid": i.ublksrv_pid,
-            "flags": i.flags,
-            "features": features,
-            "owner_uid": i.owner_uid,
-            "owner_gid": i.owner_gid,
-            "dev_sectors": params.map(|(b, _)| b.dev_sectors),
-            "logical_block_size": params.map(|(b, _)| 1u32 << b.logical_bs_shift.min(31)),
-            "disk": params.map(|(_, d)| format!("{}:{}", d.disk_major, d.disk_minor)),
-            "queue_affinity": affinity,
-        });
+        let v = InfoJson {
+            kind: INFO_KIND,
+            version: 1,
+            dev_id: i.dev_id,
+            state: dev_state_name(i.state),
+            nr_hw_queues: i.nr_hw_queues,
+            queue_depth: i.queue_depth,
+            max_io_buf_bytes: i.max_io_buf_bytes,
+            ublksrv_pid: i.ublksrv_pid,
+            flags: i.flags,
+            features,
+            owner_uid: i.owner_uid,
+            owner_gid: i.owner_gid,
+            dev_sectors: params.map(|(b, _)| b.dev_sectors),
+            logical_block_size: params.map(|(b, _)| 1u32 << b.logical_bs_shift.min(31)),
+            disk: params.map(|(_, d)| format!("{}:{}", d.disk_major, d.disk_minor)),
+            queue_affinity: affinity,
+        };
         return serde_json::to_string_pretty(&v)
             .map_err(|e| Error::io("encode JSON", std::io::Error::other(e)));
     }

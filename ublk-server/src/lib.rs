@@ -14,6 +14,9 @@ pub mod server;
 pub mod tagstate;
 pub mod target;
 
+#[cfg(test)]
+mod schema_tests;
+
 pub use error::{Error, Result};
 
 /// The system page size (the unit of the io-descriptor mmap).

@@ -2,6 +2,9 @@
 //! rejected input that needs the kernel (id in use, queue clamping), injected faults.
 
 mod common;
+// The minimal JSON Schema checker of ublk-trace's schema tests (std + serde_json only).
+#[path = "../../ublk-trace/tests/schema_check/mod.rs"]
+mod schema_check;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,6 +38,16 @@ fn control_round_trip() {
     let v = info_json(id);
     assert_eq!(v["kind"], "ublk-server.info", "{v}");
     assert_eq!(v["version"], 1, "{v}");
+    // Compiled in: the guest has the test binary, not the repository.
+    let schema: serde_json::Value = serde_json::from_str(include_str!(
+        "../../docs/schema/ublk-server-info.schema.json"
+    ))
+    .expect("docs/schema/ublk-server-info.schema.json is JSON");
+    let bad = schema_check::violations(&schema, &v);
+    assert!(
+        bad.is_empty(),
+        "info --json against its schema: {bad:#?}\n{v:#}"
+    );
     assert_eq!(v["state"], "LIVE", "{v}");
     assert_eq!(v["ublksrv_pid"], s.pid(), "{v}");
     assert_eq!(v["nr_hw_queues"], 2, "{v}");

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
 
 /// One thing the kernel (or a snapshot adapter) told us, with when and who.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceEvent {
     /// CLOCK_MONOTONIC ns (bpf_ktime_get_ns).
@@ -31,6 +32,7 @@ pub type CtrlOpNr = u32;
 /// I/O command opcode number (`cmd_op & 0xff`).
 pub type IoCmdNr = u32;
 
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
@@ -113,6 +115,7 @@ pub enum EventKind {
     Lost { count: u64 },
 }
 
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlockStage {

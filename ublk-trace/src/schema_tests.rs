@@ -55,6 +55,16 @@ fn documents() -> Vec<(&'static str, &'static str, Value)> {
             crate::bundle::MANIFEST_KIND,
             schema_of::<crate::bundle::Manifest>(),
         ),
+        (
+            "state",
+            crate::cmd::state::STATE_KIND,
+            schema_of::<crate::cmd::state::StateJson>(),
+        ),
+        (
+            "record-header",
+            crate::record::jsonl::RECORDING_KIND,
+            schema_of::<crate::record::jsonl::RecordHeader>(),
+        ),
     ]
 }
 
@@ -62,14 +72,33 @@ fn schema_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/schema")
 }
 
+/// Schemas of lines that are not documents of their own (no kind/version): a recording's
+/// event lines, versioned by the header's `schema_version`.
+fn line_schemas() -> Vec<(&'static str, Value)> {
+    vec![("record-event", schema_of::<crate::event::TraceEvent>())]
+}
+
+/// Compare (or with UPDATE_SCHEMAS write) `docs/schema/<name>.schema.json`; the path when stale.
+fn stale_schema(name: &str, schema: &Value, update: bool) -> Option<String> {
+    let mut text = serde_json::to_string_pretty(schema).expect("encode schema");
+    text.push('\n');
+    let path = schema_dir().join(format!("{name}.schema.json"));
+    if update {
+        std::fs::create_dir_all(schema_dir()).expect("create docs/schema");
+        std::fs::write(&path, &text).expect("write schema");
+        None
+    } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        Some(path.display().to_string())
+    } else {
+        None
+    }
+}
+
 #[test]
 fn committed_schemas_match_the_types() {
     let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
     let mut stale = Vec::new();
     for (name, kind, schema) in documents() {
-        let mut text = serde_json::to_string_pretty(&schema).expect("encode schema");
-        text.push('\n');
-        let path = schema_dir().join(format!("{name}.schema.json"));
         // Every document says what it is: kind and version are required fields.
         let required = schema["required"].as_array().cloned().unwrap_or_default();
         for field in ["kind", "version"] {
@@ -79,12 +108,10 @@ fn committed_schemas_match_the_types() {
             );
         }
         assert!(kind.starts_with("ublk-trace."), "{name}: {kind}");
-        if update {
-            std::fs::create_dir_all(schema_dir()).expect("create docs/schema");
-            std::fs::write(&path, &text).expect("write schema");
-        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-            stale.push(path.display().to_string());
-        }
+        stale.extend(stale_schema(name, &schema, update));
+    }
+    for (name, schema) in line_schemas() {
+        stale.extend(stale_schema(name, &schema, update));
     }
     assert!(
         stale.is_empty(),
@@ -92,6 +119,49 @@ fn committed_schemas_match_the_types() {
          'UPDATE_SCHEMAS=1 cargo test -p ublk-trace --lib schema' and commit docs/schema/ \
          (bump the document's version if a field changed meaning or went away)"
     );
+}
+
+/// Every kind of event line validates against the event schema, and a retyped field fails.
+#[test]
+fn event_lines_match_their_schema() {
+    let schema = schema_of::<crate::event::TraceEvent>();
+    let ev = |kind| crate::event::TraceEvent {
+        ts_ns: 1,
+        pid: 2,
+        tid: 3,
+        comm: "ublk-q0".into(),
+        kind,
+    };
+    use crate::event::{BlockStage, EventKind};
+    let lines = [
+        ev(EventKind::Delivered {
+            dev_id: 0,
+            q_id: 1,
+            tag: 2,
+        }),
+        ev(EventKind::Block {
+            dev_id: 0,
+            q_id: 0,
+            tag: 5,
+            stage: BlockStage::Complete,
+            op: "READ".into(),
+            sector: 8,
+            bytes: 4096,
+            error: 0,
+        }),
+        ev(EventKind::Lost { count: 3 }),
+    ];
+    for e in &lines {
+        let v = serde_json::to_value(e).expect("encode event");
+        let bad = schema_check::violations(&schema, &v);
+        assert!(bad.is_empty(), "{v}: {bad:?}");
+    }
+    let mut v = serde_json::to_value(&lines[1]).expect("encode event");
+    v["stage"] = Value::from(7);
+    assert!(!schema_check::violations(&schema, &v).is_empty(), "{v}");
+    v["stage"] = Value::from("complete");
+    v["event"] = Value::from("no_such_event");
+    assert!(!schema_check::violations(&schema, &v).is_empty(), "{v}");
 }
 
 /// The checker itself: a missing required field and a retyped one are caught.

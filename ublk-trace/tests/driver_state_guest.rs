@@ -7,6 +7,7 @@
 //! - An idle 4-queue x 1024 device (`--smp 4` gives 4 queues; fewer CPUs clamp the count):
 //!   no tag but WAITING, the CPU time of one read, and `diagnose` finds nothing.
 mod diagnose_common;
+mod schema_check;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -260,6 +261,12 @@ fn driver_state_smoke_hung_tag_is_owned_by_the_server_with_its_request() {
         .output()
         .expect("run ublk-trace state");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // And `--json`, a versioned document with a committed schema.
+    let json_out = Command::new(bin("ublk-trace"))
+        .args(["state", "dev", &dev_id.to_string(), "--json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run ublk-trace state --json");
     // The reads wait for the server; killing it fails them with EIO.
     drop(s);
     for mut c in reads.children {
@@ -274,7 +281,38 @@ fn driver_state_smoke_hung_tag_is_owned_by_the_server_with_its_request() {
         text.contains(&format!("READ 4096 B @ sector {}", block * 8)),
         "{text}"
     );
+    assert_state_json_is_valid(&json_out.stdout, q);
     assert_recovered(dev_id, Duration::from_secs(30));
+}
+
+/// `state --json` of the hung device: kind, version, docs/schema/state.schema.json, and the
+/// hung tag IN_SERVER in it (the schema alone would pass an empty device list).
+fn assert_state_json_is_valid(stdout: &[u8], q: u16) {
+    let doc: serde_json::Value = serde_json::from_slice(stdout).unwrap_or_else(|e| {
+        panic!(
+            "state --json is not JSON ({e}): {}",
+            String::from_utf8_lossy(stdout)
+        )
+    });
+    assert_eq!(doc["kind"], "ublk-trace.state", "{doc}");
+    assert_eq!(doc["version"], 1, "{doc}");
+    // Compiled in: the guest has the test binary, not the repository.
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/schema/state.schema.json"))
+            .expect("docs/schema/state.schema.json is JSON");
+    let v = schema_check::violations(&schema, &doc);
+    assert!(v.is_empty(), "state --json: {v:#?}\n{doc:#}");
+    let hung = doc["devices"][0]["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|x| x["q_id"] == q))
+        .and_then(|x| x["tags"].as_array())
+        .and_then(|ts| ts.iter().find(|t| t["tag"] == HUNG_TAG))
+        .cloned();
+    assert_eq!(
+        hung.as_ref().map(|t| t["view"].clone()),
+        Some(serde_json::json!("IN_SERVER")),
+        "tag {HUNG_TAG} of q{q} in state --json: {hung:?}"
+    );
 }
 
 /// User + system CPU time of this process, µs.

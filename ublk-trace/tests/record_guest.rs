@@ -5,6 +5,7 @@
 //! taking only requests queued by dd's pid and commits/completions after dd's first request.
 
 mod guest_util;
+mod schema_check;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -103,6 +104,7 @@ fn record_around_dd(record_args: &[&str], n: usize) -> Recorded {
     assert!(summary.contains(" 0 dropped"), "{summary}");
 
     let (header, evs) = ublk_trace::record::read_jsonl(&out).expect("recording parses");
+    assert_lines_match_schemas(&std::fs::read_to_string(&out).expect("recording readable"));
     let _ = std::fs::remove_file(&out);
     Recorded {
         header,
@@ -110,6 +112,28 @@ fn record_around_dd(record_args: &[&str], n: usize) -> Recorded {
         dd_pid,
         bdev,
     }
+}
+
+/// The recording as written: its header line against docs/schema/record-header.schema.json and
+/// every event line against docs/schema/record-event.schema.json (compiled in: the guest has the
+/// test binary, not the repository).
+fn assert_lines_match_schemas(text: &str) {
+    let parse = |s: &str| -> serde_json::Value { serde_json::from_str(s).expect("schema is JSON") };
+    let header_schema = parse(include_str!("../../docs/schema/record-header.schema.json"));
+    let event_schema = parse(include_str!("../../docs/schema/record-event.schema.json"));
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: serde_json::Value =
+        serde_json::from_str(lines.next().unwrap_or_default()).expect("header line is JSON");
+    let bad = schema_check::violations(&header_schema, &header);
+    assert!(bad.is_empty(), "header: {bad:?}\n{header}");
+    let mut n = 0;
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).expect("event line is JSON");
+        let bad = schema_check::violations(&event_schema, &v);
+        assert!(bad.is_empty(), "event line: {bad:?}\n{l}");
+        n += 1;
+    }
+    assert!(n > 0, "a recording of dd's reads holds events");
 }
 
 #[test]

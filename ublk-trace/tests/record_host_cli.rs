@@ -2,6 +2,8 @@
 //! tracepoints only), ends by itself after --duration, and writes a readable JSON-lines
 //! header or a structurally valid Perfetto document.
 
+mod schema_check;
+
 use std::process::Command;
 
 fn is_root() -> bool {
@@ -32,6 +34,17 @@ fn record_writes_header_and_perfetto_without_ublk() {
     let stderr = record("jsonl", &jsonl);
     assert!(stderr.contains("recorded 0 events, 0 dropped"), "{stderr}");
     let (header, events) = ublk_trace::record::read_jsonl(&jsonl).expect("readable recording");
+    // The header line as written: kind, version, docs/schema/record-header.schema.json.
+    let text = std::fs::read_to_string(&jsonl).expect("recording readable");
+    let first: serde_json::Value =
+        serde_json::from_str(text.lines().next().unwrap_or_default()).expect("header is JSON");
+    assert_eq!(first["kind"], "ublk-trace.recording", "{first}");
+    assert_eq!(first["version"], 1, "{first}");
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/schema/record-header.schema.json"))
+            .expect("docs/schema/record-header.schema.json is JSON");
+    let bad = schema_check::violations(&schema, &first);
+    assert!(bad.is_empty(), "record header: {bad:#?}\n{first:#}");
     assert!(events.is_empty(), "no ublk disk here: {events:?}");
     let complete = header
         .probes

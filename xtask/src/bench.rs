@@ -15,6 +15,8 @@ use crate::guest::{GuestOpts, boot_opts, build_project, make_initramfs};
 use crate::kernel::KernelSpec;
 use crate::util::{cache_dir, target_dir, write_atomic};
 
+mod progress;
+
 /// Pinned: the rublk release the issue's anchors were measured with.
 const RUBLK_VERSION: &str = "0.2.15";
 
@@ -199,6 +201,15 @@ bpf_progs() { for f in /proc/$1/fdinfo/*; do grep -q '^run_cnt' $f 2>/dev/null &
 pin_server() { [ -n "$1" ] || return 0; for t in /proc/$1/task/*; do taskset -p -c 0 ${t##*/} >/dev/null 2>&1; done; }
 "#;
 
+/// Interleaved rounds: as asked, else 2 with --quick and 5 otherwise.
+fn round_count(mode: Mode, asked: Option<u32>) -> u32 {
+    let default = match mode {
+        Mode::Quick => 2,
+        Mode::Normal | Mode::Long => 5,
+    };
+    asked.unwrap_or(default).max(1)
+}
+
 fn script(
     mode: Mode,
     rounds: Option<u32>,
@@ -206,11 +217,11 @@ fn script(
     layout: &Layout,
     configs: &[Config],
 ) -> String {
-    let (default_rounds, runtime) = match mode {
-        Mode::Quick => (2, 3),
-        Mode::Normal | Mode::Long => (5, 5),
+    let runtime = match mode {
+        Mode::Quick => 3,
+        Mode::Normal | Mode::Long => 5,
     };
-    let rounds = rounds.unwrap_or(default_rounds).max(1);
+    let rounds = round_count(mode, rounds);
     let mut s = String::from(PRELUDE);
     if bpf_stats {
         s.push_str("echo 1 > /proc/sys/kernel/bpf_stats_enabled\n");
@@ -795,30 +806,35 @@ fn build_rublk() -> Option<PathBuf> {
         return Some(bin);
     }
     if crate::util::which("clang").is_none() && crate::util::is_root() {
-        let _ = crate::util::run(
-            std::process::Command::new("apt-get")
+        let what = "installing libclang-dev clang (rublk's build needs them)";
+        let _ = crate::util::timed("bench", what, || {
+            crate::util::run(
+                std::process::Command::new("apt-get")
+                    .args([
+                        "install",
+                        "-y",
+                        "-q",
+                        "--no-install-recommends",
+                        "libclang-dev",
+                        "clang",
+                    ])
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )
+        });
+    }
+    let what = format!("building rublk {RUBLK_VERSION} (a few minutes, once)");
+    let ok = crate::util::timed("bench", &what, || {
+        crate::util::run(
+            std::process::Command::new("cargo")
                 .args([
                     "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "libclang-dev",
-                    "clang",
+                    &format!("rublk@{RUBLK_VERSION}"),
+                    "--locked",
+                    "--root",
                 ])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        );
-    }
-    eprintln!("[bench] building rublk {RUBLK_VERSION} (a few minutes, once)");
-    let ok = crate::util::run(
-        std::process::Command::new("cargo")
-            .args([
-                "install",
-                &format!("rublk@{RUBLK_VERSION}"),
-                "--locked",
-                "--root",
-            ])
-            .arg(&root),
-    );
+                .arg(&root),
+        )
+    });
     match ok {
         Ok(()) if bin.is_file() => Some(bin),
         _ => {
@@ -880,10 +896,13 @@ pub fn run(o: &BenchOpts) -> Result<()> {
             "[bench] layout {} ({} vCPU) on {}",
             layout.name, layout.smp, kernel.kver
         );
+        let booted = std::time::Instant::now();
+        let mut clock = progress::RoundClock::new(round_count(o.mode, o.rounds));
         let (outcome, lines) =
             crate::qemu::boot_captured(&boot_opts(&g, &kernel, &initrd), &log, |l| {
-                if l.starts_with("===")
-                    || l.starts_with("TRACER")
+                if l.starts_with("===") {
+                    eprintln!("{}", clock.line(l, booted.elapsed()));
+                } else if l.starts_with("TRACER")
                     || l.starts_with("BENCH-SKIP")
                     || l.starts_with("PROBE-START")
                 {

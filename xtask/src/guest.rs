@@ -71,30 +71,11 @@ pub fn make_initramfs(
     cmd_sh: &str,
     extra: &[(PathBuf, String, bool)],
 ) -> Result<PathBuf> {
-    let mut t = Tree::default();
-    for d in [
-        "/proc", "/sys", "/dev", "/tmp", "/run", "/root", "/etc", "/mnt", "/var/tmp",
-    ] {
-        t.dir(d);
-    }
-    t.copy_host(Path::new("/bin/busybox"), "/bin/busybox")
-        .context("busybox-static missing: run `cargo xtask setup`")?;
     // ext4 and loop are modules in Debian kernels: filesystem tests and `loop` targets on a
     // block device need them.
     let mut mods: Vec<&str> = vec!["ublk_drv", "ext4", "loop"];
     mods.extend(opts.modules.iter().map(String::as_str));
-    let order = add_modules(&mut t, kernel, &mods)?;
-    let copy: Vec<&str> = opts.copy_modules.iter().map(String::as_str).collect();
-    for m in copy {
-        // /mod/<name>.order lists the module and its dependencies in load order, so a script
-        // can `insmod` them all and pass its own parameters to the last one.
-        let order = add_modules(&mut t, kernel, &[m])?;
-        t.file(
-            &format!("/mod/{m}.order"),
-            order.join("\n").into_bytes(),
-            0o644,
-        );
-    }
+    let (mut t, order) = base_tree(kernel, opts, &mods)?;
     for b in PROJECT_BINS {
         let p = bin_dir.join(b);
         if !p.is_file() {
@@ -120,6 +101,37 @@ pub fn make_initramfs(
     for (host, guest, strip) in extra {
         t.copy_binary(host, guest, *strip)?;
     }
+    write_initramfs(t, kernel, &order, cmd_sh)
+}
+
+/// What every guest has, and nothing of the project: the mount points, a static busybox,
+/// the modules `mods` (loaded at boot, in `order`) and `opts.copy_modules` (copied only),
+/// and a minimal passwd. Returns the tree and the load order for [`write_initramfs`].
+pub fn base_tree(
+    kernel: &GuestKernel,
+    opts: &GuestOpts,
+    mods: &[&str],
+) -> Result<(Tree, Vec<String>)> {
+    let mut t = Tree::default();
+    for d in [
+        "/proc", "/sys", "/dev", "/tmp", "/run", "/root", "/etc", "/mnt", "/var/tmp",
+    ] {
+        t.dir(d);
+    }
+    t.copy_host(Path::new("/bin/busybox"), "/bin/busybox")
+        .context("busybox-static missing: run `cargo xtask setup`")?;
+    let order = add_modules(&mut t, kernel, mods)?;
+    let copy: Vec<&str> = opts.copy_modules.iter().map(String::as_str).collect();
+    for m in copy {
+        // /mod/<name>.order lists the module and its dependencies in load order, so a script
+        // can `insmod` them all and pass its own parameters to the last one.
+        let order = add_modules(&mut t, kernel, &[m])?;
+        t.file(
+            &format!("/mod/{m}.order"),
+            order.join("\n").into_bytes(),
+            0o644,
+        );
+    }
     // Name resolution for tools that look up users (tmux) and a minimal passwd.
     t.file(
         "/etc/passwd",
@@ -127,7 +139,17 @@ pub fn make_initramfs(
         0o644,
     );
     t.file("/etc/group", b"root:x:0:\n".to_vec(), 0o644);
-    t.file("/init", init_script(&order).into_bytes(), 0o755);
+    Ok((t, order))
+}
+
+/// Add `/init` (loading `order`) and `/cmd.sh`, and write the cpio under the cache dir.
+pub fn write_initramfs(
+    mut t: Tree,
+    kernel: &GuestKernel,
+    order: &[String],
+    cmd_sh: &str,
+) -> Result<PathBuf> {
+    t.file("/init", init_script(order).into_bytes(), 0o755);
     t.file("/cmd.sh", cmd_sh.as_bytes().to_vec(), 0o755);
     let dir = cache_dir().join("initramfs");
     std::fs::create_dir_all(&dir)?;
@@ -189,6 +211,7 @@ fn probe_kvm(kernel: &GuestKernel) -> Result<bool> {
         append: String::new(),
         accel: Accel::Kvm,
         single_thread_tcg: false,
+        data_out: None,
     };
     let log = cache_dir().join("kvm-probe.log");
     let (outcome, _) = crate::qemu::boot_captured(&o, &log, |_| {})?;
@@ -206,6 +229,7 @@ pub fn boot_opts(opts: &GuestOpts, kernel: &GuestKernel, initrd: &Path) -> BootO
         append: String::new(),
         accel: choose_accel(opts, kernel),
         single_thread_tcg: false,
+        data_out: None,
     }
 }
 

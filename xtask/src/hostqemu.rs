@@ -144,23 +144,25 @@ fn install_from(suite: &str) -> Result<()> {
     let sources = dir.join("sources.list");
     std::fs::write(&sources, text).with_context(|| format!("write {}", sources.display()))?;
     let opts = apt_opts(&dir);
-    eprintln!("[setup] installing {PACKAGE} from {suite} (QEMU 10; about 60 MB)");
-    run(Command::new("apt-get").args(&opts).arg("update"))
-        .with_context(|| format!("apt-get update with {suite}: is the mirror reachable?"))?;
-    let status = Command::new("apt-get")
-        .args(&opts)
-        .args(["install", "-y", "--no-install-recommends", "--no-remove"])
-        .args(["-t", suite, PACKAGE])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("start apt-get")?;
-    if !status.success() {
-        bail!(
-            "apt-get install -t {suite} {PACKAGE} failed ({status}); nothing was removed \
-             (--no-remove)"
-        );
-    }
-    Ok(())
+    let what = format!("installing {PACKAGE} from {suite} (QEMU 10; about 60 MB)");
+    crate::util::timed("setup", &what, || {
+        run(Command::new("apt-get").args(&opts).arg("update"))
+            .with_context(|| format!("apt-get update with {suite}: is the mirror reachable?"))?;
+        let status = Command::new("apt-get")
+            .args(&opts)
+            .args(["install", "-y", "--no-install-recommends", "--no-remove"])
+            .args(["-t", suite, PACKAGE])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("start apt-get")?;
+        if !status.success() {
+            bail!(
+                "apt-get install -t {suite} {PACKAGE} failed ({status}); nothing was removed \
+                 (--no-remove)"
+            );
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

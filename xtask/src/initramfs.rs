@@ -151,7 +151,7 @@ fn pad4(w: &mut impl Write, len: usize) -> Result<()> {
 }
 
 /// Shared libraries of a dynamic executable (empty for static ones).
-fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
+pub fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd").arg(bin).output().context("run ldd")?;
     // ldd exits 1 for static binaries ("not a dynamic executable"): no libraries.
     let text = String::from_utf8_lossy(&out.stdout);

@@ -113,7 +113,8 @@ pub fn fetch(spec: &KernelSpec) -> Result<GuestKernel> {
     let kver = kver_of(&pkg.name);
     let dir = kernels_dir().join(&kver);
     if !dir.join(".done").exists() {
-        extract(&apt, &pkg, &kver, &dir)?;
+        let what = format!("fetching {} {} from {}", pkg.name, pkg.version, pkg.suite);
+        crate::util::timed("kernel", &what, || extract(&apt, &pkg, &kver, &dir))?;
     }
     write_lock_entry(&spec.name, &kver, &pkg.version)?;
     Ok(GuestKernel { kver, dir })
@@ -197,10 +198,6 @@ fn resolve(
 }
 
 fn extract(apt: &AptState, pkg: &Pkg, kver: &str, dir: &Path) -> Result<()> {
-    eprintln!(
-        "[kernel] fetching {} {} from {}",
-        pkg.name, pkg.version, pkg.suite
-    );
     // Extract into a temp dir and rename at the end: no half-written kernel under the real name.
     let tmp = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -403,15 +400,14 @@ impl AptState {
                 "/usr/share/keyrings/debian-archive-keyring.gpg is missing: apt-get install debian-archive-keyring"
             );
         }
-        eprintln!(
-            "[kernel] refreshing the package lists of {}",
-            wanted.join(", ")
-        );
+        let what = format!("refreshing the package lists of {}", wanted.join(", "));
         // An unreachable suite is only a warning here; resolve() fails if nothing matches.
-        let status = Command::new("apt-get")
-            .args(self.opts())
-            .arg("update")
-            .status();
+        let status = crate::util::timed("kernel", &what, || {
+            Ok(Command::new("apt-get")
+                .args(self.opts())
+                .arg("update")
+                .status())
+        })?;
         if !matches!(status, Ok(s) if s.success()) {
             eprintln!(
                 "[kernel] warning: apt-get update reported errors (some suites unreachable?)"

@@ -17,6 +17,7 @@ mod qemu;
 mod repro;
 mod scenarios;
 mod setup;
+mod stranger;
 mod test;
 mod util;
 
@@ -43,7 +44,8 @@ enum Cmd {
     /// The QEMU guest (a Debian kernel with ublk_drv and kprobes).
     #[command(subcommand)]
     Guest(GuestCmd),
-    /// Host tests, then guest tests (default kernel: all; 6.18 and newest 7.x: smoke subset).
+    /// Host tests, then guest tests (default kernel: all; 6.18 and newest 7.x: smoke subset),
+    /// then the stranger's machine (the dist tarball alone in a guest, default kernel).
     Test(TestArgs),
     /// Boot the guest with `ublk-server run ramdisk` + fio and open `ublk-trace watch dev 0`.
     Demo {
@@ -171,6 +173,12 @@ enum GuestCmd {
         #[arg(last = true)]
         filter: Vec<String>,
     },
+    /// The stranger's machine alone: `cargo xtask dist`, then its tarball installed and run in
+    /// a guest with busybox, fio and nothing else of the build (part of `cargo xtask test`).
+    Stranger {
+        #[command(flatten)]
+        g: GuestArgs,
+    },
 }
 
 #[derive(Args)]
@@ -187,6 +195,9 @@ struct TestArgs {
     /// Skip `cargo fmt --check` and `cargo clippy -D warnings`.
     #[arg(long)]
     no_lint: bool,
+    /// Skip the stranger's machine (the dist tarball in a guest without the build tree).
+    #[arg(long)]
+    no_stranger: bool,
     /// Kernel for the full guest suite.
     #[arg(long, default_value = "6.12")]
     kernel: String,
@@ -226,8 +237,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 filter,
                 lint: false,
                 smp: Some(g.smp),
+                stranger: false,
             })?;
             Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Guest(GuestCmd::Stranger { g }) => {
+            if g.debug || !g.include.is_empty() || !g.modules.is_empty() {
+                anyhow::bail!(
+                    "guest stranger holds only the release tarball, busybox and fio: drop \
+                     --debug, --include and --module (they apply to guest run/shell/test)"
+                );
+            }
+            crate::setup::setup(true)?;
+            let verdicts = stranger::run(&g.opts()?)?;
+            let (passed, failed) = stranger::report(&verdicts);
+            println!("{passed} passed, {failed} failed");
+            Ok(if failed == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -294,6 +323,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 filter: a.filter,
                 lint: !a.no_lint,
                 smp: None,
+                stranger: !a.no_stranger,
             })?;
             Ok(if ok {
                 ExitCode::SUCCESS

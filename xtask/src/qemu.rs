@@ -23,6 +23,9 @@ pub struct BootOpts {
     /// TCG with one host thread for all vCPUs: slower, but immune to multi-threaded TCG's
     /// races on cross-modifying code (kernel text patching while kprobes are armed).
     pub single_thread_tcg: bool,
+    /// A second serial port (the guest's /dev/ttyS1) written to this host file: a channel
+    /// for data that kernel messages on the console cannot interleave with.
+    pub data_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +98,9 @@ pub fn boot_captured(
 ) -> Result<(Outcome, Vec<String>)> {
     let mut args = base_args(o);
     args.extend(["-serial".into(), "stdio".into()]);
+    if let Some(p) = &o.data_out {
+        args.extend(["-serial".into(), format!("file:{}", p.display())]);
+    }
     args.extend([
         "-append".into(),
         format!("console=ttyS0 panic=-1 oops=panic loglevel=4 {}", o.append),

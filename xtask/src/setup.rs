@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{output, run, succeeds, which};
+use crate::util::{output, run, succeeds, timed, which};
 
 /// Pinned: 0.13.0 is the release verified with aya 0.14 / aya-ebpf 0.2.1 and LLVM 22.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -84,15 +84,21 @@ fn host_packages() -> Result<()> {
             missing.join(", ")
         );
     }
-    eprintln!("[setup] installing {}", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-q"]))
-        .context("apt-get update failed: is a Debian mirror reachable?")?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-    .with_context(|| format!("{line} failed"))?;
-    Ok(())
+    timed("setup", "apt-get update", || {
+        run(Command::new("apt-get").args(["update", "-q"]))
+            .context("apt-get update failed: is a Debian mirror reachable?")
+    })?;
+    timed(
+        "setup",
+        &format!("installing {}", missing.join(" ")),
+        || {
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"))
+            .with_context(|| format!("{line} failed"))
+        },
+    )
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
@@ -106,14 +112,15 @@ fn nightly_rust_src() -> Result<()> {
         bail!("rustup not found: the eBPF build needs rustup with a nightly toolchain");
     }
     if nightly_sysroot().is_err() {
-        eprintln!("[setup] installing the nightly toolchain");
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
+        timed("setup", "installing the nightly toolchain", || {
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]))
+        })?;
     }
     if nightly_sysroot()?
         .join("lib/rustlib/src/rust/library")
@@ -122,8 +129,9 @@ fn nightly_rust_src() -> Result<()> {
         eprintln!("[setup] nightly rust-src present");
         return Ok(());
     }
-    eprintln!("[setup] adding rust-src to nightly");
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    timed("setup", "adding rust-src to nightly", || {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    })
 }
 
 /// bpf-linker must load the same libLLVM as nightly's rustc. Its build.rs takes LLVM from
@@ -167,23 +175,25 @@ fn bpf_linker() -> Result<()> {
         std::os::unix::fs::symlink(lib.join(&llvm_so), &link)
             .with_context(|| format!("symlink {}", link.display()))?;
     }
-    eprintln!(
-        "[setup] building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (about 2 minutes)"
+    let what = format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (about 2 minutes)"
     );
-    run(Command::new("cargo")
-        .args([
-            "install",
-            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-            "--locked",
-            "--force",
-        ])
-        .args([
-            "--no-default-features",
-            "--features",
-            &format!("llvm-{major}"),
-        ])
-        .env("LLVM_PREFIX", &shim))
-    .context("cargo install bpf-linker failed")?;
+    timed("setup", &what, || {
+        run(Command::new("cargo")
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--force",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &shim))
+        .context("cargo install bpf-linker failed")
+    })?;
     if !linker_ok(&llvm_so) {
         bail!(
             "bpf-linker was installed but does not run or is not on PATH (is ~/.cargo/bin on PATH?)"

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: setup, host tests, then the guest suite on the default kernel and a
-//! smoke subset on newer kernels; ends with one `N passed, N failed` line.
+//! smoke subset on newer kernels, then the stranger's machine (`stranger.rs`) on the default
+//! kernel; ends with one `N passed, N failed` line that counts the stranger's checks too.
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -85,6 +86,8 @@ pub struct TestOpts {
     pub lint: bool,
     /// Guest vCPUs (`None`: the harness default). The kernel clamps a device's queues to it.
     pub smp: Option<u32>,
+    /// Also the stranger's machine (the dist tarball in a guest of its own) on the first kernel.
+    pub stranger: bool,
 }
 
 pub fn run(opts: &TestOpts) -> Result<bool> {
@@ -97,10 +100,16 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
     {
         problems.push(format!("lint: {e:#}"));
     }
+    // A filter that names stranger checks (`-- stranger`) may match nothing else: then empty
+    // host and guest suites are expected, and only an empty total is a problem.
+    let for_stranger = !opts.filter.is_empty()
+        && opts.guest
+        && opts.stranger
+        && crate::stranger::selected(&opts.filter);
     if opts.host {
         let t = host_tests(&opts.filter)?;
         println!("[test] host: {} passed, {} failed", t.passed, t.failed);
-        if t.passed + t.failed == 0 {
+        if t.passed + t.failed == 0 && !for_stranger {
             problems.push("host tests: none ran".into());
         }
         total.add(t);
@@ -131,7 +140,7 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
                             String::new()
                         }
                     );
-                    if t.passed + t.failed == 0 {
+                    if t.passed + t.failed == 0 && !for_stranger {
                         problems.push(format!("guest {}: no test ran", spec.name));
                     }
                     total.add(t);
@@ -142,6 +151,12 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
                 }
             }
         }
+    }
+    if opts.guest && opts.stranger && crate::stranger::selected(&opts.filter) {
+        stranger_stage(opts, &mut total, &mut problems);
+    }
+    if for_stranger && total.passed + total.failed == 0 {
+        problems.push(format!("no test matched {:?}", opts.filter));
     }
     if std::env::var_os("UBLK_RUN_KNOWN_FAILURES").is_none() {
         println!(
@@ -155,6 +170,34 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
     let failed = total.failed + total.broken;
     println!("{} passed, {} failed", total.passed, failed);
     Ok(failed == 0 && problems.is_empty())
+}
+
+/// The stranger's machine on the first kernel; its checks count as tests.
+fn stranger_stage(opts: &TestOpts, total: &mut Tally, problems: &mut Vec<String>) {
+    let Some(spec) = opts.kernels.first() else {
+        return;
+    };
+    let t0 = Instant::now();
+    let mut g = GuestOpts::new(spec.clone());
+    if let Some(n) = opts.smp {
+        g.smp = n;
+    }
+    match crate::stranger::run(&g) {
+        Ok(verdicts) => {
+            let (passed, failed) = crate::stranger::report(&verdicts);
+            println!(
+                "[test] stranger's machine {}: {passed} passed, {failed} failed ({:.0} s)",
+                spec.name,
+                t0.elapsed().as_secs_f64()
+            );
+            total.passed += passed;
+            total.failed += failed;
+        }
+        Err(e) => {
+            problems.push(format!("stranger's machine {}: {e:#}", spec.name));
+            total.failed += 1;
+        }
+    }
 }
 
 fn cargo() -> Command {

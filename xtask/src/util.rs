@@ -1,6 +1,7 @@
 //! Small process and path helpers shared by the xtask commands.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
@@ -24,6 +25,26 @@ pub fn target_dir() -> PathBuf {
         Some(d) => PathBuf::from(d),
         None => workspace_root().join("target"),
     }
+}
+
+/// A long step on one line when it starts (`[setup] building bpf-linker ...`) and one when it
+/// ends, with its wall time (`[setup] building bpf-linker: done in 95.2 s`, or `failed after`).
+/// Plain lines, not a bar: they read the same in CI logs as on a terminal.
+pub fn timed<T>(prefix: &str, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    eprintln!("[{prefix}] {what} ...");
+    let t = Instant::now();
+    let r = f();
+    eprintln!(
+        "{}",
+        step_end(prefix, what, r.is_ok(), t.elapsed().as_secs_f64())
+    );
+    r
+}
+
+/// The line that ends a [`timed`] step.
+pub fn step_end(prefix: &str, what: &str, ok: bool, secs: f64) -> String {
+    let how = if ok { "done in" } else { "failed after" };
+    format!("[{prefix}] {what}: {how} {secs:.1} s")
 }
 
 /// Run a command, inheriting stdio; fail with its name and status.
@@ -131,6 +152,21 @@ pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 mod tests {
     use super::*;
     use std::cmp::Ordering::*;
+
+    #[test]
+    fn a_step_ends_with_its_time_and_outcome() {
+        assert_eq!(
+            step_end("setup", "building bpf-linker", true, 95.24),
+            "[setup] building bpf-linker: done in 95.2 s"
+        );
+        assert_eq!(
+            step_end("kernel", "fetching linux-image", false, 3.0),
+            "[kernel] fetching linux-image: failed after 3.0 s"
+        );
+        let r: Result<u8> = timed("t", "failing", || bail!("no"));
+        assert!(r.is_err());
+        assert_eq!(timed("t", "working", || Ok(7)).ok(), Some(7));
+    }
 
     #[test]
     fn versions_sort_numerically() {

@@ -11,6 +11,21 @@ use anyhow::{Context, bail};
 use crate::cmd::watch::DevTarget;
 use crate::driver::{DriverSnapshot, QueueState, Reader, TagState, TagView, Target};
 
+/// `kind` of `state --json` (schema: docs/schema/state.schema.json).
+pub const STATE_KIND: &str = "ublk-trace.state";
+
+/// `state --json`: the driver snapshot's fields, with the document's kind and version.
+#[derive(Debug, serde::Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+pub struct StateJson {
+    /// Always `ublk-trace.state`.
+    pub kind: &'static str,
+    /// Bumped when a field changes meaning or goes away.
+    pub version: u32,
+    #[serde(flatten)]
+    pub snapshot: DriverSnapshot,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct StateArgs {
     #[command(flatten)]
@@ -18,7 +33,7 @@ pub struct StateArgs {
     /// Every ublk device (instead of `dev N`).
     #[arg(long, conflicts_with = "dev_id")]
     pub all: bool,
-    /// Print the snapshot as JSON.
+    /// Print the snapshot as JSON (kind "ublk-trace.state"; docs/schema/state.schema.json).
     #[arg(long)]
     pub json: bool,
     /// Tags to print: `busy` (every tag that is not plain WAITING) or `all`.
@@ -83,7 +98,12 @@ pub fn run(args: StateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if args.json {
-        let s = serde_json::to_string_pretty(&snap).context("serialize the snapshot")?;
+        let doc = StateJson {
+            kind: STATE_KIND,
+            version: 1,
+            snapshot: snap,
+        };
+        let s = serde_json::to_string_pretty(&doc).context("serialize the snapshot")?;
         println!("{s}");
     } else {
         print!("{}", render_text(&snap, args.tags == "all"));

@@ -71,6 +71,7 @@ pub fn parse_release(release: &str) -> Option<(u32, u32)> {
 }
 
 /// Which row decodes this kernel, and whether the kernel is inside it.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlagsTable {
     /// `from-to` of the row used, e.g. `6.12-6.15`.
@@ -101,6 +102,7 @@ pub fn describe(row: &FlagRow, in_table: bool) -> FlagsTable {
 }
 
 /// `ublk_io.flags` decoded: the raw value, the names of the known bits, the rest as a number.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoFlags {
     pub raw: u32,

@@ -48,6 +48,7 @@ pub enum Target {
 }
 
 /// What the driver held for the devices read, at `taken_ns`.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriverSnapshot {
     pub schema: u32,
@@ -68,6 +69,7 @@ pub struct DriverSnapshot {
     pub dropped: Vec<Dropped>,
 }
 
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dropped {
     /// The IDR index (the device id the driver allocated).
@@ -76,6 +78,7 @@ pub struct Dropped {
 }
 
 /// `struct ublk_device` as the driver holds it.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceState {
     pub dev_id: u32,
@@ -100,6 +103,7 @@ pub struct DeviceState {
 }
 
 /// One `struct ublk_queue`.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueState {
     pub q_id: u16,
@@ -118,6 +122,7 @@ pub struct QueueState {
 }
 
 /// One tag: its `ublk_io` and, when one is in flight, blk-mq's request.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TagState {
     pub tag: u16,
@@ -134,6 +139,7 @@ pub struct TagState {
 }
 
 /// Where a tag is, decided from the driver's flags and blk-mq's request alone.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TagView {
@@ -155,6 +161,7 @@ pub enum TagView {
 }
 
 /// A blk-mq request that belongs to this (queue, tag).
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestState {
     /// `REQ_OP_*` name from BTF `enum req_op` (`READ`, `WRITE`, ...).
@@ -168,6 +175,7 @@ pub struct RequestState {
     pub state: RqState,
 }
 
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RqState {
@@ -176,6 +184,7 @@ pub enum RqState {
 }
 
 /// A task the driver points at.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRef {
     /// `task->pid`: the thread id.

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One eBPF program and where it went.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeStatus {
     /// Program name in the eBPF object (`ctrl_enter`, `block_rq_issue`, ...).

@@ -12,10 +12,22 @@ use crate::probe::ProbeStatus;
 /// Value of the header's `schema` field: tells a recording from any other JSON lines.
 pub const SCHEMA_NAME: &str = "ublk-trace-record";
 
+/// `kind` of a recording's header line (schema: docs/schema/record-header.schema.json).
+pub const RECORDING_KIND: &str = "ublk-trace.recording";
+
 /// First line of a recording.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct RecordHeader {
-    /// Always [`SCHEMA_NAME`].
+    /// Always [`RECORDING_KIND`], as in every ublk-trace document (empty when read from a
+    /// recording of an older build, which wrote only `schema`).
+    #[serde(default)]
+    pub kind: String,
+    /// The header's version: bumped when a field changes meaning or goes away (0 when read
+    /// from an older build's recording).
+    #[serde(default)]
+    pub version: u32,
+    /// Always [`SCHEMA_NAME`] (what readers check: older recordings have no `kind`).
     pub schema: String,
     /// [`EVENT_SCHEMA_VERSION`] of the events that follow.
     pub schema_version: u32,
@@ -38,6 +50,8 @@ pub struct RecordHeader {
 impl RecordHeader {
     pub fn new(kernel: String) -> Self {
         Self {
+            kind: RECORDING_KIND.to_string(),
+            version: 1,
             schema: SCHEMA_NAME.to_string(),
             schema_version: EVENT_SCHEMA_VERSION,
             kernel,

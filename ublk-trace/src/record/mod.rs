@@ -2,7 +2,7 @@
 //!
 //! JSON-lines layout, one JSON object per line:
 //! ```text
-//! {"schema":"ublk-trace-record","schema_version":1,"kernel":"6.12.95+deb12-amd64",...}   header
+//! {"kind":"ublk-trace.recording","version":1,"schema":"ublk-trace-record","schema_version":1,"kernel":...}   header
 //! {"ts_ns":123,"pid":1,"tid":1,"event":"ctrl_start",...}                                  TraceEvent
 //! ...
 //! ```

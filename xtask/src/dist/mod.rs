@@ -240,16 +240,9 @@ fn build_artifacts(
         )
         .with_context(|| format!("generate the man pages and completions of {name}"))?;
     }
-    let commit = util::output(
-        Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(["rev-parse", "HEAD"]),
-    )
-    .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string());
     let release = Release {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        commit,
+        commit: head_commit(root),
         epoch,
         homepage: "https://example.invalid/ublk-toolkit".to_string(),
         ublk_server: bins.pop().context("two binaries")?,
@@ -281,6 +274,17 @@ fn build_artifacts(
         parts: deb::entries(&release)?,
     };
     Ok(vec![tarball, deb])
+}
+
+/// `git rev-parse HEAD` of `root` (`unknown` outside git): the commit the release names.
+pub fn head_commit(root: &Path) -> String {
+    util::output(
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(["rev-parse", "HEAD"]),
+    )
+    .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string())
 }
 
 pub fn tarball_name(version: &str) -> String {
