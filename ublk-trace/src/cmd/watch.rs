@@ -112,20 +112,7 @@ pub fn start_sources(
     no_probes: bool,
     per_io: sources::PerIo,
 ) -> anyhow::Result<Sources> {
-    let mut s = Sources::new(dev);
-    let h = sources::spawn_snapshotter(s.tx.clone(), s.focus.clone(), period, s.stop.clone())
-        .context("start the snapshot thread")?;
-    s.add(h);
-    let h = sources::spawn_driver_reader(
-        s.tx.clone(),
-        s.focus.clone(),
-        period,
-        s.driver_status.clone(),
-        s.stop.clone(),
-    )
-    .context("start the driver-state thread")?;
-    // Building the reader parses BTF: the command does not wait for that to end.
-    s.add_detached(h);
+    let mut s = Sources::with_readers(dev, period)?;
     if no_probes {
         // The loop shows this in the header: a fallback is never silent.
         let _ =

@@ -599,6 +599,27 @@ impl Sources {
         }
     }
 
+    /// Sources with the snapshot and driver-state threads running every `period` (the
+    /// probes are the caller's: their configuration differs per command).
+    pub fn with_readers(focus: Option<u32>, period: Duration) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let mut s = Self::new(focus);
+        let h = spawn_snapshotter(s.tx.clone(), s.focus.clone(), period, s.stop.clone())
+            .context("start the snapshot thread")?;
+        s.add(h);
+        let h = spawn_driver_reader(
+            s.tx.clone(),
+            s.focus.clone(),
+            period,
+            s.driver_status.clone(),
+            s.stop.clone(),
+        )
+        .context("start the driver-state thread")?;
+        // Building the reader parses BTF: the command does not wait for that to end.
+        s.add_detached(h);
+        Ok(s)
+    }
+
     /// The next message, snapshots and status first, waiting up to `timeout`.
     pub fn recv(&self, timeout: Duration) -> Result<Msg, RecvTimeoutError> {
         // How long a waiting event may sit while nothing else arrives: short enough for a
