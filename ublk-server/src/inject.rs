@@ -376,6 +376,23 @@ impl QueueFaults {
         qf
     }
 
+    /// The faults of one per-io daemon: those of its queue, with each once-only fault kept by
+    /// the one thread that can fire it (the owner of its tag; daemon 0 when it names none), so
+    /// a fault meant to act once does not act once per thread.
+    pub fn for_daemon(
+        faults: &[Fault],
+        q_id: u16,
+        daemon: crate::queue::Daemon,
+        depth: u16,
+        seed: u64,
+    ) -> Self {
+        let mut qf = Self::for_queue(faults, q_id, depth, seed);
+        qf.once
+            .retain(|&(_, tag, _)| tag.map_or(daemon.index == 0, |t| daemon.owns(t)));
+        qf.hang.retain(|&(tag, _)| daemon.owns(tag));
+        qf
+    }
+
     /// The once-only commit fault that takes this request on `tag`, if any (marked fired).
     pub fn take_once(&mut self, tag: u16) -> Option<FaultKind> {
         let hit = self
@@ -460,6 +477,30 @@ pub fn fault_mask(faults: &[Fault]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With per-io daemons a once-only fault stays once: only the owner of its tag (or daemon 0
+    /// when it names none) keeps it, and a hang lives in the thread that owns the tag.
+    #[test]
+    fn per_io_daemons_split_the_faults_of_their_queue() {
+        use crate::queue::Daemon;
+        let faults = [
+            Fault::parse("double-commit:q=0,tag=3").expect("spec"),
+            Fault::parse("wrong-thread:q=0").expect("spec"),
+            Fault::parse("hang:q=0,tag=1").expect("spec"),
+            Fault::parse("delay:ms=5,q=0").expect("spec"),
+        ];
+        let d = |index| QueueFaults::for_daemon(&faults, 0, Daemon { index, count: 2 }, 8, 1);
+        let (d0, d1) = (d(0), d(1));
+        assert_eq!(d0.once, vec![(FaultKind::WrongThread, None, false)]);
+        assert_eq!(d1.once, vec![(FaultKind::DoubleCommit, Some(3), false)]);
+        assert!(d0.hang.is_empty());
+        assert_eq!(d1.hang, vec![(1, 0)]);
+        assert_eq!(d0.delay, Some((5, 1.0)));
+        assert_eq!(d1.delay, Some((5, 1.0)));
+        let whole = QueueFaults::for_daemon(&faults, 0, Daemon::WHOLE_QUEUE, 8, 1);
+        assert_eq!(whole.once.len(), 2);
+        assert_eq!(whole.hang, vec![(1, 0)]);
+    }
 
     #[test]
     fn parses_every_fault() {

@@ -1,4 +1,8 @@
-//! One queue: one thread, one io_uring, `depth` tags.
+//! One queue thread: one io_uring serving the tags it owns — every tag of its queue (the
+//! classic one thread per queue), or with UBLK_F_PER_IO_DAEMON (6.16+) every `count`-th tag
+//! (see [`Daemon`]), while the queue's other tags belong to sibling threads with rings of their
+//! own. The kernel binds each tag to the thread that sent its FETCH_REQ and delivers and
+//! accepts that tag's commands only there.
 //!
 //! Protocol (per tag): FETCH_REQ once at start; each CQE with UBLK_IO_RES_OK means the tag's
 //! io descriptor (read-only mmap of /dev/ublkcN) holds a request; the server serves it and sends
@@ -98,8 +102,84 @@ pub struct QueueShared {
     pub started: AtomicBool,
 }
 
+/// Which tags of its queue a thread owns: `index`, `index + count`, `index + 2 * count`, ...
+/// Interleaved rather than contiguous: blk-mq hands out tags in order, so below full depth the
+/// busy tags are a moving window that contiguous ranges would leave to one thread at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Daemon {
+    pub index: u16,
+    pub count: u16,
+}
+
+impl Daemon {
+    /// The one thread of a queue in the classic mode.
+    pub const WHOLE_QUEUE: Daemon = Daemon { index: 0, count: 1 };
+
+    pub fn owns(self, tag: u16) -> bool {
+        tag % self.count.max(1) == self.index
+    }
+
+    /// The tags of a `depth`-deep queue this thread owns, in order.
+    pub fn tags(self, depth: u16) -> impl Iterator<Item = u16> {
+        (self.index..depth).step_by(usize::from(self.count.max(1)))
+    }
+
+    /// How many of a `depth`-deep queue's tags this thread owns.
+    pub fn nr_tags(self, depth: u16) -> u16 {
+        self.tags(depth).count() as u16
+    }
+
+    /// Thread name: `ublk-q0` for a whole queue, `ublk-q0d1` for daemon 1 of queue 0.
+    pub fn thread_name(self, q_id: u16) -> String {
+        if self == Self::WHOLE_QUEUE {
+            format!("ublk-q{q_id}")
+        } else {
+            format!("ublk-q{q_id}d{}", self.index)
+        }
+    }
+}
+
+/// How the server talks to the kernel about I/O.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoMode {
+    /// One thread per queue sends FETCH_REQ / COMMIT_AND_FETCH_REQ for each tag.
+    #[default]
+    PerTag,
+    /// UBLK_F_PER_IO_DAEMON: `threads` threads per queue, each with its own ring and tags.
+    PerIoDaemon { threads: u16 },
+}
+
+impl IoMode {
+    /// Threads serving each queue.
+    pub fn threads_per_queue(self) -> u16 {
+        match self {
+            Self::PerTag => 1,
+            Self::PerIoDaemon { threads } => threads,
+        }
+    }
+
+    /// The device feature the mode needs from the kernel.
+    pub fn needs(self) -> Option<u64> {
+        match self {
+            Self::PerTag => None,
+            Self::PerIoDaemon { .. } => Some(UBLK_F_PER_IO_DAEMON),
+        }
+    }
+
+    /// The command-line flag that selects the mode (for messages).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::PerTag => "(per-tag)",
+            Self::PerIoDaemon { .. } => "--per-io-daemon",
+        }
+    }
+}
+
 pub struct QueueConfig {
     pub dev_id: u32,
+    /// The tags this thread owns.
+    pub daemon: Daemon,
     /// The queue thread's scheduling policy.
     pub sched: Sched,
     pub q_id: u16,
@@ -272,7 +352,8 @@ impl Queue {
         )?;
         // Per tag at most one ublk command plus one backend op or delay timeout, plus the
         // stop poll.
-        let entries = (2 * depth as u32 + 2).next_power_of_two();
+        let own = u32::from(cfg.daemon.nr_tags(cfg.depth));
+        let entries = (2 * own + 2).next_power_of_two();
         let ring = queue_ring(entries)
             .map_err(|e| Error::io(format!("create io_uring for queue {}", cfg.q_id), e))?;
         let mut files = vec![cfg.char_fd.as_raw_fd()];
@@ -312,6 +393,15 @@ impl Queue {
             descs,
             bufs,
         })
+    }
+
+    /// "queue 0" or "queue 0 daemon 1", for log lines.
+    fn who(&self) -> String {
+        if self.cfg.daemon == Daemon::WHOLE_QUEUE {
+            format!("queue {}", self.cfg.q_id)
+        } else {
+            format!("queue {} daemon {}", self.cfg.q_id, self.cfg.daemon.index)
+        }
     }
 
     fn slot(&self, tag: u16) -> Option<&TagSlotAtomic> {
@@ -416,7 +506,7 @@ impl Queue {
             self.wait_for_start();
         }
         let result = self.serve();
-        for tag in 0..self.cfg.depth {
+        for tag in self.cfg.daemon.tags(self.cfg.depth) {
             if let Some(s) = self.slot(tag) {
                 s.set_state(SlotState::Stopped);
             }
@@ -444,7 +534,7 @@ impl Queue {
         unsafe { libc::read(self.cfg.stop_fd.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
         if self.cfg.shared.release.load(Ordering::Acquire) && !self.released {
             self.released = true;
-            for tag in 0..self.cfg.depth {
+            for tag in self.cfg.daemon.tags(self.cfg.depth) {
                 if std::mem::take(&mut self.hung[usize::from(tag)]) {
                     log::warn!(
                         "queue {} tag {tag}: failing the held request",
@@ -491,7 +581,7 @@ impl Queue {
     }
 
     fn mark_queue_fault(&self, kind: FaultKind) {
-        for tag in 0..self.cfg.depth {
+        for tag in self.cfg.daemon.tags(self.cfg.depth) {
             if let Some(s) = self.slot(tag) {
                 s.fault.store(kind as u32, Ordering::Relaxed);
             }
@@ -499,7 +589,7 @@ impl Queue {
     }
 
     fn fetch_all(&mut self, tid: u32) -> Result<()> {
-        for tag in 0..self.cfg.depth {
+        for tag in self.cfg.daemon.tags(self.cfg.depth) {
             if let Some(s) = self.slot(tag) {
                 s.tid.store(tid, Ordering::Relaxed);
             }
@@ -524,11 +614,7 @@ impl Queue {
             .shared
             .fetch_submitted
             .store(true, Ordering::Release);
-        log::debug!(
-            "queue {}: {} FETCH_REQ submitted",
-            self.cfg.q_id,
-            self.live_tags
-        );
+        log::debug!("{}: {} FETCH_REQ submitted", self.who(), self.live_tags);
         Ok(())
     }
 
@@ -602,8 +688,11 @@ impl Queue {
     }
 
     fn on_ublk_cqe(&mut self, nr: u32, tag: u16, res: i32) -> Result<()> {
-        if tag >= self.cfg.depth {
-            log::warn!("queue {}: completion for tag {tag} >= depth", self.cfg.q_id);
+        if tag >= self.cfg.depth || !self.cfg.daemon.owns(tag) {
+            log::warn!(
+                "{}: completion for tag {tag}, not one of its tags",
+                self.who()
+            );
             return Ok(());
         }
         match res {
@@ -740,10 +829,10 @@ impl Queue {
     /// unreaped, commits unsubmitted) whenever the batch held all of them.
     fn stall(&mut self) -> Result<()> {
         log::info!(
-            "queue {}: injected stall, no longer entering io_uring",
-            self.cfg.q_id
+            "{}: injected stall, no longer entering io_uring",
+            self.who()
         );
-        for tag in 0..self.cfg.depth {
+        for tag in self.cfg.daemon.tags(self.cfg.depth) {
             if let Some(s) = self.slot(tag) {
                 s.fault
                     .store(FaultKind::StallQueue as u32, Ordering::Relaxed);
@@ -807,7 +896,13 @@ impl Queue {
         let q = self.cfg.q_id;
         match kind {
             FaultKind::WrongTag => {
-                let other = (tag + 1) % self.cfg.depth;
+                // The next tag this thread owns (with per-io daemons a sibling's tag would
+                // be refused for the thread, not for the tag's state).
+                let d = self.cfg.daemon;
+                let other = match tag.checked_add(d.count) {
+                    Some(t) if t < self.cfg.depth => t,
+                    _ => d.index,
+                };
                 log::info!("queue {q} tag {tag}: injected wrong-tag, committing tag {other}");
                 if let Some(s) = self.slot(other) {
                     s.fault.store(kind as u32, Ordering::Relaxed);
@@ -959,6 +1054,38 @@ mod tests {
         let ud = user_data(Kind::Delay as u8, 0, 4095);
         assert_eq!(decode_user_data(ud), (Some(Kind::Delay), 0, 4095));
         assert_eq!(decode_user_data(9 << 32).0, None);
+    }
+
+    /// Every tag of a queue has exactly one owner among its daemons, and a thread's ring and
+    /// loops cover exactly the tags it owns.
+    #[test]
+    fn daemons_partition_a_queue_interleaved() {
+        for (depth, count) in [(1u16, 1u16), (4, 2), (5, 2), (128, 3), (4, 4)] {
+            let daemons: Vec<Daemon> = (0..count).map(|index| Daemon { index, count }).collect();
+            for tag in 0..depth {
+                let owners: Vec<u16> = daemons
+                    .iter()
+                    .filter(|d| d.owns(tag))
+                    .map(|d| d.index)
+                    .collect();
+                assert_eq!(owners, vec![tag % count], "depth {depth} tag {tag}");
+            }
+            for d in &daemons {
+                let tags: Vec<u16> = d.tags(depth).collect();
+                assert!(tags.iter().all(|&t| d.owns(t)), "{d:?}: {tags:?}");
+                assert_eq!(
+                    usize::from(d.nr_tags(depth)),
+                    (0..depth).filter(|&t| d.owns(t)).count()
+                );
+            }
+        }
+        assert_eq!(
+            Daemon { index: 1, count: 2 }.tags(6).collect::<Vec<_>>(),
+            [1, 3, 5]
+        );
+        assert_eq!(Daemon::WHOLE_QUEUE.tags(3).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(Daemon::WHOLE_QUEUE.thread_name(2), "ublk-q2");
+        assert_eq!(Daemon { index: 1, count: 2 }.thread_name(0), "ublk-q0d1");
     }
 
     #[test]

@@ -1,0 +1,225 @@
+//! The newer I/O modes in the guest: `--per-io-daemon` (UBLK_F_PER_IO_DAEMON, 6.16+) serves
+//! fio's crc32c verify on ramdisk and loop with 1 and 2 queues, null I/O completes, every tag's
+//! slot in the tag-state file names the thread that owns it, and a hang fault holds a tag of
+//! one daemon while the others serve. On a kernel without the feature each test checks the
+//! refusal instead: exit 2, the feature and the first release named, no device left.
+//!
+//! Named `smoke_*` so that `cargo xtask test` runs them on its 6.18 and 7.x boots too.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    KillOnDrop, Server, assert_no_d_state, fio_verify, loop_file, server_cmd, sh, wait_timeout,
+};
+use ublk_trace_common::tagstate::{
+    HEADER_BYTES, SLOT_BYTES, SlotState, TagSlot, TagStateHeader, slot_offset,
+};
+
+/// The kernel's GET_FEATURES, as `ublk-server features` decodes it, lists `name`.
+fn kernel_has(name: &str) -> bool {
+    let out = server_cmd(&["features"]);
+    assert!(out.status.success(), "ublk-server features failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(name))
+}
+
+/// `run ARGS` on a kernel without the mode's feature: exit 2 before any device exists, with a
+/// message naming the feature, the first release that has it and the flag to drop.
+fn assert_refused(args: &[&str], feature: &str, release: &str, flag: &str) {
+    let before = server_cmd(&["list"]);
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    let out = server_cmd(&full);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    for want in [feature, &format!("Linux {release} or newer"), flag] {
+        assert!(err.contains(want), "refusal does not name {want:?}: {err}");
+    }
+    assert_eq!(
+        server_cmd(&["list"]).stdout,
+        before.stdout,
+        "a device was left behind"
+    );
+}
+
+/// Thread name → tid of a process's threads.
+fn threads_of(pid: i32) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
+            out.insert(comm.trim().to_string(), tid);
+        }
+    }
+    out
+}
+
+fn read_tags(id: u32) -> (TagStateHeader, Vec<u8>) {
+    let b = std::fs::read(format!("/run/ublk-server/ublkb{id}.tags")).expect("tag state file");
+    let h = TagStateHeader::decode(&b[..HEADER_BYTES]).expect("valid header");
+    (h, b)
+}
+
+fn slot(h: &TagStateHeader, b: &[u8], q: u16, tag: u16) -> TagSlot {
+    let off = slot_offset(h.queue_depth, q, tag);
+    TagSlot::decode(&b[off..off + SLOT_BYTES]).expect("slot")
+}
+
+/// Every tag's slot names its owner `ublk-q{q}d{tag % n}`, a live thread of the server, and
+/// each daemon of a queue that saw I/O served some of it. Returns the requests served.
+fn assert_tags_name_their_daemon(s: &Server, n: u16) -> u64 {
+    let threads = threads_of(s.pid());
+    let (h, b) = read_tags(s.dev_id);
+    let mut total = 0;
+    for q in 0..h.nr_queues {
+        let mut served = vec![0u64; usize::from(n)];
+        for tag in 0..h.queue_depth {
+            let d = tag % n;
+            let name = format!("ublk-q{q}d{d}");
+            let tid = *threads
+                .get(&name)
+                .unwrap_or_else(|| panic!("no thread {name} in {threads:?}"));
+            let sl = slot(&h, &b, q, tag);
+            assert_eq!(sl.tid, tid, "queue {q} tag {tag} must name {name}: {sl:?}");
+            served[usize::from(d)] += sl.seq;
+        }
+        let sum: u64 = served.iter().sum();
+        if sum > 0 {
+            assert!(
+                served.iter().all(|&x| x > 0),
+                "queue {q}: every daemon must serve its tags, served per daemon {served:?}"
+            );
+        }
+        total += sum;
+    }
+    total
+}
+
+/// fio crc32c verify with 2 daemons per queue, on ramdisk and loop, 1 and 2 queues; then null.
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_per_io_daemon_fio_verify() {
+    let mode = ["--per-io-daemon", "--threads-per-queue", "2"];
+    if !kernel_has("PER_IO_DAEMON") {
+        let mut args = vec!["null"];
+        args.extend(mode);
+        assert_refused(&args, "UBLK_F_PER_IO_DAEMON", "6.16", "--per-io-daemon");
+        return;
+    }
+    let f = loop_file("ublk-test-modes.img", 16 << 20);
+    for target in [&["ramdisk", "--size", "16M"][..], &["loop", "--file", &f]] {
+        for queues in ["1", "2"] {
+            let mut args = target.to_vec();
+            args.extend(["--queues", queues, "--depth", "64"]);
+            args.extend(mode);
+            let s = Server::start(&args);
+            fio_verify(&s.bdev(), 64);
+            let served = assert_tags_name_their_daemon(&s, 2);
+            assert!(served > 0, "{args:?}: no request in the tag state");
+            let st = s.stop();
+            assert!(st.success(), "server exit {st:?} for {args:?}");
+        }
+    }
+    let _ = std::fs::remove_file(f);
+    let mut args = vec!["null", "--size", "1G", "--queues", "2"];
+    args.extend(mode);
+    let s = Server::start(&args);
+    let (st, out) = sh(&format!(
+        "fio --name=null --filename={} --direct=1 --ioengine=io_uring --iodepth=16 \
+         --rw=randrw --bs=4k --size=64M --io_size=8M",
+        s.bdev()
+    ));
+    assert!(st.success(), "{out}");
+    assert!(out.contains("err= 0"), "fio reported errors:\n{out}");
+    assert!(s.stop().success());
+}
+
+/// `hang:q=0,tag=1` with two daemons: tag 1 belongs to daemon 1, and its slot says so while
+/// daemon 0's tags keep serving; SIGKILL fails the held read and `del` cleans up.
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_per_io_daemon_hang_holds_one_daemons_tag() {
+    let args = [
+        "ramdisk",
+        "--size",
+        "16M",
+        "--depth",
+        "4",
+        "--per-io-daemon",
+        "--threads-per-queue",
+        "2",
+        "--inject",
+        "hang:q=0,tag=1",
+    ];
+    if !kernel_has("PER_IO_DAEMON") {
+        assert_refused(&args, "UBLK_F_PER_IO_DAEMON", "6.16", "--per-io-daemon");
+        return;
+    }
+    let s = Server::start(&args);
+    let id = s.dev_id;
+    let fio = Command::new("fio")
+        .args([
+            "--name=hang",
+            &format!("--filename={}", s.bdev()),
+            "--direct=1",
+            "--ioengine=io_uring",
+            "--iodepth=4",
+            "--rw=randread",
+            "--bs=4k",
+            "--time_based",
+            "--runtime=60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fio");
+    let mut fio = KillOnDrop(fio);
+    let t0 = Instant::now();
+    let held = loop {
+        let (h, b) = read_tags(id);
+        let sl = slot(&h, &b, 0, 1);
+        if sl.fault == 1 || t0.elapsed() > Duration::from_secs(30) {
+            break sl;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(held.fault, 1, "tag 1 never took the hang: {held:?}");
+    assert_eq!(held.slot_state(), Some(SlotState::InServer), "{held:?}");
+    let threads = threads_of(s.pid());
+    assert_eq!(Some(&held.tid), threads.get("ublk-q0d1"), "{threads:?}");
+    // Daemon 0 (tags 0 and 2) keeps serving while daemon 1 holds tag 1.
+    let (h, b) = read_tags(id);
+    let before = slot(&h, &b, 0, 0).seq + slot(&h, &b, 0, 2).seq;
+    std::thread::sleep(Duration::from_secs(1));
+    let (h, b) = read_tags(id);
+    let after = slot(&h, &b, 0, 0).seq + slot(&h, &b, 0, 2).seq;
+    assert!(
+        after > before,
+        "daemon 0 stopped serving: {before} -> {after}"
+    );
+    assert_eq!(
+        slot(&h, &b, 0, 1).received_ns,
+        held.received_ns,
+        "tag 1 took another request"
+    );
+    s.signal(libc::SIGKILL);
+    let st =
+        wait_timeout(&mut fio.0, Duration::from_secs(60)).expect("fio still stuck after SIGKILL");
+    assert!(
+        !st.success(),
+        "the held read must fail once the server is gone"
+    );
+    assert!(server_cmd(&["del", &id.to_string()]).status.success());
+    assert_no_d_state();
+    drop(s);
+}
