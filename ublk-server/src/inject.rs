@@ -108,6 +108,19 @@ impl Fault {
         }
     }
 
+    /// Whether the fault can act on a UBLK_F_BATCH_IO device. The once-only commit faults
+    /// send per-tag COMMIT_AND_FETCH_REQs, which a batch device refuses (EOPNOTSUPP), so they
+    /// would not show the bug they are named after.
+    pub fn works_in_batch_mode(&self) -> bool {
+        !matches!(
+            self,
+            Self::WrongTag { .. }
+                | Self::DoubleCommit { .. }
+                | Self::WrongThread { .. }
+                | Self::NoSubmit { .. }
+        )
+    }
+
     pub fn parse(spec: &str) -> Result<Self, ParseError> {
         let err = |why: String| ParseError {
             spec: spec.to_string(),

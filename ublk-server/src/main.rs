@@ -108,6 +108,11 @@ enum Cmd {
         /// tag of the queue (UBLK_F_PER_IO_DAEMON, Linux 6.16+; refused on older kernels).
         #[arg(long)]
         per_io_daemon: bool,
+        /// Per-queue batch commands: one PREP_IO_CMDS, multishot FETCH_IO_CMDS and one
+        /// COMMIT_IO_CMDS per pass instead of a command per tag (UBLK_F_BATCH_IO, Linux 7.0+;
+        /// refused on older kernels).
+        #[arg(long, conflicts_with = "per_io_daemon")]
+        batch_io: bool,
         /// Threads per queue with --per-io-daemon (at most --depth: each owns a tag at least).
         #[arg(long, value_name = "N", default_value_t = 2, requires = "per_io_daemon",
               value_parser = clap::value_parser!(u16).range(1..))]
@@ -201,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_tag_state,
             per_io_daemon,
             threads_per_queue,
+            batch_io,
         } => {
             let target = match target {
                 TargetKind::Null => TargetSpec::Null {
@@ -218,6 +224,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 IoMode::PerIoDaemon {
                     threads: threads_per_queue,
                 }
+            } else if batch_io {
+                IoMode::Batch
             } else {
                 IoMode::PerTag
             };

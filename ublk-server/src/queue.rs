@@ -27,6 +27,7 @@ use io_uring::{IoUring, opcode, squeue, types};
 use ublk_abi::*;
 use ublk_trace_common::tagstate::{SlotState, TagSlotAtomic};
 
+use crate::batch::{Batch, NR_FETCH};
 use crate::error::{Error, Result};
 use crate::inject::{FaultKind, QueueFaults};
 use crate::tagstate::{SlotWriter, TagStateFile};
@@ -148,13 +149,15 @@ pub enum IoMode {
     PerTag,
     /// UBLK_F_PER_IO_DAEMON: `threads` threads per queue, each with its own ring and tags.
     PerIoDaemon { threads: u16 },
+    /// UBLK_F_BATCH_IO: one thread per queue sends PREP/COMMIT/FETCH_IO_CMDS (see [`crate::batch`]).
+    Batch,
 }
 
 impl IoMode {
     /// Threads serving each queue.
     pub fn threads_per_queue(self) -> u16 {
         match self {
-            Self::PerTag => 1,
+            Self::PerTag | Self::Batch => 1,
             Self::PerIoDaemon { threads } => threads,
         }
     }
@@ -164,6 +167,7 @@ impl IoMode {
         match self {
             Self::PerTag => None,
             Self::PerIoDaemon { .. } => Some(UBLK_F_PER_IO_DAEMON),
+            Self::Batch => Some(UBLK_F_BATCH_IO),
         }
     }
 
@@ -172,6 +176,7 @@ impl IoMode {
         match self {
             Self::PerTag => "(per-tag)",
             Self::PerIoDaemon { .. } => "--per-io-daemon",
+            Self::Batch => "--batch-io",
         }
     }
 }
@@ -244,13 +249,20 @@ impl Sched {
 }
 
 /// A read-only or read-write anonymous/device mapping released on drop.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
+pub(crate) struct Mapping {
+    pub(crate) ptr: NonNull<u8>,
+    pub(crate) len: usize,
 }
 
 impl Mapping {
-    fn new(len: usize, prot: i32, flags: i32, fd: RawFd, off: u64, what: &str) -> Result<Self> {
+    pub(crate) fn new(
+        len: usize,
+        prot: i32,
+        flags: i32,
+        fd: RawFd,
+        off: u64,
+        what: &str,
+    ) -> Result<Self> {
         let off = libc::off_t::try_from(off)
             .map_err(|_| Error::io(what, std::io::Error::other("offset out of range")))?;
         // SAFETY: a fresh mapping chosen by the kernel; the result is checked for MAP_FAILED.
@@ -304,6 +316,9 @@ pub struct Queue {
     side_ring: Option<IoUring>,
     /// The queue thread's tid (for log lines about foreign threads).
     tid: u32,
+    /// UBLK_F_BATCH_IO devices: the per-queue command state (dropped after `ring`, which
+    /// holds its registered buffer rings).
+    batch: Option<Batch>,
 }
 
 /// A queue's io_uring: SINGLE_ISSUER + DEFER_TASKRUN, created disabled so the queue thread
@@ -363,6 +378,11 @@ impl Queue {
         ring.submitter()
             .register_files(&files)
             .map_err(|e| Error::io("register files with the queue ring", e))?;
+        let batch = if cfg.dev_flags & UBLK_F_BATCH_IO != 0 {
+            Some(Batch::new(&ring, cfg.q_id, cfg.depth)?)
+        } else {
+            None
+        };
         let side_ring = if cfg.faults.has_once(FaultKind::NoSubmit) {
             let side = IoUring::new(8)
                 .map_err(|e| Error::io("create the no-submit fault's second ring", e))?;
@@ -388,6 +408,7 @@ impl Queue {
             released: false,
             side_ring,
             tid: 0,
+            batch,
             cfg,
             ring,
             descs,
@@ -589,6 +610,9 @@ impl Queue {
     }
 
     fn fetch_all(&mut self, tid: u32) -> Result<()> {
+        if self.batch.is_some() {
+            return self.prep_and_fetch(tid);
+        }
         for tag in self.cfg.daemon.tags(self.cfg.depth) {
             if let Some(s) = self.slot(tag) {
                 s.tid.store(tid, Ordering::Relaxed);
@@ -618,8 +642,143 @@ impl Queue {
         Ok(())
     }
 
+    /// UBLK_F_BATCH_IO: one PREP_IO_CMDS readies every tag (but those skip-fetch leaves out),
+    /// then the multishot fetches are armed.
+    fn prep_and_fetch(&mut self, tid: u32) -> Result<()> {
+        let mut tags = Vec::with_capacity(usize::from(self.cfg.depth));
+        for tag in self.cfg.daemon.tags(self.cfg.depth) {
+            if let Some(s) = self.slot(tag) {
+                s.tid.store(tid, Ordering::Relaxed);
+            }
+            if self.cfg.faults.skips_fetch(tag) {
+                if let Some(s) = self.slot(tag) {
+                    s.fault
+                        .store(FaultKind::SkipFetch as u32, Ordering::Relaxed);
+                }
+                continue;
+            }
+            tags.push((tag, self.buf_addr(tag)));
+        }
+        let Some(batch) = self.batch.as_mut() else {
+            return Ok(());
+        };
+        let prep = batch.prep_sqe(&tags, user_data(Kind::Ublk as u8, UBLK_IO_PREP_IO_CMDS, 0));
+        let mut fetches = Vec::with_capacity(NR_FETCH);
+        for i in 0..NR_FETCH {
+            let ud = user_data(Kind::Ublk as u8, UBLK_IO_FETCH_IO_CMDS, i as u16);
+            fetches.extend(batch.arm_fetch_sqe(i, ud));
+        }
+        self.push(&prep)?;
+        for f in &fetches {
+            self.push(f)?;
+        }
+        for &(tag, _) in &tags {
+            if let Some(s) = self.slot(tag) {
+                s.set_waiting();
+            }
+        }
+        self.live_tags = NR_FETCH as u32;
+        self.ring.submit().map_err(|e| {
+            Error::io(
+                format!("{}: submit PREP_IO_CMDS and FETCH_IO_CMDS", self.who()),
+                e,
+            )
+        })?;
+        self.cfg
+            .shared
+            .fetch_sent
+            .fetch_add(tags.len() as u32, Ordering::Relaxed);
+        self.cfg
+            .shared
+            .fetch_submitted
+            .store(true, Ordering::Release);
+        log::debug!(
+            "{}: PREP_IO_CMDS of {} tags and {NR_FETCH} FETCH_IO_CMDS submitted",
+            self.who(),
+            tags.len()
+        );
+        Ok(())
+    }
+
+    /// UBLK_F_BATCH_IO: the results gathered in this pass go to the kernel in one command.
+    fn flush_batch_commit(&mut self) -> Result<()> {
+        let sqe = self.batch.as_mut().and_then(|b| {
+            b.take_commit_sqe(|idx| user_data(Kind::Ublk as u8, UBLK_IO_COMMIT_IO_CMDS, idx))
+        });
+        match sqe {
+            Some(sqe) => self.push(&sqe),
+            None => Ok(()),
+        }
+    }
+
+    /// A CQE of a batch command (`idx`: the commit buffer or fetch command it belongs to).
+    fn on_batch_cqe(&mut self, nr: u32, idx: u16, res: i32, flags: u32) -> Result<()> {
+        let Some(batch) = self.batch.as_mut() else {
+            return Ok(());
+        };
+        match nr {
+            UBLK_IO_PREP_IO_CMDS if res < 0 => Err(Error::io(
+                format!("{}: PREP_IO_CMDS refused by the kernel", self.who()),
+                std::io::Error::from_raw_os_error(-res),
+            )),
+            UBLK_IO_PREP_IO_CMDS => Ok(()),
+            UBLK_IO_COMMIT_IO_CMDS => {
+                let left = batch.on_commit_cqe(idx, res);
+                if !left.is_empty() {
+                    let why = if res < 0 {
+                        std::io::Error::from_raw_os_error(-res).to_string()
+                    } else {
+                        format!("the kernel took {} bytes of elements", res)
+                    };
+                    log::warn!(
+                        "{}: COMMIT_IO_CMDS did not commit tags {left:?} ({why})",
+                        self.who()
+                    );
+                }
+                Ok(())
+            }
+            UBLK_IO_FETCH_IO_CMDS => {
+                let Some(f) = batch.on_fetch_cqe(usize::from(idx), res, flags) else {
+                    return Ok(());
+                };
+                let (addr, count) = f.tags;
+                for i in 0..count {
+                    // SAFETY: [addr, addr + 2 * count) lies in this fetch command's buffer
+                    // (on_fetch_cqe clamps it), which the kernel wrote before posting this CQE
+                    // and does not write again until the buffer is provided anew below.
+                    let tag = unsafe { std::ptr::read_unaligned((addr as *const u16).add(i)) };
+                    if tag >= self.cfg.depth {
+                        log::warn!("{}: FETCH_IO_CMDS delivered tag {tag} >= depth", self.who());
+                        continue;
+                    }
+                    self.on_request(tag)?;
+                }
+                if let Some(err) = f.ended {
+                    self.live_tags = self.live_tags.saturating_sub(1);
+                    log::info!(
+                        "{}: FETCH_IO_CMDS {idx} ended: {}",
+                        self.who(),
+                        std::io::Error::from_raw_os_error(-err)
+                    );
+                } else if f.rearm {
+                    let ud = user_data(Kind::Ublk as u8, UBLK_IO_FETCH_IO_CMDS, idx);
+                    let sqe = self
+                        .batch
+                        .as_mut()
+                        .and_then(|b| b.arm_fetch_sqe(usize::from(idx), ud));
+                    if let Some(sqe) = sqe {
+                        self.push(&sqe)?;
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn serve(&mut self) -> Result<()> {
         loop {
+            self.flush_batch_commit()?;
             // The commits queued in the last pass reach the kernel at the start of this
             // io_uring_enter, before it blocks: publish those tags as waiting now, or the
             // state file would claim "committed, not submitted" for as long as the queue idles.
@@ -659,6 +818,9 @@ impl Queue {
                 };
                 let (kind, nr, tag) = decode_user_data(cqe.user_data());
                 match kind {
+                    Some(Kind::Ublk) if self.batch.is_some() => {
+                        self.on_batch_cqe(nr, tag, cqe.result(), cqe.flags())?
+                    }
                     Some(Kind::Ublk) => self.on_ublk_cqe(nr, tag, cqe.result())?,
                     Some(Kind::Target) => self.finish(tag, cqe.result())?,
                     Some(Kind::Delay) => {
@@ -985,7 +1147,15 @@ impl Queue {
     }
 
     fn commit(&mut self, tag: u16, res: i32) -> Result<()> {
-        self.send_io_cmd(UBLK_IO_COMMIT_AND_FETCH_REQ, tag, res)?;
+        let addr = self.buf_addr(tag);
+        match self.batch.as_mut() {
+            Some(b) => {
+                if b.add_commit(tag, res, addr) {
+                    self.flush_batch_commit()?;
+                }
+            }
+            None => self.send_io_cmd(UBLK_IO_COMMIT_AND_FETCH_REQ, tag, res)?,
+        }
         if let Some(s) = self.slot(tag) {
             s.set_committed(res);
         }

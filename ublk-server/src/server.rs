@@ -113,6 +113,21 @@ pub fn validate(opts: &RunOpts) -> Result<()> {
             opts.depth
         )));
     }
+    if opts.mode == IoMode::Batch {
+        if opts.need_get_data {
+            return Err(Error::Usage(
+                "--need-get-data cannot be used with --batch-io: batch devices have no \
+                 NEED_GET_DATA (the kernel clears it); drop one of the two"
+                    .into(),
+            ));
+        }
+        if let Some(f) = opts.faults.iter().find(|f| !f.works_in_batch_mode()) {
+            return Err(Error::Usage(format!(
+                "--inject {f} cannot be used with --batch-io: it sends a per-tag \
+                 COMMIT_AND_FETCH_REQ, which a batch device refuses; run it without --batch-io"
+            )));
+        }
+    }
     match &opts.target {
         TargetSpec::Null { size } | TargetSpec::Ramdisk { size }
             if *size < 4096 || size % 512 != 0 =>
@@ -897,6 +912,20 @@ mod tests {
             assert!(m.contains("Linux 6.16 or newer"), "{m}");
             assert!(m.contains("run without --per-io-daemon"), "{m}");
         }
+    }
+
+    #[test]
+    fn batch_mode_refuses_what_it_cannot_do() {
+        let mut o = opts(TargetSpec::Null { size: 1 << 20 }, 4);
+        o.mode = IoMode::Batch;
+        o.faults = vec![Fault::parse("hang:q=0,tag=1").expect("spec")];
+        assert!(validate(&o).is_ok(), "a hang is just a missing commit");
+        o.faults = vec![Fault::parse("double-commit").expect("spec")];
+        let e = validate(&o).expect_err("per-tag commit fault");
+        assert!(e.is_usage() && e.to_string().contains("--batch-io"), "{e}");
+        o.faults.clear();
+        o.need_get_data = true;
+        assert!(validate(&o).expect_err("no NEED_GET_DATA").is_usage());
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The newer I/O modes in the guest: `--per-io-daemon` (UBLK_F_PER_IO_DAEMON, 6.16+) serves
-//! fio's crc32c verify on ramdisk and loop with 1 and 2 queues, null I/O completes, every tag's
-//! slot in the tag-state file names the thread that owns it, and a hang fault holds a tag of
-//! one daemon while the others serve. On a kernel without the feature each test checks the
-//! refusal instead: exit 2, the feature and the first release named, no device left.
+//! The newer I/O modes in the guest: `--per-io-daemon` (UBLK_F_PER_IO_DAEMON, 6.16+) and
+//! `--batch-io` (UBLK_F_BATCH_IO, 7.0+) each serve fio's crc32c verify on ramdisk and loop
+//! with 1 and 2 queues, null I/O completes, every tag's slot in the tag-state file names the
+//! thread that owns it, and a hang fault holds one tag while the others serve. On a kernel
+//! without the feature each test checks the refusal instead: exit 2, the feature and the first
+//! release named, no device left.
 //!
 //! Named `smoke_*` so that `cargo xtask test` runs them on its 6.18 and 7.x boots too.
 
@@ -75,17 +76,27 @@ fn slot(h: &TagStateHeader, b: &[u8], q: u16, tag: u16) -> TagSlot {
     TagSlot::decode(&b[off..off + SLOT_BYTES]).expect("slot")
 }
 
-/// Every tag's slot names its owner `ublk-q{q}d{tag % n}`, a live thread of the server, and
+/// The thread that owns (q, tag) with `n` per-io daemons per queue (`n == 0`: one thread per
+/// queue).
+fn owner_name(q: u16, tag: u16, n: u16) -> String {
+    if n == 0 {
+        format!("ublk-q{q}")
+    } else {
+        format!("ublk-q{q}d{}", tag % n)
+    }
+}
+
+/// Every tag's slot names its owner (see [`owner_name`]), a live thread of the server, and
 /// each daemon of a queue that saw I/O served some of it. Returns the requests served.
 fn assert_tags_name_their_daemon(s: &Server, n: u16) -> u64 {
     let threads = threads_of(s.pid());
     let (h, b) = read_tags(s.dev_id);
     let mut total = 0;
     for q in 0..h.nr_queues {
-        let mut served = vec![0u64; usize::from(n)];
+        let mut served = vec![0u64; usize::from(n.max(1))];
         for tag in 0..h.queue_depth {
-            let d = tag % n;
-            let name = format!("ublk-q{q}d{d}");
+            let d = tag % n.max(1);
+            let name = owner_name(q, tag, n);
             let tid = *threads
                 .get(&name)
                 .unwrap_or_else(|| panic!("no thread {name} in {threads:?}"));
@@ -105,17 +116,9 @@ fn assert_tags_name_their_daemon(s: &Server, n: u16) -> u64 {
     total
 }
 
-/// fio crc32c verify with 2 daemons per queue, on ramdisk and loop, 1 and 2 queues; then null.
-#[test]
-#[ignore = "needs ublk guest"]
-fn smoke_per_io_daemon_fio_verify() {
-    let mode = ["--per-io-daemon", "--threads-per-queue", "2"];
-    if !kernel_has("PER_IO_DAEMON") {
-        let mut args = vec!["null"];
-        args.extend(mode);
-        assert_refused(&args, "UBLK_F_PER_IO_DAEMON", "6.16", "--per-io-daemon");
-        return;
-    }
+/// fio crc32c verify on ramdisk and loop with 1 and 2 queues, the tag owners checked after
+/// each, then a null run that completes. `daemons`: per-io daemons per queue (0: one thread).
+fn verify_mode(mode: &[&str], daemons: u16) {
     let f = loop_file("ublk-test-modes.img", 16 << 20);
     for target in [&["ramdisk", "--size", "16M"][..], &["loop", "--file", &f]] {
         for queues in ["1", "2"] {
@@ -124,7 +127,7 @@ fn smoke_per_io_daemon_fio_verify() {
             args.extend(mode);
             let s = Server::start(&args);
             fio_verify(&s.bdev(), 64);
-            let served = assert_tags_name_their_daemon(&s, 2);
+            let served = assert_tags_name_their_daemon(&s, daemons);
             assert!(served > 0, "{args:?}: no request in the tag state");
             let st = s.stop();
             assert!(st.success(), "server exit {st:?} for {args:?}");
@@ -144,27 +147,45 @@ fn smoke_per_io_daemon_fio_verify() {
     assert!(s.stop().success());
 }
 
-/// `hang:q=0,tag=1` with two daemons: tag 1 belongs to daemon 1, and its slot says so while
-/// daemon 0's tags keep serving; SIGKILL fails the held read and `del` cleans up.
+/// fio crc32c verify with 2 daemons per queue, on ramdisk and loop, 1 and 2 queues; then null.
 #[test]
 #[ignore = "needs ublk guest"]
-fn smoke_per_io_daemon_hang_holds_one_daemons_tag() {
-    let args = [
-        "ramdisk",
-        "--size",
-        "16M",
-        "--depth",
-        "4",
-        "--per-io-daemon",
-        "--threads-per-queue",
-        "2",
-        "--inject",
-        "hang:q=0,tag=1",
-    ];
+fn smoke_per_io_daemon_fio_verify() {
+    let mode = ["--per-io-daemon", "--threads-per-queue", "2"];
     if !kernel_has("PER_IO_DAEMON") {
+        let mut args = vec!["null"];
+        args.extend(mode);
         assert_refused(&args, "UBLK_F_PER_IO_DAEMON", "6.16", "--per-io-daemon");
         return;
     }
+    verify_mode(&mode, 2);
+}
+
+/// fio crc32c verify with PREP/FETCH/COMMIT_IO_CMDS (a batch device refuses the per-tag
+/// commands, so data read back intact is the batch path at work), ramdisk and loop, 1 and 2
+/// queues; then null.
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_batch_io_fio_verify() {
+    if !kernel_has("BATCH_IO") {
+        assert_refused(
+            &["null", "--batch-io"],
+            "UBLK_F_BATCH_IO",
+            "7.0",
+            "--batch-io",
+        );
+        return;
+    }
+    verify_mode(&["--batch-io"], 0);
+}
+
+/// `hang:q=0,tag=1` under `mode`: the tag's slot names its owner thread `owner` and stays in
+/// the server while tags 0 and 2 keep serving; SIGKILL fails the held read and `del` cleans
+/// up.
+fn hang_holds_one_tag(mode: &[&str], owner: &str) {
+    let mut args = vec!["ramdisk", "--size", "16M", "--depth", "4"];
+    args.extend(mode);
+    args.extend(["--inject", "hang:q=0,tag=1"]);
     let s = Server::start(&args);
     let id = s.dev_id;
     let fio = Command::new("fio")
@@ -196,8 +217,8 @@ fn smoke_per_io_daemon_hang_holds_one_daemons_tag() {
     assert_eq!(held.fault, 1, "tag 1 never took the hang: {held:?}");
     assert_eq!(held.slot_state(), Some(SlotState::InServer), "{held:?}");
     let threads = threads_of(s.pid());
-    assert_eq!(Some(&held.tid), threads.get("ublk-q0d1"), "{threads:?}");
-    // Daemon 0 (tags 0 and 2) keeps serving while daemon 1 holds tag 1.
+    assert_eq!(Some(&held.tid), threads.get(owner), "{threads:?}");
+    // Tags 0 and 2 keep serving while tag 1 is held.
     let (h, b) = read_tags(id);
     let before = slot(&h, &b, 0, 0).seq + slot(&h, &b, 0, 2).seq;
     std::thread::sleep(Duration::from_secs(1));
@@ -205,7 +226,7 @@ fn smoke_per_io_daemon_hang_holds_one_daemons_tag() {
     let after = slot(&h, &b, 0, 0).seq + slot(&h, &b, 0, 2).seq;
     assert!(
         after > before,
-        "daemon 0 stopped serving: {before} -> {after}"
+        "the other tags stopped serving: {before} -> {after}"
     );
     assert_eq!(
         slot(&h, &b, 0, 1).received_ns,
@@ -222,4 +243,34 @@ fn smoke_per_io_daemon_hang_holds_one_daemons_tag() {
     assert!(server_cmd(&["del", &id.to_string()]).status.success());
     assert_no_d_state();
     drop(s);
+}
+
+/// With two daemons tag 1 belongs to daemon 1; daemon 0 (tags 0 and 2) keeps serving.
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_per_io_daemon_hang_holds_one_daemons_tag() {
+    let mode = ["--per-io-daemon", "--threads-per-queue", "2"];
+    if !kernel_has("PER_IO_DAEMON") {
+        let mut args = vec!["ramdisk"];
+        args.extend(mode);
+        assert_refused(&args, "UBLK_F_PER_IO_DAEMON", "6.16", "--per-io-daemon");
+        return;
+    }
+    hang_holds_one_tag(&mode, "ublk-q0d1");
+}
+
+/// In batch mode a held tag is one left out of every COMMIT_IO_CMDS.
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_batch_io_hang_holds_one_tag() {
+    if !kernel_has("BATCH_IO") {
+        assert_refused(
+            &["ramdisk", "--batch-io"],
+            "UBLK_F_BATCH_IO",
+            "7.0",
+            "--batch-io",
+        );
+        return;
+    }
+    hang_holds_one_tag(&["--batch-io"], "ublk-q0");
 }
