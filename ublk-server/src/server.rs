@@ -113,6 +113,21 @@ pub fn validate(opts: &RunOpts) -> Result<()> {
             opts.depth
         )));
     }
+    for f in &opts.faults {
+        if let Fault::StallQueue {
+            daemon: Some(d), ..
+        } = f
+        {
+            let why = match opts.mode {
+                IoMode::PerIoDaemon { .. } if *d < threads => continue,
+                IoMode::PerIoDaemon { .. } => {
+                    format!("there are {threads} threads per queue (0..{threads})")
+                }
+                _ => "daemons exist only with --per-io-daemon".to_string(),
+            };
+            return Err(Error::Usage(format!("--inject {f}: no daemon {d}: {why}")));
+        }
+    }
     if opts.mode == IoMode::Batch {
         if opts.need_get_data {
             return Err(Error::Usage(
@@ -938,6 +953,16 @@ mod tests {
         assert!(e.to_string().contains("--threads-per-queue 5"), "{e}");
         o.mode = IoMode::PerIoDaemon { threads: 0 };
         assert!(validate(&o).is_err());
+        o.mode = IoMode::PerIoDaemon { threads: 2 };
+        o.faults = vec![Fault::parse("stall-queue:q=0,after=1,daemon=1").expect("spec")];
+        assert!(validate(&o).is_ok());
+        o.faults = vec![Fault::parse("stall-queue:q=0,after=1,daemon=2").expect("spec")];
+        let e = validate(&o).expect_err("daemon 2 of 2");
+        assert!(e.to_string().contains("no daemon 2"), "{e}");
+        o.mode = IoMode::PerTag;
+        o.faults = vec![Fault::parse("stall-queue:q=0,after=1,daemon=0").expect("spec")];
+        let e = validate(&o).expect_err("a daemon without --per-io-daemon");
+        assert!(e.to_string().contains("--per-io-daemon"), "{e}");
     }
 
     #[test]
