@@ -557,13 +557,13 @@ pub fn require_feature(features: u64, flag: u64, option: &str) -> Result<()> {
         .unwrap_or_else(|| "a newer kernel".into());
     let running = kernel_release().map_or(String::new(), |r| format!(" ({r})"));
     let answer = if features == 0 {
-        "answers no GET_FEATURES".to_string()
+        "it answers no GET_FEATURES"
     } else {
-        format!("lists no UBLK_F_{name} in GET_FEATURES")
+        "its GET_FEATURES does not list it"
     };
     Err(Error::Usage(format!(
-        "{option} needs UBLK_F_{name}, which this kernel{running} {answer}; boot {since}, \
-         or run without {option}"
+        "{option} needs UBLK_F_{name}, which this kernel{running} does not offer ({answer}); \
+         boot {since}, or run without {option}"
     )))
 }
 
