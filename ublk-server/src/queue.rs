@@ -2,7 +2,8 @@
 //! classic one thread per queue), or with UBLK_F_PER_IO_DAEMON (6.16+) every `count`-th tag
 //! (see [`Daemon`]), while the queue's other tags belong to sibling threads with rings of their
 //! own. The kernel binds each tag to the thread that sent its FETCH_REQ and delivers and
-//! accepts that tag's commands only there.
+//! accepts that tag's commands only there. With UBLK_F_BATCH_IO (7.0+) the one thread of a
+//! queue speaks per-queue commands instead ([`crate::batch`]); serving a request is the same.
 //!
 //! Protocol (per tag): FETCH_REQ once at start; each CQE with UBLK_IO_RES_OK means the tag's
 //! io descriptor (read-only mmap of /dev/ublkcN) holds a request; the server serves it and sends
@@ -15,7 +16,8 @@
 //!
 //! user_data layout (same as libublk, so fdinfo dumps read alike): bits 0-15 tag, bits 16-23
 //! the ublk command number (0x20 FETCH, 0x21 COMMIT_AND_FETCH, 0x22 NEED_GET_DATA), bits 32-39
-//! the kind of completion ([`Kind`]).
+//! the kind of completion ([`Kind`]). Batch commands (0x25 PREP, 0x26 COMMIT, 0x27 FETCH_IO_CMDS)
+//! carry the index of their commit buffer or fetch command in bits 0-15 instead of a tag.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
@@ -366,7 +368,7 @@ impl Queue {
             "map I/O buffers",
         )?;
         // Per tag at most one ublk command plus one backend op or delay timeout, plus the
-        // stop poll.
+        // stop poll. (Batch mode needs fewer: one PREP, two FETCHes and the commits of a pass.)
         let own = u32::from(cfg.daemon.nr_tags(cfg.depth));
         let entries = (2 * own + 2).next_power_of_two();
         let ring = queue_ring(entries)
