@@ -667,7 +667,7 @@ fn summarize(samples: &[Sample]) -> Vec<Summary> {
 
 fn print_table(rows: &[Summary]) {
     println!(
-        "{:<13} {:<20} {:<15} {:>9} {:>17} {:>8} {:>9} {:>7} {:>7} {:>7} {:>17}",
+        "{:<13} {:<26} {:<15} {:>9} {:>17} {:>8} {:>9} {:>7} {:>7} {:>7} {:>17}",
         "layout",
         "config",
         "job",
@@ -683,7 +683,7 @@ fn print_table(rows: &[Summary]) {
     let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
     for r in rows {
         println!(
-            "{:<13} {:<20} {:<15} {:>9.0} {:>17} {:>8.0} {:>9} {:>7} {:>7} {:>7} {:>17}",
+            "{:<13} {:<26} {:<15} {:>9.0} {:>17} {:>8.0} {:>9} {:>7} {:>7} {:>7} {:>17}",
             r.layout,
             r.config,
             r.job,
