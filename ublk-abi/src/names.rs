@@ -108,6 +108,18 @@ pub fn feature_names(flags: u64) -> impl Iterator<Item = &'static str> {
         .map(|(_, name)| *name)
 }
 
+/// The first Linux release whose ublk driver offers `flag`, for the features whose absence a
+/// server reports by name (`None`: not recorded here). From the kernel's history of
+/// include/uapi/linux/ublk_cmd.h: PER_IO_DAEMON came with 6.16 (commit "ublk: have a per-io
+/// daemon instead of a per-queue daemon"), BATCH_IO with 7.0.
+pub const fn feature_first_release(flag: u64) -> Option<&'static str> {
+    match flag {
+        UBLK_F_PER_IO_DAEMON => Some("6.16"),
+        UBLK_F_BATCH_IO => Some("7.0"),
+        _ => None,
+    }
+}
+
 /// The bits of `flags` that no `UBLK_F_*` constant here names (a newer kernel's features).
 pub const fn unknown_features(flags: u64) -> u64 {
     let mut known = 0u64;

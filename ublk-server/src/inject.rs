@@ -17,7 +17,10 @@ fault specs (--inject, repeatable):
   bad-desc                      read io descriptors with a 16-byte stride (wrong struct size)
   skip-fetch:q=Q[,tags=N]       never send FETCH_REQ for the first N tags of queue Q (all if no N)
   no-start-wait                 submit START_DEV and never reap its completion
-  stall-queue:q=Q,after=N       queue Q's thread stops entering io_uring after N requests
+  stall-queue:q=Q,after=N[,daemon=K]
+                                queue Q's thread stops entering io_uring after N requests
+                                (with --per-io-daemon: each of its threads after N of its own,
+                                or only daemon K, the owner of tags K, K+n, ...)
   crash:after=N                 abort the process after N requests
   wrong-tag[:q=Q,tag=T]         commit tag (T+1) mod depth instead of T (once; first request if no T)
   double-commit[:q=Q,tag=T]     commit a request twice (once; first request if no T)
@@ -56,20 +59,56 @@ impl FaultKind {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Fault {
-    Hang { q_id: u16, tag: u16, after: u64 },
-    Delay { ms: u32, p: f64, q_id: Option<u16> },
-    Error { errno: i32, p: f64 },
-    ZeroCommit { p: f64 },
+    Hang {
+        q_id: u16,
+        tag: u16,
+        after: u64,
+    },
+    Delay {
+        ms: u32,
+        p: f64,
+        q_id: Option<u16>,
+    },
+    Error {
+        errno: i32,
+        p: f64,
+    },
+    ZeroCommit {
+        p: f64,
+    },
     BadDesc,
-    SkipFetch { q_id: u16, tags: Option<u16> },
+    SkipFetch {
+        q_id: u16,
+        tags: Option<u16>,
+    },
     NoStartWait,
-    StallQueue { q_id: u16, after: u64 },
-    Crash { after: u64 },
-    WrongTag { q_id: u16, tag: Option<u16> },
-    DoubleCommit { q_id: u16, tag: Option<u16> },
-    WrongThread { q_id: u16 },
-    NoSubmit { q_id: u16, tag: Option<u16> },
-    NoReap { q_id: u16 },
+    StallQueue {
+        q_id: u16,
+        after: u64,
+        /// Only this per-io daemon of the queue (`None`: every thread of it).
+        daemon: Option<u16>,
+    },
+    Crash {
+        after: u64,
+    },
+    WrongTag {
+        q_id: u16,
+        tag: Option<u16>,
+    },
+    DoubleCommit {
+        q_id: u16,
+        tag: Option<u16>,
+    },
+    WrongThread {
+        q_id: u16,
+    },
+    NoSubmit {
+        q_id: u16,
+        tag: Option<u16>,
+    },
+    NoReap {
+        q_id: u16,
+    },
     StartGate,
 }
 
@@ -106,6 +145,19 @@ impl Fault {
             Self::NoReap { .. } => FaultKind::NoReap,
             Self::StartGate => FaultKind::StartGate,
         }
+    }
+
+    /// Whether the fault can act on a UBLK_F_BATCH_IO device. The once-only commit faults
+    /// send per-tag COMMIT_AND_FETCH_REQs, which a batch device refuses (EOPNOTSUPP), so they
+    /// would not show the bug they are named after.
+    pub fn works_in_batch_mode(&self) -> bool {
+        !matches!(
+            self,
+            Self::WrongTag { .. }
+                | Self::DoubleCommit { .. }
+                | Self::WrongThread { .. }
+                | Self::NoSubmit { .. }
+        )
     }
 
     pub fn parse(spec: &str) -> Result<Self, ParseError> {
@@ -150,6 +202,7 @@ impl Fault {
             "stall-queue" => Self::StallQueue {
                 q_id: kv.req("q").map_err(err)?,
                 after: kv.req("after").map_err(err)?,
+                daemon: kv.opt("daemon").map_err(err)?,
             },
             "crash" => Self::Crash {
                 after: kv.req("after").map_err(err)?,
@@ -241,7 +294,14 @@ impl fmt::Display for Fault {
                 tags.map_or(Ok(()), |t| write!(f, ",tags={t}"))
             }
             Self::NoStartWait => write!(f, "no-start-wait"),
-            Self::StallQueue { q_id, after } => write!(f, "stall-queue:q={q_id},after={after}"),
+            Self::StallQueue {
+                q_id,
+                after,
+                daemon,
+            } => {
+                write!(f, "stall-queue:q={q_id},after={after}")?;
+                daemon.map_or(Ok(()), |d| write!(f, ",daemon={d}"))
+            }
             Self::Crash { after } => write!(f, "crash:after={after}"),
             Self::WrongTag { q_id, tag } => {
                 write!(f, "wrong-tag:q={q_id}")?;
@@ -356,7 +416,11 @@ impl QueueFaults {
                 Fault::SkipFetch { q_id: q, tags } if q == q_id => {
                     qf.skip_fetch = Some(tags.unwrap_or(depth).min(depth))
                 }
-                Fault::StallQueue { q_id: q, after } if q == q_id => qf.stall_after = Some(after),
+                Fault::StallQueue {
+                    q_id: q,
+                    after,
+                    daemon: None,
+                } if q == q_id => qf.stall_after = Some(after),
                 Fault::Crash { after } => qf.crash_after = Some(after),
                 Fault::WrongTag { q_id: q, tag }
                 | Fault::DoubleCommit { q_id: q, tag }
@@ -371,6 +435,35 @@ impl QueueFaults {
                 Fault::NoReap { q_id: q } if q == q_id => qf.no_reap = true,
                 Fault::StartGate => qf.start_gate = true,
                 _ => {}
+            }
+        }
+        qf
+    }
+
+    /// The faults of one per-io daemon: those of its queue, with each once-only fault kept by
+    /// the one thread that can fire it (the owner of its tag; daemon 0 when it names none), so
+    /// a fault meant to act once does not act once per thread.
+    pub fn for_daemon(
+        faults: &[Fault],
+        q_id: u16,
+        daemon: crate::queue::Daemon,
+        depth: u16,
+        seed: u64,
+    ) -> Self {
+        let mut qf = Self::for_queue(faults, q_id, depth, seed);
+        qf.once
+            .retain(|&(_, tag, _)| tag.map_or(daemon.index == 0, |t| daemon.owns(t)));
+        qf.hang.retain(|&(tag, _)| daemon.owns(tag));
+        for f in faults {
+            if let Fault::StallQueue {
+                q_id: q,
+                after,
+                daemon: Some(d),
+            } = *f
+                && q == q_id
+                && d == daemon.index
+            {
+                qf.stall_after = Some(after);
             }
         }
         qf
@@ -461,6 +554,33 @@ pub fn fault_mask(faults: &[Fault]) -> u64 {
 mod tests {
     use super::*;
 
+    /// With per-io daemons a once-only fault stays once: only the owner of its tag (or daemon 0
+    /// when it names none) keeps it, and a hang lives in the thread that owns the tag.
+    #[test]
+    fn per_io_daemons_split_the_faults_of_their_queue() {
+        use crate::queue::Daemon;
+        let faults = [
+            Fault::parse("double-commit:q=0,tag=3").expect("spec"),
+            Fault::parse("wrong-thread:q=0").expect("spec"),
+            Fault::parse("hang:q=0,tag=1").expect("spec"),
+            Fault::parse("delay:ms=5,q=0").expect("spec"),
+            Fault::parse("stall-queue:q=0,after=3,daemon=1").expect("spec"),
+        ];
+        let d = |index| QueueFaults::for_daemon(&faults, 0, Daemon { index, count: 2 }, 8, 1);
+        let (d0, d1) = (d(0), d(1));
+        assert_eq!(d0.once, vec![(FaultKind::WrongThread, None, false)]);
+        assert_eq!(d1.once, vec![(FaultKind::DoubleCommit, Some(3), false)]);
+        assert!(d0.hang.is_empty());
+        assert_eq!(d1.hang, vec![(1, 0)]);
+        assert_eq!(d0.delay, Some((5, 1.0)));
+        assert_eq!(d1.delay, Some((5, 1.0)));
+        assert_eq!(d0.stall_after, None, "the stall names daemon 1");
+        assert_eq!(d1.stall_after, Some(3));
+        let whole = QueueFaults::for_daemon(&faults, 0, Daemon::WHOLE_QUEUE, 8, 1);
+        assert_eq!(whole.once.len(), 2);
+        assert_eq!(whole.hang, vec![(1, 0)]);
+    }
+
     #[test]
     fn parses_every_fault() {
         assert_eq!(
@@ -519,7 +639,16 @@ mod tests {
             Fault::parse("stall-queue:q=0,after=100"),
             Ok(Fault::StallQueue {
                 q_id: 0,
-                after: 100
+                after: 100,
+                daemon: None
+            })
+        );
+        assert_eq!(
+            Fault::parse("stall-queue:q=1,after=0,daemon=1"),
+            Ok(Fault::StallQueue {
+                q_id: 1,
+                after: 0,
+                daemon: Some(1)
             })
         );
         assert_eq!(Fault::parse("crash:after=7"), Ok(Fault::Crash { after: 7 }));
@@ -532,6 +661,7 @@ mod tests {
             "delay:ms=5,p=1,q=2",
             "skip-fetch:q=1,tags=4",
             "crash:after=1",
+            "stall-queue:q=0,after=5,daemon=1",
         ] {
             let f = Fault::parse(s).expect("valid spec");
             assert_eq!(Fault::parse(&f.to_string()), Ok(f));

@@ -2,10 +2,12 @@
 //! `ublk-trace`, and fault injection to reproduce broken servers on purpose.
 //!
 //! Modules: [`ctrl`] (/dev/ublk-control), [`queue`] (one thread + io_uring per queue),
+//! [`batch`] (UBLK_F_BATCH_IO's per-queue commands),
 //! [`target`] (what a request does), [`tagstate`] (the published state file), [`inject`]
 //! (faults), [`server`] (bring-up and teardown order), [`admin`] (list/info/del/features).
 
 pub mod admin;
+pub mod batch;
 pub mod ctrl;
 pub mod error;
 pub mod inject;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use ublk_server::ctrl::Ctrl;
 use ublk_server::inject::Fault;
-use ublk_server::queue::Sched;
+use ublk_server::queue::{IoMode, Sched};
 use ublk_server::server::{self, RunOpts, TargetSpec};
 use ublk_server::{Error, admin};
 use ublk_trace_common::logging::{self, Prefix};
@@ -104,6 +104,19 @@ enum Cmd {
         /// with a server that is not ours (the tracer's own tests use this).
         #[arg(long)]
         no_tag_state: bool,
+        /// Serve each queue with several threads, each with its own io_uring and every N-th
+        /// tag of the queue (UBLK_F_PER_IO_DAEMON, Linux 6.16+; refused on older kernels).
+        #[arg(long)]
+        per_io_daemon: bool,
+        /// Per-queue batch commands: one PREP_IO_CMDS, multishot FETCH_IO_CMDS and one
+        /// COMMIT_IO_CMDS per pass instead of a command per tag (UBLK_F_BATCH_IO, Linux 7.0+;
+        /// refused on older kernels).
+        #[arg(long, conflicts_with = "per_io_daemon")]
+        batch_io: bool,
+        /// Threads per queue with --per-io-daemon (at most --depth: each owns a tag at least).
+        #[arg(long, value_name = "N", default_value_t = 2, requires = "per_io_daemon",
+              value_parser = clap::value_parser!(u16).range(1..))]
+        threads_per_queue: u16,
     },
     /// List devices.
     #[command(after_help = EXIT_STATUS)]
@@ -191,6 +204,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             start_timeout_ms,
             sched,
             no_tag_state,
+            per_io_daemon,
+            threads_per_queue,
+            batch_io,
         } => {
             let target = match target {
                 TargetKind::Null => TargetSpec::Null {
@@ -204,6 +220,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     direct,
                 },
             };
+            let mode = if per_io_daemon {
+                IoMode::PerIoDaemon {
+                    threads: threads_per_queue,
+                }
+            } else if batch_io {
+                IoMode::Batch
+            } else {
+                IoMode::PerTag
+            };
             let opts = RunOpts {
                 target,
                 queues,
@@ -214,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 faults: parse_faults(&inject)?,
                 start_timeout: Duration::from_millis(start_timeout_ms),
                 sched,
+                mode,
                 tag_state: !no_tag_state,
             };
             server::run(opts)?;

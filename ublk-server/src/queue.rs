@@ -1,4 +1,9 @@
-//! One queue: one thread, one io_uring, `depth` tags.
+//! One queue thread: one io_uring serving the tags it owns — every tag of its queue (the
+//! classic one thread per queue), or with UBLK_F_PER_IO_DAEMON (6.16+) every `count`-th tag
+//! (see [`Daemon`]), while the queue's other tags belong to sibling threads with rings of their
+//! own. The kernel binds each tag to the thread that sent its FETCH_REQ and delivers and
+//! accepts that tag's commands only there. With UBLK_F_BATCH_IO (7.0+) the one thread of a
+//! queue speaks per-queue commands instead ([`crate::batch`]); serving a request is the same.
 //!
 //! Protocol (per tag): FETCH_REQ once at start; each CQE with UBLK_IO_RES_OK means the tag's
 //! io descriptor (read-only mmap of /dev/ublkcN) holds a request; the server serves it and sends
@@ -11,7 +16,8 @@
 //!
 //! user_data layout (same as libublk, so fdinfo dumps read alike): bits 0-15 tag, bits 16-23
 //! the ublk command number (0x20 FETCH, 0x21 COMMIT_AND_FETCH, 0x22 NEED_GET_DATA), bits 32-39
-//! the kind of completion ([`Kind`]).
+//! the kind of completion ([`Kind`]). Batch commands (0x25 PREP, 0x26 COMMIT, 0x27 FETCH_IO_CMDS)
+//! carry the index of their commit buffer or fetch command in bits 0-15 instead of a tag.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
@@ -23,6 +29,7 @@ use io_uring::{IoUring, opcode, squeue, types};
 use ublk_abi::*;
 use ublk_trace_common::tagstate::{SlotState, TagSlotAtomic};
 
+use crate::batch::{Batch, NR_FETCH};
 use crate::error::{Error, Result};
 use crate::inject::{FaultKind, QueueFaults};
 use crate::tagstate::{SlotWriter, TagStateFile};
@@ -98,8 +105,88 @@ pub struct QueueShared {
     pub started: AtomicBool,
 }
 
+/// Which tags of its queue a thread owns: `index`, `index + count`, `index + 2 * count`, ...
+/// Interleaved rather than contiguous: blk-mq hands out tags in order, so below full depth the
+/// busy tags are a moving window that contiguous ranges would leave to one thread at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Daemon {
+    pub index: u16,
+    pub count: u16,
+}
+
+impl Daemon {
+    /// The one thread of a queue in the classic mode.
+    pub const WHOLE_QUEUE: Daemon = Daemon { index: 0, count: 1 };
+
+    pub fn owns(self, tag: u16) -> bool {
+        tag % self.count.max(1) == self.index
+    }
+
+    /// The tags of a `depth`-deep queue this thread owns, in order.
+    pub fn tags(self, depth: u16) -> impl Iterator<Item = u16> {
+        (self.index..depth).step_by(usize::from(self.count.max(1)))
+    }
+
+    /// How many of a `depth`-deep queue's tags this thread owns.
+    pub fn nr_tags(self, depth: u16) -> u16 {
+        self.tags(depth).count() as u16
+    }
+
+    /// Thread name: `ublk-q0` for a whole queue, `ublk-q0d1` for daemon 1 of queue 0.
+    pub fn thread_name(self, q_id: u16) -> String {
+        if self == Self::WHOLE_QUEUE {
+            format!("ublk-q{q_id}")
+        } else {
+            format!("ublk-q{q_id}d{}", self.index)
+        }
+    }
+}
+
+/// How the server talks to the kernel about I/O.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoMode {
+    /// One thread per queue sends FETCH_REQ / COMMIT_AND_FETCH_REQ for each tag.
+    #[default]
+    PerTag,
+    /// UBLK_F_PER_IO_DAEMON: `threads` threads per queue, each with its own ring and tags.
+    PerIoDaemon { threads: u16 },
+    /// UBLK_F_BATCH_IO: one thread per queue sends PREP/COMMIT/FETCH_IO_CMDS (see [`crate::batch`]).
+    Batch,
+}
+
+impl IoMode {
+    /// Threads serving each queue.
+    pub fn threads_per_queue(self) -> u16 {
+        match self {
+            Self::PerTag | Self::Batch => 1,
+            Self::PerIoDaemon { threads } => threads,
+        }
+    }
+
+    /// The device feature the mode needs from the kernel.
+    pub fn needs(self) -> Option<u64> {
+        match self {
+            Self::PerTag => None,
+            Self::PerIoDaemon { .. } => Some(UBLK_F_PER_IO_DAEMON),
+            Self::Batch => Some(UBLK_F_BATCH_IO),
+        }
+    }
+
+    /// The command-line flag that selects the mode (for messages).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::PerTag => "(per-tag)",
+            Self::PerIoDaemon { .. } => "--per-io-daemon",
+            Self::Batch => "--batch-io",
+        }
+    }
+}
+
 pub struct QueueConfig {
     pub dev_id: u32,
+    /// The tags this thread owns.
+    pub daemon: Daemon,
     /// The queue thread's scheduling policy.
     pub sched: Sched,
     pub q_id: u16,
@@ -164,13 +251,20 @@ impl Sched {
 }
 
 /// A read-only or read-write anonymous/device mapping released on drop.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
+pub(crate) struct Mapping {
+    pub(crate) ptr: NonNull<u8>,
+    pub(crate) len: usize,
 }
 
 impl Mapping {
-    fn new(len: usize, prot: i32, flags: i32, fd: RawFd, off: u64, what: &str) -> Result<Self> {
+    pub(crate) fn new(
+        len: usize,
+        prot: i32,
+        flags: i32,
+        fd: RawFd,
+        off: u64,
+        what: &str,
+    ) -> Result<Self> {
         let off = libc::off_t::try_from(off)
             .map_err(|_| Error::io(what, std::io::Error::other("offset out of range")))?;
         // SAFETY: a fresh mapping chosen by the kernel; the result is checked for MAP_FAILED.
@@ -224,6 +318,9 @@ pub struct Queue {
     side_ring: Option<IoUring>,
     /// The queue thread's tid (for log lines about foreign threads).
     tid: u32,
+    /// UBLK_F_BATCH_IO devices: the per-queue command state (dropped after `ring`, which
+    /// holds its registered buffer rings).
+    batch: Option<Batch>,
 }
 
 /// A queue's io_uring: SINGLE_ISSUER + DEFER_TASKRUN, created disabled so the queue thread
@@ -271,8 +368,9 @@ impl Queue {
             "map I/O buffers",
         )?;
         // Per tag at most one ublk command plus one backend op or delay timeout, plus the
-        // stop poll.
-        let entries = (2 * depth as u32 + 2).next_power_of_two();
+        // stop poll. (Batch mode needs fewer: one PREP, two FETCHes and the commits of a pass.)
+        let own = u32::from(cfg.daemon.nr_tags(cfg.depth));
+        let entries = (2 * own + 2).next_power_of_two();
         let ring = queue_ring(entries)
             .map_err(|e| Error::io(format!("create io_uring for queue {}", cfg.q_id), e))?;
         let mut files = vec![cfg.char_fd.as_raw_fd()];
@@ -282,6 +380,11 @@ impl Queue {
         ring.submitter()
             .register_files(&files)
             .map_err(|e| Error::io("register files with the queue ring", e))?;
+        let batch = if cfg.dev_flags & UBLK_F_BATCH_IO != 0 {
+            Some(Batch::new(&ring, cfg.q_id, cfg.depth)?)
+        } else {
+            None
+        };
         let side_ring = if cfg.faults.has_once(FaultKind::NoSubmit) {
             let side = IoUring::new(8)
                 .map_err(|e| Error::io("create the no-submit fault's second ring", e))?;
@@ -307,11 +410,21 @@ impl Queue {
             released: false,
             side_ring,
             tid: 0,
+            batch,
             cfg,
             ring,
             descs,
             bufs,
         })
+    }
+
+    /// "queue 0" or "queue 0 daemon 1", for log lines.
+    fn who(&self) -> String {
+        if self.cfg.daemon == Daemon::WHOLE_QUEUE {
+            format!("queue {}", self.cfg.q_id)
+        } else {
+            format!("queue {} daemon {}", self.cfg.q_id, self.cfg.daemon.index)
+        }
     }
 
     fn slot(&self, tag: u16) -> Option<&TagSlotAtomic> {
@@ -416,7 +529,7 @@ impl Queue {
             self.wait_for_start();
         }
         let result = self.serve();
-        for tag in 0..self.cfg.depth {
+        for tag in self.cfg.daemon.tags(self.cfg.depth) {
             if let Some(s) = self.slot(tag) {
                 s.set_state(SlotState::Stopped);
             }
@@ -444,7 +557,7 @@ impl Queue {
         unsafe { libc::read(self.cfg.stop_fd.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
         if self.cfg.shared.release.load(Ordering::Acquire) && !self.released {
             self.released = true;
-            for tag in 0..self.cfg.depth {
+            for tag in self.cfg.daemon.tags(self.cfg.depth) {
                 if std::mem::take(&mut self.hung[usize::from(tag)]) {
                     log::warn!(
                         "queue {} tag {tag}: failing the held request",
@@ -491,7 +604,7 @@ impl Queue {
     }
 
     fn mark_queue_fault(&self, kind: FaultKind) {
-        for tag in 0..self.cfg.depth {
+        for tag in self.cfg.daemon.tags(self.cfg.depth) {
             if let Some(s) = self.slot(tag) {
                 s.fault.store(kind as u32, Ordering::Relaxed);
             }
@@ -499,7 +612,10 @@ impl Queue {
     }
 
     fn fetch_all(&mut self, tid: u32) -> Result<()> {
-        for tag in 0..self.cfg.depth {
+        if self.batch.is_some() {
+            return self.prep_and_fetch(tid);
+        }
+        for tag in self.cfg.daemon.tags(self.cfg.depth) {
             if let Some(s) = self.slot(tag) {
                 s.tid.store(tid, Ordering::Relaxed);
             }
@@ -524,16 +640,147 @@ impl Queue {
             .shared
             .fetch_submitted
             .store(true, Ordering::Release);
+        log::debug!("{}: {} FETCH_REQ submitted", self.who(), self.live_tags);
+        Ok(())
+    }
+
+    /// UBLK_F_BATCH_IO: one PREP_IO_CMDS readies every tag (but those skip-fetch leaves out),
+    /// then the multishot fetches are armed.
+    fn prep_and_fetch(&mut self, tid: u32) -> Result<()> {
+        let mut tags = Vec::with_capacity(usize::from(self.cfg.depth));
+        for tag in self.cfg.daemon.tags(self.cfg.depth) {
+            if let Some(s) = self.slot(tag) {
+                s.tid.store(tid, Ordering::Relaxed);
+            }
+            if self.cfg.faults.skips_fetch(tag) {
+                if let Some(s) = self.slot(tag) {
+                    s.fault
+                        .store(FaultKind::SkipFetch as u32, Ordering::Relaxed);
+                }
+                continue;
+            }
+            tags.push((tag, self.buf_addr(tag)));
+        }
+        let Some(batch) = self.batch.as_mut() else {
+            return Ok(());
+        };
+        let prep = batch.prep_sqe(&tags, user_data(Kind::Ublk as u8, UBLK_IO_PREP_IO_CMDS, 0));
+        let mut fetches = Vec::with_capacity(NR_FETCH);
+        for i in 0..NR_FETCH {
+            let ud = user_data(Kind::Ublk as u8, UBLK_IO_FETCH_IO_CMDS, i as u16);
+            fetches.extend(batch.arm_fetch_sqe(i, ud));
+        }
+        self.push(&prep)?;
+        for f in &fetches {
+            self.push(f)?;
+        }
+        for &(tag, _) in &tags {
+            if let Some(s) = self.slot(tag) {
+                s.set_waiting();
+            }
+        }
+        self.live_tags = NR_FETCH as u32;
+        self.ring.submit().map_err(|e| {
+            Error::io(
+                format!("{}: submit PREP_IO_CMDS and FETCH_IO_CMDS", self.who()),
+                e,
+            )
+        })?;
+        self.cfg
+            .shared
+            .fetch_sent
+            .fetch_add(tags.len() as u32, Ordering::Relaxed);
+        self.cfg
+            .shared
+            .fetch_submitted
+            .store(true, Ordering::Release);
         log::debug!(
-            "queue {}: {} FETCH_REQ submitted",
-            self.cfg.q_id,
-            self.live_tags
+            "{}: PREP_IO_CMDS of {} tags and {NR_FETCH} FETCH_IO_CMDS submitted",
+            self.who(),
+            tags.len()
         );
         Ok(())
     }
 
+    /// UBLK_F_BATCH_IO: the results gathered in this pass go to the kernel in one command.
+    fn flush_batch_commit(&mut self) -> Result<()> {
+        let sqe = self.batch.as_mut().and_then(|b| {
+            b.take_commit_sqe(|idx| user_data(Kind::Ublk as u8, UBLK_IO_COMMIT_IO_CMDS, idx))
+        });
+        match sqe {
+            Some(sqe) => self.push(&sqe),
+            None => Ok(()),
+        }
+    }
+
+    /// A CQE of a batch command (`idx`: the commit buffer or fetch command it belongs to).
+    fn on_batch_cqe(&mut self, nr: u32, idx: u16, res: i32, flags: u32) -> Result<()> {
+        let Some(batch) = self.batch.as_mut() else {
+            return Ok(());
+        };
+        match nr {
+            UBLK_IO_PREP_IO_CMDS if res < 0 => Err(Error::io(
+                format!("{}: PREP_IO_CMDS refused by the kernel", self.who()),
+                std::io::Error::from_raw_os_error(-res),
+            )),
+            UBLK_IO_PREP_IO_CMDS => Ok(()),
+            UBLK_IO_COMMIT_IO_CMDS => {
+                let left = batch.on_commit_cqe(idx, res);
+                if !left.is_empty() {
+                    let why = if res < 0 {
+                        std::io::Error::from_raw_os_error(-res).to_string()
+                    } else {
+                        format!("the kernel took {} bytes of elements", res)
+                    };
+                    log::warn!(
+                        "{}: COMMIT_IO_CMDS did not commit tags {left:?} ({why})",
+                        self.who()
+                    );
+                }
+                Ok(())
+            }
+            UBLK_IO_FETCH_IO_CMDS => {
+                let Some(f) = batch.on_fetch_cqe(usize::from(idx), res, flags) else {
+                    return Ok(());
+                };
+                let (addr, count) = f.tags;
+                for i in 0..count {
+                    // SAFETY: [addr, addr + 2 * count) lies in this fetch command's buffer
+                    // (on_fetch_cqe clamps it), which the kernel wrote before posting this CQE
+                    // and does not write again until the buffer is provided anew below.
+                    let tag = unsafe { std::ptr::read_unaligned((addr as *const u16).add(i)) };
+                    if tag >= self.cfg.depth {
+                        log::warn!("{}: FETCH_IO_CMDS delivered tag {tag} >= depth", self.who());
+                        continue;
+                    }
+                    self.on_request(tag)?;
+                }
+                if let Some(err) = f.ended {
+                    self.live_tags = self.live_tags.saturating_sub(1);
+                    log::info!(
+                        "{}: FETCH_IO_CMDS {idx} ended: {}",
+                        self.who(),
+                        std::io::Error::from_raw_os_error(-err)
+                    );
+                } else if f.rearm {
+                    let ud = user_data(Kind::Ublk as u8, UBLK_IO_FETCH_IO_CMDS, idx);
+                    let sqe = self
+                        .batch
+                        .as_mut()
+                        .and_then(|b| b.arm_fetch_sqe(usize::from(idx), ud));
+                    if let Some(sqe) = sqe {
+                        self.push(&sqe)?;
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn serve(&mut self) -> Result<()> {
         loop {
+            self.flush_batch_commit()?;
             // The commits queued in the last pass reach the kernel at the start of this
             // io_uring_enter, before it blocks: publish those tags as waiting now, or the
             // state file would claim "committed, not submitted" for as long as the queue idles.
@@ -573,6 +820,9 @@ impl Queue {
                 };
                 let (kind, nr, tag) = decode_user_data(cqe.user_data());
                 match kind {
+                    Some(Kind::Ublk) if self.batch.is_some() => {
+                        self.on_batch_cqe(nr, tag, cqe.result(), cqe.flags())?
+                    }
                     Some(Kind::Ublk) => self.on_ublk_cqe(nr, tag, cqe.result())?,
                     Some(Kind::Target) => self.finish(tag, cqe.result())?,
                     Some(Kind::Delay) => {
@@ -602,8 +852,11 @@ impl Queue {
     }
 
     fn on_ublk_cqe(&mut self, nr: u32, tag: u16, res: i32) -> Result<()> {
-        if tag >= self.cfg.depth {
-            log::warn!("queue {}: completion for tag {tag} >= depth", self.cfg.q_id);
+        if tag >= self.cfg.depth || !self.cfg.daemon.owns(tag) {
+            log::warn!(
+                "{}: completion for tag {tag}, not one of its tags",
+                self.who()
+            );
             return Ok(());
         }
         match res {
@@ -740,10 +993,10 @@ impl Queue {
     /// unreaped, commits unsubmitted) whenever the batch held all of them.
     fn stall(&mut self) -> Result<()> {
         log::info!(
-            "queue {}: injected stall, no longer entering io_uring",
-            self.cfg.q_id
+            "{}: injected stall, no longer entering io_uring",
+            self.who()
         );
-        for tag in 0..self.cfg.depth {
+        for tag in self.cfg.daemon.tags(self.cfg.depth) {
             if let Some(s) = self.slot(tag) {
                 s.fault
                     .store(FaultKind::StallQueue as u32, Ordering::Relaxed);
@@ -807,7 +1060,13 @@ impl Queue {
         let q = self.cfg.q_id;
         match kind {
             FaultKind::WrongTag => {
-                let other = (tag + 1) % self.cfg.depth;
+                // The next tag this thread owns (with per-io daemons a sibling's tag would
+                // be refused for the thread, not for the tag's state).
+                let d = self.cfg.daemon;
+                let other = match tag.checked_add(d.count) {
+                    Some(t) if t < self.cfg.depth => t,
+                    _ => d.index,
+                };
                 log::info!("queue {q} tag {tag}: injected wrong-tag, committing tag {other}");
                 if let Some(s) = self.slot(other) {
                     s.fault.store(kind as u32, Ordering::Relaxed);
@@ -890,7 +1149,15 @@ impl Queue {
     }
 
     fn commit(&mut self, tag: u16, res: i32) -> Result<()> {
-        self.send_io_cmd(UBLK_IO_COMMIT_AND_FETCH_REQ, tag, res)?;
+        let addr = self.buf_addr(tag);
+        match self.batch.as_mut() {
+            Some(b) => {
+                if b.add_commit(tag, res, addr) {
+                    self.flush_batch_commit()?;
+                }
+            }
+            None => self.send_io_cmd(UBLK_IO_COMMIT_AND_FETCH_REQ, tag, res)?,
+        }
         if let Some(s) = self.slot(tag) {
             s.set_committed(res);
         }
@@ -959,6 +1226,38 @@ mod tests {
         let ud = user_data(Kind::Delay as u8, 0, 4095);
         assert_eq!(decode_user_data(ud), (Some(Kind::Delay), 0, 4095));
         assert_eq!(decode_user_data(9 << 32).0, None);
+    }
+
+    /// Every tag of a queue has exactly one owner among its daemons, and a thread's ring and
+    /// loops cover exactly the tags it owns.
+    #[test]
+    fn daemons_partition_a_queue_interleaved() {
+        for (depth, count) in [(1u16, 1u16), (4, 2), (5, 2), (128, 3), (4, 4)] {
+            let daemons: Vec<Daemon> = (0..count).map(|index| Daemon { index, count }).collect();
+            for tag in 0..depth {
+                let owners: Vec<u16> = daemons
+                    .iter()
+                    .filter(|d| d.owns(tag))
+                    .map(|d| d.index)
+                    .collect();
+                assert_eq!(owners, vec![tag % count], "depth {depth} tag {tag}");
+            }
+            for d in &daemons {
+                let tags: Vec<u16> = d.tags(depth).collect();
+                assert!(tags.iter().all(|&t| d.owns(t)), "{d:?}: {tags:?}");
+                assert_eq!(
+                    usize::from(d.nr_tags(depth)),
+                    (0..depth).filter(|&t| d.owns(t)).count()
+                );
+            }
+        }
+        assert_eq!(
+            Daemon { index: 1, count: 2 }.tags(6).collect::<Vec<_>>(),
+            [1, 3, 5]
+        );
+        assert_eq!(Daemon::WHOLE_QUEUE.tags(3).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(Daemon::WHOLE_QUEUE.thread_name(2), "ublk-q2");
+        assert_eq!(Daemon { index: 1, count: 2 }.thread_name(0), "ublk-q0d1");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use ublk_abi::*;
 use crate::ctrl::{Ctrl, CtrlCmd};
 use crate::error::{Error, Result};
 use crate::inject::{Fault, QueueFaults, fault_mask};
-use crate::queue::{Queue, QueueConfig, QueueShared, Sched};
+use crate::queue::{Daemon, IoMode, Queue, QueueConfig, QueueShared, Sched};
 use crate::tagstate::TagStateFile;
 use crate::target::{Target, loop_file::LoopFile, null::Null, ramdisk::Ramdisk};
 
@@ -57,6 +57,8 @@ pub struct RunOpts {
     pub start_timeout: Duration,
     /// The queue threads' scheduling policy.
     pub sched: Sched,
+    /// Per-tag commands from one thread per queue, or per-io daemons.
+    pub mode: IoMode,
     /// Publish the per-tag state file for ublk-trace (off: look like a server that is not
     /// ours, so the tracer is tested on what the kernel alone shows).
     pub tag_state: bool,
@@ -70,6 +72,9 @@ struct SavedRun {
     /// Absent in files written before the option existed: the default.
     #[serde(default)]
     sched: Sched,
+    /// Absent in files written before the option existed: per-tag.
+    #[serde(default)]
+    mode: IoMode,
 }
 
 fn saved_run_path(dev_id: u32) -> PathBuf {
@@ -99,6 +104,44 @@ pub fn validate(opts: &RunOpts) -> Result<()> {
             "--queues {} is out of range: 1..={UBLK_MAX_NR_QUEUES}",
             opts.queues
         )));
+    }
+    let threads = opts.mode.threads_per_queue();
+    if threads == 0 || threads > opts.depth {
+        return Err(Error::Usage(format!(
+            "--threads-per-queue {threads} is out of range: 1..={} (each thread needs a tag of its own; \
+             raise --depth or lower the thread count)",
+            opts.depth
+        )));
+    }
+    for f in &opts.faults {
+        if let Fault::StallQueue {
+            daemon: Some(d), ..
+        } = f
+        {
+            let why = match opts.mode {
+                IoMode::PerIoDaemon { .. } if *d < threads => continue,
+                IoMode::PerIoDaemon { .. } => {
+                    format!("there are {threads} threads per queue (0..{threads})")
+                }
+                _ => "daemons exist only with --per-io-daemon".to_string(),
+            };
+            return Err(Error::Usage(format!("--inject {f}: no daemon {d}: {why}")));
+        }
+    }
+    if opts.mode == IoMode::Batch {
+        if opts.need_get_data {
+            return Err(Error::Usage(
+                "--need-get-data cannot be used with --batch-io: batch devices have no \
+                 NEED_GET_DATA (the kernel clears it); drop one of the two"
+                    .into(),
+            ));
+        }
+        if let Some(f) = opts.faults.iter().find(|f| !f.works_in_batch_mode()) {
+            return Err(Error::Usage(format!(
+                "--inject {f} cannot be used with --batch-io: it sends a per-tag \
+                 COMMIT_AND_FETCH_REQ, which a batch device refuses; run it without --batch-io"
+            )));
+        }
     }
     match &opts.target {
         TargetSpec::Null { size } | TargetSpec::Ramdisk { size }
@@ -167,11 +210,16 @@ fn open_char_dev(dev_id: u32) -> Result<OwnedFd> {
     }
 }
 
-/// A device being served: queue threads and what they share.
+/// A device being served: queue threads and what they share. `shared`, `queue_of`, `stop_fds`
+/// and `threads` are indexed alike, one entry per thread (several per queue with per-io
+/// daemons).
 struct Served {
     dev_id: u32,
     depth: u16,
+    nr_queues: u16,
     shared: Vec<Arc<QueueShared>>,
+    /// The queue each thread serves.
+    queue_of: Vec<u16>,
     stop_fds: Vec<Arc<OwnedFd>>,
     threads: Vec<JoinHandle<Result<()>>>,
     char_fd: Arc<OwnedFd>,
@@ -186,6 +234,7 @@ impl Served {
         target: Arc<dyn Target>,
         faults: Vec<Fault>,
         sched: Sched,
+        mode: IoMode,
         tag_state: bool,
     ) -> Result<Self> {
         let dev_id = info.dev_id;
@@ -210,46 +259,60 @@ impl Served {
         let mut s = Self {
             dev_id,
             depth: info.queue_depth,
+            nr_queues: info.nr_hw_queues,
             shared: Vec::new(),
+            queue_of: Vec::new(),
             stop_fds: Vec::new(),
             threads: Vec::new(),
             char_fd,
             tagstate,
             faults,
         };
+        let count = mode.threads_per_queue();
         for q_id in 0..info.nr_hw_queues {
             let cpus = ctrl.get_queue_affinity(dev_id, q_id).unwrap_or_default();
-            let shared = Arc::new(QueueShared::default());
-            let stop_fd = Arc::new(eventfd()?);
-            let cfg = QueueConfig {
-                dev_id,
-                sched,
-                q_id,
-                depth: info.queue_depth,
-                buf_bytes: info.max_io_buf_bytes,
-                dev_flags: info.flags,
-                char_fd: s.char_fd.clone(),
-                target: target.clone(),
-                tagstate: s.tagstate.clone(),
-                faults: QueueFaults::for_queue(
-                    &s.faults,
+            for index in 0..count {
+                let daemon = if count == 1 {
+                    Daemon::WHOLE_QUEUE
+                } else {
+                    Daemon { index, count }
+                };
+                let shared = Arc::new(QueueShared::default());
+                let stop_fd = Arc::new(eventfd()?);
+                let seed = crate::tagstate::now_ns() ^ (u64::from(q_id) << 16 | u64::from(index));
+                let cfg = QueueConfig {
+                    dev_id,
+                    daemon,
+                    sched,
                     q_id,
-                    info.queue_depth,
-                    crate::tagstate::now_ns() ^ u64::from(q_id),
-                ),
-                shared: shared.clone(),
-                stop_fd: stop_fd.clone(),
-                cpus,
-                crash_counter: crash_counter.clone(),
-            };
-            let queue = Queue::new(cfg)?;
-            let h = std::thread::Builder::new()
-                .name(format!("ublk-q{q_id}"))
-                .spawn(move || queue.run())
-                .map_err(|e| Error::io("spawn queue thread", e))?;
-            s.shared.push(shared);
-            s.stop_fds.push(stop_fd);
-            s.threads.push(h);
+                    depth: info.queue_depth,
+                    buf_bytes: info.max_io_buf_bytes,
+                    dev_flags: info.flags,
+                    char_fd: s.char_fd.clone(),
+                    target: target.clone(),
+                    tagstate: s.tagstate.clone(),
+                    faults: QueueFaults::for_daemon(
+                        &s.faults,
+                        q_id,
+                        daemon,
+                        info.queue_depth,
+                        seed,
+                    ),
+                    shared: shared.clone(),
+                    stop_fd: stop_fd.clone(),
+                    cpus: cpus.clone(),
+                    crash_counter: crash_counter.clone(),
+                };
+                let queue = Queue::new(cfg)?;
+                let h = std::thread::Builder::new()
+                    .name(daemon.thread_name(q_id))
+                    .spawn(move || queue.run())
+                    .map_err(|e| Error::io("spawn queue thread", e))?;
+                s.shared.push(shared);
+                s.queue_of.push(q_id);
+                s.stop_fds.push(stop_fd);
+                s.threads.push(h);
+            }
         }
         Ok(s)
     }
@@ -257,18 +320,39 @@ impl Served {
     /// Which queues/tags have not sent FETCH_REQ: the reason a START_DEV does not complete.
     fn missing_fetch_report(&self) -> String {
         let mut parts = Vec::new();
-        for (q, sh) in self.shared.iter().enumerate() {
-            if !sh.fetch_submitted.load(Ordering::Acquire) {
-                parts.push(format!("queue {q}: FETCH_REQs not submitted yet"));
+        for q in 0..self.nr_queues {
+            let threads: Vec<&Arc<QueueShared>> = self
+                .shared
+                .iter()
+                .zip(&self.queue_of)
+                .filter(|&(_, &qq)| qq == q)
+                .map(|(sh, _)| sh)
+                .collect();
+            let unsubmitted = threads
+                .iter()
+                .filter(|sh| !sh.fetch_submitted.load(Ordering::Acquire))
+                .count();
+            if unsubmitted > 0 {
+                parts.push(if threads.len() == 1 {
+                    format!("queue {q}: FETCH_REQs not submitted yet")
+                } else {
+                    format!(
+                        "queue {q}: {unsubmitted} of {} threads have not submitted their FETCH_REQs yet",
+                        threads.len()
+                    )
+                });
                 continue;
             }
-            let sent = sh.fetch_sent.load(Ordering::Relaxed);
+            let sent: u32 = threads
+                .iter()
+                .map(|sh| sh.fetch_sent.load(Ordering::Relaxed))
+                .sum();
             if sent < u32::from(self.depth) {
                 let missing: Vec<u16> = (0..self.depth)
                     .filter(|&t| {
                         self.tagstate
                             .as_ref()
-                            .and_then(|ts| ts.slot(q as u16, t))
+                            .and_then(|ts| ts.slot(q, t))
                             .is_some_and(|s| s.state.load(Ordering::Relaxed) == 0)
                     })
                     .collect();
@@ -313,7 +397,7 @@ impl Served {
             wake(fd);
         }
         let mut first_err = None;
-        for (q, h) in self.threads.drain(..).enumerate() {
+        for (h, q) in self.threads.drain(..).zip(&self.queue_of) {
             match h.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -461,6 +545,36 @@ fn stop_device(ctrl: &mut Ctrl, served: &Served, sigs: &libc::sigset_t) -> Resul
     }
 }
 
+/// Refuse a mode the kernel lacks, before any device exists. `features` is GET_FEATURES' answer
+/// (0 when the kernel predates the command, so it lacks every newer feature too).
+pub fn require_feature(features: u64, flag: u64, option: &str) -> Result<()> {
+    if features & flag != 0 {
+        return Ok(());
+    }
+    let name = feature_names(flag).next().unwrap_or("UNKNOWN");
+    let since = feature_first_release(flag)
+        .map(|v| format!("Linux {v} or newer"))
+        .unwrap_or_else(|| "a newer kernel".into());
+    let running = kernel_release().map_or(String::new(), |r| format!(" ({r})"));
+    let answer = if features == 0 {
+        "it answers no GET_FEATURES"
+    } else {
+        "its GET_FEATURES does not list it"
+    };
+    Err(Error::Usage(format!(
+        "{option} needs UBLK_F_{name}, which this kernel{running} does not offer ({answer}); \
+         boot {since}, or run without {option}"
+    )))
+}
+
+/// `uname -r`, for messages.
+fn kernel_release() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
 /// `ublk-server run`.
 pub fn run(opts: RunOpts) -> Result<()> {
     validate(&opts)?;
@@ -474,6 +588,10 @@ pub fn run(opts: RunOpts) -> Result<()> {
     }
     if opts.need_get_data {
         want |= UBLK_F_NEED_GET_DATA;
+    }
+    if let Some(flag) = opts.mode.needs() {
+        require_feature(ctrl.features, flag, opts.mode.flag())?;
+        want |= flag;
     }
     if ctrl.features != 0 {
         let missing = want & !ctrl.features & !UBLK_F_CMD_IOCTL_ENCODE;
@@ -540,6 +658,7 @@ fn serve_added(
             target: opts.target.clone(),
             need_get_data: opts.need_get_data,
             sched: opts.sched,
+            mode: opts.mode,
         };
         // Without this file `recover` cannot rebuild the target: fail now, not after a crash.
         let path = saved_run_path(info.dev_id);
@@ -560,6 +679,7 @@ fn serve_added(
         target,
         opts.faults.clone(),
         opts.sched,
+        opts.mode,
         opts.tag_state,
     )?;
     let cmd = CtrlCmd::start_dev(info.dev_id, std::process::id() as i32);
@@ -716,7 +836,18 @@ pub fn recover(dev_id: u32, faults: Vec<Fault>, start_timeout: Duration) -> Resu
         }
     }
     let info = ctrl.get_dev_info(dev_id)?;
-    let mut served = Served::start(&mut ctrl, &info, target, faults, saved.sched, true)?;
+    if let Some(flag) = saved.mode.needs() {
+        require_feature(ctrl.features, flag, saved.mode.flag())?;
+    }
+    let mut served = Served::start(
+        &mut ctrl,
+        &info,
+        target,
+        faults,
+        saved.sched,
+        saved.mode,
+        true,
+    )?;
     let cmd = CtrlCmd::end_user_recovery(dev_id, std::process::id() as i32);
     let outcome = start_and_serve(&mut ctrl, &cmd, &mut served, &sigs, start_timeout);
     let joined = served.stop_queues();
@@ -744,6 +875,7 @@ mod tests {
             faults: vec![],
             start_timeout: Duration::from_secs(1),
             sched: Sched::default(),
+            mode: IoMode::default(),
             tag_state: true,
         }
     }
@@ -756,13 +888,18 @@ mod tests {
             target: TargetSpec::Null { size: 1 << 20 },
             need_get_data: false,
             sched: Sched::Normal,
+            mode: IoMode::PerIoDaemon { threads: 2 },
         };
         let mut v = serde_json::to_value(&saved).expect("encode");
         let back: SavedRun = serde_json::from_value(v.clone()).expect("decode");
         assert_eq!(back.sched, Sched::Normal);
-        v.as_object_mut().expect("object").remove("sched");
-        let old: SavedRun = serde_json::from_value(v).expect("decode without sched");
+        assert_eq!(back.mode, IoMode::PerIoDaemon { threads: 2 });
+        let o = v.as_object_mut().expect("object");
+        o.remove("sched");
+        o.remove("mode");
+        let old: SavedRun = serde_json::from_value(v).expect("decode without sched and mode");
         assert_eq!(old.sched, Sched::Batch);
+        assert_eq!(old.mode, IoMode::PerTag);
     }
 
     #[test]
@@ -774,6 +911,58 @@ mod tests {
         let e = validate(&opts(TargetSpec::Ramdisk { size: 0 }, 64)).expect_err("size 0");
         assert!(e.to_string().contains("--size 0"), "{e}");
         assert!(validate(&opts(TargetSpec::Ramdisk { size: 1000 }, 64)).is_err());
+    }
+
+    /// The refusal names the feature, the first release that has it and the way out, whether
+    /// the kernel answered GET_FEATURES without the bit or not at all.
+    #[test]
+    fn missing_feature_is_refused_by_name_and_release() {
+        assert!(require_feature(UBLK_F_PER_IO_DAEMON, UBLK_F_PER_IO_DAEMON, "x").is_ok());
+        for features in [UBLK_F_CMD_IOCTL_ENCODE, 0] {
+            let e = require_feature(features, UBLK_F_PER_IO_DAEMON, "--per-io-daemon")
+                .expect_err("refused");
+            assert!(e.is_usage(), "exit 2");
+            let m = e.to_string();
+            assert!(m.contains("UBLK_F_PER_IO_DAEMON"), "{m}");
+            assert!(m.contains("Linux 6.16 or newer"), "{m}");
+            assert!(m.contains("run without --per-io-daemon"), "{m}");
+        }
+    }
+
+    #[test]
+    fn batch_mode_refuses_what_it_cannot_do() {
+        let mut o = opts(TargetSpec::Null { size: 1 << 20 }, 4);
+        o.mode = IoMode::Batch;
+        o.faults = vec![Fault::parse("hang:q=0,tag=1").expect("spec")];
+        assert!(validate(&o).is_ok(), "a hang is just a missing commit");
+        o.faults = vec![Fault::parse("double-commit").expect("spec")];
+        let e = validate(&o).expect_err("per-tag commit fault");
+        assert!(e.is_usage() && e.to_string().contains("--batch-io"), "{e}");
+        o.faults.clear();
+        o.need_get_data = true;
+        assert!(validate(&o).expect_err("no NEED_GET_DATA").is_usage());
+    }
+
+    #[test]
+    fn per_io_daemons_need_a_tag_each() {
+        let mut o = opts(TargetSpec::Null { size: 1 << 20 }, 4);
+        o.mode = IoMode::PerIoDaemon { threads: 4 };
+        assert!(validate(&o).is_ok());
+        o.mode = IoMode::PerIoDaemon { threads: 5 };
+        let e = validate(&o).expect_err("more threads than tags");
+        assert!(e.to_string().contains("--threads-per-queue 5"), "{e}");
+        o.mode = IoMode::PerIoDaemon { threads: 0 };
+        assert!(validate(&o).is_err());
+        o.mode = IoMode::PerIoDaemon { threads: 2 };
+        o.faults = vec![Fault::parse("stall-queue:q=0,after=1,daemon=1").expect("spec")];
+        assert!(validate(&o).is_ok());
+        o.faults = vec![Fault::parse("stall-queue:q=0,after=1,daemon=2").expect("spec")];
+        let e = validate(&o).expect_err("daemon 2 of 2");
+        assert!(e.to_string().contains("no daemon 2"), "{e}");
+        o.mode = IoMode::PerTag;
+        o.faults = vec![Fault::parse("stall-queue:q=0,after=1,daemon=0").expect("spec")];
+        let e = validate(&o).expect_err("a daemon without --per-io-daemon");
+        assert!(e.to_string().contains("--per-io-daemon"), "{e}");
     }
 
     #[test]

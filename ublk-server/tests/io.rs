@@ -3,35 +3,7 @@
 
 mod common;
 
-use common::{Server, have, sh};
-
-fn loop_file(name: &str, bytes: u64) -> String {
-    let p = std::env::temp_dir().join(name);
-    let f = std::fs::File::create(&p).expect("create loop file");
-    f.set_len(bytes).expect("size loop file");
-    p.to_string_lossy().into_owned()
-}
-
-/// fio writes random 4k blocks with crc32c headers, then reads every block back and checks it.
-fn fio_verify(bdev: &str, depth: u16) {
-    assert!(have("fio"), "fio missing from the guest");
-    let (engine, iodepth) = if depth == 1 {
-        ("psync", 1)
-    } else {
-        ("io_uring", 32)
-    };
-    let (st, out) = sh(&format!(
-        "fio --name=verify --filename={bdev} --direct=1 --ioengine={engine} --iodepth={iodepth} \
-         --rw=randwrite --bs=4k --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1"
-    ));
-    assert!(st.success(), "fio verify failed on {bdev}:\n{out}");
-    // The verify pass reads what was written: both directions must have moved data.
-    assert!(
-        out.contains("WRITE:") && out.contains("READ:"),
-        "fio did not write and read back:\n{out}"
-    );
-    assert!(!out.contains("verify failed"), "{out}");
-}
+use common::{Server, fio_verify, have, loop_file, sh};
 
 fn matrix(target: &[&str]) {
     for queues in ["1", "2"] {

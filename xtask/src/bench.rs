@@ -87,6 +87,25 @@ fn ours_with(name: &'static str, target: &str, queues: u32, depth: u32, extra: &
     }
 }
 
+/// `ours_with` for an I/O mode the kernel may lack: the row is skipped (a `BENCH-SKIP` line
+/// naming the feature) unless the guest kernel's GET_FEATURES lists `feature`.
+fn ours_needing(
+    name: &'static str,
+    target: &str,
+    queues: u32,
+    depth: u32,
+    extra: &str,
+    feature: &str,
+) -> Config {
+    let mut c = ours_with(name, target, queues, depth, extra);
+    c.start = format!(
+        "ublk-server features | grep -qw {feature} || {{ echo \"BENCH-SKIP config={name} \
+         (this kernel lacks UBLK_F_{feature}: bench with --kernel 7)\"; SRV_PID=; continue; }}\n{}",
+        c.start
+    );
+    c
+}
+
 fn configs(mode: Mode, rublk: bool, tracer_only: bool) -> Vec<Config> {
     let mut v = Vec::new();
     if tracer_only {
@@ -104,6 +123,23 @@ fn configs(mode: Mode, rublk: bool, tracer_only: bool) -> Vec<Config> {
         detach: String::new(),
     });
     v.push(ours("ours-null-q1", "null", 1, 64));
+    // The newer I/O modes next to the per-tag one (same target and geometry).
+    v.push(ours_needing(
+        "ours-null-q1-per-io-daemon",
+        "null",
+        1,
+        64,
+        " --per-io-daemon --threads-per-queue 2",
+        "PER_IO_DAEMON",
+    ));
+    v.push(ours_needing(
+        "ours-null-q1-batch-io",
+        "null",
+        1,
+        64,
+        " --batch-io",
+        "BATCH_IO",
+    ));
     if mode != Mode::Quick {
         // The queue threads' default policy is SCHED_BATCH; this row keeps its effect (and
         // its QD1 cost) measured.
@@ -761,7 +797,7 @@ fn summarize(samples: &[Sample]) -> Vec<Summary> {
 
 fn print_table(rows: &[Summary]) {
     println!(
-        "{:<13} {:<20} {:<15} {:>9} {:>17} {:>8} {:>9} {:>7} {:>7} {:>7} {:>17}",
+        "{:<13} {:<26} {:<15} {:>9} {:>17} {:>8} {:>9} {:>7} {:>7} {:>7} {:>17}",
         "layout",
         "config",
         "job",
@@ -777,7 +813,7 @@ fn print_table(rows: &[Summary]) {
     let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
     for r in rows {
         println!(
-            "{:<13} {:<20} {:<15} {:>9.0} {:>17} {:>8.0} {:>9} {:>7} {:>7} {:>7} {:>17}",
+            "{:<13} {:<26} {:<15} {:>9.0} {:>17} {:>8.0} {:>9} {:>7} {:>7} {:>7} {:>17}",
             r.layout,
             r.config,
             r.job,
@@ -986,6 +1022,34 @@ mod tests {
         assert!((s[0].iops - 20000.5).abs() < 1e-9);
         assert_eq!(s[0].server_cpu_ns_per_io, Some(20000.0));
         assert!((s[0].p99_us - 5.12).abs() < 1e-9);
+    }
+
+    /// The newer I/O modes are measured next to the per-tag row in every mode, and a kernel
+    /// without their feature skips them by name instead of failing the round.
+    #[test]
+    fn mode_rows_sit_next_to_per_tag_and_check_the_kernel() {
+        for mode in [Mode::Quick, Mode::Normal] {
+            let names: Vec<&str> = configs(mode, false, false).iter().map(|c| c.name).collect();
+            let at = |n: &str| names.iter().position(|&x| x == n).expect(n);
+            assert_eq!(at("ours-null-q1-per-io-daemon"), at("ours-null-q1") + 1);
+            assert_eq!(at("ours-null-q1-batch-io"), at("ours-null-q1") + 2);
+        }
+        let c = configs(Mode::Quick, false, false);
+        let batch = c
+            .iter()
+            .find(|c| c.name == "ours-null-q1-batch-io")
+            .expect("batch row");
+        assert!(
+            batch
+                .start
+                .starts_with("ublk-server features | grep -qw BATCH_IO ||")
+        );
+        assert!(batch.start.contains("--batch-io"));
+        assert!(
+            batch
+                .start
+                .contains("BENCH-SKIP config=ours-null-q1-batch-io")
+        );
     }
 
     #[test]
