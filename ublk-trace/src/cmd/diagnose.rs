@@ -137,15 +137,20 @@ fn observe(
     // A hung device's snapshot is bounded by its deadline; this bounds the whole wait.
     let give_up = start
         + window
-        + Duration::from_secs(10)
+        + Duration::from_secs(15)
         + capture
             .as_ref()
             .map_or(Duration::ZERO, |_| probe_wait + record_for);
     let mut have_round = false;
     let mut tracker = RoundTracker::default();
+    // The driver's memory is the per-tag truth a late attach needs: worth twice the probes'
+    // wait on a machine too loaded to open the reader sooner (the whole wait stays bounded).
+    let driver_wait = probe_wait * 2;
     let done = |have_round: bool, s: &Session, c: Option<&bundle::Capture>| {
         let waited = start.elapsed();
-        let settled = (s.source_known() && s.driver_known()) || waited >= probe_wait;
+        let probes = s.source_known() || waited >= probe_wait;
+        let driver = s.driver_known() || waited >= driver_wait;
+        let settled = probes && driver;
         let recorded = c.is_none_or(|c| c.recorded_enough(record_for, settled));
         have_round && waited >= window && settled && recorded
     };
