@@ -100,8 +100,9 @@ pub fn run() -> Report {
     checks.extend(check_btf(&facts));
     checks.extend(check_mounts());
     checks.push(check_functions(&facts));
-    checks.extend(check_devices());
-    checks.push(check_driver_state());
+    let driver = check_driver_state();
+    checks.extend(check_devices(driver.status == Status::Ok));
+    checks.push(driver);
     let offsets = match &facts.offsets {
         Ok(r) => {
             let missing = r.missing_required();
@@ -262,8 +263,10 @@ fn check_features() -> (Check, Vec<String>) {
                 detail.push_str(&format!(" (+ unknown bits 0x{unknown:x})"));
             }
             if bits & ublk_abi::UBLK_F_BATCH_IO != 0 {
-                // Kernel support alone is fine; a device that uses it is flagged below.
-                detail.push_str("; devices added with BATCH_IO get no per-tag view");
+                // Kernel support alone is fine; a device that uses it is described below.
+                detail.push_str(
+                    "; a BATCH_IO device's tags are read from the driver's memory (its batch commands are not traced)",
+                );
             }
             let status = Status::Ok;
             (check("features", status, detail, ""), names)
@@ -289,8 +292,9 @@ fn ublk_dev_ids() -> Vec<u32> {
 }
 
 /// One line per existing device from GET_DEV_INFO (deadline-bounded: a hung control path
-/// shows up as a failed check, not a hung doctor).
-fn check_devices() -> Vec<Check> {
+/// shows up as a failed check, not a hung doctor). `driver_readable`: the driver's memory can
+/// be read, the only per-tag view of a BATCH_IO device.
+fn check_devices(driver_readable: bool) -> Vec<Check> {
     ublk_dev_ids()
         .into_iter()
         .map(|id| match ctrl::get_dev_info(id, Duration::from_secs(2)) {
@@ -303,11 +307,18 @@ fn check_devices() -> Vec<Check> {
                     d.ublksrv_pid,
                     d.flags
                 );
-                if d.flags & ublk_abi::UBLK_F_BATCH_IO != 0 {
+                if d.flags & ublk_abi::UBLK_F_BATCH_IO != 0 && driver_readable {
+                    check(
+                        "device",
+                        Status::Ok,
+                        format!("{detail}; uses BATCH_IO: its tags come from the driver's memory, its PREP/COMMIT/FETCH_IO_CMDS are not traced"),
+                        "",
+                    )
+                } else if d.flags & ublk_abi::UBLK_F_BATCH_IO != 0 {
                     check(
                         "device",
                         Status::Warn,
-                        format!("{detail}; uses BATCH_IO: ublk-trace has no per-tag view of it"),
+                        format!("{detail}; uses BATCH_IO: no per-tag view without the driver's memory (see driver_state)"),
                         "",
                     )
                 } else {

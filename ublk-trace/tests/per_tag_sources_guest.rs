@@ -250,3 +250,61 @@ fn smoke_tracer_never_opens_the_devices_it_diagnoses() {
         "the tracer opened its devices: {devices:?}"
     );
 }
+
+/// The kernel lists `name` in GET_FEATURES (`ublk-server features`).
+fn kernel_has(name: &str) -> bool {
+    let out = std::process::Command::new(bin("ublk-server"))
+        .arg("features")
+        .output()
+        .unwrap_or_else(|e| panic!("ublk-server features: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(name))
+}
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_batch_io_hang_is_stuck_in_server_from_the_drivers_memory() {
+    if !kernel_has("BATCH_IO") {
+        // ublk-server's own guest tests check its refusal on such a kernel.
+        println!("NOTE: this kernel has no UBLK_F_BATCH_IO; nothing to trace (7.0+ runs it)");
+        return;
+    }
+    let s = Server::start(&[
+        "null",
+        "--queues",
+        "1",
+        "--depth",
+        "8",
+        "--batch-io",
+        "--no-tag-state",
+        "--inject",
+        "hang:q=0,tag=3",
+    ]);
+    let mut fio = fio_reads(&s.bdev(), 8, 0);
+    assert!(
+        wait_for_stuck_tag(s.dev_id, 0, 3, Duration::from_secs(30)),
+        "q0 t3 never stuck per debugfs: {:?}",
+        busy_tags(s.dev_id)
+    );
+    let (_, doc, _) = diagnose(s.dev_id, &["--for", "1", "--stuck-ms", "500"]);
+    let _ = fio.kill();
+    let pid = s.pid();
+    drop(s);
+    let _ = wait_timeout(&mut fio, Duration::from_secs(30));
+    assert_eq!(doc["driver"]["live"], true, "{doc}");
+    let fs = findings(&doc);
+    let f = finding_on(&fs, &["STUCK_IN_SERVER"], 0, 3)
+        .unwrap_or_else(|| panic!("no STUCK_IN_SERVER on q0 t3: {doc}"));
+    assert!(has_pid(f, pid), "{f}");
+    assert!(
+        f["tags"].as_array().is_some_and(|ts| ts
+            .iter()
+            .any(|t| t["tag"] == 3 && t["state"] == "IN_SERVER")),
+        "{f}"
+    );
+    assert!(
+        f["evidence"].to_string().contains("COMMIT_IO_CMDS"),
+        "a batch device's commit is named as such: {f}"
+    );
+}

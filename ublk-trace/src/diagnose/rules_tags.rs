@@ -239,8 +239,18 @@ fn stuck(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
     } else {
         ""
     };
+    // A BATCH_IO device commits with COMMIT_IO_CMDS, many tags at once.
+    let batch = cx
+        .dev
+        .info()
+        .is_some_and(|i| i.flags & ublk_abi::UBLK_F_BATCH_IO != 0);
+    let commit = if batch {
+        "no COMMIT_IO_CMDS has committed it"
+    } else {
+        "no COMMIT_AND_FETCH_REQ accepted"
+    };
     f.evidence.push(format!(
-        "{} delivered to the server {} ago{how}; no COMMIT_AND_FETCH_REQ accepted since",
+        "{} delivered to the server {} ago{how}; {commit} since",
         text::request(t.op, t.sector, t.bytes),
         dur(t.age_ns)
     ));
