@@ -308,3 +308,66 @@ fn smoke_batch_io_hang_is_stuck_in_server_from_the_drivers_memory() {
         "a batch device's commit is named as such: {f}"
     );
 }
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_per_io_daemon_stall_names_only_that_daemons_tags_and_thread() {
+    if !kernel_has("PER_IO_DAEMON") {
+        println!("NOTE: this kernel has no UBLK_F_PER_IO_DAEMON; nothing to trace (6.16+ runs it)");
+        return;
+    }
+    // Two daemons on queue 0: daemon 0 owns tags 0 and 2, daemon 1 tags 1 and 3; daemon 1
+    // stops entering io_uring after two requests.
+    let s = Server::start(&[
+        "null",
+        "--queues",
+        "1",
+        "--depth",
+        "4",
+        "--per-io-daemon",
+        "--threads-per-queue",
+        "2",
+        "--no-tag-state",
+        "--inject",
+        "stall-queue:q=0,after=2,daemon=1",
+    ]);
+    let mut fio = fio_reads(&s.bdev(), 4, 0);
+    let stuck = |t| wait_for_stuck_tag(s.dev_id, 0, t, Duration::from_secs(30));
+    assert!(
+        stuck(1) && stuck(3),
+        "tags 1 and 3 never stuck per debugfs: {:?}",
+        busy_tags(s.dev_id)
+    );
+    let d1 = s
+        .thread_tid("ublk-q0d1")
+        .unwrap_or_else(|| panic!("no thread ublk-q0d1 in the server"));
+    let d0 = s.thread_tid("ublk-q0d0");
+    let (_, doc, _) = diagnose(s.dev_id, &["--for", "1", "--stuck-ms", "500"]);
+    let _ = fio.kill();
+    drop(s);
+    let _ = wait_timeout(&mut fio, Duration::from_secs(30));
+    assert_eq!(doc["driver"]["live"], true, "{doc}");
+    let fs = findings(&doc);
+    let mut named: Vec<(u64, u64)> = Vec::new();
+    for f in &fs {
+        for t in f["tags"].as_array().into_iter().flatten() {
+            let (q, tag) = (
+                t["q_id"].as_u64().unwrap_or(99),
+                t["tag"].as_u64().unwrap_or(99),
+            );
+            named.push((q, tag));
+            assert!(
+                tag == 1 || tag == 3,
+                "a finding names daemon 0's tag {tag}: {f}"
+            );
+            assert_eq!(
+                t["owner_tid"].as_u64(),
+                Some(u64::from(d1)),
+                "tag {tag} is owned by daemon 1 (tid {d1}, daemon 0 is {d0:?}): {f}"
+            );
+        }
+    }
+    for t in [1u64, 3] {
+        assert!(named.contains(&(0, t)), "no finding lists q0 t{t}: {doc}");
+    }
+}
