@@ -262,6 +262,33 @@ fn kernel_has(name: &str) -> bool {
         .any(|l| l.split_whitespace().nth(1) == Some(name))
 }
 
+/// `ublk-server run <args>` under fio reads as deep as the queue (`depth`), until every tag of
+/// `stuck` (queue 0) is held per debugfs; then `diagnose --for 1` and the teardown. Gives the
+/// document and `probe(server)`'s answer, taken while the server ran.
+fn diagnose_stuck<T>(
+    args: &[&str],
+    depth: u32,
+    stuck: &[u64],
+    probe: impl FnOnce(&Server) -> T,
+) -> (Value, T) {
+    let s = Server::start(args);
+    let mut fio = fio_reads(&s.bdev(), depth, 0);
+    for &t in stuck {
+        assert!(
+            wait_for_stuck_tag(s.dev_id, 0, t, Duration::from_secs(30)),
+            "q0 t{t} never stuck per debugfs: {:?}",
+            busy_tags(s.dev_id)
+        );
+    }
+    let seen = probe(&s);
+    let (_, doc, _) = diagnose(s.dev_id, &["--for", "1", "--stuck-ms", "500"]);
+    let _ = fio.kill();
+    drop(s);
+    let _ = wait_timeout(&mut fio, Duration::from_secs(30));
+    assert_eq!(doc["driver"]["live"], true, "{doc}");
+    (doc, seen)
+}
+
 #[test]
 #[ignore = "needs ublk guest"]
 fn smoke_batch_io_hang_is_stuck_in_server_from_the_drivers_memory() {
@@ -270,7 +297,7 @@ fn smoke_batch_io_hang_is_stuck_in_server_from_the_drivers_memory() {
         println!("NOTE: this kernel has no UBLK_F_BATCH_IO; nothing to trace (7.0+ runs it)");
         return;
     }
-    let s = Server::start(&[
+    let args = [
         "null",
         "--queues",
         "1",
@@ -280,19 +307,8 @@ fn smoke_batch_io_hang_is_stuck_in_server_from_the_drivers_memory() {
         "--no-tag-state",
         "--inject",
         "hang:q=0,tag=3",
-    ]);
-    let mut fio = fio_reads(&s.bdev(), 8, 0);
-    assert!(
-        wait_for_stuck_tag(s.dev_id, 0, 3, Duration::from_secs(30)),
-        "q0 t3 never stuck per debugfs: {:?}",
-        busy_tags(s.dev_id)
-    );
-    let (_, doc, _) = diagnose(s.dev_id, &["--for", "1", "--stuck-ms", "500"]);
-    let _ = fio.kill();
-    let pid = s.pid();
-    drop(s);
-    let _ = wait_timeout(&mut fio, Duration::from_secs(30));
-    assert_eq!(doc["driver"]["live"], true, "{doc}");
+    ];
+    let (doc, pid) = diagnose_stuck(&args, 8, &[3], Server::pid);
     let fs = findings(&doc);
     let f = finding_on(&fs, &["STUCK_IN_SERVER"], 0, 3)
         .unwrap_or_else(|| panic!("no STUCK_IN_SERVER on q0 t3: {doc}"));
@@ -318,7 +334,7 @@ fn smoke_per_io_daemon_stall_names_only_that_daemons_tags_and_thread() {
     }
     // Two daemons on queue 0: daemon 0 owns tags 0 and 2, daemon 1 tags 1 and 3; daemon 1
     // stops entering io_uring after two requests.
-    let s = Server::start(&[
+    let args = [
         "null",
         "--queues",
         "1",
@@ -330,23 +346,11 @@ fn smoke_per_io_daemon_stall_names_only_that_daemons_tags_and_thread() {
         "--no-tag-state",
         "--inject",
         "stall-queue:q=0,after=2,daemon=1",
-    ]);
-    let mut fio = fio_reads(&s.bdev(), 4, 0);
-    let stuck = |t| wait_for_stuck_tag(s.dev_id, 0, t, Duration::from_secs(30));
-    assert!(
-        stuck(1) && stuck(3),
-        "tags 1 and 3 never stuck per debugfs: {:?}",
-        busy_tags(s.dev_id)
-    );
-    let d1 = s
-        .thread_tid("ublk-q0d1")
-        .unwrap_or_else(|| panic!("no thread ublk-q0d1 in the server"));
-    let d0 = s.thread_tid("ublk-q0d0");
-    let (_, doc, _) = diagnose(s.dev_id, &["--for", "1", "--stuck-ms", "500"]);
-    let _ = fio.kill();
-    drop(s);
-    let _ = wait_timeout(&mut fio, Duration::from_secs(30));
-    assert_eq!(doc["driver"]["live"], true, "{doc}");
+    ];
+    let (doc, (d0, d1)) = diagnose_stuck(&args, 4, &[1, 3], |s| {
+        (s.thread_tid("ublk-q0d0"), s.thread_tid("ublk-q0d1"))
+    });
+    let d1 = d1.unwrap_or_else(|| panic!("no thread ublk-q0d1 in the server"));
     let fs = findings(&doc);
     let mut named: Vec<(u64, u64)> = Vec::new();
     for f in &fs {
