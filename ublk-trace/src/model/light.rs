@@ -57,12 +57,16 @@ impl Model {
                 prev
             };
             let served = e.hist.count - prev.count;
+            if served > 0 && q.kernel_latency_read.is_some() {
+                q.completed_after_ns = q.completed_after_ns.max(q.kernel_latency_read_ns);
+            }
             q.kernel_completions(ts_ns, served, None);
             for b in 0..LAT_BUCKETS {
                 let n = e.hist.buckets[b].saturating_sub(prev.buckets[b]);
                 q.block_latency.record_n(bucket_mid_ns(b), n);
             }
             q.kernel_latency_read = Some(e.hist);
+            q.kernel_latency_read_ns = ts_ns;
         }
     }
 }
@@ -100,6 +104,18 @@ mod tests {
             (1 << 20..1 << 21).contains(&p99),
             "p99 {p99} in the 2^20 bucket"
         );
+    }
+
+    #[test]
+    fn a_growing_count_dates_the_queues_progress_from_the_read_before() {
+        let mut m = Model::new();
+        m.apply_kernel_latency(&[entry(10, &[])], 1_000_000_000);
+        let q = |m: &Model| m.raw_device(0).expect("dev").queues[&1].completed_after_ns;
+        assert_eq!(q(&m), 0, "the first read dates nothing");
+        m.apply_kernel_latency(&[entry(10, &[])], 2_000_000_000);
+        assert_eq!(q(&m), 0, "no new completion");
+        m.apply_kernel_latency(&[entry(12, &[])], 3_000_000_000);
+        assert_eq!(q(&m), 2_000_000_000);
     }
 
     #[test]

@@ -149,6 +149,13 @@ pub struct Queue {
     /// `block_latency` and the completions come from it, block events add only slow ones.
     #[serde(default, skip)]
     pub kernel_latency_read: Option<ublk_trace_common::latmap::LatHist>,
+    /// When that histogram was read.
+    #[serde(default)]
+    pub kernel_latency_read_ns: u64,
+    /// A request of this queue completed after this time: the read before the one whose
+    /// count grew (the light path's evidence that the queue's thread serves).
+    #[serde(default)]
+    pub completed_after_ns: u64,
 }
 
 impl Queue {
