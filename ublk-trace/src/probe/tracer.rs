@@ -459,16 +459,7 @@ impl Tracer {
                 self.set_switch(SWITCH_TAG_FILTER_DEV, dev.wrapping_add(1))?;
                 self.set_switch(SWITCH_TAG_FILTER, ((u32::from(q) << 16) | u32::from(t)) + 1)?;
                 if self.follow_links.is_empty() && self.cfg.io_programs != IoPrograms::All {
-                    let targets = Targets {
-                        concepts: &self.concepts,
-                        ublk_loaded: self.ublk_loaded,
-                    };
-                    let on_path = self.cfg.io_programs;
-                    let extra =
-                        attach_all(&mut self.ebpf, &self.cfg, &targets, &self.offsets, |p| {
-                            !on_path.wants(p)
-                        });
-                    for (st, link) in extra {
+                    for (st, link) in self.attach_off_path() {
                         match link {
                             Some(l) => self.follow_links.push(l),
                             None if st.required => failed.push(st),
@@ -498,15 +489,7 @@ impl Tracer {
         let mut failed = Vec::new();
         if self.cfg.io_programs != IoPrograms::All {
             if self.follow_links.is_empty() {
-                let targets = Targets {
-                    concepts: &self.concepts,
-                    ublk_loaded: self.ublk_loaded,
-                };
-                let on_path = self.cfg.io_programs;
-                let extra = attach_all(&mut self.ebpf, &self.cfg, &targets, &self.offsets, |p| {
-                    !on_path.wants(p)
-                });
-                for (st, _) in extra {
+                for (st, _) in self.attach_off_path() {
                     if !st.attached && st.required {
                         failed.push(st.clone());
                     }
@@ -522,6 +505,19 @@ impl Tracer {
         self.set_switch(SWITCH_LIGHT, 0)?;
         self.set_switch(SWITCH_STATE, 1)?;
         Ok(failed)
+    }
+
+    /// Attach the plans this tracer's path left out (its links kept by the caller or left to
+    /// live as long as the tracer).
+    fn attach_off_path(&mut self) -> Vec<(ProbeStatus, Option<Link>)> {
+        let targets = Targets {
+            concepts: &self.concepts,
+            ublk_loaded: self.ublk_loaded,
+        };
+        let on_path = self.cfg.io_programs;
+        attach_all(&mut self.ebpf, &self.cfg, &targets, &self.offsets, |p| {
+            !on_path.wants(p)
+        })
     }
 
     /// Whether the per-tag state map is kept (the state path).

@@ -464,7 +464,7 @@ pub enum Drain {
     Streaming,
 }
 
-/// The probe thread's loop: `mode`'s map every [`STATE_EVERY`], ring events as `drain`
+/// The probe thread's loop: the tracer path's map every [`STATE_EVERY`], ring events as `drain`
 /// says, `each_pass` (false: stop), until stopped, the loop has gone away, or the probes
 /// fail (said once).
 pub fn probe_loop(
