@@ -197,7 +197,7 @@ fn render_queue(o: &mut String, q: &QueueState, depth: u16, now_ns: u64, all: bo
     };
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for t in &q.tags {
-        *counts.entry(view_name(t.view).to_string()).or_default() += 1;
+        *counts.entry(t.view.name().to_string()).or_default() += 1;
     }
     let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
     let _ = writeln!(
@@ -220,18 +220,6 @@ fn render_queue(o: &mut String, q: &QueueState, depth: u16, now_ns: u64, all: bo
     }
 }
 
-fn view_name(v: TagView) -> &'static str {
-    match v {
-        TagView::Waiting => "WAITING",
-        TagView::Queued => "QUEUED",
-        TagView::InServer => "IN_SERVER",
-        TagView::NeedGetData => "NEED_GET_DATA",
-        TagView::Aborted => "ABORTED",
-        TagView::NotFetched => "NOT_FETCHED",
-        TagView::Other => "OTHER",
-    }
-}
-
 /// `tag 5 IN_SERVER flags OWNED_BY_SRV res 0 | READ 4096 B @ 8 IN_FLIGHT 31.20 s`.
 pub fn tag_line(t: &TagState, now_ns: u64) -> String {
     let mut flags = t.flags.names.join("|");
@@ -249,7 +237,7 @@ pub fn tag_line(t: &TagState, now_ns: u64) -> String {
     let mut s = format!(
         "tag {:>4} {:<13} flags {flags} res {}{}",
         t.tag,
-        view_name(t.view),
+        t.view.name(),
         t.res,
         if t.cmd_parked { " cmd parked" } else { "" }
     );

@@ -160,6 +160,21 @@ pub enum TagView {
     Other,
 }
 
+impl TagView {
+    /// The name `state` and the TUI print (as the JSON spells it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Waiting => "WAITING",
+            Self::Queued => "QUEUED",
+            Self::InServer => "IN_SERVER",
+            Self::NeedGetData => "NEED_GET_DATA",
+            Self::Aborted => "ABORTED",
+            Self::NotFetched => "NOT_FETCHED",
+            Self::Other => "OTHER",
+        }
+    }
+}
+
 /// A blk-mq request that belongs to this (queue, tag).
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -168,27 +168,6 @@ fn history_line(h: &HistoryEntry) -> HistoryLine {
     }
 }
 
-fn rq_state_name(s: crate::driver::RqState) -> String {
-    // The reader's own names (SCREAMING_SNAKE_CASE, as `state --json` prints them).
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{s:?}"))
-}
-
-fn view_name(v: crate::driver::TagView) -> &'static str {
-    use crate::driver::TagView as V;
-    match v {
-        V::Waiting => "WAITING",
-        V::Queued => "QUEUED",
-        V::InServer => "IN_SERVER",
-        V::NeedGetData => "NEED_GET_DATA",
-        V::Aborted => "ABORTED",
-        V::NotFetched => "NOT_FETCHED",
-        V::Other => "OTHER",
-    }
-}
-
 /// The driver's view of a tag as detail lines: its `ublk_io` and blk-mq request.
 fn driver_lines(t: &crate::model::tag::Tag, now_ns: u64) -> Vec<String> {
     let Some(d) = t.driver.as_ref() else {
@@ -202,7 +181,7 @@ fn driver_lines(t: &crate::model::tag::Tag, now_ns: u64) -> Vec<String> {
     let mut v = vec![format!(
         "driver ({} ago): {}, flags {flags} ({:#x}), res {}, command {}",
         fmt_age(now_ns.saturating_sub(d.read_ns)),
-        view_name(d.view),
+        d.view.name(),
         d.flags.raw,
         d.res,
         if d.cmd_parked { "parked" } else { "not parked" }
@@ -212,8 +191,8 @@ fn driver_lines(t: &crate::model::tag::Tag, now_ns: u64) -> Vec<String> {
     }
     match &d.request {
         Some(r) => v.push(format!(
-            "  request {} {} {} bytes @ sector {}{}",
-            rq_state_name(r.state),
+            "  request {:?} {} {} bytes @ sector {}{}",
+            r.state,
             r.op,
             r.bytes,
             r.sector,
