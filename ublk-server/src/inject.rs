@@ -28,6 +28,8 @@ fault specs (--inject, repeatable):
   no-submit[:q=Q,tag=T]         write the COMMIT into an SQ, never call io_uring_enter for it (once)
   no-reap[:q=Q]                 queue Q's thread stops reaping CQEs (it keeps sleeping)
   start-gate                    serve I/O only after START_DEV's completion was reaped
+  no-rearm[:q=Q]                with --batch-io: never re-arm a FETCH_IO_CMDS that ended (-ENOBUFS
+                                once its buffer is used up), so queue Q's requests wait for ever
 (q defaults to 0)";
 
 /// Fault numbers as published in the tag-state file (`fault` = kind, `fault_mask` bit = 1<<kind).
@@ -49,6 +51,7 @@ pub enum FaultKind {
     NoSubmit = 13,
     NoReap = 14,
     StartGate = 15,
+    NoRearm = 16,
 }
 
 impl FaultKind {
@@ -110,6 +113,9 @@ pub enum Fault {
         q_id: u16,
     },
     StartGate,
+    NoRearm {
+        q_id: u16,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -144,6 +150,7 @@ impl Fault {
             Self::NoSubmit { .. } => FaultKind::NoSubmit,
             Self::NoReap { .. } => FaultKind::NoReap,
             Self::StartGate => FaultKind::StartGate,
+            Self::NoRearm { .. } => FaultKind::NoRearm,
         }
     }
 
@@ -158,6 +165,11 @@ impl Fault {
                 | Self::WrongThread { .. }
                 | Self::NoSubmit { .. }
         )
+    }
+
+    /// Whether the fault exists only on a UBLK_F_BATCH_IO device (it is about its commands).
+    pub fn needs_batch_mode(&self) -> bool {
+        matches!(self, Self::NoRearm { .. })
     }
 
     pub fn parse(spec: &str) -> Result<Self, ParseError> {
@@ -226,6 +238,9 @@ impl Fault {
                 q_id: kv.opt("q").map_err(err)?.unwrap_or(0),
             },
             "start-gate" => Self::StartGate,
+            "no-rearm" => Self::NoRearm {
+                q_id: kv.opt("q").map_err(err)?.unwrap_or(0),
+            },
             other => return Err(err(format!("unknown fault '{other}'"))),
         };
         kv.finish().map_err(err)?;
@@ -272,7 +287,8 @@ impl Fault {
             | Self::SkipFetch { q_id: q, .. }
             | Self::StallQueue { q_id: q, .. }
             | Self::WrongThread { q_id: q }
-            | Self::NoReap { q_id: q } => q_ok(q),
+            | Self::NoReap { q_id: q }
+            | Self::NoRearm { q_id: q } => q_ok(q),
             _ => Ok(()),
         }
     }
@@ -318,6 +334,7 @@ impl fmt::Display for Fault {
             }
             Self::NoReap { q_id } => write!(f, "no-reap:q={q_id}"),
             Self::StartGate => write!(f, "start-gate"),
+            Self::NoRearm { q_id } => write!(f, "no-rearm:q={q_id}"),
         }
     }
 }
@@ -391,6 +408,8 @@ pub struct QueueFaults {
     pub no_reap: bool,
     /// Serve I/O only after main reaped START_DEV's completion.
     pub start_gate: bool,
+    /// BATCH_IO: a FETCH_IO_CMDS that ended is not armed again.
+    pub no_rearm: bool,
     rng: u64,
 }
 
@@ -434,6 +453,7 @@ impl QueueFaults {
                 }
                 Fault::NoReap { q_id: q } if q == q_id => qf.no_reap = true,
                 Fault::StartGate => qf.start_gate = true,
+                Fault::NoRearm { q_id: q } if q == q_id => qf.no_rearm = true,
                 _ => {}
             }
         }
@@ -495,6 +515,7 @@ impl QueueFaults {
             && self.crash_after.is_none()
             && self.once.is_empty()
             && !self.no_reap
+            && !self.no_rearm
     }
 
     /// xorshift64: cheap, allocation-free, good enough for fault probabilities.
@@ -789,7 +810,10 @@ mod tests {
         );
         assert_eq!(Fault::parse("no-reap"), Ok(Fault::NoReap { q_id: 0 }));
         assert_eq!(Fault::parse("start-gate"), Ok(Fault::StartGate));
+        assert_eq!(Fault::parse("no-rearm:q=1"), Ok(Fault::NoRearm { q_id: 1 }));
+        assert!(Fault::NoRearm { q_id: 0 }.needs_batch_mode());
         for s in [
+            "no-rearm:q=1",
             "wrong-tag:q=1,tag=3",
             "wrong-tag:q=0",
             "double-commit:q=0,tag=2",

@@ -762,6 +762,14 @@ impl Queue {
                         self.who(),
                         std::io::Error::from_raw_os_error(-err)
                     );
+                } else if f.rearm && self.cfg.faults.no_rearm {
+                    // live_tags stays: the thread waits on (idle, as the broken server does)
+                    // instead of ending as it does when the kernel aborts every command.
+                    self.mark_queue_fault(FaultKind::NoRearm);
+                    log::warn!(
+                        "{}: injected no-rearm: FETCH_IO_CMDS {idx} ended (res {res}), not armed again",
+                        self.who()
+                    );
                 } else if f.rearm {
                     let ud = user_data(Kind::Ublk as u8, UBLK_IO_FETCH_IO_CMDS, idx);
                     let sqe = self

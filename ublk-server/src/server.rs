@@ -128,6 +128,14 @@ pub fn validate(opts: &RunOpts) -> Result<()> {
             return Err(Error::Usage(format!("--inject {f}: no daemon {d}: {why}")));
         }
     }
+    if opts.mode != IoMode::Batch
+        && let Some(f) = opts.faults.iter().find(|f| f.needs_batch_mode())
+    {
+        return Err(Error::Usage(format!(
+            "--inject {f} needs --batch-io: it is about the multishot FETCH_IO_CMDS of a \
+             UBLK_F_BATCH_IO device (7.0+)"
+        )));
+    }
     if opts.mode == IoMode::Batch {
         if opts.need_get_data {
             return Err(Error::Usage(
@@ -938,9 +946,19 @@ mod tests {
         o.faults = vec![Fault::parse("double-commit").expect("spec")];
         let e = validate(&o).expect_err("per-tag commit fault");
         assert!(e.is_usage() && e.to_string().contains("--batch-io"), "{e}");
+        o.faults = vec![Fault::parse("no-rearm").expect("spec")];
+        assert!(validate(&o).is_ok(), "no-rearm is a batch fault");
         o.faults.clear();
         o.need_get_data = true;
         assert!(validate(&o).expect_err("no NEED_GET_DATA").is_usage());
+        o.need_get_data = false;
+        o.mode = IoMode::PerTag;
+        o.faults = vec![Fault::parse("no-rearm").expect("spec")];
+        let e = validate(&o).expect_err("no-rearm without batch");
+        assert!(
+            e.is_usage() && e.to_string().contains("needs --batch-io"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -251,17 +251,6 @@ fn smoke_tracer_never_opens_the_devices_it_diagnoses() {
     );
 }
 
-/// The kernel lists `name` in GET_FEATURES (`ublk-server features`).
-fn kernel_has(name: &str) -> bool {
-    let out = std::process::Command::new(bin("ublk-server"))
-        .arg("features")
-        .output()
-        .unwrap_or_else(|e| panic!("ublk-server features: {e}"));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(name))
-}
-
 /// `ublk-server run <args>` under fio reads as deep as the queue (`depth`), until every tag of
 /// `stuck` (queue 0) is held per debugfs; then `diagnose --for 1` and the teardown. Gives the
 /// document and `probe(server)`'s answer, taken while the server ran.

@@ -513,6 +513,82 @@ fn repro_skip_fetch_gives_no_fetch() {
     println!("found {found_after:?} after the server started (diagnose {took:?})");
 }
 
+#[test]
+#[ignore = "needs ublk guest"]
+fn repro_batch_no_rearm_gives_no_fetch() {
+    let (s, _took) = scenario("batch-no-rearm");
+    if !kernel_has("BATCH_IO") {
+        println!(
+            "NOTE: {}: this kernel has no UBLK_F_BATCH_IO (7.0+ runs it); not run",
+            s.name
+        );
+        return;
+    }
+    let q = inject_arg(s, "q");
+    let srv = start_server(s);
+    let w = HeadlessWatch::start(srv.dev_id, INTERVAL_MS);
+    w.wait_until_attached();
+    let wl = start_workload(s, &srv);
+    // Ground truth: once both fetches have used up their buffers (a few thousand requests),
+    // requests of the queue stay in flight per debugfs.
+    let t0 = Instant::now();
+    let mut stuck = Vec::new();
+    while stuck.is_empty() && t0.elapsed() < Duration::from_secs(60) {
+        let busy = busy_tags(srv.dev_id);
+        std::thread::sleep(Duration::from_millis(600));
+        let again = busy_tags(srv.dev_id);
+        stuck = busy
+            .into_iter()
+            .filter(|b| b.0 == q && again.contains(b))
+            .collect();
+    }
+    let fault = Instant::now() - Duration::from_millis(600);
+    assert!(!stuck.is_empty(), "no request of q{q} stuck per debugfs");
+    let pid = srv.pid();
+    let found = w.wait_for(fault, FIND_WITHIN, |doc| {
+        of_class(doc, s.expect).iter().any(|f| {
+            f["queue"].as_u64() == Some(q)
+                && stuck.iter().any(|&(_, t)| f["tag"].as_u64() == Some(t))
+                && has_pid(f, pid)
+        })
+    });
+    let id = srv.dev_id;
+    let late = late_attach(s, id, &w, &found);
+    teardown(id, Some(w), Some(wl), srv);
+    let doc = report(s.name, fault, found, s.expect, late);
+    println!("stuck per debugfs: {stuck:?}");
+    let fs = of_class(&doc, s.expect);
+    let f = fs
+        .iter()
+        .find(|f| f["queue"].as_u64() == Some(q))
+        .unwrap_or_else(|| panic!("no {} on q{q}", s.expect));
+    println!("{f}");
+    let ev = f["evidence"].to_string();
+    assert!(ev.contains("no multishot FETCH_IO_CMDS"), "{f}");
+    // Every stuck tag is named as waiting for the fetch, and none as undelivered.
+    let named: Vec<u64> = f["evidence"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|l| {
+            l.split_once("never delivered")?
+                .1
+                .split_once("tags ")
+                .map(|x| x.1)
+        })
+        .map(|l| l.split(", ").filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    for (_, t) in &stuck {
+        assert!(named.contains(t), "tag {t} not among {named:?}: {f}");
+    }
+    let undelivered = of_class(&doc, "NOT_DELIVERED");
+    assert!(
+        undelivered.is_empty(),
+        "no fetch is the cause: {undelivered:?}"
+    );
+}
+
 /// Host check: every scenario of the shared table has its guest test here, named
 /// `repro_<scenario>_gives_<class>` and marked for the guest, so a new scenario (or a changed
 /// expected class) cannot go untested.

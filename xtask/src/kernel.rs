@@ -61,6 +61,18 @@ impl KernelSpec {
             prefix,
         })
     }
+
+    /// Whether every kernel this spec can resolve to is `min` ("7.0") or newer, judged by its
+    /// version prefix (an empty prefix, the newest of a suite, is not known to be).
+    pub fn at_least(&self, min: &str) -> bool {
+        // The oldest kernel a prefix admits: missing components are 0 ("7." is 7.0).
+        let oldest = |v: &str| -> Vec<u32> {
+            let mut n: Vec<u32> = v.split('.').map_while(|p| p.parse().ok()).collect();
+            n.resize(3, 0);
+            n
+        };
+        !self.prefix.is_empty() && oldest(&self.prefix) >= oldest(min)
+    }
 }
 
 /// A kernel ready to boot.
@@ -523,6 +535,18 @@ fn parse_packages(text: &str, suite: &str) -> Vec<Pkg> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_is_at_least_a_kernel_when_its_oldest_match_is() {
+        let p = |s: &str| KernelSpec::parse(s).expect("parses");
+        assert!(p("7").at_least("7.0") && p("7.2").at_least("7.0"));
+        assert!(p("6.18").at_least("6.16") && !p("6.12").at_least("6.16"));
+        assert!(!p("6.12").at_least("7.0") && !p("6.18").at_least("7.0"));
+        assert!(
+            !p("sid:").at_least("6.1"),
+            "the newest of a suite is not known"
+        );
+    }
 
     #[test]
     fn specs_parse() {

@@ -99,8 +99,17 @@ grep -l '^State:.*D' /proc/[0-9]*/status 2>/dev/null | sed 's/^/=== D-state task
 
 pub fn run(name: &str, watch: bool, kernel: &str) -> Result<i32> {
     let s = find(name)?;
-    crate::setup::setup(false)?;
     let spec = KernelSpec::parse(kernel)?;
+    if let Some(min) = s.min_kernel()
+        && !spec.at_least(min)
+    {
+        bail!(
+            "scenario {name} needs Linux {min} or newer (its server runs `{}`); run it with \
+             --kernel 7",
+            s.server
+        );
+    }
+    crate::setup::setup(false)?;
     let k = crate::kernel::fetch(&spec)?;
     let bins = build_project(true)?;
     let mut g = GuestOpts::new(spec);
@@ -164,6 +173,13 @@ mod tests {
                 s.name
             );
         }
+    }
+
+    #[test]
+    fn modes_name_their_first_kernel() {
+        let min = |n: &str| find(n).map(|s| s.min_kernel()).expect("scenario");
+        assert_eq!(min("batch-no-rearm"), Some("7.0"));
+        assert_eq!(min("hang-tag"), None);
     }
 
     #[test]

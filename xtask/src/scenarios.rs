@@ -28,6 +28,21 @@ pub struct Scenario {
     pub also: &'static [&'static str],
 }
 
+impl Scenario {
+    /// The first kernel whose driver has the mode the scenario's server runs in (the server
+    /// refuses older ones): `None` for the per-tag mode every kernel has.
+    pub fn min_kernel(&self) -> Option<&'static str> {
+        let args: Vec<&str> = self.server.split_whitespace().collect();
+        if args.contains(&"--batch-io") {
+            Some("7.0")
+        } else if args.contains(&"--per-io-daemon") {
+            Some("6.16")
+        } else {
+            None
+        }
+    }
+}
+
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "hang-tag",
@@ -183,5 +198,15 @@ pub const SCENARIOS: &[Scenario] = &[
         // that catches it there every time sees a request held in the block layer (seen from
         // the live watch and from a late diagnose, each in some runs and not in others).
         also: &["HELD_IN_BLOCK_LAYER"],
+    },
+    Scenario {
+        name: "batch-no-rearm",
+        symptom: "7.0+, BATCH_IO: I/O runs for a few thousand requests, then every request hangs",
+        server: "null --queues 1 --depth 8 --batch-io --inject no-rearm:q=0",
+        workload: "fio --name=r --filename=/dev/ublkb0 --rw=randread --bs=4k --iodepth=8 --ioengine=io_uring --direct=1 --time_based --runtime=600 >/dev/null 2>&1",
+        action: "",
+        expect: "NO_FETCH",
+        late: &["NO_FETCH"],
+        also: &[],
     },
 ];

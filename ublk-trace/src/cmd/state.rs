@@ -215,6 +215,13 @@ fn render_queue(o: &mut String, q: &QueueState, depth: u16, now_ns: u64, all: bo
             format!(", changing while read: {:?}", q.changing)
         }
     );
+    if let Some(b) = q.batch {
+        let _ = writeln!(
+            o,
+            "    batch: {} FETCH_IO_CMDS armed, {} tag(s) in the event FIFO waiting for one",
+            b.fetch_armed, b.fifo_waiting
+        );
+    }
     for t in q.tags.iter().filter(|t| all || t.view != TagView::Waiting) {
         let _ = writeln!(o, "    {}", tag_line(t, now_ns));
     }

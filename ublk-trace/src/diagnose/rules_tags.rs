@@ -355,6 +355,10 @@ impl Rule for NotDelivered {
                 if t.state != TagState::Queued || requeued || t.age_ns < lim {
                     continue;
                 }
+                // No fetch armed on a BATCH_IO queue: NO_FETCH names the cause.
+                if t.from_driver && batch_fetch_unarmed(&q) {
+                    continue;
+                }
                 // The owner thread entered io_uring (a command of this queue was accepted)
                 // after the request started, so the delivery task work ran then: the
                 // delivery event is late or batched, not missing.
@@ -546,7 +550,8 @@ impl Held {
     }
 }
 
-/// START_DEV waits until every tag has a FETCH_REQ; these tags never had one.
+/// START_DEV waits until every tag has a FETCH_REQ; these tags never had one. Or, on a
+/// BATCH_IO queue, requests wait for a multishot FETCH_IO_CMDS and none is armed.
 pub struct NoFetch;
 
 impl Rule for NoFetch {
@@ -554,46 +559,132 @@ impl Rule for NoFetch {
         Class::NoFetch
     }
     fn summary(&self) -> &'static str {
-        "tags without FETCH_REQ while START_DEV waits for them"
+        "tags without FETCH_REQ while START_DEV waits for them, or BATCH_IO queues without an \
+         armed FETCH_IO_CMDS while requests wait"
     }
     fn check(&self, cx: &Ctx<'_>) -> Verdict {
-        let dev = cx.dev_id();
-        let start = cx
-            .model
-            .ctrl()
-            .pending()
-            .filter(|c| c.dev_id == Some(dev) && c.op == "START_DEV")
-            .map(|c| c.start_ns)
-            .min();
-        let frame_start = cx
-            .dev
-            .dev
-            .persist
-            .ctrl_frames_since
-            .values()
-            .filter(|(f, _)| f.starts_with("ublk_ctrl_start_dev"))
-            .map(|(_, s)| *s)
-            .min();
-        let Some(since) = start.or(frame_start) else {
-            return Verdict::Ok;
-        };
-        if cx.now_ns.saturating_sub(since) < cx.th.stuck_ms * MS {
-            return Verdict::Ok;
+        let batch = batch_unfetched(cx);
+        match (start_dev_unfetched(cx), batch.is_empty()) {
+            (v, true) => v,
+            (Verdict::Findings(mut v), false) => {
+                v.extend(batch);
+                Verdict::Findings(v)
+            }
+            (_, false) => Verdict::Findings(batch),
         }
-        let Some((nr, depth)) = cx.dev.geometry() else {
-            return Verdict::Recheck(
-                "START_DEV is pending but the queue count and depth are \
-                                     unknown (GET_DEV_INFO failed)"
-                    .into(),
-            );
-        };
-        let add_seen = cx
-            .model
-            .ctrl()
-            .iter()
-            .any(|c| c.dev_id == Some(dev) && c.op == "ADD_DEV");
-        no_fetch(cx, since, (nr, depth), add_seen)
     }
+}
+
+/// The driver's memory holds this BATCH_IO queue with no fetch command armed.
+pub(super) fn batch_fetch_unarmed(q: &QueueView<'_>) -> bool {
+    q.queue
+        .driver
+        .as_ref()
+        .and_then(|d| d.batch)
+        .is_some_and(|b| b.fetch_armed == 0)
+}
+
+/// BATCH_IO queues whose started requests wait in the driver's event FIFO with no
+/// FETCH_IO_CMDS armed to report them: nothing will ever deliver them.
+fn batch_unfetched(cx: &Ctx<'_>) -> Vec<Finding> {
+    let lim = cx.th.stuck_ms * MS;
+    let mut out = Vec::new();
+    for q in cx.dev.queues() {
+        let Some(b) = q.queue.driver.as_ref().and_then(|d| d.batch) else {
+            continue;
+        };
+        if b.fetch_armed > 0 {
+            continue;
+        }
+        let waiting: Vec<TagView<'_>> = q
+            .tags()
+            .into_iter()
+            .filter(|t| t.state == TagState::Queued && t.from_driver && t.age_ns >= lim)
+            .collect();
+        let Some(oldest) = waiting.iter().max_by_key(|t| t.age_ns) else {
+            continue;
+        };
+        let mut f = tag_finding(cx, Class::NoFetch, &q, oldest);
+        let tags: Vec<u16> = waiting.iter().map(|t| t.tag).collect();
+        f.summary = format!(
+            "q{}: no FETCH_IO_CMDS armed; {} request(s) wait for one, the oldest {}",
+            q.q_id,
+            tags.len(),
+            dur(oldest.age_ns)
+        );
+        f.evidence.push(format!(
+            "the driver's own state: q{} lists no multishot FETCH_IO_CMDS (fcmd_head empty, \
+             no active one), and {} tag(s) wait in its event FIFO to be reported",
+            q.q_id, b.fifo_waiting
+        ));
+        f.evidence.push(format!(
+            "started and never delivered (the io is still ACTIVE, its request in flight): \
+             tags {}",
+            list(&tags)
+        ));
+        f.evidence.push(format!(
+            "oldest: tag {}, {} started {} ago",
+            oldest.tag,
+            text::request(oldest.op, oldest.sector, oldest.bytes),
+            dur(oldest.age_ns)
+        ));
+        if let Some(th) = oldest
+            .owner_tid
+            .or(q.owner_tid())
+            .and_then(|tid| text::find_thread(cx, tid))
+        {
+            f.evidence
+                .push(format!("queue thread {}", text::thread(th)));
+        }
+        f.hint = "Keep a multishot FETCH_IO_CMDS armed on every queue: when its CQE comes \
+                  without IORING_CQE_F_MORE (the command ended, e.g. -ENOBUFS once its \
+                  provided buffer is used up, or a CQ overflow), give the buffer back and \
+                  submit it again. Arm two, as kublk does, so one is armed while the other \
+                  is re-armed."
+            .into();
+        out.push(f);
+    }
+    out
+}
+
+/// START_DEV is pending and some tags never had a FETCH_REQ.
+fn start_dev_unfetched(cx: &Ctx<'_>) -> Verdict {
+    let dev = cx.dev_id();
+    let start = cx
+        .model
+        .ctrl()
+        .pending()
+        .filter(|c| c.dev_id == Some(dev) && c.op == "START_DEV")
+        .map(|c| c.start_ns)
+        .min();
+    let frame_start = cx
+        .dev
+        .dev
+        .persist
+        .ctrl_frames_since
+        .values()
+        .filter(|(f, _)| f.starts_with("ublk_ctrl_start_dev"))
+        .map(|(_, s)| *s)
+        .min();
+    let Some(since) = start.or(frame_start) else {
+        return Verdict::Ok;
+    };
+    if cx.now_ns.saturating_sub(since) < cx.th.stuck_ms * MS {
+        return Verdict::Ok;
+    }
+    let Some((nr, depth)) = cx.dev.geometry() else {
+        return Verdict::Recheck(
+            "START_DEV is pending but the queue count and depth are \
+                                 unknown (GET_DEV_INFO failed)"
+                .into(),
+        );
+    };
+    let add_seen = cx
+        .model
+        .ctrl()
+        .iter()
+        .any(|c| c.dev_id == Some(dev) && c.op == "ADD_DEV");
+    no_fetch(cx, since, (nr, depth), add_seen)
 }
 
 /// Tags without an accepted FETCH per queue, and whether a per-tag source (the server's tag

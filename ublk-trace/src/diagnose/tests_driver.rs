@@ -77,6 +77,53 @@ fn a_request_still_active_in_the_driver_is_not_delivered() {
     assert!(d.rechecks.is_empty(), "{:?}", d.rechecks);
 }
 
+/// A BATCH_IO queue (the snapshot's device flags are not needed: the queue's batch state is
+/// only read on batch devices) with two requests waiting in the event FIFO.
+fn batch_late(fetch_armed: u32) -> Model {
+    let mut snap = driver_snap(
+        5 * S,
+        vec![
+            driver_tag(0, DriverView::Waiting, None),
+            driver_tag(1, DriverView::Queued, Some(driver_rq(S))),
+            driver_tag(2, DriverView::Queued, Some(driver_rq(2 * S))),
+        ],
+    );
+    snap.devices[0].flags |= ublk_abi::UBLK_F_BATCH_IO;
+    snap.devices[0].queues[0].batch = Some(crate::driver::BatchQueue {
+        fetch_armed,
+        fifo_waiting: 2,
+    });
+    let mut m = Model::new();
+    m.apply_driver(&snap);
+    m
+}
+
+#[test]
+fn a_batch_queue_without_an_armed_fetch_is_no_fetch_not_undelivered() {
+    let d = diagnose(&batch_late(0), 5 * S, &th());
+    let classes: Vec<Class> = d.findings.iter().map(|f| f.class).collect();
+    assert_eq!(classes, [Class::NoFetch], "{:#?}", d.findings);
+    let f = &d.findings[0];
+    assert_eq!(
+        (f.queue, f.tag, f.age_ms),
+        (Some(0), Some(1), 4000),
+        "the oldest"
+    );
+    let text = f.evidence.join(" | ");
+    assert!(text.contains("no multishot FETCH_IO_CMDS"), "{text}");
+    assert!(text.contains("tags 1, 2"), "{text}");
+    assert!(f.hint.contains("-ENOBUFS"), "{}", f.hint);
+    // With a fetch armed the same requests are undelivered: the owner did not run.
+    let d = diagnose(&batch_late(1), 5 * S, &th());
+    let classes: Vec<Class> = d.findings.iter().map(|f| f.class).collect();
+    assert_eq!(
+        classes,
+        [Class::NotDelivered, Class::NotDelivered],
+        "{:#?}",
+        d.findings
+    );
+}
+
 #[test]
 fn an_idle_device_read_late_gives_nothing_and_no_unknown_tag() {
     let tags = (0..4)

@@ -158,7 +158,15 @@ pub(super) fn read_device(ctx: &Ctx, dev_id: u64, ub: u64) -> Result<DeviceState
     };
     let mut queues = Vec::with_capacity(nq);
     for (q, (&ubq, &t)) in queue_addrs.iter().zip(&tags).enumerate() {
-        queues.push(queue::read_queue(ctx, q as u16, ubq, t, depth, rq_queue)?);
+        let at = queue::QueueAt {
+            q: q as u16,
+            ubq,
+            tags: t,
+            depth,
+            rq_queue,
+            batch_io: h.flags & ublk_abi::UBLK_F_BATCH_IO != 0,
+        };
+        queues.push(queue::read_queue(ctx, &at)?);
     }
     // Still the same device after reading through it: not freed meanwhile.
     let (again, _) = read_head(ctx, ub)?;

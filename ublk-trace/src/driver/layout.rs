@@ -10,6 +10,9 @@
 //! - `ublk_io.cmd` shares a union with `ublk_io.req` from 6.15, so it is a command only while
 //!   the io is ACTIVE;
 //! - `ubq->nr_io_ready` is an unsigned short on 6.12, gone on 6.17 (per device), a u32 on 7.x.
+//! - UBLK_F_BATCH_IO (7.0+) adds per-queue batch state: `evts_fifo` (the tags of started
+//!   requests no FETCH_IO_CMDS has reported yet), `fcmd_head` (the armed multishot fetch
+//!   commands, `struct ublk_batch_fetch_cmd`) and `active_fcmd`.
 use std::collections::BTreeMap;
 
 use crate::kernel::btf::Btf;
@@ -65,6 +68,19 @@ pub enum QueuesAt {
     PtrArray { off: u32 },
 }
 
+/// UBLK_F_BATCH_IO's per-queue state, offsets from `ublk_queue` (7.0+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLayout {
+    /// `evts_fifo.kfifo.in` / `.out`: free-running counters; `in - out` tags wait.
+    pub fifo_in: Field,
+    pub fifo_out: Field,
+    /// `fcmd_head`, a `list_head` of armed fetch commands (its `next` at `list_next`).
+    pub fcmd_head: u32,
+    pub list_next: u32,
+    /// `active_fcmd`: the fetch command dispatching now (NULL between dispatches).
+    pub active_fcmd: Field,
+}
+
 /// `struct sbitmap` inside `blk_mq_tags.bitmap_tags`, offsets from `blk_mq_tags`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BitmapLayout {
@@ -108,6 +124,8 @@ pub struct Layout {
     pub fail_io: Option<Field>,
     pub nr_io_ready: Option<Field>,
     pub ios: u32,
+    /// Kernels with UBLK_F_BATCH_IO (`struct ublk_batch_fetch_cmd` in BTF).
+    pub batch: Option<BatchLayout>,
     // struct ublk_io
     pub io_size: u32,
     pub io_flags: Field,
@@ -235,6 +253,7 @@ impl Layout {
             }
         };
         let bitmap = bitmap_layout(&mut r);
+        let batch = batch_layout(&mut r);
         let req_ops = offsets::resolve(btf).req_ops;
         let state = |name: &str| {
             btf.enum_value("mq_rq_state", name)
@@ -268,6 +287,7 @@ impl Layout {
             fail_io: r.opt("ublk_queue", "fail_io"),
             nr_io_ready: r.opt("ublk_queue", "nr_io_ready"),
             ios: r.need("ublk_queue", "ios").off,
+            batch,
             io_size: r.size("ublk_io"),
             io_flags: r.scalar("ublk_io", "flags"),
             io_res: r.scalar("ublk_io", "res"),
@@ -388,6 +408,26 @@ fn bitmap_layout(r: &mut Resolve) -> Option<BitmapLayout> {
     if b.is_none() {
         r.optional
             .push("blk_mq_tags.bitmap_tags (busy-tag bitmap)".into());
+    }
+    b
+}
+
+/// The batch queue state, on kernels that have BATCH_IO (none is named missing on the
+/// others: there is no batch device to read there).
+fn batch_layout(r: &mut Resolve) -> Option<BatchLayout> {
+    r.btf.struct_size("ublk_batch_fetch_cmd")?;
+    let b = (|| {
+        Some(BatchLayout {
+            fifo_in: r.look("ublk_queue", "evts_fifo.kfifo.in")?,
+            fifo_out: r.look("ublk_queue", "evts_fifo.kfifo.out")?,
+            fcmd_head: r.look("ublk_queue", "fcmd_head")?.off,
+            list_next: r.look("list_head", "next")?.off,
+            active_fcmd: r.look("ublk_queue", "active_fcmd")?,
+        })
+    })();
+    if b.is_none() {
+        r.optional
+            .push("ublk_queue.evts_fifo, .fcmd_head, .active_fcmd (BATCH_IO fetch state)".into());
     }
     b
 }

@@ -115,10 +115,26 @@ pub struct QueueState {
     pub fail_io: Option<bool>,
     /// `ubq->nr_io_ready`: tags whose FETCH was accepted (where the queue has the count).
     pub nr_io_ready: Option<u32>,
+    /// UBLK_F_BATCH_IO devices: the queue's fetch state (None on per-tag devices and on
+    /// kernels whose layout lacks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchQueue>,
     /// Every tag whose two reads agreed, in tag order.
     pub tags: Vec<TagState>,
     /// Tags whose two reads disagreed (changing state while read).
     pub changing: Vec<u16>,
+}
+
+/// A BATCH_IO queue's fetch state. Requests started on the queue wait in the event FIFO
+/// until an armed multishot FETCH_IO_CMDS reports their tags; with none armed they wait for
+/// ever (the server did not arm one, or did not re-arm one that ended, e.g. with -ENOBUFS).
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchQueue {
+    /// FETCH_IO_CMDS commands armed (`fcmd_head`; the larger count of the two reads).
+    pub fetch_armed: u32,
+    /// Tags in the event FIFO, not yet reported to the server (the smaller of the two reads).
+    pub fifo_waiting: u32,
 }
 
 /// One tag: its `ublk_io` and, when one is in flight, blk-mq's request.

@@ -10,7 +10,7 @@ use super::device::Ctx;
 use super::flags::{self, IoFlags};
 use super::kcore::check_ptr;
 use super::layout::{Field, Layout};
-use super::{QueueState, RequestState, RqState, TagState, WalkError, tag_view};
+use super::{BatchQueue, QueueState, RequestState, RqState, TagState, WalkError, tag_view};
 
 /// The queue-wide part of one pass.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,7 @@ struct Header {
     force_abort: Option<bool>,
     fail_io: Option<bool>,
     nr_io_ready: Option<u32>,
+    batch: Option<BatchQueue>,
 }
 
 /// One tag as one pass read it, undecoded (cheap to compare).
@@ -32,17 +33,30 @@ struct RawTag {
     request: Option<RequestState>,
 }
 
-/// Read queue `q` at `ubq` twice; tags whose reads disagree are `changing`.
-pub(super) fn read_queue(
-    ctx: &Ctx,
-    q: u16,
-    ubq: u64,
-    tags: u64,
-    depth: u16,
-    rq_queue: Option<u64>,
-) -> Result<QueueState, WalkError> {
-    let (h, first) = pass(ctx, q, ubq, tags, depth, rq_queue)?;
-    let (_, second) = pass(ctx, q, ubq, tags, depth, rq_queue)?;
+/// Where one queue is and what the device says of it.
+pub(super) struct QueueAt {
+    pub q: u16,
+    /// The `ublk_queue`.
+    pub ubq: u64,
+    /// Its `blk_mq_tags` (0 before the tag set has them).
+    pub tags: u64,
+    pub depth: u16,
+    /// The disk's request_queue (None without a disk).
+    pub rq_queue: Option<u64>,
+    /// The device uses UBLK_F_BATCH_IO: read the queue's fetch state.
+    pub batch_io: bool,
+}
+
+/// Read queue `at.q` twice; tags whose reads disagree are `changing`.
+pub(super) fn read_queue(ctx: &Ctx, at: &QueueAt) -> Result<QueueState, WalkError> {
+    let (q, depth) = (at.q, at.depth);
+    let (h, first) = pass(ctx, at)?;
+    let (h2, second) = pass(ctx, at)?;
+    // A torn pair errs towards "armed" and "nothing waits": a stuck FIFO needs both reads.
+    let batch = h.batch.zip(h2.batch).map(|(a, b)| BatchQueue {
+        fetch_armed: a.fetch_armed.max(b.fetch_armed),
+        fifo_waiting: a.fifo_waiting.min(b.fifo_waiting),
+    });
     let active = flags::bit(ctx.row, flags::ACTIVE).unwrap_or(1);
     // Most tags share a few flag values: decode each value once (a short list beats a hash).
     let mut decoded: Vec<(u32, IoFlags)> = Vec::new();
@@ -79,6 +93,7 @@ pub(super) fn read_queue(
         force_abort: h.force_abort,
         fail_io: h.fail_io,
         nr_io_ready: h.nr_io_ready,
+        batch,
         tags: agreed,
         changing,
     })
@@ -88,14 +103,8 @@ fn flag(f: Option<Field>, b: &[u8]) -> Option<bool> {
     f.and_then(|f| f.get(b)).map(|v| v != 0)
 }
 
-fn pass(
-    ctx: &Ctx,
-    q: u16,
-    ubq: u64,
-    tags: u64,
-    depth: u16,
-    rq_queue: Option<u64>,
-) -> Result<(Header, Vec<RawTag>), WalkError> {
+fn pass(ctx: &Ctx, at: &QueueAt) -> Result<(Header, Vec<RawTag>), WalkError> {
+    let (q, ubq, tags, depth, rq_queue) = (at.q, at.ubq, at.tags, at.depth, at.rq_queue);
     let l = ctx.l;
     let len = l.ios as usize + usize::from(depth) * l.io_size as usize;
     let b = ctx.read(ubq, len)?;
@@ -121,6 +130,11 @@ fn pass(
         force_abort: flag(l.force_abort, &b),
         fail_io: flag(l.fail_io, &b),
         nr_io_ready: l.nr_io_ready.and_then(|f| f.get(&b)).map(|v| v as u32),
+        batch: if at.batch_io {
+            batch_state(ctx, ubq, &b, depth)?
+        } else {
+            None
+        },
     };
     let blk = BlkTags::read(ctx, tags, depth)?;
     let active = flags::bit(ctx.row, flags::ACTIVE).unwrap_or(1);
@@ -148,6 +162,48 @@ fn pass(
         })
         .collect();
     Ok((header, out))
+}
+
+/// Fetch commands armed on a BATCH_IO queue and the tags waiting for one. The armed list is
+/// walked up to the queue depth (a server arms a few; more is a torn or garbage list).
+fn batch_state(ctx: &Ctx, ubq: u64, b: &[u8], depth: u16) -> Result<Option<BatchQueue>, WalkError> {
+    let Some(bl) = ctx.l.batch else {
+        return Ok(None);
+    };
+    let (Some(fifo_in), Some(fifo_out)) = (bl.fifo_in.get(b), bl.fifo_out.get(b)) else {
+        return Ok(None);
+    };
+    // kfifo's in and out are free-running unsigned ints.
+    let fifo_waiting = (fifo_in as u32).wrapping_sub(fifo_out as u32);
+    if fifo_waiting > u32::from(depth) {
+        return Err(WalkError::Garbage(format!(
+            "evts_fifo holds {fifo_waiting} tags, queue depth {depth}"
+        )));
+    }
+    let head = ubq + u64::from(bl.fcmd_head);
+    let next = Field::new(bl.list_next, 8);
+    let mut node = Field::new(bl.fcmd_head + bl.list_next, 8)
+        .get(b)
+        .unwrap_or(head);
+    let mut fetch_armed = 0u32;
+    while node != head {
+        if fetch_armed >= u32::from(depth) {
+            return Err(WalkError::Garbage(format!(
+                "fcmd_head lists more than {depth} fetch commands"
+            )));
+        }
+        fetch_armed += 1;
+        let n = ctx.read(check_ptr(node, 8)?, next.end() as usize)?;
+        node = next.get(&n).unwrap_or(head);
+    }
+    // The active command stays on the list while it dispatches (unlinked when it ends).
+    if fetch_armed == 0 && bl.active_fcmd.get(b).unwrap_or(0) != 0 {
+        fetch_armed = 1;
+    }
+    Ok(Some(BatchQueue {
+        fetch_armed,
+        fifo_waiting,
+    }))
 }
 
 /// One queue's `blk_mq_tags`: the request pointer of each tag and which tags are busy.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::flags::{self, FlagRow};
 use super::kcore::{MemError, Memory};
-use super::layout::{BitmapLayout, Field, Layout, QueuesAt};
+use super::layout::{BatchLayout, BitmapLayout, Field, Layout, QueuesAt};
 use super::reader::{DriverError, walk};
 use super::{DeviceState, Dropped, RqState, TagView, Target};
 
@@ -44,6 +44,13 @@ fn layout(queues: QueuesAt) -> Layout {
         fail_io: Some(f(18, 1)),
         nr_io_ready: Some(f(20, 2)),
         ios: IOS,
+        batch: Some(BatchLayout {
+            fifo_in: f(24, 4),
+            fifo_out: f(28, 4),
+            fcmd_head: 32,
+            list_next: 0,
+            active_fcmd: f(48, 8),
+        }),
         io_size: IO_SIZE,
         io_flags: f(8, 4),
         io_res: f(12, 4),
@@ -178,6 +185,8 @@ struct Image {
     mem: FakeMem,
     l: Layout,
     idr: u64,
+    /// `ublk_device` of ids 0, 1, 2.
+    devs: Vec<u64>,
     queues: Vec<Vec<u64>>,
     rq_queue: u64,
     task: u64,
@@ -253,6 +262,9 @@ fn device(
         m.put(ubq, l.q_depth, u64::from(DEPTH));
         m.put_ptr(ubq, 8, task);
         m.put(ubq, l.nr_io_ready.expect("field"), u64::from(DEPTH));
+        // An empty list of fetch commands points at itself.
+        let b = l.batch.expect("batch layout");
+        m.put_ptr(ubq, b.fcmd_head, ubq + u64::from(b.fcmd_head));
         for t in 0..u64::from(DEPTH) {
             let io = ubq + u64::from(IOS + t as u32 * IO_SIZE);
             m.put(io, l.io_flags, u64::from(ACTIVE));
@@ -351,6 +363,7 @@ fn image(queues: QueuesAt) -> Image {
         mem: m,
         l,
         idr,
+        devs: vec![ub0, ub1, ub2],
         queues: vec![qs],
         rq_queue,
         task,
@@ -428,6 +441,53 @@ fn every_tag_state_of_a_fake_device_is_decoded() {
     }));
     // One read of the task for all of q1's tags (and one for q0's daemon), per pass pair.
     assert_eq!(img.mem.reads_within(img.task, 1), 1);
+}
+
+/// A BATCH_IO device: q0 has two requests in its event FIFO and no fetch armed (the hang
+/// of a server that stopped re-arming), q1 two armed fetch commands; a FIFO that holds more
+/// than the depth is garbage.
+#[test]
+fn batch_queues_report_armed_fetches_and_waiting_tags() {
+    let img = image(QueuesAt::PtrArray { off: 128 });
+    let (m, l) = (&img.mem, &img.l);
+    let b = l.batch.expect("batch layout");
+    // Without BATCH_IO in the device's flags nothing of it is read.
+    let (devs, _) = read(&img, Target::Dev(0));
+    assert!(devs[0].queues.iter().all(|q| q.batch.is_none()));
+    m.put(img.devs[0], l.dev_flags, 0x42 | ublk_abi::UBLK_F_BATCH_IO);
+    let (q0, q1) = (img.queues[0][0], img.queues[0][1]);
+    m.put(q0, b.fifo_in, 7);
+    m.put(q0, b.fifo_out, 5);
+    let (f1, f2) = (m.alloc(32), m.alloc(32));
+    m.put_ptr(q1, b.fcmd_head, f1);
+    m.put_ptr(f1, b.list_next, f2);
+    m.put_ptr(f2, b.list_next, q1 + u64::from(b.fcmd_head));
+    let (devs, _) = read(&img, Target::Dev(0));
+    let batch: Vec<_> = devs[0].queues.iter().map(|q| q.batch).collect();
+    use super::BatchQueue as B;
+    assert_eq!(
+        batch,
+        [
+            Some(B {
+                fetch_armed: 0,
+                fifo_waiting: 2
+            }),
+            Some(B {
+                fetch_armed: 2,
+                fifo_waiting: 0
+            })
+        ]
+    );
+    // The free-running counters wrap.
+    m.put(q0, b.fifo_in, 1);
+    m.put(q0, b.fifo_out, u64::from(u32::MAX));
+    let (devs, _) = read(&img, Target::Dev(0));
+    assert_eq!(devs[0].queues[0].batch.map(|b| b.fifo_waiting), Some(2));
+    m.put(q0, b.fifo_in, 100);
+    m.put(q0, b.fifo_out, 0);
+    let (devs, dropped) = read(&img, Target::Dev(0));
+    assert!(devs.is_empty(), "{devs:?}");
+    assert!(dropped[0].reason.contains("evts_fifo"), "{dropped:?}");
 }
 
 #[test]

@@ -48,6 +48,8 @@ pub struct DriverQueue {
     pub force_abort: Option<bool>,
     pub fail_io: Option<bool>,
     pub nr_io_ready: Option<u32>,
+    /// BATCH_IO: fetch commands armed and tags waiting for one.
+    pub batch: Option<driver::BatchQueue>,
     /// Tags whose two reads disagreed in the latest read (they keep their older view).
     pub changing: Vec<u16>,
 }
@@ -94,6 +96,7 @@ impl Model {
                     force_abort: q.force_abort,
                     fail_io: q.fail_io,
                     nr_io_ready: q.nr_io_ready,
+                    batch: q.batch,
                     changing: q.changing.clone(),
                 });
                 for t in &q.tags {

@@ -303,6 +303,7 @@ pub fn driver_snap(
                 force_abort: Some(false),
                 fail_io: None,
                 nr_io_ready: Some(4),
+                batch: None,
                 tags,
                 changing: vec![],
             }],

@@ -570,3 +570,14 @@ pub fn assert_recovered(dev_id: u32, limit: Duration) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The kernel lists `name` in GET_FEATURES (`ublk-server features`).
+pub fn kernel_has(name: &str) -> bool {
+    let out = std::process::Command::new(bin("ublk-server"))
+        .arg("features")
+        .output()
+        .unwrap_or_else(|e| panic!("ublk-server features: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(name))
+}
