@@ -75,10 +75,12 @@ pub(super) fn read_queue(ctx: &Ctx, at: &QueueAt) -> Result<QueueState, WalkErro
                 f
             }
         };
-        let cmd_parked = a.flags & active != 0 && a.cmd != 0;
+        // A batch device parks no command per tag (its fetch is per queue), and from 6.15
+        // `io->cmd` shares a union with `io->req`: an ACTIVE io without a request waits.
+        let cmd_parked = a.flags & active != 0 && a.cmd != 0 && !at.batch_io;
         agreed.push(TagState {
             tag,
-            view: tag_view(&fl, cmd_parked, a.request.as_ref()),
+            view: tag_view(&fl, cmd_parked || at.batch_io, a.request.as_ref()),
             flags: fl,
             res: a.res,
             cmd_parked,

@@ -463,6 +463,14 @@ fn batch_queues_report_armed_fetches_and_waiting_tags() {
     m.put_ptr(f1, b.list_next, f2);
     m.put_ptr(f2, b.list_next, q1 + u64::from(b.fcmd_head));
     let (devs, _) = read(&img, Target::Dev(0));
+    // No command is parked per tag, and the views stay what the flags say.
+    let read_q0 = &devs[0].queues[0];
+    assert!(read_q0.tags.iter().all(|t| !t.cmd_parked), "{read_q0:?}");
+    let v = |t: usize| read_q0.tags[t].view;
+    assert_eq!(
+        (v(0), v(1), v(2)),
+        (TagView::Waiting, TagView::InServer, TagView::Queued)
+    );
     let batch: Vec<_> = devs[0].queues.iter().map(|q| q.batch).collect();
     use super::BatchQueue as B;
     assert_eq!(
