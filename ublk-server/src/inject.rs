@@ -154,16 +154,14 @@ impl Fault {
         }
     }
 
-    /// Whether the fault can act on a UBLK_F_BATCH_IO device. The once-only commit faults
-    /// send per-tag COMMIT_AND_FETCH_REQs, which a batch device refuses (EOPNOTSUPP), so they
-    /// would not show the bug they are named after.
+    /// Whether the fault can act on a UBLK_F_BATCH_IO device. The other once-only commit
+    /// faults send per-tag COMMIT_AND_FETCH_REQs, which a batch device refuses (EOPNOTSUPP),
+    /// so they would not show the bug they are named after; wrong-tag puts the wrong tag
+    /// into the next COMMIT_IO_CMDS.
     pub fn works_in_batch_mode(&self) -> bool {
         !matches!(
             self,
-            Self::WrongTag { .. }
-                | Self::DoubleCommit { .. }
-                | Self::WrongThread { .. }
-                | Self::NoSubmit { .. }
+            Self::DoubleCommit { .. } | Self::WrongThread { .. } | Self::NoSubmit { .. }
         )
     }
 

@@ -1080,6 +1080,19 @@ impl Queue {
                     s.fault.store(kind as u32, Ordering::Relaxed);
                 }
                 self.hung[usize::from(tag)] = true;
+                if self.batch.is_some() {
+                    // BATCH_IO: the wrong tag goes into the queue's next COMMIT_IO_CMDS.
+                    let addr = self.buf_addr(other);
+                    let full = self
+                        .batch
+                        .as_mut()
+                        .is_some_and(|b| b.add_commit(other, res, addr));
+                    return if full {
+                        self.flush_batch_commit()
+                    } else {
+                        Ok(())
+                    };
+                }
                 self.send_injected(other, res)
             }
             FaultKind::DoubleCommit => {

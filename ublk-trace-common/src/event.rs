@@ -84,6 +84,24 @@ pub const KIND_CTRL_DONE: u32 = 2;
 /// `ts_ns` = entry, `arg1` = duration ns, `arg0` = `ublksrv_io_cmd.addr`, `result` =
 /// `ublksrv_io_cmd.result`, `flags` = issue_flags, `ret` = the handler's return value.
 pub const KIND_IO_CMD: u32 = 3;
+/// A KIND_IO_CMD record of a BATCH_IO command (PREP/COMMIT/FETCH_IO_CMDS, 7.0+) has its own
+/// layout: `q_id`; `bytes` = [`batch_bytes`] of its `struct ublk_batch_io`; `arg0` = the
+/// element buffer (`sqe->addr`); and for a COMMIT the kernel did not take whole, `tag` and
+/// `result` of the first element it refused (`tag` u16::MAX otherwise).
+pub const fn batch_bytes(nr_elem: u16, elem_bytes: u8, flags: u16) -> u32 {
+    nr_elem as u32 | (elem_bytes as u32) << 16 | ((flags & 0xff) as u32) << 24
+}
+
+/// `cmd_op` is one of UBLK_F_BATCH_IO's PREP_IO_CMDS (0x25), COMMIT_IO_CMDS (0x26) or
+/// FETCH_IO_CMDS (0x27) (`cmd_op & 0xff`, as the per-tag opcodes are matched).
+pub const fn is_batch_cmd(cmd_op: u32) -> bool {
+    matches!(cmd_op & 0xff, 0x25..=0x27)
+}
+
+/// `(nr_elem, elem_bytes, flags)` of [`batch_bytes`].
+pub const fn batch_fields(bytes: u32) -> (u16, u8, u16) {
+    (bytes as u16, (bytes >> 16) as u8, (bytes >> 24) as u16)
+}
 /// A request reached `ublk_queue_rq(s)` (kprobe), or was started on a ublk disk
 /// (block_rq_issue, `arg1` = [`QUEUE_RQ_FROM_ISSUE`]): `arg0` = sector, `bytes`, `flags` =
 /// cmd_flags.

@@ -68,9 +68,19 @@ pub struct Offsets {
     /// Index of the `struct request *` parameter of the per-request delivery function
     /// (`ublk_dispatch_req`, 6.15+), from its BTF prototype.
     pub dispatch_req_arg: u32,
+    /// `io_uring_sqe.addr` (vmlinux): a BATCH_IO command's element buffer (user memory).
+    pub sqe_addr: u32,
+    // struct ublk_batch_io (UAPI, module BTF of 7.0+; NO_OFFSET before): the command area
+    // of PREP/COMMIT/FETCH_IO_CMDS (its q_id is ublksrv_io_cmd's, at 0).
+    pub batch_flags: u32,
+    pub batch_nr_elem: u32,
+    pub batch_elem_bytes: u32,
+    // struct ublk_elem_header (UAPI, module BTF of 7.0+): one element of PREP/COMMIT.
+    pub elem_tag: u32,
+    pub elem_result: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 34 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 40 * 4);
 
 impl Offsets {
     /// Every field unknown: a program reading with these reports nothing useful, which is
@@ -110,6 +120,12 @@ impl Offsets {
         rq_list_head: NO_OFFSET,
         issue_flag_cancel: 0,
         dispatch_req_arg: NO_OFFSET,
+        sqe_addr: NO_OFFSET,
+        batch_flags: NO_OFFSET,
+        batch_nr_elem: NO_OFFSET,
+        batch_elem_bytes: NO_OFFSET,
+        elem_tag: NO_OFFSET,
+        elem_result: NO_OFFSET,
     };
 }
 

@@ -22,6 +22,7 @@ use aya_ebpf::{
     Global,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user,
     },
     macros::{kprobe, kretprobe, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -362,6 +363,8 @@ const EIOCBQUEUED: i32 = -529;
 /// UBLK_IO_FETCH_REQ / UBLK_IO_COMMIT_AND_FETCH_REQ (`cmd_op & 0xff`, legacy or ioctl).
 const IO_FETCH_REQ: u32 = 0x20;
 const IO_COMMIT_AND_FETCH_REQ: u32 = 0x21;
+/// UBLK_F_BATCH_IO's COMMIT_IO_CMDS (7.0+; the batch opcodes: `is_batch_cmd`).
+const IO_COMMIT_IO_CMDS: u32 = 0x26;
 
 /// `cmd->file->private_data` is the `struct ublk_device` of a /dev/ublkcN command.
 #[inline(always)]
@@ -545,6 +548,17 @@ pub fn io_enter(ctx: ProbeContext) -> u32 {
         ev.result = rd2(sqe, o.sqe_cmd, o.io_result).unwrap_or(0);
         ev.arg0 = rd2(sqe, o.sqe_cmd, o.io_addr).unwrap_or(0);
     }
+    if is_batch_cmd(ev.cmd_op) {
+        // The same command area holds a `struct ublk_batch_io` (its q_id where
+        // ublksrv_io_cmd has one): the record carries it as KIND_IO_CMD's batch layout.
+        let flags: u16 = rd2(sqe, o.sqe_cmd, o.batch_flags).unwrap_or(0);
+        let nr_elem: u16 = rd2(sqe, o.sqe_cmd, o.batch_nr_elem).unwrap_or(0);
+        let elem_bytes: u8 = rd2(sqe, o.sqe_cmd, o.batch_elem_bytes).unwrap_or(0);
+        ev.bytes = batch_bytes(nr_elem, elem_bytes, flags);
+        ev.tag = u16::MAX;
+        ev.result = 0;
+        ev.arg0 = rd(sqe, o.sqe_addr).unwrap_or(0);
+    }
     if ev.cmd_op & 0xff == IO_COMMIT_AND_FETCH_REQ {
         if let Some(slot) = IO_COMMIT_SLOT.get_ptr_mut(0) {
             // SAFETY: this CPU's slot; a program runs to its end on one CPU.
@@ -601,11 +615,52 @@ pub fn io_exit(ctx: RetProbeContext) -> u32 {
     let mut ev = start;
     ev.arg1 = now.wrapping_sub(start.ts_ns);
     ev.ret = ctx.ret::<i64>() as i32;
+    if is_batch_cmd(ev.cmd_op) {
+        batch_exit(&mut ev);
+        return 0;
+    }
     publish(&ev);
     if light() {
         light_io(&ev);
     }
     0
+}
+
+/// A batch command returned. It names no tag and keeps no per-tag state; it goes to the
+/// ring when streamed, and otherwise when it says something memory cannot: every PREP and
+/// FETCH (a few per queue) and every COMMIT the kernel did not take whole. Such a commit
+/// returns the bytes of elements it handled before the first it refused (or the error when
+/// that was the first): that element's tag and result are read back from the server's
+/// buffer, in this task's memory.
+#[inline(always)]
+fn batch_exit(ev: &mut RawEvent) {
+    let o = OFFSETS.load();
+    let (nr_elem, elem_bytes) = (ev.bytes & 0xffff, (ev.bytes >> 16) & 0xff);
+    let total = nr_elem * elem_bytes;
+    let commit = ev.cmd_op & 0xff == IO_COMMIT_IO_CMDS;
+    let whole = commit && ev.ret >= 0 && ev.ret as u32 == total;
+    let at = if ev.ret > 0 { ev.ret as u32 } else { 0 };
+    if commit && !whole && at < total && ev.arg0 != 0 {
+        let base = ev.arg0 + at as u64;
+        if o.elem_tag != NO_OFFSET {
+            // SAFETY: the helper copies from this task's user memory and fails safely.
+            if let Ok(t) = unsafe { bpf_probe_read_user((base + o.elem_tag as u64) as *const u16) }
+            {
+                ev.tag = t;
+            }
+        }
+        if o.elem_result != NO_OFFSET {
+            // SAFETY: as above.
+            if let Ok(r) =
+                unsafe { bpf_probe_read_user((base + o.elem_result as u64) as *const i32) }
+            {
+                ev.result = r;
+            }
+        }
+    }
+    if streamed(ev) || !whole {
+        emit(&with_comm(*ev));
+    }
 }
 
 /// The light path's share of a command: memory keeps no trace of a rejected command, and

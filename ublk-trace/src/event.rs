@@ -80,6 +80,29 @@ pub enum EventKind {
         /// The call carried IO_URING_F_CANCEL: ring teardown, not a command.
         cancel: bool,
     },
+    /// A BATCH_IO command (7.0+) returned: PREP_IO_CMDS (0 when every tag was readied),
+    /// FETCH_IO_CMDS (-EIOCBQUEUED: the multishot fetch is armed) or COMMIT_IO_CMDS (the
+    /// bytes of elements the kernel handled; `nr_elem * elem_bytes` when it took them all).
+    /// Below 0 the kernel refused the whole command. The record path sees every one; the
+    /// light path only PREP, FETCH and commits not taken whole.
+    BatchCmd {
+        dev_id: u32,
+        q_id: u16,
+        cmd_op: u32,
+        op: String,
+        nr_elem: u16,
+        elem_bytes: u8,
+        /// `UBLK_BATCH_F_*`.
+        flags: u16,
+        ret: i32,
+        duration_ns: u64,
+        /// A COMMIT not taken whole: the first element the kernel refused (its index, tag
+        /// and result, read back from the server's buffer).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<RefusedElem>,
+        /// The call carried IO_URING_F_CANCEL: ring teardown, not a command.
+        cancel: bool,
+    },
     /// A request was handed to the driver (`ublk_queue_rq(s)` or block_rq_issue on a ublk disk).
     QueueRq {
         dev_id: u32,
@@ -123,6 +146,15 @@ pub enum BlockStage {
     Issue,
     Complete,
     Requeue,
+}
+
+/// The first element of a COMMIT_IO_CMDS that the kernel refused.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedElem {
+    pub index: u16,
+    pub tag: u16,
+    pub result: i32,
 }
 
 /// `-EIOCBQUEUED`: the I/O command handler accepted and parked the command.

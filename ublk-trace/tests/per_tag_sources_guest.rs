@@ -364,3 +364,66 @@ fn smoke_per_io_daemon_stall_names_only_that_daemons_tags_and_thread() {
         assert!(named.contains(&(0, t)), "no finding lists q0 t{t}: {doc}");
     }
 }
+
+/// BATCH_IO (7.0+), a server that is not ours in spirit (no tag file): its COMMIT_IO_CMDS
+/// names a tag it does not own (`wrong-tag`: the request delivered on tag T is committed as
+/// tag T+1). The kernel refuses that element (-EBUSY: not OWNED_BY_SRV); the light path
+/// reads the refused element back from the server's buffer, so CMD_REJECTED names its tag,
+/// index and cause, and the request left on tag T is STUCK_IN_SERVER.
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_batch_commit_naming_a_tag_not_owned_is_rejected_with_that_element() {
+    if !kernel_has("BATCH_IO") {
+        println!("NOTE: this kernel has no UBLK_F_BATCH_IO; nothing to trace (7.0+ runs it)");
+        return;
+    }
+    const DEPTH: u64 = 4;
+    let s = Server::start(&[
+        "null",
+        "--queues",
+        "1",
+        "--depth",
+        "4",
+        "--batch-io",
+        "--no-tag-state",
+        "--inject",
+        "wrong-tag:q=0",
+    ]);
+    let w = HeadlessWatch::start(s.dev_id, 300);
+    w.wait_until_attached();
+    let mut reader = dd(&s.bdev(), 0, 1, None);
+    let found = w.wait_for(Instant::now(), Duration::from_secs(30), |doc| {
+        let fs = findings(doc);
+        fs.iter().any(|f| {
+            f["class"] == "CMD_REJECTED"
+                && f["tag"].as_u64().is_some_and(|other| {
+                    finding_on(&fs, &["STUCK_IN_SERVER"], 0, (other + DEPTH - 1) % DEPTH).is_some()
+                })
+        })
+    });
+    let pid = s.pid();
+    let _ = reader.kill();
+    drop(w);
+    drop(s);
+    let _ = wait_timeout(&mut reader, Duration::from_secs(30));
+    let (_, doc) = found.expect("CMD_REJECTED on the wrong tag and STUCK_IN_SERVER on its own");
+    let fs = findings(&doc);
+    let f = fs
+        .iter()
+        .find(|f| f["class"] == "CMD_REJECTED")
+        .expect("matched above");
+    println!("{f}");
+    let other = f["tag"].as_u64().expect("matched above");
+    let ev = f["evidence"].to_string();
+    assert!(
+        f["summary"]
+            .as_str()
+            .is_some_and(|t| t.contains("COMMIT_IO_CMDS rejected with -EBUSY")),
+        "{f}"
+    );
+    assert!(
+        ev.contains(&format!("element 0 of 1 (tag {other}")) && ev.contains("OWNED_BY_SRV"),
+        "{f}"
+    );
+    assert!(has_pid(f, pid), "{f}");
+}

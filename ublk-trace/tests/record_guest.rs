@@ -4,6 +4,7 @@
 //! dropped events. The partition-scan reads at START (DESIGN "Corrections") are excluded by
 //! taking only requests queued by dd's pid and commits/completions after dd's first request.
 
+mod diagnose_common;
 mod guest_util;
 mod schema_check;
 
@@ -36,6 +37,11 @@ struct Recorded {
 /// `ublk-trace record <record_args>` while `ublk-server run null` serves `n` reads by dd; the
 /// recorder and the server stop cleanly, with 0 dropped events.
 fn record_around_dd(record_args: &[&str], n: usize) -> Recorded {
+    record_around_dd_on(record_args, &[], n)
+}
+
+/// As [`record_around_dd`], the server run with `server_args` added.
+fn record_around_dd_on(record_args: &[&str], server_args: &[&str], n: usize) -> Recorded {
     let out = std::env::temp_dir().join(format!("ublk-trace-rec-{}.jsonl", std::process::id()));
     let mut rec = Command::new(bin("ublk-trace"))
         .args(["record"])
@@ -59,6 +65,7 @@ fn record_around_dd(record_args: &[&str], n: usize) -> Recorded {
             "--depth",
             &DEPTH.to_string(),
         ])
+        .args(server_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -284,4 +291,66 @@ fn recording_with_probe_ublk_queue_rq_names_its_source() {
         dd_rqs.first()
     );
     assert!(r.bdev.starts_with("/dev/ublkb"));
+}
+
+/// BATCH_IO (7.0+): the batch commands are in the recording under the kernel's names, with
+/// their element counts: one PREP_IO_CMDS per queue readying every tag, the multishot
+/// FETCH_IO_CMDS armed, and COMMIT_IO_CMDS taken whole for every request dd read.
+#[test]
+#[ignore = "needs ublk guest"]
+fn recording_smoke_batch_io_names_prep_fetch_and_commit_io_cmds() {
+    if !diagnose_common::kernel_has("BATCH_IO") {
+        println!("NOTE: this kernel has no UBLK_F_BATCH_IO; nothing to record (7.0+ runs it)");
+        return;
+    }
+    let r = record_around_dd_on(&[], &["--batch-io"], N);
+    let batch: Vec<(&str, u16, u16, i32, bool)> = r
+        .evs
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::BatchCmd {
+                op,
+                q_id,
+                nr_elem,
+                elem_bytes,
+                ret,
+                refused,
+                cancel: false,
+                ..
+            } => {
+                let whole = i64::from(*ret) == i64::from(*nr_elem) * i64::from(*elem_bytes);
+                Some((
+                    op.as_str(),
+                    *q_id,
+                    *nr_elem,
+                    *ret,
+                    whole && refused.is_none(),
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    let of = |name: &'static str| batch.iter().filter(move |b| b.0 == name);
+    let preps: Vec<_> = of("PREP_IO_CMDS").collect();
+    assert_eq!(preps.len(), QUEUES, "{preps:?}");
+    assert!(
+        preps.iter().all(|p| usize::from(p.2) == DEPTH && p.3 == 0),
+        "{preps:?}"
+    );
+    let armed = of("FETCH_IO_CMDS")
+        .filter(|f| f.3 == EIOCBQUEUED_RET)
+        .count();
+    assert!(armed >= QUEUES, "FETCH_IO_CMDS armed {armed} times");
+    let commits: Vec<_> = of("COMMIT_IO_CMDS").collect();
+    assert!(
+        commits.iter().all(|c| c.4),
+        "a commit not taken whole: {commits:?}"
+    );
+    let elems: usize = commits.iter().map(|c| usize::from(c.2)).sum();
+    assert!(elems >= N, "{elems} elements committed for {N} reads");
+    println!(
+        "batch commands: {} PREP, {armed} FETCH armed, {} COMMIT of {elems} elements",
+        preps.len(),
+        commits.len()
+    );
 }

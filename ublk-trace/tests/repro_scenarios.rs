@@ -529,13 +529,17 @@ fn repro_batch_no_rearm_gives_no_fetch() {
     let w = HeadlessWatch::start(srv.dev_id, INTERVAL_MS);
     w.wait_until_attached();
     let wl = start_workload(s, &srv);
-    // Ground truth: once both fetches have used up their buffers (a few thousand requests),
-    // requests of the queue stay in flight per debugfs.
+    // Ground truth: once both fetches have used up their buffers (a few thousand requests)
+    // the disk completes nothing more while requests of the queue stay in flight per
+    // debugfs (under fio every tag is busy at any moment: busy alone proves nothing).
     let t0 = Instant::now();
     let mut stuck = Vec::new();
     while stuck.is_empty() && t0.elapsed() < Duration::from_secs(60) {
-        let busy = busy_tags(srv.dev_id);
+        let (done, busy) = (completed_ios(srv.dev_id), busy_tags(srv.dev_id));
         std::thread::sleep(Duration::from_millis(600));
+        if completed_ios(srv.dev_id) != done || done.is_none() {
+            continue;
+        }
         let again = busy_tags(srv.dev_id);
         stuck = busy
             .into_iter()

@@ -8,6 +8,9 @@ use super::{Class, Ctx, Finding, Rule, Severity, Verdict};
 use crate::model::tag::errno_name;
 use crate::model::{QueueView, TagView};
 
+/// A rejected batch command that names no element (the whole command was refused).
+const NO_TAG: u16 = u16::MAX;
+
 /// Negative commit, 0 bytes for a non-empty read/write, or a requeue storm.
 pub struct BadCommit;
 
@@ -229,31 +232,50 @@ impl Rule for CmdRejected {
     fn check(&self, cx: &Ctx<'_>) -> Verdict {
         let recent = cx.now_ns.saturating_sub(cx.th.recent_ms * MS);
         type Key = (u16, u16, String, i32, u32);
-        let mut groups: BTreeMap<Key, (u64, u64, Option<u32>)> = BTreeMap::new();
+        type Group = (u64, u64, Option<u32>, Option<(u16, u16)>, i32);
+        let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
         for r in cx.dev.rejected().filter(|r| r.ts_ns >= recent) {
             let k = (r.q_id, r.tag, r.op.clone(), r.errno, r.tid);
-            let e = groups.entry(k).or_insert((0, r.ts_ns, r.owner_tid));
+            let e = groups
+                .entry(k)
+                .or_insert((0, r.ts_ns, r.owner_tid, r.batch_elem, r.result));
             e.0 += 1;
             e.1 = e.1.min(r.ts_ns);
             e.2 = r.owner_tid.or(e.2);
         }
         let out = groups
             .into_iter()
-            .map(|((q, tag, op, errno, tid), (n, first, owner))| {
+            .map(|((q, tag, op, errno, tid), (n, first, owner, elem, result))| {
+                let tagged = tag != NO_TAG;
                 // Attached after the FETCHes: the owner comes from the server's tag file.
-                let owner = owner.or_else(|| tag_owner(cx, q, tag));
+                let owner = owner.or_else(|| tag_owner(cx, q, tag).filter(|_| tagged));
                 let mut f = finding(cx, Class::CmdRejected, Severity::Error);
                 f.queue = Some(q);
-                f.tag = Some(tag);
+                f.tag = tagged.then_some(tag);
                 f.age_ms = cx.age_ms(first);
                 f.pids = text::pids(cx, [tid]);
-                f.summary = format!("q{q} tag {tag}: {op} rejected with {} ({n}x)", errno_name(errno));
+                let what = if errno < 0 {
+                    format!("rejected with {}", errno_name(errno))
+                } else {
+                    "not taken whole".to_string()
+                };
+                f.summary = match tagged {
+                    true => format!("q{q} tag {tag}: {op} {what} ({n}x)"),
+                    false => format!("q{q}: {op} {what} ({n}x)"),
+                };
                 f.evidence.push(format!(
-                    "{op} from tid {tid} returned {} {n} time(s), first {} ago",
-                    errno_name(errno),
+                    "{op} from tid {tid} {} {n} time(s), first {} ago",
+                    if errno < 0 {
+                        format!("returned {}", errno_name(errno))
+                    } else {
+                        "was refused an element".to_string()
+                    },
                     dur(cx.now_ns.saturating_sub(first))
                 ));
-                f.evidence.push(rejection_cause(&op, errno, tid, owner));
+                f.evidence.push(match elem {
+                    Some(e) => batch_refusal(e, tag, result, cx.dev.geometry()),
+                    None => rejection_cause(&op, errno, tid, owner),
+                });
                 f.hint = "A rejected command changes nothing in the kernel: the tag stays where \
                           it was. Send each COMMIT once, from the owner thread, for a delivered request."
                     .into();
@@ -268,6 +290,31 @@ impl Rule for CmdRejected {
 pub(super) fn tag_owner(cx: &Ctx<'_>, q: u16, tag: u16) -> Option<u32> {
     let qv = cx.dev.queue(q)?;
     qv.tag(tag).owner_tid.or(qv.owner_tid())
+}
+
+/// Why the kernel refused element `index` of `nr` of a COMMIT_IO_CMDS (ublk_drv.c:
+/// `__ublk_walk_cmd_buf`, `ublk_batch_commit_io_check`). It handles the elements in order
+/// and stops at the first it refuses: that one and every later one were not committed.
+fn batch_refusal(
+    (index, nr): (u16, u16),
+    tag: u16,
+    result: i32,
+    geometry: Option<(u16, u16)>,
+) -> String {
+    let why = match geometry {
+        Some((_, depth)) if tag >= depth => {
+            format!("tag {tag} is not below the queue depth {depth} (-EINVAL)")
+        }
+        _ => "the tag was not the server's to commit: its io was not OWNED_BY_SRV (-EBUSY: \
+              never delivered, or committed already: a second commit, or a commit meant for \
+              another tag); or, on a device that copies data, the element had no buffer \
+              address (-EINVAL)"
+            .to_string(),
+    };
+    format!(
+        "element {index} of {nr} (tag {tag}, result {result}) refused: {why}; elements \
+         {index}..{nr} of that command were not committed"
+    )
 }
 
 /// Why the kernel refused a command, from its errno and who sent it.

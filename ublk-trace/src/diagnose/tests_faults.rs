@@ -336,3 +336,54 @@ fn ctrl_pending_seen_only_on_a_stack_is_named_by_its_frame() {
     assert_eq!(super::rules_server::frame_op("ublk_ctrl_uring_cmd"), None);
     assert_eq!(super::rules_server::frame_op("io_uring_cmd"), None);
 }
+
+/// BATCH_IO: a COMMIT_IO_CMDS of 4 elements whose third names a tag the server does not own
+/// (the kernel handled 2 x 16 bytes, then refused it); whole commits and the setup are not
+/// findings, and the refused element is named with its tag, index and cause.
+#[test]
+fn a_batch_commit_naming_a_tag_the_server_does_not_own_is_rejected() {
+    use crate::event::RefusedElem;
+    let mut m = Model::new();
+    m.apply_all(&setup(0, 1, 8, MS));
+    m.apply(&batch(0, 0, 900 * MS, "PREP_IO_CMDS", 8, 0, None));
+    m.apply(&batch(0, 0, 910 * MS, "FETCH_IO_CMDS", 8, -529, None));
+    m.apply(&batch(0, 0, 1000 * MS, "COMMIT_IO_CMDS", 4, 64, None));
+    let refused = RefusedElem {
+        index: 2,
+        tag: 6,
+        result: 4096,
+    };
+    m.apply(&batch(
+        0,
+        0,
+        1100 * MS,
+        "COMMIT_IO_CMDS",
+        4,
+        32,
+        Some(refused),
+    ));
+    let fs = run(&m, 2000 * MS, &th());
+    assert_eq!(fs.len(), 1, "{fs:#?}");
+    let f = find(&fs, Class::CmdRejected, 6).expect("CMD_REJECTED on tag 6");
+    let t = text(f);
+    assert!(t.contains("COMMIT_IO_CMDS not taken whole"), "{t}");
+    assert!(
+        t.contains("element 2 of 4 (tag 6, result 4096) refused"),
+        "{t}"
+    );
+    assert!(t.contains("OWNED_BY_SRV"), "{t}");
+    let q = &m.device(0, 2000 * MS).expect("device").dev.queues[&0];
+    assert_eq!((q.batch_commits, q.batch_committed), (1, 4));
+    // A whole command refused names the queue, not a tag.
+    m.apply(&batch(0, 0, 1200 * MS, "FETCH_IO_CMDS", 8, -22, None));
+    let fs = run(&m, 2000 * MS, &th());
+    let whole = fs
+        .iter()
+        .find(|f| f.class == Class::CmdRejected && f.tag.is_none())
+        .expect("the refused FETCH");
+    assert!(
+        text(whole).contains("q0: FETCH_IO_CMDS rejected with -EINVAL"),
+        "{}",
+        text(whole)
+    );
+}

@@ -148,6 +148,15 @@ pub fn resolve(btf: &Btf) -> Resolution {
     o.set_driver_data = r.get("blk_mq_tag_set", "driver_data", true, None);
     o.q_disk = r.get("request_queue", "disk", true, None);
     o.disk_name = r.get("gendisk", "disk_name", true, None);
+    // UBLK_F_BATCH_IO (7.0+): the element buffer's address is the SQE's `addr` (UAPI, 16),
+    // the command area is `struct ublk_batch_io`, each element starts with a
+    // `struct ublk_elem_header`. Only kernels that have the mode have the structs.
+    o.sqe_addr = r.get("io_uring_sqe", "addr", false, Some(16));
+    o.batch_flags = r.get("ublk_batch_io", "flags", false, None);
+    o.batch_nr_elem = r.get("ublk_batch_io", "nr_elem", false, None);
+    o.batch_elem_bytes = r.get("ublk_batch_io", "elem_bytes", false, None);
+    o.elem_tag = r.get("ublk_elem_header", "tag", false, None);
+    o.elem_result = r.get("ublk_elem_header", "result", false, None);
     // struct rq_list exists from 6.13; before, ->queue_rqs took a `struct request **`.
     o.rq_list_head = r.get("rq_list", "head", false, None);
     let cancel = btf.enum_value("io_uring_cmd_flags", "IO_URING_F_CANCEL");

@@ -35,6 +35,29 @@ pub struct RejectedCmd {
     pub owner_tid: Option<u32>,
     /// The commit result it carried.
     pub result: i32,
+    /// A COMMIT_IO_CMDS element the kernel refused: (its index, the command's element count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_elem: Option<(u16, u16)>,
+}
+
+/// Batch commands (UBLK_F_BATCH_IO) kept for the command timeline.
+pub const BATCH_LOG_LEN: usize = 256;
+
+/// One BATCH_IO command worth a line: every PREP and FETCH, and each COMMIT the kernel did
+/// not take whole (whole commits are only counted, per queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchCmdLine {
+    /// When it entered the handler.
+    pub ts_ns: u64,
+    pub duration_ns: u64,
+    pub q_id: u16,
+    pub op: String,
+    pub nr_elem: u16,
+    pub ret: i32,
+    pub refused: Option<crate::event::RefusedElem>,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
 }
 
 /// Facts that need more than one snapshot: each holds the first snapshot time the condition
@@ -100,6 +123,8 @@ pub struct Device {
     pub completes_seen: bool,
     pub rejected: VecDeque<RejectedCmd>,
     pub rejected_total: u64,
+    /// BATCH_IO commands for the timeline (bounded, oldest leave first).
+    pub batch_log: VecDeque<BatchCmdLine>,
     pub io_errors: u64,
     /// IO_URING_F_CANCEL calls (ring teardown) and when the last one came.
     pub cancels: u64,
@@ -303,7 +328,53 @@ impl Device {
             tid: a.tid,
             owner_tid,
             result,
+            batch_elem: None,
         });
+    }
+
+    /// A BATCH_IO command returned (`l.ts_ns` is its entry). Any accepted one shows the
+    /// queue's thread in io_uring; a refusal is kept as a rejected command of the refused
+    /// element's tag (`NO_TAG` when the whole command was refused).
+    pub fn batch_cmd(&mut self, l: BatchCmdLine, elem_bytes: u8) {
+        let end = l.ts_ns.saturating_add(l.duration_ns);
+        self.touch(end);
+        let whole = i64::from(l.ret) == i64::from(l.nr_elem) * i64::from(elem_bytes);
+        let commit = l.op == "COMMIT_IO_CMDS";
+        let accepted = l.ret >= 0 || l.ret == crate::event::EIOCBQUEUED_RET;
+        let q = self.queue_mut(l.q_id);
+        if accepted {
+            q.last_accepted_ns = q.last_accepted_ns.max(l.ts_ns);
+            q.owner_tid = Some(l.tid);
+        }
+        if commit && whole {
+            q.batch_commits += 1;
+            q.batch_committed += u64::from(l.nr_elem);
+            return;
+        }
+        if commit || !accepted {
+            let tag = l.refused.map_or(super::NO_TAG, |r| r.tag);
+            let owner_tid = q.owner_tid;
+            q.rejected += 1;
+            if self.rejected.len() == REJECTED_LEN {
+                self.rejected.pop_front();
+            }
+            self.rejected_total += 1;
+            self.rejected.push_back(RejectedCmd {
+                ts_ns: l.ts_ns,
+                q_id: l.q_id,
+                tag,
+                op: l.op.clone(),
+                errno: l.ret.min(0),
+                tid: l.tid,
+                owner_tid,
+                result: l.refused.map_or(0, |r| r.result),
+                batch_elem: l.refused.map(|r| (r.index, l.nr_elem)),
+            });
+        }
+        if self.batch_log.len() == BATCH_LOG_LEN {
+            self.batch_log.pop_front();
+        }
+        self.batch_log.push_back(l);
     }
 
     /// A request was started on (queue, tag): ublk_queue_rq(s) or block_rq_issue.

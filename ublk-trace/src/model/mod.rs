@@ -191,6 +191,33 @@ impl Model {
         self.last_event_ns = self.last_event_ns.max(ev.ts_ns);
         match &ev.kind {
             EventKind::CtrlStart { .. } | EventKind::CtrlDone { .. } => self.apply_ctrl(ev),
+            EventKind::BatchCmd {
+                dev_id,
+                q_id,
+                op,
+                nr_elem,
+                elem_bytes,
+                ret,
+                duration_ns,
+                refused,
+                cancel: false,
+                ..
+            } => {
+                let line = device::BatchCmdLine {
+                    ts_ns: ev.ts_ns.saturating_sub(*duration_ns),
+                    duration_ns: *duration_ns,
+                    q_id: *q_id,
+                    op: op.clone(),
+                    nr_elem: *nr_elem,
+                    ret: *ret,
+                    refused: *refused,
+                    pid: ev.pid,
+                    tid: ev.tid,
+                    comm: ev.comm.clone(),
+                };
+                self.device_mut(*dev_id, ev.ts_ns)
+                    .batch_cmd(line, *elem_bytes);
+            }
             EventKind::Lost { count } => {
                 self.lost_events = self.lost_events.saturating_add(*count);
                 self.last_lost_ns = self.last_lost_ns.max(ev.ts_ns);

@@ -131,6 +131,9 @@ pub struct Queue {
     pub undelivered: BTreeSet<u16>,
     /// Last accepted FETCH/COMMIT on the queue: the owner thread entered io_uring then.
     pub last_accepted_ns: u64,
+    /// BATCH_IO: COMMIT_IO_CMDS the kernel took whole, and the elements they committed.
+    pub batch_commits: u64,
+    pub batch_committed: u64,
     /// Last thread whose FETCH/COMMIT was accepted (the queue's daemon up to 6.15).
     pub owner_tid: Option<u32>,
     pub slow: VecDeque<SlowIo>,

@@ -113,6 +113,41 @@ pub fn cancel(dev: u32, q: u16, tag: u16, ts: u64, tid: u32) -> TraceEvent {
         },
     )
 }
+/// A BATCH_IO command of queue `q` returned at `ts` after 10 µs: `op` PREP_IO_CMDS,
+/// COMMIT_IO_CMDS or FETCH_IO_CMDS with `nr` 16-byte elements (2-byte for a fetch).
+pub fn batch(
+    dev: u32,
+    q: u16,
+    ts: u64,
+    op: &str,
+    nr: u16,
+    ret: i32,
+    refused: Option<crate::event::RefusedElem>,
+) -> TraceEvent {
+    let nr_op = match op {
+        "PREP_IO_CMDS" => ublk_abi::UBLK_U_IO_PREP_IO_CMDS,
+        "COMMIT_IO_CMDS" => ublk_abi::UBLK_U_IO_COMMIT_IO_CMDS,
+        _ => ublk_abi::UBLK_U_IO_FETCH_IO_CMDS,
+    };
+    ev(
+        ts,
+        Q_TID,
+        EventKind::BatchCmd {
+            dev_id: dev,
+            q_id: q,
+            cmd_op: nr_op,
+            op: op.into(),
+            nr_elem: nr,
+            elem_bytes: if op == "FETCH_IO_CMDS" { 2 } else { 16 },
+            flags: 0,
+            ret,
+            duration_ns: 10_000,
+            refused,
+            cancel: false,
+        },
+    )
+}
+
 pub fn queue_rq(dev: u32, q: u16, tag: u16, ts: u64, op: &str, bytes: u32) -> TraceEvent {
     ev(
         ts,

@@ -2,7 +2,7 @@
 
 use ublk_trace_common::event::*;
 
-use crate::event::{BlockStage, EventKind, TraceEvent};
+use crate::event::{BlockStage, EventKind, RefusedElem, TraceEvent};
 use crate::kernel::offsets::fallback_req_op_name;
 
 /// What decoding needs to know about the kernel.
@@ -83,6 +83,39 @@ impl Decoder {
                     duration_ns: r.arg1,
                 },
             )),
+            KIND_IO_CMD if is_batch_cmd(cmd_op) => {
+                let (nr_elem, elem_bytes, flags) = batch_fields(r.bytes);
+                let total = i64::from(nr_elem) * i64::from(elem_bytes);
+                let is_commit = cmd_op & 0xff == ublk_abi::UBLK_IO_COMMIT_IO_CMDS;
+                // Refused elements carry their tag; the index comes from the bytes handled.
+                let refused =
+                    (is_commit && i64::from(r.ret) != total && tag != u16::MAX).then(|| {
+                        RefusedElem {
+                            index: match (r.ret, elem_bytes) {
+                                (ret, eb) if ret > 0 && eb > 0 => (ret / i32::from(eb)) as u16,
+                                _ => 0,
+                            },
+                            tag,
+                            result: r.result,
+                        }
+                    });
+                out.push(ev(
+                    r.ts_ns.saturating_add(r.arg1),
+                    EventKind::BatchCmd {
+                        dev_id,
+                        q_id,
+                        cmd_op,
+                        op: ublk_abi::io_cmd_name(cmd_op).to_string(),
+                        nr_elem,
+                        elem_bytes,
+                        flags,
+                        ret: r.ret,
+                        duration_ns: r.arg1,
+                        refused,
+                        cancel: self.cancel_flag != 0 && r.flags & self.cancel_flag != 0,
+                    },
+                ));
+            }
             KIND_IO_CMD => {
                 let op = ublk_abi::io_cmd_name(cmd_op).to_string();
                 out.push(ev(
@@ -221,6 +254,53 @@ mod tests {
             req_ops: Default::default(),
             issue_from_queue_rq: true,
         }
+    }
+
+    #[test]
+    fn a_batch_commit_not_taken_whole_names_the_refused_element() {
+        let mut r = raw(KIND_IO_CMD);
+        r.cmd_op = ublk_abi::UBLK_U_IO_COMMIT_IO_CMDS;
+        r.bytes = batch_bytes(4, 16, 2);
+        r.ret = 32; // two elements handled
+        r.tag = 6;
+        r.result = 4096;
+        r.arg1 = 1_000;
+        let mut out = Vec::new();
+        decoder()
+            .decode_bytes(&r.to_le_bytes(), &mut out)
+            .expect("valid record");
+        match &out[..] {
+            [e] => match &e.kind {
+                EventKind::BatchCmd {
+                    op,
+                    nr_elem,
+                    elem_bytes,
+                    flags,
+                    refused: Some(x),
+                    ..
+                } => {
+                    assert_eq!(
+                        (op.as_str(), *nr_elem, *elem_bytes, *flags),
+                        ("COMMIT_IO_CMDS", 4, 16, 2)
+                    );
+                    assert_eq!((x.index, x.tag, x.result), (2, 6, 4096));
+                    assert_eq!(e.ts_ns, r.ts_ns + 1_000, "dated at its return");
+                }
+                k => panic!("expected a refused BatchCmd, got {k:?}"),
+            },
+            o => panic!("one event expected: {o:?}"),
+        }
+        // Taken whole: nothing refused.
+        r.ret = 64;
+        r.tag = u16::MAX;
+        out.clear();
+        decoder()
+            .decode_bytes(&r.to_le_bytes(), &mut out)
+            .expect("valid");
+        assert!(matches!(
+            &out[0].kind,
+            EventKind::BatchCmd { refused: None, .. }
+        ));
     }
 
     #[test]

@@ -124,6 +124,9 @@ pub struct CtrlLine {
     pub result: Option<i32>,
     pub result_name: String,
     pub eagain_retries: u32,
+    /// A BATCH_IO command's queue and elements (`q0, 8 elements`), and what was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Labels for the report header.
@@ -153,8 +156,19 @@ pub fn build(model: &Model, src: &Source, th: &Thresholds) -> Report {
             result: c.result,
             result_name: c.result.map_or_else(|| "PENDING".into(), result_name),
             eagain_retries: c.eagain,
+            detail: None,
         })
-        .collect();
+        .chain(model.devices(last_ns).flat_map(|d| {
+            let dev_id = d.dev_id();
+            d.dev
+                .batch_log
+                .iter()
+                .map(move |b| batch_line(dev_id, b, first_ns))
+                .collect::<Vec<_>>()
+        }))
+        .collect::<Vec<_>>();
+    let mut ctrl = ctrl;
+    ctrl.sort_by_key(|c| c.at_ns);
     Report {
         kind: REPORT_SCHEMA.into(),
         schema: REPORT_SCHEMA.into(),
@@ -168,6 +182,32 @@ pub fn build(model: &Model, src: &Source, th: &Thresholds) -> Report {
         devices,
         ctrl,
         diagnosis: diagnose::diagnose_recording(model, last_ns, th),
+    }
+}
+
+/// A BATCH_IO command as a line of the command timeline.
+fn batch_line(dev_id: u32, b: &crate::model::device::BatchCmdLine, first_ns: u64) -> CtrlLine {
+    let mut detail = format!("q{}, {} element(s)", b.q_id, b.nr_elem);
+    if b.op == "FETCH_IO_CMDS" && b.ret == crate::event::EIOCBQUEUED_RET {
+        detail.push_str(", armed (multishot)");
+    }
+    if let Some(r) = b.refused {
+        detail.push_str(&format!(
+            ", element {} (tag {}, result {}) refused: it and the rest not committed",
+            r.index, r.tag, r.result
+        ));
+    }
+    CtrlLine {
+        at_ns: b.ts_ns.saturating_sub(first_ns),
+        dev_id: Some(dev_id),
+        op: b.op.clone(),
+        pid: b.pid,
+        comm: b.comm.clone(),
+        duration_ns: Some(b.duration_ns),
+        result: Some(b.ret),
+        result_name: result_name(b.ret),
+        eagain_retries: 0,
+        detail: Some(detail),
     }
 }
 

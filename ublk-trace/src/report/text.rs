@@ -149,13 +149,16 @@ fn render_ctrl(s: &mut String, r: &Report) {
         };
         let _ = writeln!(
             s,
-            "  +{:>10} dev {dev:>3} {:<14} pid {} {}: {} -> {}{retry}",
+            "  +{:>10} dev {dev:>3} {:<14} pid {} {}: {} -> {}{retry}{}",
             dur(c.at_ns),
             c.op,
             c.pid,
             c.comm,
             took,
-            c.result_name
+            c.result_name,
+            c.detail
+                .as_ref()
+                .map_or_else(String::new, |d| format!(" ({d})"))
         );
     }
 }
