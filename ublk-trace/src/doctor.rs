@@ -265,7 +265,7 @@ fn check_features() -> (Check, Vec<String>) {
             if bits & ublk_abi::UBLK_F_BATCH_IO != 0 {
                 // Kernel support alone is fine; a device that uses it is described below.
                 detail.push_str(
-                    "; a BATCH_IO device's tags are read from the driver's memory (its batch commands are not traced)",
+                    "; a BATCH_IO device's tags are read from the driver's memory, its PREP/COMMIT/FETCH_IO_CMDS traced on ublk_ch_batch_io_uring_cmd",
                 );
             }
             let status = Status::Ok;
@@ -311,7 +311,7 @@ fn check_devices(driver_readable: bool) -> Vec<Check> {
                     check(
                         "device",
                         Status::Ok,
-                        format!("{detail}; uses BATCH_IO: its tags come from the driver's memory, its PREP/COMMIT/FETCH_IO_CMDS are not traced"),
+                        format!("{detail}; uses BATCH_IO: its tags come from the driver's memory, its PREP/COMMIT/FETCH_IO_CMDS from the batch handler's probes"),
                         "",
                     )
                 } else if d.flags & ublk_abi::UBLK_F_BATCH_IO != 0 {

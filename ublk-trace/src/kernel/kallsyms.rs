@@ -227,7 +227,7 @@ pub const CONCEPTS: &[Concept] = &[
     },
     Concept {
         key: "batch_io",
-        what: "UBLK_F_BATCH_IO command handler (7.x; its per-tag view is not decoded)",
+        what: "UBLK_F_BATCH_IO command handler (7.x: PREP/COMMIT/FETCH_IO_CMDS)",
         candidates: &["ublk_ch_batch_io_uring_cmd"],
         required: false,
     },

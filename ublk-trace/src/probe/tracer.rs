@@ -180,6 +180,20 @@ const PLANS: &[Plan] = &[
         target: "io_handler",
         required: true,
     },
+    // BATCH_IO's handler (7.0+) has the same signature: the same programs tell its
+    // PREP/COMMIT/FETCH_IO_CMDS apart by opcode.
+    Plan {
+        program: "io_enter",
+        how: Attach::Kprobe,
+        target: "batch_io",
+        required: false,
+    },
+    Plan {
+        program: "io_exit",
+        how: Attach::Kretprobe,
+        target: "batch_io",
+        required: false,
+    },
     Plan {
         program: "queue_rq",
         how: Attach::Kprobe,
