@@ -568,7 +568,10 @@ fn repro_batch_no_rearm_gives_no_fetch() {
         .unwrap_or_else(|| panic!("no {} on q{q}", s.expect));
     println!("{f}");
     let ev = f["evidence"].to_string();
-    assert!(ev.contains("no multishot FETCH_IO_CMDS"), "{f}");
+    assert!(
+        ev.contains("FETCH_IO_CMDS") && ev.contains("event FIFO") && ev.contains("no active"),
+        "{f}"
+    );
     // Every stuck tag is named as waiting for the fetch, and none as undelivered.
     let named: Vec<u64> = f["evidence"]
         .as_array()

@@ -218,8 +218,14 @@ fn render_queue(o: &mut String, q: &QueueState, depth: u16, now_ns: u64, all: bo
     if let Some(b) = q.batch {
         let _ = writeln!(
             o,
-            "    batch: {} FETCH_IO_CMDS armed, {} tag(s) in the event FIFO waiting for one",
-            b.fetch_armed, b.fifo_waiting
+            "    batch: {} FETCH_IO_CMDS armed{}, {} tag(s) in the event FIFO waiting for a dispatch",
+            b.fetch_armed,
+            if b.fetch_active {
+                ", one dispatching"
+            } else {
+                ", none dispatching"
+            },
+            b.fifo_waiting
         );
     }
     for t in q.tags.iter().filter(|t| all || t.view != TagView::Waiting) {

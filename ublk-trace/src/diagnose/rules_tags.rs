@@ -355,8 +355,8 @@ impl Rule for NotDelivered {
                 if t.state != TagState::Queued || requeued || t.age_ns < lim {
                     continue;
                 }
-                // No fetch armed on a BATCH_IO queue: NO_FETCH names the cause.
-                if t.from_driver && batch_fetch_unarmed(&q) {
+                // No fetch dispatching on a BATCH_IO queue: NO_FETCH names the cause.
+                if t.from_driver && batch_fetch_idle(&q) {
                     continue;
                 }
                 // The owner thread entered io_uring (a command of this queue was accepted)
@@ -575,17 +575,19 @@ impl Rule for NoFetch {
     }
 }
 
-/// The driver's memory holds this BATCH_IO queue with no fetch command armed.
-pub(super) fn batch_fetch_unarmed(q: &QueueView<'_>) -> bool {
+/// The driver's memory holds this BATCH_IO queue with no fetch command dispatching.
+pub(super) fn batch_fetch_idle(q: &QueueView<'_>) -> bool {
     q.queue
         .driver
         .as_ref()
         .and_then(|d| d.batch)
-        .is_some_and(|b| b.fetch_armed == 0)
+        .is_some_and(|b| !b.fetch_active)
 }
 
 /// BATCH_IO queues whose started requests wait in the driver's event FIFO with no
-/// FETCH_IO_CMDS armed to report them: nothing will ever deliver them.
+/// FETCH_IO_CMDS dispatching them. The driver starts a dispatch when a request is queued or
+/// a fetch is armed; requests already queued when the active fetch ended wait until the
+/// server arms one (another armed fetch is not started for them).
 fn batch_unfetched(cx: &Ctx<'_>) -> Vec<Finding> {
     let lim = cx.th.stuck_ms * MS;
     let mut out = Vec::new();
@@ -593,7 +595,7 @@ fn batch_unfetched(cx: &Ctx<'_>) -> Vec<Finding> {
         let Some(b) = q.queue.driver.as_ref().and_then(|d| d.batch) else {
             continue;
         };
-        if b.fetch_armed > 0 {
+        if b.fetch_active {
             continue;
         }
         let waiting: Vec<TagView<'_>> = q
@@ -607,16 +609,26 @@ fn batch_unfetched(cx: &Ctx<'_>) -> Vec<Finding> {
         let mut f = tag_finding(cx, Class::NoFetch, &q, oldest);
         let tags: Vec<u16> = waiting.iter().map(|t| t.tag).collect();
         f.summary = format!(
-            "q{}: no FETCH_IO_CMDS armed; {} request(s) wait for one, the oldest {}",
+            "q{}: no FETCH_IO_CMDS dispatching; {} request(s) wait for one, the oldest {}",
             q.q_id,
             tags.len(),
             dur(oldest.age_ns)
         );
-        f.evidence.push(format!(
-            "the driver's own state: q{} lists no multishot FETCH_IO_CMDS (fcmd_head empty, \
-             no active one), and {} tag(s) wait in its event FIFO to be reported",
-            q.q_id, b.fifo_waiting
-        ));
+        f.evidence.push(if b.fetch_armed == 0 {
+            format!(
+                "the driver's own state: q{} lists no multishot FETCH_IO_CMDS (fcmd_head \
+                 empty, no active one), and {} tag(s) wait in its event FIFO to be reported",
+                q.q_id, b.fifo_waiting
+            )
+        } else {
+            format!(
+                "the driver's own state: q{} lists {} FETCH_IO_CMDS armed but none \
+                 dispatching (no active_fcmd), and {} tag(s) wait in its event FIFO: the \
+                 driver starts a dispatch only when a request is queued or a fetch is armed, \
+                 so requests queued before the active fetch ended wait for the next FETCH",
+                q.q_id, b.fetch_armed, b.fifo_waiting
+            )
+        });
         f.evidence.push(format!(
             "started and never delivered (the io is still ACTIVE, its request in flight): \
              tags {}",
@@ -639,8 +651,9 @@ fn batch_unfetched(cx: &Ctx<'_>) -> Vec<Finding> {
         f.hint = "Keep a multishot FETCH_IO_CMDS armed on every queue: when its CQE comes \
                   without IORING_CQE_F_MORE (the command ended, e.g. -ENOBUFS once its \
                   provided buffer is used up, or a CQ overflow), give the buffer back and \
-                  submit it again. Arm two, as kublk does, so one is armed while the other \
-                  is re-armed."
+                  submit it again at once: requests queued before it ended wait for that \
+                  re-arm (the driver does not start another armed fetch for them). Arm two, \
+                  as kublk does, so one is armed while the other is re-armed."
             .into();
         out.push(f);
     }

@@ -79,7 +79,7 @@ fn a_request_still_active_in_the_driver_is_not_delivered() {
 
 /// A BATCH_IO queue (the snapshot's device flags are not needed: the queue's batch state is
 /// only read on batch devices) with two requests waiting in the event FIFO.
-fn batch_late(fetch_armed: u32) -> Model {
+fn batch_late(fetch_armed: u32, fetch_active: bool) -> Model {
     let mut snap = driver_snap(
         5 * S,
         vec![
@@ -91,6 +91,7 @@ fn batch_late(fetch_armed: u32) -> Model {
     snap.devices[0].flags |= ublk_abi::UBLK_F_BATCH_IO;
     snap.devices[0].queues[0].batch = Some(crate::driver::BatchQueue {
         fetch_armed,
+        fetch_active,
         fifo_waiting: 2,
     });
     let mut m = Model::new();
@@ -100,7 +101,7 @@ fn batch_late(fetch_armed: u32) -> Model {
 
 #[test]
 fn a_batch_queue_without_an_armed_fetch_is_no_fetch_not_undelivered() {
-    let d = diagnose(&batch_late(0), 5 * S, &th());
+    let d = diagnose(&batch_late(0, false), 5 * S, &th());
     let classes: Vec<Class> = d.findings.iter().map(|f| f.class).collect();
     assert_eq!(classes, [Class::NoFetch], "{:#?}", d.findings);
     let f = &d.findings[0];
@@ -113,8 +114,17 @@ fn a_batch_queue_without_an_armed_fetch_is_no_fetch_not_undelivered() {
     assert!(text.contains("no multishot FETCH_IO_CMDS"), "{text}");
     assert!(text.contains("tags 1, 2"), "{text}");
     assert!(f.hint.contains("-ENOBUFS"), "{}", f.hint);
-    // With a fetch armed the same requests are undelivered: the owner did not run.
-    let d = diagnose(&batch_late(1), 5 * S, &th());
+    // Armed but not dispatching (the active fetch ended, nothing restarted one): the same.
+    let d = diagnose(&batch_late(1, false), 5 * S, &th());
+    let f = &d.findings[0];
+    assert_eq!(f.class, Class::NoFetch, "{:#?}", d.findings);
+    assert!(
+        f.evidence
+            .join(" ")
+            .contains("1 FETCH_IO_CMDS armed but none dispatching")
+    );
+    // A fetch dispatching: the requests are undelivered, the owner did not run.
+    let d = diagnose(&batch_late(1, true), 5 * S, &th());
     let classes: Vec<Class> = d.findings.iter().map(|f| f.class).collect();
     assert_eq!(
         classes,

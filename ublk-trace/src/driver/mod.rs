@@ -126,13 +126,17 @@ pub struct QueueState {
 }
 
 /// A BATCH_IO queue's fetch state. Requests started on the queue wait in the event FIFO
-/// until an armed multishot FETCH_IO_CMDS reports their tags; with none armed they wait for
-/// ever (the server did not arm one, or did not re-arm one that ended, e.g. with -ENOBUFS).
+/// until a multishot FETCH_IO_CMDS dispatches their tags. The driver starts a dispatch only
+/// when a request is queued or a fetch is armed: once the active fetch ends (-ENOBUFS when
+/// its buffer is used up) the tags already in the FIFO wait, even with another fetch armed,
+/// until the server arms one again or a new request comes.
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchQueue {
     /// FETCH_IO_CMDS commands armed (`fcmd_head`; the larger count of the two reads).
     pub fetch_armed: u32,
+    /// One of them is dispatching (`active_fcmd` set, in either read).
+    pub fetch_active: bool,
     /// Tags in the event FIFO, not yet reported to the server (the smaller of the two reads).
     pub fifo_waiting: u32,
 }

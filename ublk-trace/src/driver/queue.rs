@@ -55,6 +55,7 @@ pub(super) fn read_queue(ctx: &Ctx, at: &QueueAt) -> Result<QueueState, WalkErro
     // A torn pair errs towards "armed" and "nothing waits": a stuck FIFO needs both reads.
     let batch = h.batch.zip(h2.batch).map(|(a, b)| BatchQueue {
         fetch_armed: a.fetch_armed.max(b.fetch_armed),
+        fetch_active: a.fetch_active || b.fetch_active,
         fifo_waiting: a.fifo_waiting.min(b.fifo_waiting),
     });
     let active = flags::bit(ctx.row, flags::ACTIVE).unwrap_or(1);
@@ -199,11 +200,13 @@ fn batch_state(ctx: &Ctx, ubq: u64, b: &[u8], depth: u16) -> Result<Option<Batch
         node = next.get(&n).unwrap_or(head);
     }
     // The active command stays on the list while it dispatches (unlinked when it ends).
-    if fetch_armed == 0 && bl.active_fcmd.get(b).unwrap_or(0) != 0 {
+    let fetch_active = bl.active_fcmd.get(b).unwrap_or(0) != 0;
+    if fetch_armed == 0 && fetch_active {
         fetch_armed = 1;
     }
     Ok(Some(BatchQueue {
         fetch_armed,
+        fetch_active,
         fifo_waiting,
     }))
 }

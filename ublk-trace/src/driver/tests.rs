@@ -478,14 +478,20 @@ fn batch_queues_report_armed_fetches_and_waiting_tags() {
         [
             Some(B {
                 fetch_armed: 0,
+                fetch_active: false,
                 fifo_waiting: 2
             }),
             Some(B {
                 fetch_armed: 2,
+                fetch_active: false,
                 fifo_waiting: 0
             })
         ]
     );
+    // A dispatching fetch is active.
+    m.put_ptr(q1, b.active_fcmd.off, f1);
+    let (devs, _) = read(&img, Target::Dev(0));
+    assert_eq!(devs[0].queues[1].batch.map(|b| b.fetch_active), Some(true));
     // The free-running counters wrap.
     m.put(q0, b.fifo_in, 1);
     m.put(q0, b.fifo_out, u64::from(u32::MAX));
