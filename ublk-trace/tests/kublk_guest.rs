@@ -144,6 +144,20 @@ impl Kublk {
         v
     }
 
+    /// The daemon's I/O threads, in the order kublk created them (`tinfo[0..nthreads]`): its
+    /// threads named `kublk` but the main one, by tid (the shmem listener comes after them).
+    fn io_threads(&self, nthreads: usize) -> Vec<u32> {
+        self.tids()
+            .into_iter()
+            .filter(|&t| t != self.daemon)
+            .filter(|t| {
+                std::fs::read_to_string(format!("/proc/{}/task/{t}/comm", self.daemon))
+                    .is_ok_and(|c| c.trim_end() == "kublk")
+            })
+            .take(nthreads)
+            .collect()
+    }
+
     /// The daemon is gone (or a zombie nobody reaped: its files are closed).
     fn daemon_gone(&self) -> bool {
         let st = proc_state(self.daemon);
@@ -198,6 +212,12 @@ fn parse_add(out: &str) -> Option<(u32, u32)> {
             .ok()
     };
     Some((after("dev id ")?, after("daemon pid ")?))
+}
+
+/// The number after `flag` in `args`.
+fn arg_after(args: &[&str], flag: &str) -> Option<usize> {
+    let i = args.iter().position(|a| *a == flag)?;
+    args.get(i + 1)?.parse().ok()
 }
 
 /// Teardown done right: no ublkb/ublkc node of `dev_id` and no task in D state left.
@@ -338,7 +358,19 @@ fn stopped(test: &str, feature: Option<(&str, &str)>, args: &[&str]) {
         return;
     };
     let k = Kublk::add(&bin, args);
-    println!("daemon {} threads {:?}", k.daemon, k.tids());
+    let nthreads = arg_after(args, "--nthreads").unwrap_or(1);
+    let io_threads = k.io_threads(nthreads);
+    println!(
+        "daemon {} threads {:?}, I/O threads {io_threads:?}",
+        k.daemon,
+        k.tids()
+    );
+    assert_eq!(
+        io_threads.len(),
+        nthreads,
+        "kublk's I/O threads: {:?}",
+        k.tids()
+    );
     k.signal(libc::SIGSTOP);
     let reader = dd(&k.bdev(), 3, 1, None);
     assert!(
@@ -382,6 +414,25 @@ fn stopped(test: &str, feature: Option<(&str, &str)>, args: &[&str]) {
         has_pid(stuck, daemon),
         "the stuck tag names the daemon: {stuck}"
     );
+    let text = stuck["evidence"].to_string();
+    if args.contains(&"-b") {
+        // No per-tag command exists on a batch device (kublk's batch.c).
+        assert!(!text.contains("FETCH/COMMIT"), "{stuck}");
+        println!(
+            "NOTE: batch mode: owner thread named {}",
+            stuck["tags"][0]["owner_tid"]
+        );
+    } else {
+        // kublk's ublk_submit_fetch_commands: with --per_io_tasks thread i serves tags i,
+        // i + nthreads, ... of the queue; otherwise a queue's one thread serves all its tags.
+        let owner = io_threads[tag as usize % nthreads];
+        assert_eq!(
+            stuck["tags"][0]["owner_tid"].as_u64(),
+            Some(u64::from(owner)),
+            "q{q} t{tag} is served by kublk thread {owner} (of {io_threads:?}): {stuck}"
+        );
+        assert!(has_pid(stuck, owner), "{stuck}");
+    }
     let waiters = fs
         .iter()
         .find(|f| f["class"] == "WAITERS")
@@ -505,9 +556,9 @@ const BATCH: (&str, &str) = ("BATCH_IO", "7.0");
 /// `(GET_FEATURES name, first kernel)` of `--per_io_tasks`.
 const PER_IO: (&str, &str) = ("PER_IO_DAEMON", "6.16");
 
-/// Healthy runs of the 7.x modes: 20 s (not a minute) to keep the smoke boot short; the
+/// Healthy runs of the 7.x modes: 15 s (not a minute) to keep the smoke boot short; the
 /// plain null run above covers the minute.
-const SMOKE_SECS: u64 = 20;
+const SMOKE_SECS: u64 = 15;
 
 #[test]
 #[ignore = "needs ublk guest"]
@@ -568,6 +619,20 @@ fn smoke_kublk_per_io_tasks_sigstopped_is_server_stopped() {
             "2",
             "--per_io_tasks",
         ],
+    );
+}
+
+/// `(GET_FEATURES name, first kernel)` of `--auto_zc` (auto buffer registration).
+const AUTO_ZC: (&str, &str) = ("AUTO_BUF_REG", "6.16");
+
+#[test]
+#[ignore = "needs ublk guest"]
+fn smoke_kublk_auto_zc_under_fio_gives_no_findings() {
+    healthy(
+        "smoke_kublk_auto_zc_under_fio_gives_no_findings",
+        Some(AUTO_ZC),
+        &["-t", "null", "-q", "2", "-d", "64", "--auto_zc"],
+        SMOKE_SECS,
     );
 }
 
