@@ -472,12 +472,23 @@ fn kublk_sigkilled_daemon_is_server_dead() {
         return;
     };
     let k = Kublk::add(&bin, &["-t", "null", "-q", "1", "-d", "8"]);
+    // Watched while it lives, so the watch has seen which process held /dev/ublkcN.
+    let w = HeadlessWatch::start(k.dev_id, 300);
+    w.wait_until_attached();
     let mut reader = dd(&k.bdev(), 0, 1_000_000, None);
     assert!(
         wait_for_ios(k.dev_id, 100, Duration::from_secs(30)),
         "no I/O completed on kublk's device"
     );
+    let daemon = k.daemon;
+    let fault = Instant::now();
     k.signal(libc::SIGKILL);
+    let watched = w.wait_for(fault, Duration::from_secs(10), |d| {
+        findings(d)
+            .iter()
+            .any(|f| f["class"] == "SERVER_DEAD" && has_pid(f, daemon))
+    });
+    drop(w);
     // No recovery (-r 0): the driver fails the daemon's I/O, so the reader ends with EIO.
     let st = wait_timeout(&mut reader, Duration::from_secs(30))
         .unwrap_or_else(|| panic!("the reader did not end after the daemon died"));
@@ -501,6 +512,14 @@ fn kublk_sigkilled_daemon_is_server_dead() {
     assert!(
         dead["evidence"].to_string().contains("state DEAD"),
         "the driver's own state says DEAD: {dead}"
+    );
+    // The live watch names the daemon it saw holding the char device. (The late diagnose
+    // cannot: the driver resets ublksrv_pid to -1 and kublk publishes no tag-state file.)
+    let (t, _) = watched
+        .unwrap_or_else(|| panic!("the watch named no SERVER_DEAD with pid {daemon} in 10 s"));
+    println!(
+        "watch: SERVER_DEAD pid {daemon} {:?} after SIGKILL",
+        t - fault
     );
 }
 
