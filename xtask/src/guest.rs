@@ -13,6 +13,8 @@ use crate::util::{cache_dir, which, workspace_root};
 
 /// Project binaries copied to /bin in the guest.
 pub const PROJECT_BINS: &[&str] = &["ublk-server", "ublk-trace"];
+/// In a guest without kublk: why it could not be built (read by the kublk guest tests).
+pub const KUBLK_MISSING: &str = "/etc/kublk.unavailable";
 /// Host tools copied to /bin in the guest (with their libraries) when present.
 const GUEST_TOOLS: &[&str] = &["fio", "mkfs.ext4", "e2fsck", "tmux", "stty", "timeout"];
 
@@ -87,6 +89,13 @@ pub fn make_initramfs(
         if let Some(p) = which(tool) {
             t.copy_binary(&p, &format!("/bin/{tool}"), false)?;
         }
+    }
+    // kublk, the kernel's own server, as a user's `--include` would bring it (a user's own
+    // `--include .../kublk` comes after and replaces it). When it could not be built, the
+    // reason goes into the guest for the tests' SKIP lines.
+    match crate::kublk::for_guest() {
+        Ok(k) => t.copy_binary(&k.bin, "/bin/kublk", false)?,
+        Err(why) => t.file(KUBLK_MISSING, format!("{why}\n").into_bytes(), 0o644),
     }
     for inc in &opts.include {
         let p = which(&inc.display().to_string())

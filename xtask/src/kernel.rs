@@ -90,16 +90,16 @@ impl GuestKernel {
 
 /// A binary package found in a suite's Packages list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Pkg {
-    suite: String,
-    name: String,
-    version: String,
+pub(crate) struct Pkg {
+    pub(crate) suite: String,
+    pub(crate) name: String,
+    pub(crate) version: String,
 }
 
 fn kernels_dir() -> PathBuf {
     cache_dir().join("kernels")
 }
-fn apt_dir() -> PathBuf {
+pub(crate) fn apt_dir() -> PathBuf {
     cache_dir().join("apt")
 }
 fn lock_path() -> PathBuf {
@@ -284,7 +284,7 @@ fn verify_config(config: &str, kver: &str) -> Result<()> {
     Ok(())
 }
 
-fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
+pub(crate) fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
     run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(into))
         .with_context(|| format!("extract {}", deb.display()))
 }
@@ -344,12 +344,12 @@ fn write_lock_entry(spec: &str, kver: &str, version: &str) -> Result<()> {
 
 // ---- private apt state ----
 
-struct AptState {
+pub(crate) struct AptState {
     dir: PathBuf,
 }
 
 impl AptState {
-    fn new(dir: &Path) -> Result<Self> {
+    pub(crate) fn new(dir: &Path) -> Result<Self> {
         for sub in ["lists/partial", "archives/partial", "cache", "debs"] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("create {}", dir.display()))?;
@@ -375,7 +375,7 @@ impl AptState {
     }
 
     /// Refresh the lists for `suites` if they are older than an hour (or absent).
-    fn update_if_stale(&self, suites: &[String]) -> Result<()> {
+    pub(crate) fn update_if_stale(&self, suites: &[String]) -> Result<()> {
         let all = ["bookworm-backports", "trixie", "trixie-backports", "sid"];
         let mut wanted: Vec<String> = all.iter().map(|s| s.to_string()).collect();
         for s in suites {
@@ -440,7 +440,7 @@ impl AptState {
             })
     }
 
-    fn packages(&self, suite: &str) -> Result<Vec<Pkg>> {
+    pub(crate) fn packages(&self, suite: &str) -> Result<Vec<Pkg>> {
         let Some(f) = self.list_file(suite) else {
             return Ok(Vec::new());
         };
@@ -453,7 +453,7 @@ impl AptState {
         Ok(parse_packages(&text, suite))
     }
 
-    fn download(&self, name: &str, version: &str) -> Result<PathBuf> {
+    pub(crate) fn download(&self, name: &str, version: &str) -> Result<PathBuf> {
         let debs = self.dir.join("debs");
         let find = || {
             std::fs::read_dir(&debs)

@@ -13,6 +13,7 @@ mod guest;
 mod hostqemu;
 mod initramfs;
 mod kernel;
+mod kublk;
 mod qemu;
 mod repro;
 mod scenarios;

@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: everything a fresh machine lacks, installed idempotently and fast when
 //! already done: Debian packages, nightly rust-src, bpf-linker (pinned, linked to nightly's
-//! LLVM), and the default guest kernel.
+//! LLVM), the default guest kernel, and kublk (the kernel selftests' ublk server).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -34,6 +34,15 @@ pub fn setup(with_kernel: bool) -> Result<()> {
     if with_kernel {
         let k = crate::kernel::fetch(&crate::kernel::KernelSpec::default_spec())?;
         eprintln!("[setup] guest kernel {} ready", k.kver);
+        // A server that is not ours for the guest tests; without it they are skipped, loudly.
+        match crate::kublk::ensure() {
+            Ok(k) => eprintln!("[setup] kublk from {} ready", k.source),
+            Err(e) => eprintln!(
+                "[setup] NOTE: kublk could not be built: {e:#}; the kublk guest tests will be \
+                 SKIPPED; {}",
+                crate::kublk::FIX_HINT
+            ),
+        }
     }
     eprintln!("[setup] done in {:.1} s", t.elapsed().as_secs_f64());
     Ok(())

@@ -42,6 +42,9 @@ pub struct Tally {
     pub ignored: u64,
     /// Test binaries that ended without a summary line (crash, timeout).
     pub broken: u64,
+    /// Guest tests that printed a [`SKIP_PREFIX`] line (libtest counted them as passed; they
+    /// are taken out of `passed`).
+    pub skipped: u64,
 }
 
 impl Tally {
@@ -50,7 +53,22 @@ impl Tally {
         self.failed += o.failed;
         self.ignored += o.ignored;
         self.broken += o.broken;
+        self.skipped += o.skipped;
     }
+}
+
+/// A guest test that could not run says so on a line of its own starting with this, written
+/// to stderr unbuffered (libtest captures only `print!`) after a newline (libtest has printed
+/// `test NAME ... ` on the line already), with the test's name and the reason.
+pub const SKIP_PREFIX: &str = "SKIP: ";
+
+/// The [`SKIP_PREFIX`] lines of a guest console (the console may prefix nothing but spaces).
+pub fn skip_lines(lines: &[String]) -> Vec<&str> {
+    lines
+        .iter()
+        .map(|l| l.trim_start())
+        .filter(|l| l.starts_with(SKIP_PREFIX))
+        .collect()
 }
 
 /// Parse `test result: ok. 3 passed; 1 failed; 2 ignored; ...` lines.
@@ -131,11 +149,16 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
             match guest_suite(spec, &binaries, &filter, opts.smp) {
                 Ok(t) => {
                     println!(
-                        "[test] guest {}{}: {} passed, {} failed{}",
+                        "[test] guest {}{}: {} passed, {} failed{}{}",
                         spec.name,
                         if smoke { " (smoke)" } else { "" },
                         t.passed,
                         t.failed,
+                        if t.skipped > 0 {
+                            format!(", {} skipped", t.skipped)
+                        } else {
+                            String::new()
+                        },
                         if t.broken > 0 {
                             format!(", {} test binaries broke", t.broken)
                         } else {
@@ -170,7 +193,15 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
     }
     println!("[test] wall time {:.0} s", started.elapsed().as_secs_f64());
     let failed = total.failed + total.broken;
-    println!("{} passed, {} failed", total.passed, failed);
+    if total.skipped > 0 {
+        // Not in `passed`: a skipped test proved nothing. The SKIP lines above say why.
+        println!(
+            "{} passed, {} failed, {} skipped",
+            total.passed, failed, total.skipped
+        );
+    } else {
+        println!("{} passed, {} failed", total.passed, failed);
+    }
     Ok(failed == 0 && problems.is_empty())
 }
 
@@ -354,6 +385,12 @@ fn guest_suite(
     crate::guest::report_outcome(&outcome, &lines, &log);
     let text = lines.join("\n");
     let mut t = parse_libtest(&text);
+    let skips = skip_lines(&lines);
+    for l in &skips {
+        println!("[test] {l}");
+    }
+    t.skipped = skips.len() as u64;
+    t.passed = t.passed.saturating_sub(t.skipped);
     // A binary that started but never printed its summary crashed or hung.
     let started = lines
         .iter()
@@ -467,7 +504,8 @@ mod tests {
                 passed: 5,
                 failed: 2,
                 ignored: 1,
-                broken: 0
+                broken: 0,
+                skipped: 0,
             }
         );
     }
@@ -496,6 +534,22 @@ mod tests {
         let (script, extra) = suite_script(&bins, &[1], &[]);
         assert!(script.contains("/tests/01-b ") && !script.contains("/tests/00-a"));
         assert_eq!(extra.len(), 1);
+    }
+
+    #[test]
+    fn skip_lines_are_found_wherever_the_console_indents_them() {
+        let lines: Vec<String> = [
+            "SKIP: kublk_null: no kublk in this guest (gcc failed)",
+            "  SKIP: smoke_kublk_batch: kernel 6.12 has no UBLK_F_BATCH_IO",
+            "test a ... ok",
+            "no SKIP: here",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let s = skip_lines(&lines);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(s[1].starts_with("SKIP: smoke_kublk_batch"));
     }
 
     #[test]

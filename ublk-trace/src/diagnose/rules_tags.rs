@@ -244,11 +244,7 @@ fn stuck(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
         ""
     };
     // A BATCH_IO device commits with COMMIT_IO_CMDS, many tags at once.
-    let batch = cx
-        .dev
-        .info()
-        .is_some_and(|i| i.flags & ublk_abi::UBLK_F_BATCH_IO != 0);
-    let commit = if batch {
+    let commit = if batch_device(cx) {
         "no COMMIT_IO_CMDS has committed it"
     } else {
         "no COMMIT_AND_FETCH_REQ accepted"
@@ -393,6 +389,13 @@ impl Rule for NotDelivered {
     }
 }
 
+/// GET_DEV_INFO says UBLK_F_BATCH_IO: per-queue batch commands, none per tag.
+fn batch_device(cx: &Ctx<'_>) -> bool {
+    cx.dev
+        .info()
+        .is_some_and(|i| i.flags & ublk_abi::UBLK_F_BATCH_IO != 0)
+}
+
 fn not_delivered(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
     let mut f = tag_finding(cx, Class::NotDelivered, q, t);
     f.summary = format!(
@@ -407,10 +410,18 @@ fn not_delivered(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>) -> Finding {
         dur(t.age_ns)
     ));
     if t.from_driver {
-        f.evidence.push(
-            "the driver's own state: the io is still ACTIVE (the server's FETCH/COMMIT is              parked, not answered) while its request is in flight"
-                .into(),
-        );
+        // A batch device parks no command per tag (kublk -b, ublk-server --batch-io): its
+        // requests reach the server through the queue's multishot FETCH_IO_CMDS.
+        f.evidence.push(if batch_device(cx) {
+            "the driver's own state: the io is still ACTIVE while its request is in flight \
+             (BATCH_IO: no command is parked per tag; the queue's multishot FETCH_IO_CMDS \
+             delivers it)"
+                .into()
+        } else {
+            "the driver's own state: the io is still ACTIVE (the server's FETCH/COMMIT is \
+             parked, not answered) while its request is in flight"
+                .into()
+        });
     }
     if q.queue.last_delivered_ns > 0 {
         f.evidence.push(format!(

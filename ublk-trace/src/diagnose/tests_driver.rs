@@ -135,6 +135,52 @@ fn a_batch_queue_without_an_armed_fetch_is_no_fetch_not_undelivered() {
 }
 
 #[test]
+fn a_batch_devices_undelivered_request_claims_no_parked_per_tag_command() {
+    // kublk -b on 7.3, SIGSTOPped: the evidence said "the server's FETCH/COMMIT is parked",
+    // but a BATCH_IO device parks no command per tag (FETCH_IO_CMDS is per queue), and the
+    // text had a run of blanks from a broken line.
+    let evidence = |flags: u64| {
+        let mut m = late(
+            vec![driver_tag(2, DriverView::Queued, Some(driver_rq(S)))],
+            5 * S,
+        );
+        let info = crate::snapshot::DevInfo {
+            state: 1,
+            ublksrv_pid: 0,
+            nr_hw_queues: 1,
+            queue_depth: 4,
+            flags,
+            max_io_buf_bytes: 0,
+        };
+        let snap = crate::snapshot::DeviceSnapshot {
+            dev_id: 0,
+            taken_ns: 5 * S,
+            char_dev_present: true,
+            block_dev_present: true,
+            dev_info: Some(info),
+            ..Default::default()
+        };
+        m.apply_snapshot(&snap, 0);
+        let d = diagnose(&m, 5 * S, &th());
+        let f = d
+            .findings
+            .iter()
+            .find(|f| f.class == Class::NotDelivered)
+            .expect("NOT_DELIVERED from the driver's state");
+        f.evidence.join(" | ")
+    };
+    let batch = evidence(ublk_abi::UBLK_F_BATCH_IO);
+    assert!(batch.contains("still ACTIVE"), "{batch}");
+    assert!(batch.contains("FETCH_IO_CMDS"), "{batch}");
+    assert!(!batch.contains("FETCH/COMMIT"), "{batch}");
+    let per_tag = evidence(0);
+    assert!(per_tag.contains("FETCH/COMMIT is parked"), "{per_tag}");
+    for text in [&batch, &per_tag] {
+        assert!(!text.contains("  "), "a run of blanks: {text:?}");
+    }
+}
+
+#[test]
 fn an_idle_device_read_late_gives_nothing_and_no_unknown_tag() {
     let tags = (0..4)
         .map(|n| driver_tag(n, DriverView::Waiting, None))
