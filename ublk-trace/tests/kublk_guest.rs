@@ -14,7 +14,6 @@
 //! and no task in D state is left.
 mod diagnose_common;
 
-use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,12 +26,6 @@ const KUBLK_MISSING: &str = "/etc/kublk.unavailable";
 /// Thresholds for healthy traffic: the emulated guest stalls for seconds under load (see
 /// diagnose_healthy_fio.rs), so 5 s, as there.
 const HEALTHY_STUCK_MS: &str = "5000";
-
-/// Say on the console that `test` did not run and why: unbuffered stderr, on a line of its
-/// own (libtest has printed `test NAME ... `), so xtask counts it as skipped, not passed.
-fn skip(test: &str, why: &str) {
-    let _ = writeln!(std::io::stderr(), "\nSKIP: {test}: {why}");
-}
 
 /// The kublk binary, or why there is none (the harness's note, or the path looked at).
 fn kublk_bin() -> Result<std::path::PathBuf, String> {

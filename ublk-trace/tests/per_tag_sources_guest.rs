@@ -283,7 +283,10 @@ fn diagnose_stuck<T>(
 fn smoke_batch_io_hang_is_stuck_in_server_from_the_drivers_memory() {
     if !kernel_has("BATCH_IO") {
         // ublk-server's own guest tests check its refusal on such a kernel.
-        println!("NOTE: this kernel has no UBLK_F_BATCH_IO; nothing to trace (7.0+ runs it)");
+        skip(
+            "smoke_batch_io_hang_is_stuck_in_server_from_the_drivers_memory",
+            "this kernel has no UBLK_F_BATCH_IO (7.0+)",
+        );
         return;
     }
     let args = [
@@ -318,7 +321,10 @@ fn smoke_batch_io_hang_is_stuck_in_server_from_the_drivers_memory() {
 #[ignore = "needs ublk guest"]
 fn smoke_per_io_daemon_stall_names_only_that_daemons_tags_and_thread() {
     if !kernel_has("PER_IO_DAEMON") {
-        println!("NOTE: this kernel has no UBLK_F_PER_IO_DAEMON; nothing to trace (6.16+ runs it)");
+        skip(
+            "smoke_per_io_daemon_stall_names_only_that_daemons_tags_and_thread",
+            "this kernel has no UBLK_F_PER_IO_DAEMON (6.16+)",
+        );
         return;
     }
     // Two daemons on queue 0: daemon 0 owns tags 0 and 2, daemon 1 tags 1 and 3; daemon 1
@@ -374,7 +380,10 @@ fn smoke_per_io_daemon_stall_names_only_that_daemons_tags_and_thread() {
 #[ignore = "needs ublk guest"]
 fn smoke_batch_commit_naming_a_tag_not_owned_is_rejected_with_that_element() {
     if !kernel_has("BATCH_IO") {
-        println!("NOTE: this kernel has no UBLK_F_BATCH_IO; nothing to trace (7.0+ runs it)");
+        skip(
+            "smoke_batch_commit_naming_a_tag_not_owned_is_rejected_with_that_element",
+            "this kernel has no UBLK_F_BATCH_IO (7.0+)",
+        );
         return;
     }
     const DEPTH: u64 = 4;

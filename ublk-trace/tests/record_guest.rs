@@ -300,7 +300,10 @@ fn recording_with_probe_ublk_queue_rq_names_its_source() {
 #[ignore = "needs ublk guest"]
 fn recording_smoke_batch_io_names_prep_fetch_and_commit_io_cmds() {
     if !diagnose_common::kernel_has("BATCH_IO") {
-        println!("NOTE: this kernel has no UBLK_F_BATCH_IO; nothing to record (7.0+ runs it)");
+        diagnose_common::skip(
+            "recording_smoke_batch_io_names_prep_fetch_and_commit_io_cmds",
+            "this kernel has no UBLK_F_BATCH_IO (7.0+)",
+        );
         return;
     }
     let r = record_around_dd_on(&[], &["--batch-io"], N);

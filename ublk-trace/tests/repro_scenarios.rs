@@ -518,9 +518,9 @@ fn repro_skip_fetch_gives_no_fetch() {
 fn repro_batch_no_rearm_gives_no_fetch() {
     let (s, _took) = scenario("batch-no-rearm");
     if !kernel_has("BATCH_IO") {
-        println!(
-            "NOTE: {}: this kernel has no UBLK_F_BATCH_IO (7.0+ runs it); not run",
-            s.name
+        skip(
+            "repro_batch_no_rearm_gives_no_fetch",
+            "this kernel has no UBLK_F_BATCH_IO (7.0+)",
         );
         return;
     }
