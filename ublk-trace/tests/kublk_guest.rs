@@ -39,17 +39,6 @@ fn kublk_bin() -> Result<std::path::PathBuf, String> {
     })
 }
 
-/// The kernel lists `name` in GET_FEATURES (`ublk-server features`).
-fn kernel_has(name: &str) -> bool {
-    let out = Command::new(bin("ublk-server"))
-        .arg("features")
-        .output()
-        .unwrap_or_else(|e| panic!("ublk-server features: {e}"));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(name))
-}
-
 fn uname_r() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()

@@ -101,6 +101,29 @@ fn of_class(doc: &Value, class: &str) -> Vec<Value> {
         .collect()
 }
 
+/// (queue, tag) of queue `q`'s requests that blk-mq debugfs lists in flight twice, 600 ms
+/// apart, within a minute; with `no_progress` only while the disk completed nothing in
+/// between. Empty when none held.
+fn held_for_600ms(dev_id: u32, q: u64, no_progress: bool) -> Vec<(u64, u64)> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(60) {
+        let (done, busy) = (completed_ios(dev_id), busy_tags(dev_id));
+        std::thread::sleep(Duration::from_millis(600));
+        if no_progress && (done.is_none() || completed_ios(dev_id) != done) {
+            continue;
+        }
+        let again = busy_tags(dev_id);
+        let held: Vec<(u64, u64)> = busy
+            .into_iter()
+            .filter(|b| b.0 == q && again.contains(b))
+            .collect();
+        if !held.is_empty() {
+            return held;
+        }
+    }
+    Vec::new()
+}
+
 /// Tear down (watch, workload, server: SIGKILL, then DEL) and check the guest is clean.
 fn teardown(dev_id: u32, w: Option<HeadlessWatch>, wl: Option<ShellJob>, srv: Server) {
     drop(w);
@@ -428,17 +451,7 @@ fn repro_stall_queue_gives_not_delivered() {
     w.wait_until_attached();
     let wl = start_workload(s, &srv);
     // Ground truth: requests of the stalled queue that blk-mq keeps in flight for 600 ms.
-    let t0 = Instant::now();
-    let mut stuck = Vec::new();
-    while stuck.is_empty() && t0.elapsed() < Duration::from_secs(60) {
-        let busy = busy_tags(srv.dev_id);
-        std::thread::sleep(Duration::from_millis(600));
-        let again = busy_tags(srv.dev_id);
-        stuck = busy
-            .into_iter()
-            .filter(|b| b.0 == q && again.contains(b))
-            .collect();
-    }
+    let stuck = held_for_600ms(srv.dev_id, q, false);
     let fault = Instant::now() - Duration::from_millis(600);
     assert!(!stuck.is_empty(), "no request of q{q} stuck per debugfs");
     let pid = srv.pid();
@@ -529,23 +542,10 @@ fn repro_batch_no_rearm_gives_no_fetch() {
     let w = HeadlessWatch::start(srv.dev_id, INTERVAL_MS);
     w.wait_until_attached();
     let wl = start_workload(s, &srv);
-    // Ground truth: once both fetches have used up their buffers (a few thousand requests)
-    // the disk completes nothing more while requests of the queue stay in flight per
-    // debugfs (under fio every tag is busy at any moment: busy alone proves nothing).
-    let t0 = Instant::now();
-    let mut stuck = Vec::new();
-    while stuck.is_empty() && t0.elapsed() < Duration::from_secs(60) {
-        let (done, busy) = (completed_ios(srv.dev_id), busy_tags(srv.dev_id));
-        std::thread::sleep(Duration::from_millis(600));
-        if completed_ios(srv.dev_id) != done || done.is_none() {
-            continue;
-        }
-        let again = busy_tags(srv.dev_id);
-        stuck = busy
-            .into_iter()
-            .filter(|b| b.0 == q && again.contains(b))
-            .collect();
-    }
+    // Ground truth: once the fetch that dispatched has used up its buffer (a few thousand
+    // requests) the disk completes nothing more while requests of the queue stay in flight
+    // per debugfs (under fio every tag is busy at any moment: busy alone proves nothing).
+    let stuck = held_for_600ms(srv.dev_id, q, true);
     let fault = Instant::now() - Duration::from_millis(600);
     assert!(!stuck.is_empty(), "no request of q{q} stuck per debugfs");
     let pid = srv.pid();
