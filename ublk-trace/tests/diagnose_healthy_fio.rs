@@ -5,7 +5,7 @@
 //! empty result cannot come from looking at nothing.
 mod diagnose_common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use diagnose_common::*;
@@ -66,27 +66,6 @@ fn stop_fio(mut fio: Child) {
         assert_eq!(j["error"], 0, "fio job failed: {j}");
         assert!(ios > 0, "fio job did no I/O: {j}");
     }
-}
-
-fn fio_randrw(bdev: &str, secs: u64) -> Child {
-    Command::new("fio")
-        .args([
-            "--name=healthy",
-            &format!("--filename={bdev}"),
-            "--rw=randrw",
-            "--bs=4k",
-            "--direct=1",
-            "--ioengine=libaio",
-            "--iodepth=16",
-            "--numjobs=2",
-            "--time_based",
-            &format!("--runtime={secs}"),
-            "--group_reporting",
-            "--output-format=json",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn fio: {e}"))
 }
 
 /// Every watch document received so far.

@@ -213,28 +213,6 @@ fn teardown(k: Kublk, workload: Option<Child>) {
     assert_recovered(dev_id, Duration::from_secs(30));
 }
 
-fn fio_randrw(bdev: &str, secs: u64) -> Child {
-    Command::new("fio")
-        .args([
-            "--name=healthy",
-            &format!("--filename={bdev}"),
-            "--rw=randrw",
-            "--bs=4k",
-            "--direct=1",
-            "--ioengine=libaio",
-            "--iodepth=16",
-            "--numjobs=2",
-            "--time_based",
-            &format!("--runtime={secs}"),
-            "--group_reporting",
-            "--output-format=json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn fio: {e}"))
-}
-
 /// fio's JSON report after it ran to its end: every job did I/O without an error.
 fn assert_fio_ok(mut fio: Child) {
     let st = wait_timeout(&mut fio, Duration::from_secs(120)).expect("fio did not end");

@@ -588,3 +588,27 @@ pub fn skip(test: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "\nSKIP: {test}: {why}");
 }
+
+/// fio random 4 KiB reads and writes on `bdev` for `secs` (2 jobs x QD16, libaio), its JSON
+/// report on stdout: healthy traffic for the no-findings tests.
+pub fn fio_randrw(bdev: &str, secs: u64) -> Child {
+    Command::new("fio")
+        .args([
+            "--name=healthy",
+            &format!("--filename={bdev}"),
+            "--rw=randrw",
+            "--bs=4k",
+            "--direct=1",
+            "--ioengine=libaio",
+            "--iodepth=16",
+            "--numjobs=2",
+            "--time_based",
+            &format!("--runtime={secs}"),
+            "--group_reporting",
+            "--output-format=json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn fio: {e}"))
+}
