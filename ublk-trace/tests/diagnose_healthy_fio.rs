@@ -53,28 +53,7 @@ fn stop_fio(mut fio: Child) {
         let _ = o.read_to_string(&mut out);
     }
     wait_timeout(&mut fio, Duration::from_secs(120)).expect("fio ignored SIGINT");
-    // "fio: terminating on signal 2" may precede the report.
-    let report: Value = out
-        .find('{')
-        .and_then(|i| serde_json::from_str(&out[i..]).ok())
-        .unwrap_or_else(|| panic!("no JSON report from fio: {out}"));
-    let jobs = report["jobs"].as_array().cloned().unwrap_or_default();
-    assert!(!jobs.is_empty(), "fio report without jobs: {report}");
-    for j in &jobs {
-        let ios = j["read"]["total_ios"].as_u64().unwrap_or(0)
-            + j["write"]["total_ios"].as_u64().unwrap_or(0);
-        assert_eq!(j["error"], 0, "fio job failed: {j}");
-        assert!(ios > 0, "fio job did no I/O: {j}");
-    }
-}
-
-/// Every watch document received so far.
-fn drain(w: &HeadlessWatch) -> Vec<Value> {
-    let mut docs = Vec::new();
-    while let Ok((_, d)) = w.docs.try_recv() {
-        docs.push(d);
-    }
-    docs
+    assert_fio_report_ok(&out, "after SIGINT");
 }
 
 /// One line per document with findings: when, events lost so far, the classes (for a failure

@@ -217,27 +217,7 @@ fn teardown(k: Kublk, workload: Option<Child>) {
 fn assert_fio_ok(mut fio: Child) {
     let st = wait_timeout(&mut fio, Duration::from_secs(120)).expect("fio did not end");
     let (out, _) = read_both(&mut fio);
-    let report: Value = out
-        .find('{')
-        .and_then(|i| serde_json::from_str(&out[i..]).ok())
-        .unwrap_or_else(|| panic!("no JSON report from fio ({st}): {out}"));
-    let jobs = report["jobs"].as_array().cloned().unwrap_or_default();
-    assert!(!jobs.is_empty(), "fio report without jobs: {report}");
-    for j in &jobs {
-        let ios = j["read"]["total_ios"].as_u64().unwrap_or(0)
-            + j["write"]["total_ios"].as_u64().unwrap_or(0);
-        assert_eq!(j["error"], 0, "fio job failed: {j}");
-        assert!(ios > 0, "fio job did no I/O: {j}");
-    }
-}
-
-/// Every watch document received so far.
-fn drain(w: &HeadlessWatch) -> Vec<Value> {
-    let mut docs = Vec::new();
-    while let Ok((_, d)) = w.docs.try_recv() {
-        docs.push(d);
-    }
-    docs
+    assert_fio_report_ok(&out, &st.to_string());
 }
 
 /// Requests the watch saw in flight on `dev_id` (summed state counts over the documents).

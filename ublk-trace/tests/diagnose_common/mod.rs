@@ -612,3 +612,29 @@ pub fn fio_randrw(bdev: &str, secs: u64) -> Child {
         .spawn()
         .unwrap_or_else(|e| panic!("spawn fio: {e}"))
 }
+
+/// fio's `--output-format=json` report in `out` (a line such as "fio: terminating on signal
+/// 2" may precede it): every job did I/O without an error. `how` says how fio ended.
+pub fn assert_fio_report_ok(out: &str, how: &str) {
+    let report: Value = out
+        .find('{')
+        .and_then(|i| serde_json::from_str(&out[i..]).ok())
+        .unwrap_or_else(|| panic!("no JSON report from fio ({how}): {out}"));
+    let jobs = report["jobs"].as_array().cloned().unwrap_or_default();
+    assert!(!jobs.is_empty(), "fio report without jobs: {report}");
+    for j in &jobs {
+        let ios = j["read"]["total_ios"].as_u64().unwrap_or(0)
+            + j["write"]["total_ios"].as_u64().unwrap_or(0);
+        assert_eq!(j["error"], 0, "fio job failed: {j}");
+        assert!(ios > 0, "fio job did no I/O: {j}");
+    }
+}
+
+/// Every watch document `w` received so far.
+pub fn drain(w: &HeadlessWatch) -> Vec<Value> {
+    let mut docs = Vec::new();
+    while let Ok((_, d)) = w.docs.try_recv() {
+        docs.push(d);
+    }
+    docs
+}
