@@ -80,12 +80,7 @@ fn print_timeline(docs: &[Value]) {
 /// Findings of the documents, except SLOW (informational: emulation stalls are slow I/O).
 fn assert_no_findings(docs: &[Value], what: &str) {
     print_timeline(docs);
-    let bad: Vec<String> = docs
-        .iter()
-        .flat_map(findings)
-        .filter(|f| f["class"] != "SLOW")
-        .map(|f| format!("{} {}: {}", f["class"], f["summary"], f["evidence"]))
-        .collect();
+    let bad = problem_findings(docs);
     let shown = &bad[..bad.len().min(12)];
     assert!(
         bad.is_empty(),

@@ -271,12 +271,7 @@ fn healthy(test: &str, feature: Option<(&str, &str)>, args: &[&str], secs: u64) 
         "only {} documents in {secs} s",
         docs.len()
     );
-    let bad: Vec<String> = docs
-        .iter()
-        .flat_map(findings)
-        .filter(|f| f["class"] != "SLOW")
-        .map(|f| format!("{} {}: {}", f["class"], f["summary"], f["evidence"]))
-        .collect();
+    let bad = problem_findings(&docs);
     assert!(
         bad.is_empty(),
         "{} findings on healthy kublk {args:?}, the first: {:#?}",

@@ -315,11 +315,7 @@ impl Device {
                 errno,
             },
         );
-        if self.rejected.len() == REJECTED_LEN {
-            self.rejected.pop_front();
-        }
-        self.rejected_total += 1;
-        self.rejected.push_back(RejectedCmd {
+        self.push_rejected(RejectedCmd {
             ts_ns: ts,
             q_id: a.q_id,
             tag: a.tag,
@@ -330,6 +326,15 @@ impl Device {
             result,
             batch_elem: None,
         });
+    }
+
+    /// Keep a rejected command (the newest REJECTED_LEN; all are counted).
+    fn push_rejected(&mut self, r: RejectedCmd) {
+        if self.rejected.len() == REJECTED_LEN {
+            self.rejected.pop_front();
+        }
+        self.rejected_total += 1;
+        self.rejected.push_back(r);
     }
 
     /// A BATCH_IO command returned (`l.ts_ns` is its entry). Any accepted one shows the
@@ -355,11 +360,7 @@ impl Device {
             let tag = l.refused.map_or(super::NO_TAG, |r| r.tag);
             let owner_tid = q.owner_tid;
             q.rejected += 1;
-            if self.rejected.len() == REJECTED_LEN {
-                self.rejected.pop_front();
-            }
-            self.rejected_total += 1;
-            self.rejected.push_back(RejectedCmd {
+            self.push_rejected(RejectedCmd {
                 ts_ns: l.ts_ns,
                 q_id: l.q_id,
                 tag,

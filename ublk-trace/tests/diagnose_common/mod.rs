@@ -638,3 +638,13 @@ pub fn drain(w: &HeadlessWatch) -> Vec<Value> {
     }
     docs
 }
+
+/// Every finding of `docs` but SLOW (informational: emulation stalls are slow I/O), as
+/// `CLASS summary: evidence` lines.
+pub fn problem_findings(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .flat_map(findings)
+        .filter(|f| f["class"] != "SLOW")
+        .map(|f| format!("{} {}: {}", f["class"], f["summary"], f["evidence"]))
+        .collect()
+}
