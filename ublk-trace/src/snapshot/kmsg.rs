@@ -98,17 +98,33 @@ pub fn read_tail(dev_id: u32) -> std::io::Result<Vec<KmsgLine>> {
 /// records that `pick` maps to something.
 pub fn read_records<T>(
     keep: usize,
-    mut pick: impl FnMut(&str) -> Option<T>,
+    pick: impl FnMut(&str) -> Option<T>,
 ) -> std::io::Result<Vec<T>> {
-    let mut f = std::fs::OpenOptions::new()
+    let mut f = open_kmsg()?;
+    let mut out = std::collections::VecDeque::with_capacity(keep);
+    drain(&mut f, keep, pick, &mut out)?;
+    Ok(out.into())
+}
+
+fn open_kmsg() -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/kmsg")?;
-    let mut out = std::collections::VecDeque::with_capacity(keep);
+        .open("/dev/kmsg")
+}
+
+/// Read every record `f` has not returned yet, appending what `pick` keeps to `out` (at most
+/// `keep` there, oldest dropped first).
+fn drain<T>(
+    f: &mut std::fs::File,
+    keep: usize,
+    mut pick: impl FnMut(&str) -> Option<T>,
+    out: &mut std::collections::VecDeque<T>,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
     loop {
         match f.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(()),
             Ok(n) => {
                 let rec = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
                 if let Some(v) = pick(&rec) {
@@ -118,14 +134,52 @@ pub fn read_records<T>(
                     out.push_back(v);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
             // EPIPE: the record we were about to read was overwritten; the next read goes on.
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
-    Ok(out.into())
+}
+
+/// The kernel log followed tick after tick: the first read takes the whole buffer, later ones
+/// only the records written since (an open `/dev/kmsg` keeps its reader's position). Reading
+/// the whole buffer again on every tick cost milliseconds of CPU each time.
+#[derive(Default)]
+pub struct KmsgFollower {
+    file: Option<std::fs::File>,
+    /// The newest records that concern ublk or hung tasks, any device.
+    recent: std::collections::VecDeque<KmsgLine>,
+}
+
+/// Records a follower keeps, all devices together.
+const FOLLOWED_LINES: usize = 16 * TAIL_LINES;
+
+impl KmsgFollower {
+    /// Read what is new, then the last [`TAIL_LINES`] records that concern `dev_id`.
+    pub fn tail(&mut self, dev_id: u32) -> std::io::Result<Vec<KmsgLine>> {
+        let f = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(open_kmsg()?),
+        };
+        if let Err(e) = drain(f, FOLLOWED_LINES, parse_record, &mut self.recent) {
+            // Opened afresh next time (it then reads the whole buffer again).
+            self.file = None;
+            self.recent.clear();
+            return Err(e);
+        }
+        let mut mine: Vec<KmsgLine> = self
+            .recent
+            .iter()
+            .rev()
+            .filter(|l| l.concerns(dev_id))
+            .take(TAIL_LINES)
+            .cloned()
+            .collect();
+        mine.reverse();
+        Ok(mine)
+    }
 }
 
 #[cfg(test)]

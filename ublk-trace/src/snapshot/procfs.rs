@@ -135,6 +135,12 @@ fn fd_links(pid: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// A thread's scheduler state from its `stat` alone (None: it has gone).
+fn task_state(pid: u32, tid: u32) -> Option<char> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    parse_stat(&text).map(|(_, state)| state)
+}
+
 /// One thread's procfs facts. `pid` is the tgid, `tid` the thread.
 pub fn read_task(pid: u32, tid: u32) -> Option<TaskInfo> {
     let base = format!("/proc/{pid}/task/{tid}");
@@ -166,8 +172,14 @@ pub fn read_task(pid: u32, tid: u32) -> Option<TaskInfo> {
 
 /// All processes holding `/dev/ublkc{dev_id}` open, with threads and io_uring rings.
 pub fn find_servers(dev_id: u32) -> Vec<ServerProcess> {
+    servers_among(dev_id, &pids_in(Path::new("/proc")))
+}
+
+/// The processes among `pids` that hold `/dev/ublkc{dev_id}` open (a walk of /proc passes
+/// every pid; a snapshot series, the servers an earlier walk found).
+pub fn servers_among(dev_id: u32, pids: &[u32]) -> Vec<ServerProcess> {
     let mut out = Vec::new();
-    for pid in pids_in(Path::new("/proc")) {
+    for &pid in pids {
         let links = fd_links(pid);
         if !links.iter().any(|(_, l)| char_dev_id(l) == Some(dev_id)) {
             continue;
@@ -175,6 +187,18 @@ pub fn find_servers(dev_id: u32) -> Vec<ServerProcess> {
         out.push(read_server(pid, &links));
     }
     out
+}
+
+/// Every (tgid, tid) of the machine.
+pub fn all_tasks() -> Vec<(u32, u32)> {
+    pids_in(Path::new("/proc"))
+        .into_iter()
+        .flat_map(|pid| {
+            pids_in(Path::new(&format!("/proc/{pid}/task")))
+                .into_iter()
+                .map(move |tid| (pid, tid))
+        })
+        .collect()
 }
 
 fn read_server(pid: u32, links: &[(u32, String)]) -> ServerProcess {
@@ -208,30 +232,39 @@ fn read_server(pid: u32, links: &[(u32, String)]) -> ServerProcess {
 /// one disk: reported for every device). A filesystem mounted on the disk holds no fd: its
 /// writers are found only through `ublk_`/block frames of their stacks.
 pub fn find_waiters(dev_id: u32) -> Vec<TaskInfo> {
+    waiters_among(dev_id, &all_tasks())
+}
+
+/// [`find_waiters`] among the given (tgid, tid) tasks.
+pub fn waiters_among(dev_id: u32, tasks: &[(u32, u32)]) -> Vec<TaskInfo> {
     let mut out = Vec::new();
-    for pid in pids_in(Path::new("/proc")) {
-        let tids = pids_in(Path::new(&format!("/proc/{pid}/task")));
-        let mut has_fd: Option<bool> = None;
-        for tid in tids {
-            let Some(mut t) = read_task(pid, tid) else {
-                continue;
-            };
-            if t.state != 'D' {
-                continue;
-            }
-            let on_disk = *has_fd.get_or_insert_with(|| {
-                fd_links(pid)
-                    .iter()
-                    .any(|(_, l)| block_dev_id(l) == Some(dev_id))
-            });
-            let kind = classify_wait(&t.wchan, &t.stack);
-            let ublk_frames = t.stack.iter().any(|f| f.starts_with("ublk_"));
-            let relevant =
-                on_disk || ublk_frames || matches!(kind, Some(WaitKind::Open | WaitKind::Teardown));
-            if relevant {
-                t.wait = Some(kind.unwrap_or(WaitKind::Other));
-                out.push(t);
-            }
+    // Whether a process has the disk open, looked up once per process.
+    let mut has_fd = std::collections::BTreeMap::<u32, bool>::new();
+    for &(pid, tid) in tasks {
+        // Only a D task's wchan, stack and status matter: read the rest of it only then
+        // (a stack read unwinds the task; doing it for every task of the machine on every
+        // tick was most of watch's CPU time).
+        if task_state(pid, tid) != Some('D') {
+            continue;
+        }
+        let Some(mut t) = read_task(pid, tid) else {
+            continue;
+        };
+        if t.state != 'D' {
+            continue;
+        }
+        let on_disk = *has_fd.entry(pid).or_insert_with(|| {
+            fd_links(pid)
+                .iter()
+                .any(|(_, l)| block_dev_id(l) == Some(dev_id))
+        });
+        let kind = classify_wait(&t.wchan, &t.stack);
+        let ublk_frames = t.stack.iter().any(|f| f.starts_with("ublk_"));
+        let relevant =
+            on_disk || ublk_frames || matches!(kind, Some(WaitKind::Open | WaitKind::Teardown));
+        if relevant {
+            t.wait = Some(kind.unwrap_or(WaitKind::Other));
+            out.push(t);
         }
     }
     out
