@@ -268,3 +268,36 @@ impl QueueState {
         self.tags.iter().filter(|t| t.view != TagView::Waiting)
     }
 }
+
+impl DeviceState {
+    /// LIVE with its disk, not frozen or quiesced, no queue canceling or aborting, and no
+    /// request in flight for `age_ns` or longer (nor one whose start is unknown): nothing
+    /// is waiting on it.
+    pub fn is_calm(&self, now_ns: u64, age_ns: u64) -> bool {
+        let young = |r: &RequestState| {
+            r.state != RqState::InFlight
+                || r.start_time_ns
+                    .is_some_and(|s| s != 0 && now_ns.saturating_sub(s) < age_ns)
+        };
+        self.state == ublk_abi::UBLK_S_DEV_LIVE
+            && self.has_disk
+            && self.mq_freeze_depth.unwrap_or(0) == 0
+            && self.quiesce_depth.unwrap_or(0) == 0
+            && self.queues.iter().all(|q| {
+                q.canceling != Some(true)
+                    && q.force_abort != Some(true)
+                    && q.tags.iter().all(|t| t.request.as_ref().is_none_or(young))
+            })
+    }
+}
+
+impl DriverSnapshot {
+    /// The devices of this read that are calm ([`DeviceState::is_calm`]) at `now_ns`.
+    pub fn calm_devices(&self, now_ns: u64, age_ns: u64) -> Vec<u32> {
+        self.devices
+            .iter()
+            .filter(|d| d.is_calm(now_ns, age_ns))
+            .map(|d| d.dev_id)
+            .collect()
+    }
+}

@@ -655,3 +655,58 @@ fn snapshot_round_trips_through_json() {
     let back: super::DriverSnapshot = serde_json::from_str(&j).expect("parses");
     assert_eq!(back, s);
 }
+
+#[test]
+fn a_device_is_calm_until_a_request_is_old_or_its_start_unknown() {
+    use crate::model::testutil::{driver_rq, driver_snap, driver_tag};
+    const AGE: u64 = 250_000_000;
+    let now = 10_000_000_000;
+    let snap = |rq: Option<super::RequestState>| {
+        driver_snap(
+            now,
+            vec![
+                driver_tag(0, TagView::Waiting, None),
+                driver_tag(1, TagView::InServer, rq),
+            ],
+        )
+    };
+    assert_eq!(snap(None).calm_devices(now, AGE), vec![0], "idle");
+    assert_eq!(
+        snap(Some(driver_rq(now - AGE + 1))).calm_devices(now, AGE),
+        vec![0],
+        "a young request"
+    );
+    assert!(
+        snap(Some(driver_rq(now - AGE)))
+            .calm_devices(now, AGE)
+            .is_empty()
+    );
+    let mut unknown = driver_rq(now);
+    unknown.start_time_ns = None;
+    assert!(
+        snap(Some(unknown.clone()))
+            .calm_devices(now, AGE)
+            .is_empty()
+    );
+    unknown.start_time_ns = Some(0);
+    assert!(
+        snap(Some(unknown)).calm_devices(now, AGE).is_empty(),
+        "not accounted"
+    );
+    let mut done = driver_rq(1);
+    done.state = RqState::Complete;
+    assert_eq!(
+        snap(Some(done)).calm_devices(now, AGE),
+        vec![0],
+        "completed"
+    );
+    let mut quiesced = snap(None);
+    quiesced.devices[0].state = ublk_abi::UBLK_S_DEV_QUIESCED;
+    assert!(quiesced.calm_devices(now, AGE).is_empty());
+    let mut frozen = snap(None);
+    frozen.devices[0].mq_freeze_depth = Some(1);
+    assert!(frozen.calm_devices(now, AGE).is_empty());
+    let mut canceling = snap(None);
+    canceling.devices[0].queues[0].canceling = Some(true);
+    assert!(canceling.calm_devices(now, AGE).is_empty());
+}

@@ -24,6 +24,7 @@ pub mod fdinfo;
 pub mod kmsg;
 pub mod procfs;
 pub mod read;
+pub mod series;
 pub mod tagfile;
 
 pub use read::{list_devices, take};
@@ -56,6 +57,12 @@ pub struct DeviceSnapshot {
     pub servers: Vec<ServerProcess>,
     /// `/proc` was walked successfully, so an empty `servers`/`waiters` is a fact, not a gap.
     pub proc_scanned: bool,
+    /// When /proc was last walked in full for `servers` and `waiters` (CLOCK_MONOTONIC ns).
+    /// In a series of snapshots ([`series`]) that may be an earlier tick: between walks, the
+    /// tasks the walk found are looked at again, and a new waiter or server is found by the
+    /// next walk.
+    #[serde(default)]
+    pub proc_walked_ns: Option<u64>,
     /// Tasks in D state whose wait concerns this disk (or any disk, for `bdev_open`).
     pub waiters: Vec<TaskInfo>,
     /// Scheduler counters of the server's threads (`/proc/PID/task/TID/schedstat`): tell a

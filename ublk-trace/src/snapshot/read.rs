@@ -5,7 +5,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::blkmq::{self, BlkMqSnapshot, CtxRq, HctxSnapshot, SchedInfo};
-use super::{DeviceSnapshot, Inflight, SourceError, deadline, devinfo, kmsg, procfs, tagfile};
+use super::{
+    DeviceSnapshot, Inflight, ServerProcess, SourceError, TaskInfo, deadline, devinfo, kmsg,
+    procfs, tagfile,
+};
 
 const DEBUGFS_BLOCK: &str = "/sys/kernel/debug/block";
 
@@ -49,6 +52,46 @@ fn names_in(dir: &str, prefix: &str) -> Vec<u32> {
 /// Snapshot device `dev_id`. Never opens `/dev/ublkbN` or `/dev/ublkcN`; reads that can block
 /// run side by side on helper threads and are abandoned at `deadline` (recorded as timed out).
 pub fn take(dev_id: u32, deadline: Instant) -> DeviceSnapshot {
+    let walked_ns = monotonic_ns();
+    let (mut s, _) = take_with(
+        dev_id,
+        deadline,
+        move || ProcFound::walk(dev_id),
+        kmsg::read_tail(dev_id),
+    );
+    if s.proc_scanned {
+        s.proc_walked_ns = Some(walked_ns);
+    }
+    s
+}
+
+/// What the /proc part of a snapshot found: the device's servers and its waiters.
+pub(super) struct ProcFound {
+    pub servers: Vec<ServerProcess>,
+    pub waiters: Vec<TaskInfo>,
+    /// Found by a walk of all of /proc (not by looking at known tasks again).
+    pub walked: bool,
+}
+
+impl ProcFound {
+    /// Walk all of /proc for the servers and waiters of `dev_id`.
+    pub fn walk(dev_id: u32) -> Self {
+        Self {
+            servers: procfs::find_servers(dev_id),
+            waiters: procfs::find_waiters(dev_id),
+            walked: true,
+        }
+    }
+}
+
+/// A snapshot whose /proc part is `scan` (a walk of /proc, or a look at known tasks) and
+/// whose kernel log tail is `kmsg`; with whether /proc was walked in full.
+pub(super) fn take_with(
+    dev_id: u32,
+    deadline: Instant,
+    scan: impl FnOnce() -> ProcFound + Send + 'static,
+    kmsg: std::io::Result<Vec<kmsg::KmsgLine>>,
+) -> (DeviceSnapshot, bool) {
     let mut s = DeviceSnapshot {
         dev_id,
         taken_ns: monotonic_ns(),
@@ -58,9 +101,9 @@ pub fn take(dev_id: u32, deadline: Instant) -> DeviceSnapshot {
     };
     let info = devinfo::start(dev_id, deadline);
     let procs = deadline::spawn(move || {
-        let servers = procfs::find_servers(dev_id);
-        let sched = procfs::read_sched(&servers);
-        (servers, procfs::find_waiters(dev_id), sched)
+        let found = scan();
+        let sched = procfs::read_sched(&found.servers);
+        (found, sched)
     });
     if s.block_dev_present {
         read_block_side(&mut s, deadline);
@@ -69,10 +112,12 @@ pub fn take(dev_id: u32, deadline: Instant) -> DeviceSnapshot {
         Ok(i) => s.dev_info = Some(i),
         Err(e) => s.errors.push(e),
     }
+    let mut walked = false;
     match procs.wait(deadline) {
-        Ok((servers, waiters, sched)) => {
-            s.servers = servers;
-            s.waiters = waiters;
+        Ok((found, sched)) => {
+            walked = found.walked;
+            s.servers = found.servers;
+            s.waiters = found.waiters;
             s.sched = sched;
             s.proc_scanned = true;
         }
@@ -84,7 +129,8 @@ pub fn take(dev_id: u32, deadline: Instant) -> DeviceSnapshot {
         Ok(Some(t)) if is_stale(&t, &s) => s.errors.push(err(
             "tag-state file",
             &format!(
-                "written by pid {}, which is not the server holding /dev/ublkc{dev_id}: a                  stale file of an earlier server, ignored",
+                "written by pid {}, which is not the server holding /dev/ublkc{dev_id}: a \
+                 stale file of an earlier server, ignored",
                 t.pid
             ),
             false,
@@ -92,11 +138,11 @@ pub fn take(dev_id: u32, deadline: Instant) -> DeviceSnapshot {
         Ok(t) => s.tagfile = t,
         Err(e) => s.errors.push(err("tag-state file", &e, false)),
     }
-    match kmsg::read_tail(dev_id) {
+    match kmsg {
         Ok(k) => s.kmsg = k,
         Err(e) => s.errors.push(err("/dev/kmsg", &e, false)),
     }
-    s
+    (s, walked)
 }
 
 /// The tag file was written by a process that is not among the device's servers (which

@@ -4,9 +4,9 @@
 //! The snapshot thread keeps its period from drifting (bpftop: sleep `period - elapsed`).
 //! Threads stop when the [`Stop`] flag is set or the receiver is gone.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -217,10 +217,38 @@ fn sleep_until(until: Instant, stop: &Stop) {
     }
 }
 
+/// The devices the driver's latest read found calm ([`crate::driver::DeviceState::is_calm`]),
+/// and until when that read counts (CLOCK_MONOTONIC ns): the snapshot thread walks /proc for
+/// their waiters less often ([`snapshot::series`]).
+#[derive(Debug, Clone, Default)]
+pub struct CalmDevices(Arc<Mutex<(u64, Vec<u32>)>>);
+
+impl CalmDevices {
+    pub fn set(&self, until_ns: u64, devs: Vec<u32>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = (until_ns, devs);
+    }
+
+    pub fn is_calm(&self, dev: u32, now_ns: u64) -> bool {
+        let g = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        now_ns < g.0 && g.1.contains(&dev)
+    }
+}
+
+/// A request in flight this long makes its device not calm: a quarter of the default stuck
+/// threshold, so the first walk that can name a waiter comes well before a finding needs it.
+const CALM_AGE_NS: u64 = 250_000_000;
+
 /// One round: the device list, then a snapshot of each focused device.
 /// Returns false when the loop has gone away.
-fn snapshot_round(tx: &Sender<Msg>, focus: &Focus, per_device: Duration) -> bool {
+fn snapshot_round(
+    tx: &Sender<Msg>,
+    focus: &Focus,
+    per_device: Duration,
+    series: &mut snapshot::series::Series,
+    calm: &CalmDevices,
+) -> bool {
     let devices = snapshot::list_devices();
+    series.retain(&devices);
     let targets: Vec<u32> = match focus.get() {
         Some(d) => vec![d],
         None => devices.clone(),
@@ -229,7 +257,8 @@ fn snapshot_round(tx: &Sender<Msg>, focus: &Focus, per_device: Duration) -> bool
         return false;
     }
     targets.into_iter().all(|dev| {
-        let snap = snapshot::take(dev, Instant::now() + per_device);
+        let is_calm = calm.is_calm(dev, snapshot::read::monotonic_ns());
+        let snap = series.take(dev, Instant::now() + per_device, is_calm);
         tx.send(Msg::Snapshot(Box::new(snap))).is_ok()
     })
 }
@@ -239,6 +268,7 @@ pub fn spawn_snapshotter(
     tx: Sender<Msg>,
     focus: Focus,
     period: Duration,
+    calm: CalmDevices,
     stop: Stop,
 ) -> std::io::Result<JoinHandle<()>> {
     // A read of a hung device's files may block; the deadline bounds each snapshot. Walking
@@ -247,9 +277,10 @@ pub fn spawn_snapshotter(
     std::thread::Builder::new()
         .name("snapshots".into())
         .spawn(move || {
+            let mut series = snapshot::series::Series::new();
             let mut next = Instant::now();
             while !stop.is_set() {
-                if !snapshot_round(&tx, &focus, per_device) {
+                if !snapshot_round(&tx, &focus, per_device, &mut series, &calm) {
                     return;
                 }
                 next += period;
@@ -273,6 +304,7 @@ pub fn spawn_driver_reader(
     focus: Focus,
     period: Duration,
     status: DriverStatus,
+    calm: CalmDevices,
     stop: Stop,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -293,8 +325,16 @@ pub fn spawn_driver_reader(
                     .get()
                     .map_or(crate::driver::Target::All, crate::driver::Target::Dev);
                 let msg = match reader.read(target, Instant::now() + DRIVER_DEADLINE) {
-                    Ok(s) => Msg::Driver(Box::new(s)),
-                    Err(e) => Msg::DriverOff(e.to_string()),
+                    Ok(s) => {
+                        // Good until the read after next would have come.
+                        let until = s.taken_ns.saturating_add(2 * period.as_nanos() as u64);
+                        calm.set(until, s.calm_devices(s.taken_ns, CALM_AGE_NS));
+                        Msg::Driver(Box::new(s))
+                    }
+                    Err(e) => {
+                        calm.set(0, Vec::new());
+                        Msg::DriverOff(e.to_string())
+                    }
                 };
                 if tx.send(msg).is_err() {
                     return;
@@ -604,14 +644,22 @@ impl Sources {
     pub fn with_readers(focus: Option<u32>, period: Duration) -> anyhow::Result<Self> {
         use anyhow::Context;
         let mut s = Self::new(focus);
-        let h = spawn_snapshotter(s.tx.clone(), s.focus.clone(), period, s.stop.clone())
-            .context("start the snapshot thread")?;
+        let calm = CalmDevices::default();
+        let h = spawn_snapshotter(
+            s.tx.clone(),
+            s.focus.clone(),
+            period,
+            calm.clone(),
+            s.stop.clone(),
+        )
+        .context("start the snapshot thread")?;
         s.add(h);
         let h = spawn_driver_reader(
             s.tx.clone(),
             s.focus.clone(),
             period,
             s.driver_status.clone(),
+            calm,
             s.stop.clone(),
         )
         .context("start the driver-state thread")?;
