@@ -176,12 +176,12 @@ fn configs(mode: Mode, rublk: bool, tracer_only: bool) -> Vec<Config> {
 fn traced() -> Vec<Config> {
     let mut rec = ours("ours-null-q1+record", "null", 1, 64);
     // rm first: wait_line must not find the previous round's line (see `ours`).
-    rec.attach = "rm -f /tmp/rec.out\nublk-trace record --dev 0 -o /tmp/rec.jsonl > /tmp/rec.out 2>&1 &\nTRC=$!\nwait_line /tmp/rec.out recording\nT0=$(now_ms); C0=$(cpu_ns $TRC)\n"
+    rec.attach = "rm -f /tmp/rec.out\nublk-trace record --dev 0 -o /tmp/rec.jsonl > /tmp/rec.out 2>&1 &\nTRC=$!\nwait_line /tmp/rec.out recording\nT0=$(now_ms); C0=$(proc_cpu_ns $TRC)\n"
         .into();
     // The recorder writes the events it has not converted yet after the stop (stop_ms):
     // cpu_ns is its CPU while attached (start-up excluded), cpu_total_ns what it reports at
     // exit (all of it, start-up included).
-    rec.detach = "T1=$(now_ms); C=$(cpu_ns $TRC); M=$(mem_kb $TRC); stop_pid $TRC INT 300; T2=$(now_ms)\n\
+    rec.detach = "T1=$(now_ms); C=$(proc_cpu_ns $TRC); M=$(mem_kb $TRC); stop_pid $TRC INT 300; T2=$(now_ms)\n\
         S=$(grep 'recorded' /tmp/rec.out | tail -n 1)\n\
         echo \"TRACER-STAT config=$CFG round=$ROUND ms=$((T1-T0)) stop_ms=$((T2-T1)) cpu_ns=$((C-C0)) $M events=$(echo \"$S\" | sed -n 's/.*recorded \\([0-9]*\\) events.*/\\1/p') dropped=$(echo \"$S\" | sed -n 's/.* \\([0-9]*\\) dropped.*/\\1/p') cpu_total_ns=$(sed -n 's/.*CPU time \\([0-9]*\\) ms.*/\\1000000/p' /tmp/rec.out)\"\n\
         grep -E '^ublk-trace: (recorded|program)' /tmp/rec.out | sed 's/^/TRACER /'\n"
@@ -195,7 +195,7 @@ fn traced() -> Vec<Config> {
         let mut watch = ours(name, "null", 1, 64);
         // The default tick (--interval 500): what a user runs.
         watch.attach = format!(
-            "rm -f /tmp/watch.out /tmp/watch.err\nublk-trace watch dev 0 --headless --json --per-io {mode} > /tmp/watch.out 2>/tmp/watch.err &\nTRC=$!\nwait_line /tmp/watch.out ebpf\nT0=$(now_ms); C0=$(cpu_ns $TRC)\n"
+            "rm -f /tmp/watch.out /tmp/watch.err\nublk-trace watch dev 0 --headless --json --per-io {mode} > /tmp/watch.out 2>/tmp/watch.err &\nTRC=$!\nwait_line /tmp/watch.out ebpf\nT0=$(now_ms); C0=$(proc_cpu_ns $TRC)\n"
         );
         watch.detach = WATCH_DETACH.into();
         v.push(watch);
@@ -204,7 +204,7 @@ fn traced() -> Vec<Config> {
 }
 
 /// A watch config's detach: one `TRACER-STAT` line, then its programs' run counts and times.
-const WATCH_DETACH: &str = "T1=$(now_ms); C=$(cpu_ns $TRC); M=$(mem_kb $TRC); bpf_progs $TRC; stop_pid $TRC INT\n\
+const WATCH_DETACH: &str = "T1=$(now_ms); C=$(proc_cpu_ns $TRC); M=$(mem_kb $TRC); bpf_progs $TRC; stop_pid $TRC INT\n\
         L=$(tail -n 1 /tmp/watch.out)\n\
         echo \"TRACER-STAT config=$CFG round=$ROUND ms=$((T1-T0)) cpu_ns=$((C-C0)) $M docs=$(grep -c kind /tmp/watch.out) dropped=$(echo \"$L\" | sed -n 's/.*\"dropped_events\":\\([0-9]*\\).*/\\1/p') lag_ms=$(echo \"$L\" | sed -n 's/.*\"stream_lag_ms\":\\([0-9]*\\).*/\\1/p')\"\n\
         grep -E 'program' /tmp/watch.err | sed 's/^/TRACER /'\n";
@@ -221,6 +221,10 @@ const PRELUDE: &str = r#"
 wait_ready() { i=0; while [ $i -lt 300 ]; do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.1; i=$((i+1)); done; return 1; }
 holder() { for p in /proc/[0-9]*; do ls -l $p/fd 2>/dev/null | grep -q "/dev/$1" && { echo ${p#/proc/}; return; }; done; }
 cpu_ns() { [ -n "$1" ] || { echo 0; return; }; s=0; for t in /proc/$1/task/*; do read a b c < $t/schedstat 2>/dev/null && s=$((s+a)); done; echo $s; }
+# A process's CPU time including its threads that have exited (utime + stime of
+# /proc/PID/stat, in USER_HZ = 100 ticks): the tracer's short-lived reader threads are
+# missing from the sum over /proc/PID/task, which undercounted watch several times over.
+proc_cpu_ns() { [ -n "$1" ] || { echo 0; return; }; set -- $(sed 's/.*) //' /proc/$1/stat 2>/dev/null); echo $(( (${12:-0} + ${13:-0}) * 10000000 )); }
 modload() { m=$1; shift; for f in $(cat /mod/$m.order); do if [ "$f" = "$m.ko" ]; then insmod /mod/$f "$@"; else insmod /mod/$f 2>/dev/null; fi; done; }
 # Signal a process, give it 5 s to exit, then SIGKILL it (and say so): a tracer that ignores
 # the signal must not hang the whole run.
