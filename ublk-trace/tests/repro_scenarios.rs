@@ -286,7 +286,7 @@ fn repro_stopped_server_gives_server_stopped() {
         });
         let waiter = of_class(doc, "WAITERS")
             .iter()
-            .any(|f| blocked.iter().any(|b| has_pid(f, b.0)));
+            .any(|f| blocked.iter().any(|b| has_pid(f, b.pid)));
         stopped && stuck && waiter
     });
     // SIGKILL (never DEL a stopped server's device first), then DEL.

@@ -1,7 +1,7 @@
 //! Helpers for the guest tests: start `ublk-server run`, wait for its ready line, run shell
 //! commands, check for tasks left in D state. Every helper has a deadline: a hung device must
 //! fail a test, not hang the guest.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub use ublk_testkit::child::wait_timeout;
+pub use ublk_testkit::shell::{have, sh};
+
 pub fn bin() -> PathBuf {
-    match std::env::var_os("UBLK_TEST_BIN_DIR") {
-        Some(d) => PathBuf::from(d).join("ublk-server"),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_ublk-server")),
-    }
+    ublk_testkit::bins::project_bin("ublk-server", env!("CARGO_BIN_EXE_ublk-server"))
 }
 
 pub fn server_cmd(args: &[&str]) -> Output {
@@ -22,31 +22,6 @@ pub fn server_cmd(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("spawn ublk-server")
-}
-
-/// `sh -c line`, with stdout and stderr.
-pub fn sh(line: &str) -> (ExitStatus, String) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(line)
-        .output()
-        .expect("spawn sh");
-    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
-    s.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status, s)
-}
-
-pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let t0 = Instant::now();
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Some(st);
-        }
-        if t0.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A running `ublk-server run ...`; killed and its devices deleted on drop.
@@ -152,35 +127,9 @@ impl Drop for Server {
     }
 }
 
-/// Tasks in D state (pid, comm, wchan), excluding kernel threads' normal idle states.
-pub fn d_state_tasks() -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if rest.trim_start().starts_with('D') {
-            let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
-            out.push(format!(
-                "{pid} {}) wchan={wchan}",
-                head.split_once('(').map_or("", |x| x.1)
-            ));
-        }
-    }
-    out
+/// Tasks in D state, kernel threads included (a kworker stuck on the disk counts here).
+pub fn d_state_tasks() -> Vec<ublk_testkit::tasks::DTask> {
+    ublk_testkit::tasks::d_state_tasks()
 }
 
 /// Wait until no task is in D state (a few seconds of grace for I/O being failed).
@@ -197,10 +146,6 @@ pub fn assert_no_d_state() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-pub fn have(tool: &str) -> bool {
-    sh(&format!("command -v {tool}")).0.success()
 }
 
 /// A child process killed (SIGKILL) on drop, so a failed assertion cannot leave a server

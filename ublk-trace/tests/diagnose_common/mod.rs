@@ -1,7 +1,7 @@
 //! Helpers for the watch/diagnose guest tests: start `ublk-server run` (optionally with an
 //! injected fault), start readers that will hang, run `ublk-trace diagnose`/`watch --headless`
 //! and read their JSON. Every wait has a deadline: a hung device must fail a test, not the guest.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -12,31 +12,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use ublk_testkit::child::wait_timeout;
+pub use ublk_testkit::skip;
+/// User-space tasks in D state (kernel threads left out: kworkers sleep in D briefly all the
+/// time).
+pub use ublk_testkit::tasks::user_d_state_tasks as d_state_tasks;
+
 /// A project binary: `$UBLK_TEST_BIN_DIR/<name>` in the guest, else next to this test's
 /// `ublk-trace` build.
 pub fn bin(name: &str) -> PathBuf {
-    if let Some(d) = std::env::var_os("UBLK_TEST_BIN_DIR") {
-        return PathBuf::from(d).join(name);
-    }
-    let own = PathBuf::from(env!("CARGO_BIN_EXE_ublk-trace"));
-    match name {
-        "ublk-trace" => own,
-        other => own.with_file_name(other),
-    }
-}
-
-/// Wait for `child` up to `limit`.
-pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let t0 = Instant::now();
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Some(st);
-        }
-        if t0.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ublk_testkit::bins::project_bin(name, env!("CARGO_BIN_EXE_ublk-trace"))
 }
 
 /// A running `ublk-server run ...`. On drop: SIGKILL first (never `del` a stopped server's
@@ -507,43 +492,6 @@ pub fn wait_for_ios(dev_id: u32, n: u64, limit: Duration) -> bool {
     false
 }
 
-/// User-space tasks in D state: (pid, tid, comm, wchan). Kernel threads (PF_KTHREAD) are left
-/// out: kworkers sleep in D briefly all the time.
-pub fn d_state_tasks() -> Vec<(u32, u32, String, String)> {
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
-            continue;
-        };
-        for t in tasks.flatten() {
-            let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            let Some((head, rest)) = stat.rsplit_once(") ") else {
-                continue;
-            };
-            let comm = head.split_once(" (").map_or("", |(_, c)| c).to_string();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // rest: state(3) ppid pgrp session tty tpgid flags(9)
-            let flags: u64 = f.get(6).and_then(|x| x.parse().ok()).unwrap_or(0);
-            if f.first() != Some(&"D") || flags & PF_KTHREAD != 0 {
-                continue;
-            }
-            let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
-            out.push((pid, tid, comm, wchan));
-        }
-    }
-    out
-}
-
 /// After a scenario's teardown (server SIGKILLed, device deleted, workload killed): within
 /// `limit` the device nodes and the disk are gone and no user task is left in D state, so
 /// the guest can run the next test. Panics with what is left otherwise.
@@ -580,13 +528,6 @@ pub fn kernel_has(name: &str) -> bool {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .any(|l| l.split_whitespace().nth(1) == Some(name))
-}
-
-/// Say on the console that `test` did not run and why: unbuffered stderr, on a line of its
-/// own (libtest has printed `test NAME ... `), so xtask counts it as skipped, not passed.
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\nSKIP: {test}: {why}");
 }
 
 /// fio random 4 KiB reads and writes on `bdev` for `secs` (2 jobs x QD16, libaio), its JSON
