@@ -13,6 +13,7 @@ mod guest;
 mod hostqemu;
 mod initramfs;
 mod kernel;
+mod kernelsrc;
 mod kublk;
 mod qemu;
 mod repro;
@@ -41,6 +42,10 @@ enum Cmd {
         /// Skip fetching the guest kernel.
         #[arg(long)]
         no_kernel: bool,
+        /// Guest kernels to make ready (repeatable; default 6.12). `6.1` is built from
+        /// Debian's linux-source-6.1 (Debian's 6.1 image has no ublk).
+        #[arg(long)]
+        kernel: Vec<String>,
     },
     /// The QEMU guest (a Debian kernel with ublk_drv and kprobes).
     #[command(subcommand)]
@@ -223,7 +228,19 @@ fn exit(code: i32) -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Setup { no_kernel } => setup::setup(!no_kernel).map(|_| ExitCode::SUCCESS),
+        Cmd::Setup { no_kernel, kernel } => {
+            let specs = if no_kernel {
+                Vec::new()
+            } else if kernel.is_empty() {
+                vec![KernelSpec::default_spec()]
+            } else {
+                kernel
+                    .iter()
+                    .map(|k| KernelSpec::parse(k))
+                    .collect::<Result<Vec<_>>>()?
+            };
+            setup::setup(&specs).map(|_| ExitCode::SUCCESS)
+        }
         Cmd::Guest(GuestCmd::Run { g, command }) => {
             Ok(exit(guest::run_command(&g.opts()?, &command)?))
         }
@@ -253,7 +270,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                      --debug, --include and --module (they apply to guest run/shell/test)"
                 );
             }
-            crate::setup::setup(true)?;
+            crate::setup::setup(&[KernelSpec::default_spec()])?;
             let verdicts = stranger::run(&g.opts()?)?;
             let (passed, failed) = stranger::report(&verdicts);
             println!("{passed} passed, {failed} failed");

@@ -112,7 +112,8 @@ pub struct TestOpts {
 
 pub fn run(opts: &TestOpts) -> Result<bool> {
     let started = Instant::now();
-    crate::setup::setup(opts.guest)?;
+    let default_kernel = [crate::kernel::KernelSpec::default_spec()];
+    crate::setup::setup(if opts.guest { &default_kernel } else { &[] })?;
     let mut total = Tally::default();
     let mut problems: Vec<String> = Vec::new();
     if opts.lint
