@@ -119,7 +119,8 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct GuestArgs {
-    /// Kernel: 6.12 (default), 6.18, 7 (newest 7.x), or SUITE:VERSION.
+    /// Kernel: 6.12 (default), 6.18, 7 (newest 7.x), 6.1 (built from Debian's linux-source-6.1),
+    /// or SUITE:VERSION.
     #[arg(long, default_value = "6.12")]
     kernel: String,
     /// Virtual CPUs.
