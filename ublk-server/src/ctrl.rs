@@ -224,7 +224,10 @@ impl Ctrl {
         let source = io::Error::from_raw_os_error(-res);
         Err(match -res {
             libc::EEXIST if cmd.nr == UBLK_CMD_ADD_DEV => Error::IdInUse(cmd.header.dev_id),
-            libc::ENODEV if cmd.nr != UBLK_CMD_ADD_DEV => Error::NoDevice(cmd.header.dev_id),
+            // GET_FEATURES is for no device: its ENODEV is 6.1's "unknown command" (Ctrl::open).
+            libc::ENODEV if cmd.nr != UBLK_CMD_ADD_DEV && cmd.nr != UBLK_CMD_GET_FEATURES => {
+                Error::NoDevice(cmd.header.dev_id)
+            }
             libc::EPERM | libc::EACCES => Error::NotPermitted {
                 what: format!("{} on device {}", ctrl_op_name(cmd.nr), cmd.header.dev_id),
             },

@@ -50,7 +50,9 @@ enum Cmd {
     /// The QEMU guest (a Debian kernel with ublk_drv and kprobes).
     #[command(subcommand)]
     Guest(GuestCmd),
-    /// Host tests, then guest tests (default kernel: all; 6.18 and newest 7.x: smoke subset),
+    /// Host tests, then guest tests (default kernel: all; 6.18 and newest 7.x: smoke subset;
+    /// 6.1, built from Debian's source: the smoke subset and the basic I/O, signal and
+    /// diagnosis tests),
     /// then the stranger's machine (the dist tarball alone in a guest, default kernel).
     Test(TestArgs),
     /// Boot the guest with `ublk-server run ramdisk` + fio and open `ublk-trace watch dev 0`.
@@ -196,7 +198,7 @@ struct TestArgs {
     /// Skip host tests.
     #[arg(long)]
     no_host: bool,
-    /// Skip the smoke runs on 6.18 and the newest 7.x.
+    /// Skip the smoke runs on 6.18 and the newest 7.x and the 6.1 list (6.1 built from source).
     #[arg(long)]
     no_matrix: bool,
     /// Skip `cargo fmt --check` and `cargo clippy -D warnings`.
@@ -252,7 +254,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 host: false,
                 guest: true,
                 kernels: vec![spec],
-                smoke_kernels: vec![],
+                subsets: vec![],
                 filter,
                 lint: false,
                 smp: Some(g.smp),
@@ -329,16 +331,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Test(a) => {
-            let smoke = if a.no_matrix || a.no_guest {
+            let subsets = if a.no_matrix || a.no_guest {
                 vec![]
             } else {
-                vec![KernelSpec::parse("6.18")?, KernelSpec::parse("7")?]
+                vec![
+                    test::Subset::smoke(KernelSpec::parse("6.18")?),
+                    test::Subset::smoke(KernelSpec::parse("7")?),
+                    test::Subset::six_one(KernelSpec::parse("6.1")?),
+                ]
             };
             let ok = test::run(&test::TestOpts {
                 host: !a.no_host,
                 guest: !a.no_guest,
                 kernels: vec![KernelSpec::parse(&a.kernel)?],
-                smoke_kernels: smoke,
+                subsets,
                 filter: a.filter,
                 lint: !a.no_lint,
                 smp: None,
