@@ -39,7 +39,7 @@ pub enum CtrlError {
         dev_id: u32,
         after: Duration,
     },
-    #[error("{op} on device {dev_id} failed: {}{}", std::io::Error::from_raw_os_error(*errno), errno_hint(*errno))]
+    #[error("{op} on device {dev_id} failed: {}{}", std::io::Error::from_raw_os_error(*errno), errno_hint(op, *errno))]
     Kernel {
         op: &'static str,
         dev_id: u32,
@@ -47,8 +47,12 @@ pub enum CtrlError {
     },
 }
 
-fn errno_hint(errno: i32) -> &'static str {
+fn errno_hint(op: &str, errno: i32) -> &'static str {
     match errno {
+        // GET_FEATURES is for no device: see is_no_get_features.
+        libc::ENODEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOTTY if op == "GET_FEATURES" => {
+            " (a kernel before 6.5, which has no GET_FEATURES)"
+        }
         libc::ENODEV => " (no such ublk device; list them with 'ls /dev/ublkc*')",
         libc::EPERM | libc::EACCES => " (needs CAP_SYS_ADMIN; retry as root)",
         libc::EINVAL | libc::EOPNOTSUPP => " (this kernel does not know the command)",
