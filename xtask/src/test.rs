@@ -540,6 +540,42 @@ fn count_summaries(lines: &[String]) -> u64 {
 mod tests {
     use super::*;
 
+    /// Every filter of the 6.1 list still names a guest test (a renamed test would silently
+    /// drop out of the 6.1 boot otherwise).
+    #[test]
+    fn every_six_one_filter_matches_a_guest_test() {
+        let root = crate::util::workspace_root();
+        let mut names = Vec::new();
+        for dir in ["ublk-server/tests", "ublk-trace/tests"] {
+            let rd = std::fs::read_dir(root.join(dir)).expect("tests dir");
+            for e in rd.flatten() {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let mut ignored = false;
+                for line in text.lines().map(str::trim) {
+                    if line.starts_with("#[ignore = \"needs ublk guest\"]") {
+                        ignored = true;
+                    } else if let Some(rest) = line.strip_prefix("fn ")
+                        && ignored
+                    {
+                        names.push(rest.split('(').next().unwrap_or("").to_string());
+                        ignored = false;
+                    }
+                }
+            }
+        }
+        assert!(names.len() > 20, "guest tests found: {names:?}");
+        for f in SIX_ONE_FILTERS {
+            assert!(
+                names.iter().any(|n| n.contains(f)),
+                "no guest test matches {f:?}"
+            );
+        }
+        assert_eq!(
+            Subset::six_one(KernelSpec::default_spec()).label,
+            "6.1 list"
+        );
+    }
+
     #[test]
     fn libtest_summaries_are_summed() {
         let text = "running 2 tests\ntest a ... ok\ntest result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s\n\
