@@ -137,6 +137,14 @@ pub fn del(ctrl: &mut Ctrl, ids: &[u32]) -> Result<()> {
 /// Kernel features, one per line.
 pub fn features(ctrl: &Ctrl) -> String {
     let mut out = format!("features {:#x}\n", ctrl.features);
+    if ctrl.legacy {
+        // Indented with no flag in the second column: `kernel_has` never matches it.
+        let _ = writeln!(
+            out,
+            "  (this kernel answers no GET_FEATURES: ublk before Linux 6.5; {})",
+            crate::ctrl::LEGACY_NOTE
+        );
+    }
     for (bit, name) in FEATURES {
         if ctrl.features & bit != 0 {
             let _ = writeln!(out, "  {bit:#08x} {name}");

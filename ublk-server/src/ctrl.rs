@@ -104,6 +104,13 @@ pub fn encoded_ctrl_op(nr: u32) -> u32 {
     }
 }
 
+/// What a kernel without GET_FEATURES means for the server (logged and printed by
+/// `features`).
+pub const LEGACY_NOTE: &str = "legacy control and I/O command numbers (no CMD_IOCTL_ENCODE); \
+     the modes that need a feature flag (--per-io-daemon: PER_IO_DAEMON, --batch-io: BATCH_IO) are \
+     refused; recovery and NEED_GET_DATA are asked for in ADD_DEV and used only if its answer \
+     grants them";
+
 /// The control device and its ring.
 pub struct Ctrl {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
@@ -111,6 +118,10 @@ pub struct Ctrl {
     fd: OwnedFd,
     /// Kernel features from GET_FEATURES (0 on kernels older than 6.5, which lack it).
     pub features: u64,
+    /// The kernel answered GET_FEATURES as an unknown command (before 6.5): the control
+    /// and I/O commands go by their legacy numbers, and only ADD_DEV's answer tells which
+    /// features a device got.
+    pub legacy: bool,
     ioctl_encode: bool,
 }
 
@@ -134,6 +145,7 @@ impl Ctrl {
             ring,
             fd: file.into(),
             features: 0,
+            legacy: false,
             ioctl_encode: true,
         };
         let mut feat = [0u8; UBLK_FEATURES_LEN];
@@ -141,14 +153,21 @@ impl Ctrl {
         match ctrl.run(cmd) {
             Ok(_) => ctrl.features = u64::from_le_bytes(feat),
             // Before 6.5 there is no GET_FEATURES and no ioctl encoding of control commands.
+            // 6.1 looks the device up before it looks at the command, so with no device 0
+            // the unknown command fails with ENODEV (6.5+ answers GET_FEATURES before any
+            // lookup, so ENODEV never comes from a kernel that has it).
             Err(Error::Ctrl { source, .. })
                 if matches!(
                     source.raw_os_error(),
-                    Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOTTY)
+                    Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOTTY | libc::ENODEV)
                 ) =>
             {
-                log::info!("kernel has no GET_FEATURES: using legacy control opcodes");
+                log::info!(
+                    "the kernel answers no GET_FEATURES ({source}): ublk before Linux 6.5; \
+                     {LEGACY_NOTE}"
+                );
                 ctrl.ioctl_encode = false;
+                ctrl.legacy = true;
             }
             Err(e) => return Err(e),
         }
@@ -205,7 +224,10 @@ impl Ctrl {
         let source = io::Error::from_raw_os_error(-res);
         Err(match -res {
             libc::EEXIST if cmd.nr == UBLK_CMD_ADD_DEV => Error::IdInUse(cmd.header.dev_id),
-            libc::ENODEV if cmd.nr != UBLK_CMD_ADD_DEV => Error::NoDevice(cmd.header.dev_id),
+            // GET_FEATURES is for no device: its ENODEV is 6.1's "unknown command" (Ctrl::open).
+            libc::ENODEV if cmd.nr != UBLK_CMD_ADD_DEV && cmd.nr != UBLK_CMD_GET_FEATURES => {
+                Error::NoDevice(cmd.header.dev_id)
+            }
             libc::EPERM | libc::EACCES => Error::NotPermitted {
                 what: format!("{} on device {}", ctrl_op_name(cmd.nr), cmd.header.dev_id),
             },

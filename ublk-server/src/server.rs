@@ -575,6 +575,22 @@ pub fn require_feature(features: u64, flag: u64, option: &str) -> Result<()> {
     )))
 }
 
+/// ADD_DEV clears the flags the kernel does not know; without GET_FEATURES (before 6.5) its
+/// answer is the only place a refused feature shows. CMD_IOCTL_ENCODE is optional (the
+/// legacy command numbers serve instead).
+fn check_granted(want: u64, granted: u64) -> Result<()> {
+    let refused = want & !granted & !UBLK_F_CMD_IOCTL_ENCODE;
+    if refused == 0 {
+        return Ok(());
+    }
+    let running = kernel_release().map_or(String::new(), |r| format!(" ({r})"));
+    Err(Error::Usage(format!(
+        "this kernel{running} added the device without {:?} (ADD_DEV cleared them); boot a \
+         kernel that has them, or run without the options that ask for them",
+        feature_names(refused).collect::<Vec<_>>()
+    )))
+}
+
 /// `uname -r`, for messages.
 fn kernel_release() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -631,7 +647,8 @@ pub fn run(opts: RunOpts) -> Result<()> {
         info.flags,
         feature_names(info.flags).collect::<Vec<_>>().join(" ")
     );
-    let result = serve_added(&mut ctrl, &info, &opts, target, &sigs);
+    let result = check_granted(want, info.flags)
+        .and_then(|()| serve_added(&mut ctrl, &info, &opts, target, &sigs));
     if let Err(e) = &result {
         log::debug!("cleaning up dev {} after: {e}", info.dev_id);
     }
@@ -923,6 +940,18 @@ mod tests {
 
     /// The refusal names the feature, the first release that has it and the way out, whether
     /// the kernel answered GET_FEATURES without the bit or not at all.
+    #[test]
+    fn a_feature_add_dev_cleared_is_named_and_ioctl_encoding_is_optional() {
+        assert!(check_granted(UBLK_F_CMD_IOCTL_ENCODE, 0).is_ok());
+        let want = UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY;
+        assert!(check_granted(want, UBLK_F_USER_RECOVERY).is_ok());
+        let e = check_granted(want, 0).expect_err("recovery refused");
+        assert!(
+            e.is_usage() && e.to_string().contains("USER_RECOVERY"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn missing_feature_is_refused_by_name_and_release() {
         assert!(require_feature(UBLK_F_PER_IO_DAEMON, UBLK_F_PER_IO_DAEMON, "x").is_ok());

@@ -271,6 +271,19 @@ fn check_features() -> (Check, Vec<String>) {
             let status = Status::Ok;
             (check("features", status, detail, ""), names)
         }
+        Err(e) if ctrl::is_no_get_features(&e) => (
+            check(
+                "features",
+                Status::Warn,
+                format!(
+                    "this kernel answers no GET_FEATURES ({e}): ublk before Linux 6.5, \
+                     legacy command numbers; a device's features are the flags GET_DEV_INFO \
+                     reports"
+                ),
+                "",
+            ),
+            Vec::new(),
+        ),
         Err(e) => (
             check("features", Status::Fail, e.to_string(), ""),
             Vec::new(),

@@ -888,7 +888,7 @@ fn build_rublk() -> Option<PathBuf> {
 }
 
 pub fn run(o: &BenchOpts) -> Result<()> {
-    crate::setup::setup(false)?;
+    crate::setup::setup(&[])?;
     let kernel = crate::kernel::fetch(&o.kernel)?;
     let bins = build_project(true)?;
     // The debug build too, for its time to live probes (PROBE-START lines).

@@ -44,7 +44,7 @@ exit $rc"#,
 }
 
 pub fn run(kernel: &str, watch_args: &str, inject: Option<&str>) -> Result<i32> {
-    crate::setup::setup(false)?;
+    crate::setup::setup(&[])?;
     let spec = KernelSpec::parse(kernel)?;
     let kernel = crate::kernel::fetch(&spec)?;
     let bins = build_project(true)?;

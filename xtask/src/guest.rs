@@ -244,7 +244,7 @@ pub fn boot_opts(opts: &GuestOpts, kernel: &GuestKernel, initrd: &Path) -> BootO
 
 /// `cargo xtask guest run -- CMD...`: run a shell command in the guest, stream the console.
 pub fn run_command(opts: &GuestOpts, command: &[String]) -> Result<i32> {
-    crate::setup::setup(false)?;
+    crate::setup::setup(&[])?;
     let kernel = crate::kernel::fetch(&opts.kernel)?;
     let bins = build_project(opts.release)?;
     let cmd_sh = if command.is_empty() {
@@ -271,7 +271,7 @@ pub fn run_command(opts: &GuestOpts, command: &[String]) -> Result<i32> {
 
 /// `cargo xtask guest shell`: an interactive shell on the guest console.
 pub fn shell(opts: &GuestOpts) -> Result<i32> {
-    crate::setup::setup(false)?;
+    crate::setup::setup(&[])?;
     let kernel = crate::kernel::fetch(&opts.kernel)?;
     let bins = build_project(opts.release)?;
     let initrd = make_initramfs(&kernel, opts, &bins, &interactive_sh("sh -l"), &[])?;

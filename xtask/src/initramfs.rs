@@ -172,8 +172,11 @@ fn parse_ldd(text: &str) -> Vec<PathBuf> {
 }
 
 /// Modules to load for `names`, dependencies first, decompressed (busybox insmod reads plain .ko).
+/// A name built into the kernel (in its `modules.builtin`: ext4 and loop in the kernels built
+/// from source) needs nothing; modprobe says `builtin NAME` for it.
 pub fn add_modules(tree: &mut Tree, kernel: &GuestKernel, names: &[&str]) -> Result<Vec<String>> {
     let mut order = Vec::new();
+    let mut builtin = 0;
     for m in names {
         let deps = output(
             Command::new("modprobe")
@@ -187,8 +190,13 @@ pub fn add_modules(tree: &mut Tree, kernel: &GuestKernel, names: &[&str]) -> Res
         .with_context(|| format!("resolve module {m} for {}", kernel.kver))?;
         for line in deps.lines() {
             let mut it = line.split_whitespace();
-            if it.next() != Some("insmod") {
-                continue;
+            match it.next() {
+                Some("insmod") => {}
+                Some("builtin") => {
+                    builtin += 1;
+                    continue;
+                }
+                _ => continue,
             }
             let Some(ko) = it.next() else { continue };
             let ko = PathBuf::from(ko);
@@ -208,7 +216,7 @@ pub fn add_modules(tree: &mut Tree, kernel: &GuestKernel, names: &[&str]) -> Res
             order.push(plain);
         }
     }
-    if order.is_empty() {
+    if order.is_empty() && builtin < names.len() {
         bail!(
             "no module files found for {names:?} in kernel {}",
             kernel.kver

@@ -20,6 +20,8 @@ pub struct KernelSpec {
     pub suites: Vec<String>,
     /// Version prefix ("6.12", "7."); empty = newest of the suite.
     pub prefix: String,
+    /// Built from Debian's `linux-source-<prefix>` (see `kernelsrc.rs`), not a Debian image.
+    pub from_source: bool,
 }
 
 impl KernelSpec {
@@ -28,9 +30,19 @@ impl KernelSpec {
         Self::parse("6.12").expect("built-in spec parses")
     }
 
-    /// `6.12`, `6.18`, `7` (newest 7.x), or `SUITE:VERSION` (e.g. `trixie-backports:6.16`).
+    /// `6.12`, `6.18`, `7` (newest 7.x), `6.1` (built from source), or `SUITE:VERSION`
+    /// (e.g. `trixie-backports:6.16`).
     pub fn parse(s: &str) -> Result<Self> {
         let s = s.trim();
+        // Series whose Debian image lacks ublk: built from the source package instead.
+        if let Some(src) = crate::kernelsrc::series(s) {
+            return Ok(Self {
+                name: s.into(),
+                suites: vec![src.suite.into()],
+                prefix: s.into(),
+                from_source: true,
+            });
+        }
         if let Some((suite, ver)) = s.split_once(':') {
             if suite.is_empty() {
                 bail!(
@@ -41,6 +53,7 @@ impl KernelSpec {
                 name: s.into(),
                 suites: vec![suite.into()],
                 prefix: ver.into(),
+                from_source: false,
             });
         }
         let suites: &[&str] = match s {
@@ -48,7 +61,7 @@ impl KernelSpec {
             "7" => &["trixie-backports", "sid"],
             v if v.starts_with("6.") => &["trixie-backports", "trixie", "bookworm-backports"],
             v if v.starts_with("7.") => &["trixie-backports", "sid"],
-            _ => bail!("bad kernel spec {s:?}: use 6.12, 6.18, 7, or SUITE:VERSION"),
+            _ => bail!("bad kernel spec {s:?}: use 6.12, 6.18, 7, 6.1, or SUITE:VERSION"),
         };
         let prefix = if s == "7" {
             "7.".to_string()
@@ -59,6 +72,7 @@ impl KernelSpec {
             name: s.into(),
             suites: suites.iter().map(|x| x.to_string()).collect(),
             prefix,
+            from_source: false,
         })
     }
 
@@ -108,13 +122,18 @@ fn lock_path() -> PathBuf {
 
 /// Resolve, download (if needed) and verify the kernel for `spec`.
 pub fn fetch(spec: &KernelSpec) -> Result<GuestKernel> {
+    if spec.from_source {
+        let s = crate::kernelsrc::series(&spec.prefix)
+            .with_context(|| format!("no source build is defined for {:?}", spec.name))?;
+        return crate::kernelsrc::fetch(spec, s);
+    }
     let lock = read_lock();
     // Fast path: the locked kernel is already extracted and verified.
-    if let Some((kver, _)) = lock.get(&spec.name) {
-        let dir = kernels_dir().join(kver);
+    if let Some(e) = lock.get(&spec.name) {
+        let dir = kernels_dir().join(&e.kver);
         if dir.join(".done").exists() {
             return Ok(GuestKernel {
-                kver: kver.clone(),
+                kver: e.kver.clone(),
                 dir,
             });
         }
@@ -128,7 +147,12 @@ pub fn fetch(spec: &KernelSpec) -> Result<GuestKernel> {
         let what = format!("fetching {} {} from {}", pkg.name, pkg.version, pkg.suite);
         crate::util::timed("kernel", &what, || extract(&apt, &pkg, &kver, &dir))?;
     }
-    write_lock_entry(&spec.name, &kver, &pkg.version)?;
+    let entry = LockEntry {
+        kver: kver.clone(),
+        version: pkg.version.clone(),
+        config: None,
+    };
+    write_lock_entry(&spec.name, &entry)?;
     Ok(GuestKernel { kver, dir })
 }
 
@@ -162,11 +186,7 @@ fn is_image_pkg(name: &str, prefix: &str) -> bool {
     version_like && prefix_ok
 }
 
-fn resolve(
-    apt: &AptState,
-    spec: &KernelSpec,
-    lock: &BTreeMap<String, (String, String)>,
-) -> Result<Pkg> {
+fn resolve(apt: &AptState, spec: &KernelSpec, lock: &BTreeMap<String, LockEntry>) -> Result<Pkg> {
     let mut candidates = Vec::new();
     for suite in &spec.suites {
         let pkgs = apt.packages(suite)?;
@@ -191,17 +211,18 @@ fn resolve(
             spec.suites
         );
     }
-    if let Some((kver, version)) = lock.get(&spec.name)
+    if let Some(e) = lock.get(&spec.name)
         && let Some(p) = candidates
             .iter()
-            .find(|p| kver_of(&p.name) == *kver && p.version == *version)
+            .find(|p| kver_of(&p.name) == e.kver && p.version == e.version)
     {
         return Ok(p.clone());
     }
     let newest = candidates.last().cloned().context("no candidate")?;
-    if let Some((kver, _)) = lock.get(&spec.name) {
+    if let Some(e) = lock.get(&spec.name) {
         eprintln!(
-            "[kernel] warning: locked kernel {kver} for {:?} is gone from the archive; using {} and updating the lock",
+            "[kernel] warning: locked kernel {} for {:?} is gone from the archive; using {} and updating the lock",
+            e.kver,
             spec.name,
             kver_of(&newest.name)
         );
@@ -257,7 +278,7 @@ fn extract(apt: &AptState, pkg: &Pkg, kver: &str, dir: &Path) -> Result<()> {
 }
 
 /// The guest needs ublk as a module, kprobes, BPF events and module BTF.
-fn verify_config(config: &str, kver: &str) -> Result<()> {
+pub(crate) fn verify_config(config: &str, kver: &str) -> Result<()> {
     let has = |k: &str, vals: &[&str]| {
         config.lines().any(|l| {
             l.split_once('=')
@@ -305,41 +326,68 @@ fn find_file(root: &Path, name_prefix: &str) -> Option<PathBuf> {
     None
 }
 
-// ---- lock file: `<spec> <kver> <package version>` per line ----
+// ---- lock file: `<spec> <kver> <package version> [config=<hash>]` per line ----
 
-fn read_lock() -> BTreeMap<String, (String, String)> {
+/// One kernel in the lock file. `config` is the hash of the config fragment of a kernel
+/// built from source (`kernelsrc.rs`); Debian images have none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LockEntry {
+    pub(crate) kver: String,
+    pub(crate) version: String,
+    pub(crate) config: Option<String>,
+}
+
+pub(crate) fn read_lock() -> BTreeMap<String, LockEntry> {
     let text = std::fs::read_to_string(lock_path()).unwrap_or_default();
     parse_lock(&text)
 }
 
-fn parse_lock(text: &str) -> BTreeMap<String, (String, String)> {
+/// Lines of three fields (older lock files) or more; unknown extra fields are ignored.
+fn parse_lock(text: &str) -> BTreeMap<String, LockEntry> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(|l| {
             let mut it = l.split_whitespace();
+            let spec = it.next()?.to_string();
+            let kver = it.next()?.to_string();
+            let version = it.next()?.to_string();
+            let config = it.find_map(|f| f.strip_prefix("config=").map(str::to_string));
             Some((
-                it.next()?.to_string(),
-                (it.next()?.to_string(), it.next()?.to_string()),
+                spec,
+                LockEntry {
+                    kver,
+                    version,
+                    config,
+                },
             ))
         })
         .collect()
 }
 
-fn write_lock_entry(spec: &str, kver: &str, version: &str) -> Result<()> {
-    let mut lock = read_lock();
-    if lock.get(spec) == Some(&(kver.to_string(), version.to_string())) {
-        return Ok(());
-    }
-    lock.insert(spec.to_string(), (kver.to_string(), version.to_string()));
+fn lock_text(lock: &BTreeMap<String, LockEntry>) -> String {
     let mut text = String::from(
-        "# Guest kernels resolved by `cargo xtask setup`/`guest`: <spec> <kernel release> <Debian version>.\n\
+        "# Guest kernels resolved by `cargo xtask setup`/`guest`: <spec> <kernel release> <Debian version>\n\
+         # [config=<hash of xtask/kernels/<spec>.config>] (kernels built from Debian's linux-source).\n\
          # Used while the archive still has them; replaced (with a warning) when they vanish.\n",
     );
-    for (s, (k, v)) in &lock {
-        text.push_str(&format!("{s} {k} {v}\n"));
+    for (s, e) in lock {
+        text.push_str(&format!("{s} {} {}", e.kver, e.version));
+        if let Some(c) = &e.config {
+            text.push_str(&format!(" config={c}"));
+        }
+        text.push('\n');
     }
-    write_atomic(&lock_path(), text.as_bytes())
+    text
+}
+
+pub(crate) fn write_lock_entry(spec: &str, entry: &LockEntry) -> Result<()> {
+    let mut lock = read_lock();
+    if lock.get(spec) == Some(entry) {
+        return Ok(());
+    }
+    lock.insert(spec.to_string(), entry.clone());
+    write_atomic(&lock_path(), lock_text(&lock).as_bytes())
 }
 
 // ---- private apt state ----
@@ -376,7 +424,13 @@ impl AptState {
 
     /// Refresh the lists for `suites` if they are older than an hour (or absent).
     pub(crate) fn update_if_stale(&self, suites: &[String]) -> Result<()> {
-        let all = ["bookworm-backports", "trixie", "trixie-backports", "sid"];
+        let all = [
+            "bookworm",
+            "bookworm-backports",
+            "trixie",
+            "trixie-backports",
+            "sid",
+        ];
         let mut wanted: Vec<String> = all.iter().map(|s| s.to_string()).collect();
         for s in suites {
             if !wanted.contains(s) {
@@ -613,9 +667,29 @@ mod tests {
     #[test]
     fn lock_round_trip() {
         let m = parse_lock(
-            "# c\n6.12 6.12.95+deb12-amd64 6.12.95-1~bpo12+1\n\n7 7.3.4+deb13-amd64 7.3.4-1\n",
+            "# c\n6.12 6.12.95+deb12-amd64 6.12.95-1~bpo12+1\n\n7 7.3.4+deb13-amd64 7.3.4-1\n\
+             6.1 6.1.176-ublk 6.1.176-1 config=0123456789abcdef\n",
         );
-        assert_eq!(m.len(), 2);
-        assert_eq!(m["7"].0, "7.3.4+deb13-amd64");
+        assert_eq!(m.len(), 3);
+        assert_eq!(m["7"].kver, "7.3.4+deb13-amd64");
+        assert_eq!(m["7"].config, None, "three-field lines are Debian images");
+        assert_eq!(m["6.1"].version, "6.1.176-1");
+        assert_eq!(m["6.1"].config.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(parse_lock(&lock_text(&m)), m);
+        // The lock in the repo parses.
+        let repo = std::fs::read_to_string(lock_path()).expect("lock file");
+        assert!(parse_lock(&repo).contains_key("6.12"));
+    }
+
+    #[test]
+    fn six_one_is_built_from_source_and_six_twelve_is_not() {
+        let s = KernelSpec::parse("6.1").expect("6.1 parses");
+        assert!(s.from_source);
+        assert_eq!(s.suites, vec!["bookworm"]);
+        assert_eq!(s.prefix, "6.1");
+        assert!(s.at_least("6.1") && !s.at_least("6.3"));
+        for k in ["6.12", "6.18", "7", "6.16", "trixie:6.1"] {
+            assert!(!KernelSpec::parse(k).expect("parses").from_source, "{k}");
+        }
     }
 }

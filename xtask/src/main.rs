@@ -13,6 +13,7 @@ mod guest;
 mod hostqemu;
 mod initramfs;
 mod kernel;
+mod kernelsrc;
 mod kublk;
 mod qemu;
 mod repro;
@@ -41,11 +42,17 @@ enum Cmd {
         /// Skip fetching the guest kernel.
         #[arg(long)]
         no_kernel: bool,
+        /// Guest kernels to make ready (repeatable; default 6.12). `6.1` is built from
+        /// Debian's linux-source-6.1 (Debian's 6.1 image has no ublk).
+        #[arg(long)]
+        kernel: Vec<String>,
     },
     /// The QEMU guest (a Debian kernel with ublk_drv and kprobes).
     #[command(subcommand)]
     Guest(GuestCmd),
-    /// Host tests, then guest tests (default kernel: all; 6.18 and newest 7.x: smoke subset),
+    /// Host tests, then guest tests (default kernel: all; 6.18 and newest 7.x: smoke subset;
+    /// 6.1, built from Debian's source: the smoke subset and the basic I/O, signal and
+    /// diagnosis tests),
     /// then the stranger's machine (the dist tarball alone in a guest, default kernel).
     Test(TestArgs),
     /// Boot the guest with `ublk-server run ramdisk` + fio and open `ublk-trace watch dev 0`.
@@ -114,7 +121,8 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct GuestArgs {
-    /// Kernel: 6.12 (default), 6.18, 7 (newest 7.x), or SUITE:VERSION.
+    /// Kernel: 6.12 (default), 6.18, 7 (newest 7.x), 6.1 (built from Debian's linux-source-6.1),
+    /// or SUITE:VERSION.
     #[arg(long, default_value = "6.12")]
     kernel: String,
     /// Virtual CPUs.
@@ -190,7 +198,7 @@ struct TestArgs {
     /// Skip host tests.
     #[arg(long)]
     no_host: bool,
-    /// Skip the smoke runs on 6.18 and the newest 7.x.
+    /// Skip the smoke runs on 6.18 and the newest 7.x and the 6.1 list (6.1 built from source).
     #[arg(long)]
     no_matrix: bool,
     /// Skip `cargo fmt --check` and `cargo clippy -D warnings`.
@@ -223,7 +231,19 @@ fn exit(code: i32) -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Setup { no_kernel } => setup::setup(!no_kernel).map(|_| ExitCode::SUCCESS),
+        Cmd::Setup { no_kernel, kernel } => {
+            let specs = if no_kernel {
+                Vec::new()
+            } else if kernel.is_empty() {
+                vec![KernelSpec::default_spec()]
+            } else {
+                kernel
+                    .iter()
+                    .map(|k| KernelSpec::parse(k))
+                    .collect::<Result<Vec<_>>>()?
+            };
+            setup::setup(&specs).map(|_| ExitCode::SUCCESS)
+        }
         Cmd::Guest(GuestCmd::Run { g, command }) => {
             Ok(exit(guest::run_command(&g.opts()?, &command)?))
         }
@@ -234,7 +254,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 host: false,
                 guest: true,
                 kernels: vec![spec],
-                smoke_kernels: vec![],
+                subsets: vec![],
                 filter,
                 lint: false,
                 smp: Some(g.smp),
@@ -253,7 +273,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                      --debug, --include and --module (they apply to guest run/shell/test)"
                 );
             }
-            crate::setup::setup(true)?;
+            crate::setup::setup(&[KernelSpec::default_spec()])?;
             let verdicts = stranger::run(&g.opts()?)?;
             let (passed, failed) = stranger::report(&verdicts);
             println!("{passed} passed, {failed} failed");
@@ -311,16 +331,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Test(a) => {
-            let smoke = if a.no_matrix || a.no_guest {
+            let subsets = if a.no_matrix || a.no_guest {
                 vec![]
             } else {
-                vec![KernelSpec::parse("6.18")?, KernelSpec::parse("7")?]
+                vec![
+                    test::Subset::smoke(KernelSpec::parse("6.18")?),
+                    test::Subset::smoke(KernelSpec::parse("7")?),
+                    test::Subset::six_one(KernelSpec::parse("6.1")?),
+                ]
             };
             let ok = test::run(&test::TestOpts {
                 host: !a.no_host,
                 guest: !a.no_guest,
                 kernels: vec![KernelSpec::parse(&a.kernel)?],
-                smoke_kernels: smoke,
+                subsets,
                 filter: a.filter,
                 lint: !a.no_lint,
                 smp: None,

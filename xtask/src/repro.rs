@@ -109,7 +109,7 @@ pub fn run(name: &str, watch: bool, kernel: &str) -> Result<i32> {
             s.server
         );
     }
-    crate::setup::setup(false)?;
+    crate::setup::setup(&[])?;
     let k = crate::kernel::fetch(&spec)?;
     let bins = build_project(true)?;
     let mut g = GuestOpts::new(spec);

@@ -25,15 +25,17 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("tmux", "tmux"),
 ];
 
-pub fn setup(with_kernel: bool) -> Result<()> {
+pub fn setup(kernels: &[crate::kernel::KernelSpec]) -> Result<()> {
     let t = std::time::Instant::now();
     crate::hostqemu::ensure()?;
     host_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
-    if with_kernel {
-        let k = crate::kernel::fetch(&crate::kernel::KernelSpec::default_spec())?;
-        eprintln!("[setup] guest kernel {} ready", k.kver);
+    for spec in kernels {
+        let k = crate::kernel::fetch(spec)?;
+        eprintln!("[setup] guest kernel {} ({}) ready", k.kver, spec.name);
+    }
+    if !kernels.is_empty() {
         // A server that is not ours for the guest tests; without it they are skipped, loudly.
         match crate::kublk::ensure() {
             Ok(k) => eprintln!("[setup] kublk from {} ready", k.source),
@@ -77,13 +79,19 @@ fn host_packages() -> Result<()> {
         eprintln!("[setup] host packages present");
         return Ok(());
     }
+    install_packages(&missing, "for the harness")
+}
+
+/// Install the Debian packages `missing` (needed `why`) with apt, never removing any;
+/// without root or apt, fail naming the command to run.
+pub fn install_packages(missing: &[&str], why: &str) -> Result<()> {
     let line = format!(
         "apt-get install -y --no-install-recommends {}",
         missing.join(" ")
     );
     if !crate::util::is_root() {
         bail!(
-            "missing host packages: {}; run as root: apt-get update && {line}",
+            "missing host packages {why}: {}; run as root: apt-get update && {line}",
             missing.join(", ")
         );
     }
@@ -102,8 +110,14 @@ fn host_packages() -> Result<()> {
         &format!("installing {}", missing.join(" ")),
         || {
             run(Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing)
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "--no-remove",
+                ])
+                .args(missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"))
             .with_context(|| format!("{line} failed"))
         },

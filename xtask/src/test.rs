@@ -29,6 +29,49 @@ const MATRIX_FILTERS: &[&str] = &[
     "repro_batch_",
 ];
 
+/// The tests of the 6.1 boot (a kernel built from Debian's linux-source-6.1: legacy command
+/// numbers, no GET_FEATURES, other task work and struct layouts): the smoke subset, the
+/// server's fio crc32c verify on ramdisk and loop, SIGINT and SIGKILL under load, a healthy
+/// minute watched, a SIGSTOPped server and a hung tag diagnosed.
+pub const SIX_ONE_FILTERS: &[&str] = &[
+    "smoke",
+    "fio_verify_ramdisk",
+    "fio_verify_loop",
+    "sigint_during_fio_exits_clean",
+    "sigkill_during_fio_then_del_leaves_nothing",
+    "a_minute_of_fio_watched_from_before_the_device_existed",
+    "sigstopped_server_mid_io_is_stopped_stuck_and_waited_on",
+    "injected_hang_is_stuck_in_server_on_exactly_that_tag",
+];
+
+/// A kernel booted for a subset of the guest tests (all of them when a filter is given).
+pub struct Subset {
+    pub spec: KernelSpec,
+    pub filters: &'static [&'static str],
+    /// In the summary line: `guest 6.18 (smoke): ...`.
+    pub label: &'static str,
+}
+
+impl Subset {
+    /// The smoke subset (newer kernels: their modes and the basics).
+    pub fn smoke(spec: KernelSpec) -> Self {
+        Self {
+            spec,
+            filters: MATRIX_FILTERS,
+            label: "smoke",
+        }
+    }
+
+    /// The 6.1 list ([`SIX_ONE_FILTERS`]).
+    pub fn six_one(spec: KernelSpec) -> Self {
+        Self {
+            spec,
+            filters: SIX_ONE_FILTERS,
+            label: "6.1 list",
+        }
+    }
+}
+
 /// Tests named `known_failure_*` reproduce bugs we know about and have not fixed yet. They are
 /// skipped (and the skip is announced) so a red suite means a new failure;
 /// `UBLK_RUN_KNOWN_FAILURES=1` runs them.
@@ -101,7 +144,7 @@ pub struct TestOpts {
     pub host: bool,
     pub guest: bool,
     pub kernels: Vec<KernelSpec>,
-    pub smoke_kernels: Vec<KernelSpec>,
+    pub subsets: Vec<Subset>,
     pub filter: Vec<String>,
     pub lint: bool,
     /// Guest vCPUs (`None`: the harness default). The kernel clamps a device's queues to it.
@@ -112,7 +155,8 @@ pub struct TestOpts {
 
 pub fn run(opts: &TestOpts) -> Result<bool> {
     let started = Instant::now();
-    crate::setup::setup(opts.guest)?;
+    let default_kernel = [crate::kernel::KernelSpec::default_spec()];
+    crate::setup::setup(if opts.guest { &default_kernel } else { &[] })?;
     let mut total = Tally::default();
     let mut problems: Vec<String> = Vec::new();
     if opts.lint
@@ -136,22 +180,24 @@ pub fn run(opts: &TestOpts) -> Result<bool> {
     }
     if opts.guest {
         let binaries = build_test_binaries()?;
-        for (spec, smoke) in opts
+        for (spec, subset) in opts
             .kernels
             .iter()
-            .map(|k| (k, false))
-            .chain(opts.smoke_kernels.iter().map(|k| (k, true)))
+            .map(|k| (k, None))
+            .chain(opts.subsets.iter().map(|s| (&s.spec, Some(s))))
         {
             let mut filter = opts.filter.clone();
-            if smoke && filter.is_empty() {
-                filter.extend(MATRIX_FILTERS.iter().map(|f| f.to_string()));
+            if let Some(s) = subset
+                && filter.is_empty()
+            {
+                filter.extend(s.filters.iter().map(|f| f.to_string()));
             }
             match guest_suite(spec, &binaries, &filter, opts.smp) {
                 Ok(t) => {
                     println!(
                         "[test] guest {}{}: {} passed, {} failed{}{}",
                         spec.name,
-                        if smoke { " (smoke)" } else { "" },
+                        subset.map_or(String::new(), |s| format!(" ({})", s.label)),
                         t.passed,
                         t.failed,
                         if t.skipped > 0 {
@@ -493,6 +539,42 @@ fn count_summaries(lines: &[String]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every filter of the 6.1 list still names a guest test (a renamed test would silently
+    /// drop out of the 6.1 boot otherwise).
+    #[test]
+    fn every_six_one_filter_matches_a_guest_test() {
+        let root = crate::util::workspace_root();
+        let mut names = Vec::new();
+        for dir in ["ublk-server/tests", "ublk-trace/tests"] {
+            let rd = std::fs::read_dir(root.join(dir)).expect("tests dir");
+            for e in rd.flatten() {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let mut ignored = false;
+                for line in text.lines().map(str::trim) {
+                    if line.starts_with("#[ignore = \"needs ublk guest\"]") {
+                        ignored = true;
+                    } else if let Some(rest) = line.strip_prefix("fn ")
+                        && ignored
+                    {
+                        names.push(rest.split('(').next().unwrap_or("").to_string());
+                        ignored = false;
+                    }
+                }
+            }
+        }
+        assert!(names.len() > 20, "guest tests found: {names:?}");
+        for f in SIX_ONE_FILTERS {
+            assert!(
+                names.iter().any(|n| n.contains(f)),
+                "no guest test matches {f:?}"
+            );
+        }
+        assert_eq!(
+            Subset::six_one(KernelSpec::default_spec()).label,
+            "6.1 list"
+        );
+    }
 
     #[test]
     fn libtest_summaries_are_summed() {

@@ -681,17 +681,28 @@ fn start_dev_unfetched(cx: &Ctx<'_>) -> Verdict {
         .filter(|c| c.dev_id == Some(dev) && c.op == "START_DEV")
         .map(|c| c.start_ns)
         .min();
-    let frame_start = cx
-        .dev
-        .dev
-        .persist
-        .ctrl_frames_since
+    let frames = &cx.dev.dev.persist.ctrl_frames_since;
+    let frame_start = frames
         .values()
         .filter(|(f, _)| f.starts_with("ublk_ctrl_start_dev"))
         .map(|(_, s)| *s)
         .min();
-    let Some(since) = start.or(frame_start) else {
-        return Verdict::Ok;
+    // Where the compiler inlined START_DEV's body (6.1), its waiter's stack ends at the bare
+    // handler: taken as START_DEV only on a device the driver says was never started, and
+    // no_fetch still needs the tags the driver's memory lists as never fetched.
+    let never_started = cx
+        .dev
+        .info()
+        .is_some_and(|i| i.dev_state() == crate::snapshot::DevState::Dead);
+    let inlined_start = frames
+        .values()
+        .filter(|(f, _)| never_started && f == "ublk_ctrl_uring_cmd")
+        .map(|(_, s)| *s)
+        .min();
+    let (since, inferred) = match (start.or(frame_start), inlined_start) {
+        (Some(s), _) => (s, false),
+        (None, Some(s)) => (s, true),
+        (None, None) => return Verdict::Ok,
     };
     if cx.now_ns.saturating_sub(since) < cx.th.stuck_ms * MS {
         return Verdict::Ok;
@@ -708,7 +719,19 @@ fn start_dev_unfetched(cx: &Ctx<'_>) -> Verdict {
         .ctrl()
         .iter()
         .any(|c| c.dev_id == Some(dev) && c.op == "ADD_DEV");
-    no_fetch(cx, since, (nr, depth), add_seen)
+    let mut v = no_fetch(cx, since, (nr, depth), add_seen);
+    if inferred && let Verdict::Findings(fs) = &mut v {
+        for f in fs {
+            f.evidence.insert(
+                1,
+                "START_DEV inferred: a control thread is blocked in ublk_ctrl_uring_cmd with no \
+                 ublk_ctrl_start_dev frame (that body is inlined on this kernel) while the \
+                 device has never started (GET_DEV_INFO state DEAD)"
+                    .into(),
+            );
+        }
+    }
+    v
 }
 
 /// Tags without an accepted FETCH per queue, and whether a per-tag source (the server's tag

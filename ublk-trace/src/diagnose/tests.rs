@@ -1187,3 +1187,47 @@ fn snapshot_only_server_time_counts_up_to_the_last_snapshot() {
         vec![(Class::StuckInServer, Some(0), Some(0))]
     );
 }
+
+/// 6.1 inlines START_DEV's body: its waiter's stack ends at `ublk_ctrl_uring_cmd`. On a device
+/// never started (DEAD) with tags the driver lists as never fetched, that is NO_FETCH, and the
+/// evidence says it was inferred; on a started device the same frame is not START_DEV.
+#[test]
+fn a_start_dev_inlined_into_the_handler_is_inferred_on_a_device_never_started() {
+    use crate::driver::TagView as DriverView;
+    let late = |state: u16| {
+        let mut m = Model::new();
+        let mut waiter = task(Q_TID + 5, 'S', "ublk_ctrl_uring_cmd");
+        waiter.stack = vec!["ublk_ctrl_uring_cmd".into(), "io_uring_cmd".into()];
+        for ts in [0, 2000 * MS] {
+            let mut s = snap(ts, vec![waiter.clone()]);
+            s.dev_info = Some(info(state, 0));
+            m.apply_snapshot(&s, 0);
+        }
+        let mut d = driver_snap(
+            2000 * MS,
+            vec![
+                driver_tag(0, DriverView::NotFetched, None),
+                driver_tag(1, DriverView::NotFetched, None),
+                driver_tag(2, DriverView::Waiting, None),
+                driver_tag(3, DriverView::Waiting, None),
+            ],
+        );
+        d.devices[0].state = state;
+        m.apply_driver(&d);
+        m
+    };
+    let d = diagnose(&late(0), 2000 * MS, &th());
+    let f = d
+        .findings
+        .iter()
+        .find(|f| f.class == Class::NoFetch)
+        .unwrap_or_else(|| panic!("NO_FETCH: {d:?}"));
+    let text = f.evidence.join(" | ");
+    assert!(text.contains("START_DEV inferred"), "{text}");
+    assert!(text.contains("0, 1"), "{text}");
+    let d = diagnose(&late(1), 2000 * MS, &th());
+    assert!(
+        !d.findings.iter().any(|f| f.class == Class::NoFetch),
+        "a LIVE device: {d:?}"
+    );
+}

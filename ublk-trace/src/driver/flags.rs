@@ -36,6 +36,19 @@ const BITS_SINCE_6_17: &[(&str, u32)] = &[
 /// Oldest first.
 pub const TABLE: &[FlagRow] = &[
     FlagRow {
+        from: (6, 1),
+        to: (6, 1),
+        verified: "ublk_drv.c of Debian's linux-source-6.1 (6.1.176)",
+        bits: &[
+            (ACTIVE, 0x01),
+            (OWNED_BY_SRV, 0x02),
+            (ABORTED, 0x04),
+            (NEED_GET_DATA, 0x08),
+            (CANCELED, 0x8000_0000),
+        ],
+    },
+    // 6.2-6.11 are left out: not checked.
+    FlagRow {
         from: (6, 12),
         to: (6, 15),
         verified: "ublk_drv.c of v6.12 and of the 6.15 zero-copy series (ABORTED still 0x04)",
@@ -158,10 +171,17 @@ mod tests {
         let (r, inside) = row_for("6.16.12-amd64");
         assert!(!inside);
         assert_eq!(r.from, (6, 12));
+        // 6.1 (built from Debian's source) has its own checked row; 6.5 falls back to it.
+        let (r, inside) = row_for("6.1.176-ublk");
+        assert!(inside);
+        assert_eq!(describe(r, inside).row, "6.1-6.1");
+        assert_eq!(bit(r, CANCELED), Some(0x8000_0000));
+        let (r, inside) = row_for("6.5.0");
+        assert!(!inside);
+        assert_eq!(r.from, (6, 1));
         let (r, inside) = row_for("nonsense");
         assert!(!inside);
-        assert_eq!(r.from, (6, 12));
-        assert_eq!(describe(r, inside).row, "6.12-6.15");
+        assert_eq!(r.from, (6, 1), "the oldest row");
     }
 
     #[test]

@@ -184,3 +184,34 @@ fn host_vmlinux_struct_request() {
         .expect("a vmlinux function");
     assert_eq!(btf.type_name(params[0].type_id), "struct request *");
 }
+
+/// 6.1's `struct io_uring_cmd` (`file`, `cmd`, `cmd_op`) and an `enum io_uring_cmd_flags`
+/// without IO_URING_F_CANCEL: the command area is `cmd` itself, and no cancel bit is used.
+#[test]
+fn six_one_io_uring_cmd_points_at_the_command_area_and_has_no_cancel_flag() {
+    let mut b = Builder::new(0);
+    b.int("u32", 4); // 1
+    b.head("", 2, 0, false, 0); // 2: void *
+    b.strukt(
+        "io_uring_cmd",
+        64,
+        false,
+        &[("file", 2, 0), ("cmd", 2, 64), ("cmd_op", 1, 192)],
+    ); // 3
+    b.head("io_uring_cmd_flags", 6, 1, false, 4); // 4: enum
+    let v = b.s("IO_URING_F_IOPOLL");
+    b.w(v);
+    b.w(1 << 10);
+    let btf = Btf::from_bytes(&b.finish()).expect("synthetic BTF parses");
+    let r = crate::kernel::offsets::resolve(&btf);
+    assert_eq!((r.offsets.uc_sqe, r.offsets.sqe_cmd), (8, 0));
+    assert_eq!(r.offsets.uc_cmd_op, 24);
+    assert_eq!(r.offsets.issue_flag_cancel, 0);
+    let names: Vec<&str> = r.entries.iter().map(|e| e.name.as_str()).collect();
+    assert!(names.contains(&"io_uring_cmd.cmd"), "{names:?}");
+    assert!(
+        !r.missing_required().contains(&"io_uring_cmd.sqe"),
+        "{:?}",
+        r.missing_required()
+    );
+}

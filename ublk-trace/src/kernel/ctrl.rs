@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use ublk_abi::{
-    UBLK_U_CMD_GET_DEV_INFO, UBLK_U_CMD_GET_DEV_INFO2, UBLK_U_CMD_GET_FEATURES, ublksrv_ctrl_cmd,
-    ublksrv_ctrl_dev_info,
+    UBLK_CMD_GET_DEV_INFO, UBLK_U_CMD_GET_DEV_INFO, UBLK_U_CMD_GET_DEV_INFO2,
+    UBLK_U_CMD_GET_FEATURES, ublksrv_ctrl_cmd, ublksrv_ctrl_dev_info,
 };
 
 pub const CONTROL_PATH: &str = "/dev/ublk-control";
@@ -39,7 +39,7 @@ pub enum CtrlError {
         dev_id: u32,
         after: Duration,
     },
-    #[error("{op} on device {dev_id} failed: {}{}", std::io::Error::from_raw_os_error(*errno), errno_hint(*errno))]
+    #[error("{op} on device {dev_id} failed: {}{}", std::io::Error::from_raw_os_error(*errno), errno_hint(op, *errno))]
     Kernel {
         op: &'static str,
         dev_id: u32,
@@ -47,8 +47,12 @@ pub enum CtrlError {
     },
 }
 
-fn errno_hint(errno: i32) -> &'static str {
+fn errno_hint(op: &str, errno: i32) -> &'static str {
     match errno {
+        // GET_FEATURES is for no device: see is_no_get_features.
+        libc::ENODEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOTTY if op == "GET_FEATURES" => {
+            " (a kernel before 6.5, which has no GET_FEATURES)"
+        }
         libc::ENODEV => " (no such ublk device; list them with 'ls /dev/ublkc*')",
         libc::EPERM | libc::EACCES => " (needs CAP_SYS_ADMIN; retry as root)",
         libc::EINVAL | libc::EOPNOTSUPP => " (this kernel does not know the command)",
@@ -93,6 +97,14 @@ impl DevInfo {
             owner_gid: d.owner_gid,
         }
     }
+}
+
+/// GET_FEATURES failed the way a kernel without it (before 6.5) fails an unknown command:
+/// EINVAL/EOPNOTSUPP/ENOTTY, or ENODEV from 6.1, which looks the device up before the
+/// command (6.5+ answers GET_FEATURES for no device, so it never says ENODEV).
+pub fn is_no_get_features(e: &CtrlError) -> bool {
+    matches!(e, CtrlError::Kernel { op: "GET_FEATURES", errno, .. }
+        if matches!(*errno, libc::EINVAL | libc::EOPNOTSUPP | libc::ENOTTY | libc::ENODEV))
 }
 
 /// An open `/dev/ublk-control`.
@@ -141,7 +153,17 @@ impl CtrlClient {
     /// kernel checks for unprivileged devices; the kernel only looks the path up, we never
     /// open it).
     pub fn get_dev_info(&self, dev_id: u32, deadline: Duration) -> Result<DevInfo, CtrlError> {
-        match self.get_dev_info_v1(dev_id, deadline) {
+        let v1 = match self.get_dev_info_v1(dev_id, UBLK_U_CMD_GET_DEV_INFO, deadline) {
+            // A kernel without ioctl-encoded commands (6.1, 6.2) found the device but not
+            // the command: ask by the legacy number.
+            Err(CtrlError::Kernel { errno, .. })
+                if errno == libc::EOPNOTSUPP || errno == libc::ENOTTY =>
+            {
+                self.get_dev_info_v1(dev_id, UBLK_CMD_GET_DEV_INFO, deadline)
+            }
+            other => other,
+        };
+        match v1 {
             Err(CtrlError::Kernel { errno, .. })
                 if errno == libc::EINVAL || errno == libc::EPERM =>
             {
@@ -151,7 +173,12 @@ impl CtrlClient {
         }
     }
 
-    fn get_dev_info_v1(&self, dev_id: u32, deadline: Duration) -> Result<DevInfo, CtrlError> {
+    fn get_dev_info_v1(
+        &self,
+        dev_id: u32,
+        cmd_op: u32,
+        deadline: Duration,
+    ) -> Result<DevInfo, CtrlError> {
         let buf = vec![0u8; DEV_INFO_BYTES].into_boxed_slice();
         let cmd = ublksrv_ctrl_cmd {
             dev_id,
@@ -159,7 +186,7 @@ impl CtrlClient {
             len: DEV_INFO_BYTES as u16,
             ..Default::default()
         };
-        let buf = self.submit("GET_DEV_INFO", UBLK_U_CMD_GET_DEV_INFO, cmd, buf, deadline)?;
+        let buf = self.submit("GET_DEV_INFO", cmd_op, cmd, buf, deadline)?;
         decode_dev_info("GET_DEV_INFO", dev_id, &buf)
     }
 
@@ -282,6 +309,21 @@ fn decode_dev_info(op: &'static str, dev_id: u32, b: &[u8]) -> Result<DevInfo, C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_without_get_features_is_told_apart_from_a_failure() {
+        let k = |op, errno| CtrlError::Kernel {
+            op,
+            dev_id: u32::MAX,
+            errno,
+        };
+        // 6.1 looks the device up first (ENODEV); 6.2-6.4 fail the unknown command.
+        for errno in [libc::ENODEV, libc::EOPNOTSUPP, libc::EINVAL, libc::ENOTTY] {
+            assert!(is_no_get_features(&k("GET_FEATURES", errno)), "{errno}");
+        }
+        assert!(!is_no_get_features(&k("GET_FEATURES", libc::EPERM)));
+        assert!(!is_no_get_features(&k("GET_DEV_INFO", libc::ENODEV)));
+    }
 
     #[test]
     fn dev_info2_buffer_puts_path_first() {

@@ -116,11 +116,24 @@ pub fn resolve(btf: &Btf) -> Resolution {
     };
     let mut o = Offsets::UNSET;
     o.uc_file = r.get("io_uring_cmd", "file", true, None);
-    o.uc_sqe = r.get("io_uring_cmd", "sqe", true, None);
+    if btf.member_offset("io_uring_cmd", "sqe").is_ok() {
+        o.uc_sqe = r.get("io_uring_cmd", "sqe", true, None);
+        // The 80-byte command area of an SQE128 is UAPI (include/uapi/linux/io_uring.h).
+        o.sqe_cmd = r.get("io_uring_sqe", "cmd", true, Some(48));
+    } else {
+        // Older kernels (6.1) keep `const void *cmd`, the address of the SQE's command area
+        // itself: the programs' "SQE + sqe_cmd" step is then "+ 0".
+        o.uc_sqe = r.get("io_uring_cmd", "cmd", true, None);
+        o.sqe_cmd = 0;
+        r.entries.push(Entry {
+            name: "io_uring_cmd.cmd points at the command area (no io_uring_cmd.sqe)".into(),
+            value: Some(0),
+            source: Source::Btf,
+            required: true,
+        });
+    }
     o.uc_cmd_op = r.get("io_uring_cmd", "cmd_op", true, None);
     o.uc_pdu = r.get("io_uring_cmd", "pdu", false, None);
-    // The 80-byte command area of an SQE128 is UAPI (include/uapi/linux/io_uring.h).
-    o.sqe_cmd = r.get("io_uring_sqe", "cmd", true, Some(48));
     o.file_private_data = r.get("file", "private_data", true, None);
     o.ctrl_dev_id = r.get("ublksrv_ctrl_cmd", "dev_id", true, Some(0));
     o.ctrl_queue_id = r.get("ublksrv_ctrl_cmd", "queue_id", true, Some(4));
@@ -160,17 +173,21 @@ pub fn resolve(btf: &Btf) -> Resolution {
     // struct rq_list exists from 6.13; before, ->queue_rqs took a `struct request **`.
     o.rq_list_head = r.get("rq_list", "head", false, None);
     let cancel = btf.enum_value("io_uring_cmd_flags", "IO_URING_F_CANCEL");
+    // An enum without the value is a kernel without cancel commands (before 6.7): no bit.
+    let enum_known = btf.enum_values("io_uring_cmd_flags").is_some();
     // 1 << 11 since the flag was added (6.7); used only if the enum is not in BTF.
-    o.issue_flag_cancel = cancel
-        .and_then(|v| u32::try_from(v).ok())
-        .unwrap_or(1 << 11);
+    o.issue_flag_cancel = match cancel.and_then(|v| u32::try_from(v).ok()) {
+        Some(v) => v,
+        None if enum_known => 0,
+        None => 1 << 11,
+    };
     r.entries.push(Entry {
         name: "enum io_uring_cmd_flags.IO_URING_F_CANCEL".into(),
-        value: Some(o.issue_flag_cancel),
-        source: if cancel.is_some() {
-            Source::Btf
-        } else {
-            Source::Uapi
+        value: (o.issue_flag_cancel != 0).then_some(o.issue_flag_cancel),
+        source: match (cancel.is_some(), enum_known) {
+            (true, _) => Source::Btf,
+            (false, true) => Source::Missing,
+            (false, false) => Source::Uapi,
         },
         required: false,
     });
