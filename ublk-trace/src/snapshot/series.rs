@@ -1,6 +1,5 @@
-//! Snapshots of the same devices taken tick after tick (`watch`, `diagnose`). A calm device is
-//! snapshotted every [`CALM_EVERY`] instead of every tick. What is costly to find and rarely
-//! changes, the server processes and the tasks waiting on the disk (a walk of
+//! Snapshots of the same devices taken tick after tick (`watch`, `diagnose`). What is costly to
+//! find and rarely changes, the server processes and the tasks waiting on the disk (a walk of
 //! every task in /proc), is found again only every [`WALK_EVERY`], or on every tick while the
 //! device is not calm. In between, the tasks the last walk found are looked at again. The
 //! kernel log is followed instead of read whole each time.
@@ -19,11 +18,6 @@ use super::{DeviceSnapshot, procfs};
 /// The longest a calm device goes without a full walk of /proc.
 pub const WALK_EVERY: Duration = Duration::from_secs(5);
 
-/// How often a calm device is snapshotted at all (the driver's memory, read every tick, is
-/// then the per-tag source; the snapshot adds the server's threads, rings and the block
-/// layer, which matter once something waits).
-pub const CALM_EVERY: Duration = Duration::from_secs(2);
-
 /// What the last walk of /proc found for one device.
 #[derive(Debug, Clone)]
 struct Walk {
@@ -38,8 +32,6 @@ struct Walk {
 #[derive(Default)]
 pub struct Series {
     walks: BTreeMap<u32, Walk>,
-    /// When each device was last snapshotted.
-    taken: BTreeMap<u32, Instant>,
     kmsg: KmsgFollower,
 }
 
@@ -48,21 +40,10 @@ impl Series {
         Self::default()
     }
 
-    /// Whether `dev_id` is to be snapshotted now: every tick unless it is `calm`, then every
-    /// [`CALM_EVERY`].
-    pub fn due(&self, dev_id: u32, calm: bool, now: Instant) -> bool {
-        !calm
-            || self
-                .taken
-                .get(&dev_id)
-                .is_none_or(|t| now.saturating_duration_since(*t) >= CALM_EVERY)
-    }
-
     /// Snapshot `dev_id` (as [`super::take`] does), walking /proc unless the device is `calm`
     /// and the last walk is recent and found its server.
     pub fn take(&mut self, dev_id: u32, deadline: Instant, calm: bool) -> DeviceSnapshot {
         let now = Instant::now();
-        self.taken.insert(dev_id, now);
         let known = self
             .walks
             .get(&dev_id)
@@ -99,7 +80,6 @@ impl Series {
     /// Forget the devices not in `present` (removed ones).
     pub fn retain(&mut self, present: &[u32]) {
         self.walks.retain(|d, _| present.contains(d));
-        self.taken.retain(|d, _| present.contains(d));
     }
 }
 
@@ -155,22 +135,6 @@ mod tests {
         let t0 = Instant::now();
         assert!(needs_walk(&walk(t0, vec![412]), false, t0));
         assert!(needs_walk(&walk(t0, Vec::new()), true, t0));
-    }
-
-    #[test]
-    fn a_calm_device_is_due_every_calm_period_and_any_other_every_tick() {
-        let mut s = Series::new();
-        let t0 = Instant::now();
-        assert!(s.due(7, true, t0), "never taken");
-        s.taken.insert(7, t0);
-        assert!(!s.due(7, true, t0 + Duration::from_millis(500)));
-        assert!(s.due(7, true, t0 + CALM_EVERY));
-        assert!(s.due(7, false, t0 + Duration::from_millis(500)), "not calm");
-        s.retain(&[]);
-        assert!(
-            s.due(7, true, t0 + Duration::from_millis(500)),
-            "removed, forgotten"
-        );
     }
 
     #[test]

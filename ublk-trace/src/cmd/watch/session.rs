@@ -107,7 +107,6 @@ impl Session {
                 self.model.apply_snapshot(&s, s.taken_ns);
                 self.snapshots.insert(s.dev_id, *s);
             }
-            Msg::SnapshotDeferred(_) => {}
             Msg::Events(events) => self.model.apply_all(events.iter()),
             Msg::ProbesLive => {
                 self.source = SourceView::Live;

@@ -20,9 +20,6 @@ pub enum Msg {
     /// Ids of the ublk devices present now.
     Devices(Vec<u32>),
     Snapshot(Box<DeviceSnapshot>),
-    /// This round has no snapshot of the device: it is calm, and snapshotted only every
-    /// `snapshot::series::CALM_EVERY` (its last snapshot stands; the round is complete).
-    SnapshotDeferred(u32),
     Events(Vec<TraceEvent>),
     /// The probes are attached and streaming.
     ProbesLive,
@@ -261,9 +258,6 @@ fn snapshot_round(
     }
     targets.into_iter().all(|dev| {
         let is_calm = calm.is_calm(dev, snapshot::read::monotonic_ns());
-        if !series.due(dev, is_calm, Instant::now()) {
-            return tx.send(Msg::SnapshotDeferred(dev)).is_ok();
-        }
         let snap = series.take(dev, Instant::now() + per_device, is_calm);
         tx.send(Msg::Snapshot(Box::new(snap))).is_ok()
     })
@@ -602,7 +596,6 @@ impl RoundTracker {
                 self.round.is_empty()
             }
             Msg::Snapshot(s) => self.pending.remove(&s.dev_id) && self.pending.is_empty(),
-            Msg::SnapshotDeferred(d) => self.pending.remove(d) && self.pending.is_empty(),
             _ => false,
         }
     }
@@ -754,10 +747,6 @@ mod tests {
         assert!(!r.observe(&Msg::Devices(vec![0, 2]), None));
         assert!(!r.observe(&snap(2), None));
         assert!(!r.observe(&Msg::ProbesLive, None));
-        assert!(r.observe(&snap(0), None));
-        // A calm device's deferred snapshot completes a round too.
-        assert!(!r.observe(&Msg::Devices(vec![0, 2]), None));
-        assert!(!r.observe(&Msg::SnapshotDeferred(2), None));
         assert!(r.observe(&snap(0), None));
         assert!(
             !r.observe(&snap(0), None),
