@@ -110,6 +110,33 @@ pub(crate) struct Pkg {
     pub(crate) version: String,
 }
 
+/// The locked package among `cands` while the archive still offers it, else the newest, with
+/// a warning (under `who`) when the lock named one that is gone: the lock keeps CI
+/// reproducible only while the archive keeps the version.
+pub(crate) fn locked_or_newest(
+    mut cands: Vec<&Pkg>,
+    locked: Option<(&str, &str)>,
+    who: &str,
+) -> Option<Pkg> {
+    cands.sort_by(|a, b| version_cmp(&a.version, &b.version));
+    if let Some((name, version)) = locked
+        && let Some(p) = cands
+            .iter()
+            .find(|p| p.name == name && p.version == version)
+    {
+        return Some((*p).clone());
+    }
+    let newest = cands.last().map(|p| (*p).clone())?;
+    if let Some((name, version)) = locked {
+        eprintln!(
+            "[{who}] warning: locked {name} {version} is gone from the archive; using {} {} and \
+             updating the lock",
+            newest.name, newest.version
+        );
+    }
+    Some(newest)
+}
+
 fn kernels_dir() -> PathBuf {
     cache_dir().join("kernels")
 }

@@ -13,7 +13,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::kernel::{AptState, GuestKernel, KernelSpec, LockEntry, Pkg, apt_dir};
-use crate::util::{cache_dir, output, run, timed, version_cmp, which, workspace_root};
+use crate::util::{cache_dir, output, run, timed, which, workspace_root};
 
 /// A series built from source: the suite its `linux-source-<series>` comes from.
 pub struct SourceSeries {
@@ -182,24 +182,8 @@ pub fn fetch(spec: &KernelSpec, s: &SourceSeries) -> Result<GuestKernel> {
 
 /// The locked version while the suite has it, else the newest (with a warning).
 fn pick(all: &[Pkg], name: &str, locked: Option<&LockEntry>) -> Option<Pkg> {
-    let mut c: Vec<&Pkg> = all.iter().filter(|p| p.name == name).collect();
-    c.sort_by(|a, b| version_cmp(&a.version, &b.version));
-    if let Some(l) = locked
-        && let Some(p) = c.iter().find(|p| p.version == l.version)
-    {
-        return Some((*p).clone());
-    }
-    let newest = c.last().map(|p| (*p).clone())?;
-    if let Some(l) = locked
-        && l.version != newest.version
-    {
-        eprintln!(
-            "[kernel] warning: locked {name} {} is gone from the archive; building {} and \
-             updating the lock",
-            l.version, newest.version
-        );
-    }
-    Some(newest)
+    let cands = all.iter().filter(|p| p.name == name).collect();
+    crate::kernel::locked_or_newest(cands, locked.map(|l| (name, l.version.as_str())), "kernel")
 }
 
 fn ensure_build_deps() -> Result<()> {

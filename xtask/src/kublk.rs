@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 
 use crate::kernel::{AptState, Pkg, apt_dir, dpkg_extract};
-use crate::util::{cache_dir, output, timed, version_cmp, which, workspace_root, write_atomic};
+use crate::util::{cache_dir, output, timed, which, workspace_root, write_atomic};
 
 /// Suites searched for both packages (the kernels' suites: see `kernel.rs`).
 const SUITES: &[&str] = &["bookworm-backports", "trixie", "trixie-backports", "sid"];
@@ -118,23 +118,12 @@ fn pick(all: &[Pkg], lock: &[(String, String)], source: bool) -> Option<Pkg> {
             p.name == "liburing-dev"
         }
     };
-    let mut cands: Vec<&Pkg> = all.iter().filter(wanted).collect();
-    cands.sort_by(|a, b| version_cmp(&a.version, &b.version));
-    if let Some(l) = locked(lock, source)
-        && let Some(p) = cands
-            .iter()
-            .find(|p| p.name == l.name && p.version == l.version)
-    {
-        return Some((*p).clone());
-    }
-    let newest = cands.last().map(|p| (*p).clone())?;
-    if let Some(l) = locked(lock, source) {
-        eprintln!(
-            "[kublk] warning: locked {} {} is gone from the archive; using {} {} and updating the lock",
-            l.name, l.version, newest.name, newest.version
-        );
-    }
-    Some(newest)
+    let l = locked(lock, source);
+    crate::kernel::locked_or_newest(
+        all.iter().filter(wanted).collect(),
+        l.as_ref().map(|l| (l.name.as_str(), l.version.as_str())),
+        "kublk",
+    )
 }
 
 fn locked(lock: &[(String, String)], source: bool) -> Option<Pkg> {
