@@ -22,8 +22,7 @@ fn fault_bit(kind: u32) -> u64 {
 
 fn kill_and_del(s: Server) {
     let id = s.dev_id;
-    s.signal(libc::SIGKILL);
-    drop(s); // waits for the exit, then `del --all`
+    s.kill_and_del();
     assert!(
         !std::path::Path::new(&format!("/dev/ublkc{id}")).exists(),
         "device left after del"

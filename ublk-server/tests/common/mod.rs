@@ -29,6 +29,8 @@ pub struct Server {
     pub child: Child,
     pub dev_id: u32,
     pub stderr_path: PathBuf,
+    /// The test sent SIGKILL: the server cannot delete its device, so the drop does.
+    sigkilled: std::cell::Cell<bool>,
 }
 
 impl Server {
@@ -61,6 +63,7 @@ impl Server {
             child,
             dev_id: u32::MAX,
             stderr_path,
+            sigkilled: std::cell::Cell::new(false),
         };
         let line = match line {
             Ok(l) => l,
@@ -99,8 +102,29 @@ impl Server {
     }
 
     pub fn signal(&self, sig: i32) {
+        if sig == libc::SIGKILL {
+            self.sigkilled.set(true);
+        }
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// SIGKILL, wait for the exit, then `del` the device: what a user does with a wedged
+    /// server. Panics when the server outlives SIGKILL or `del` fails.
+    pub fn kill_and_del(mut self) {
+        self.signal(libc::SIGKILL);
+        if wait_timeout(&mut self.child, Duration::from_secs(30)).is_none() {
+            panic!("server still running 30 s after SIGKILL");
+        }
+        let del = server_cmd(&["del", &self.dev_id.to_string()]);
+        assert!(
+            del.status.success(),
+            "del {} after SIGKILL: {}",
+            self.dev_id,
+            String::from_utf8_lossy(&del.stderr)
+        );
+        // Deleted: the drop has nothing left to do.
+        self.sigkilled.set(false);
     }
 
     /// SIGINT and wait for a clean exit.
@@ -118,10 +142,26 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        // Whether the server is still running or was SIGKILLed by the test (it may already
+        // have exited, so `try_wait` alone cannot tell), its device is ours to delete. A
+        // server that exited by itself (SIGINT) keeps the right to have deleted its own.
+        let running = matches!(self.child.try_wait(), Ok(None));
+        if running {
             let _ = self.child.kill();
             let _ = wait_timeout(&mut self.child, Duration::from_secs(30));
-            let _ = Command::new(bin()).args(["del", "--all"]).output();
+        }
+        if (running || self.sigkilled.get()) && self.dev_id != u32::MAX {
+            // Bounded: a DEL stuck in the kernel must not hang the guest.
+            if let Ok(mut del) = Command::new(bin())
+                .args(["del", &self.dev_id.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                && wait_timeout(&mut del, Duration::from_secs(30)).is_none()
+            {
+                println!("ublk-server del {} still running after 30 s", self.dev_id);
+                let _ = del.kill();
+            }
         }
         let _ = std::fs::remove_file(&self.stderr_path);
     }
