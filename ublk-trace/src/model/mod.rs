@@ -342,6 +342,11 @@ impl Model {
         self.device_mut(snap.dev_id, ts).apply_snapshot(snap, ts);
     }
 
+    /// The disk's completion counter read at `ts` between two snapshots (IOPS).
+    pub fn apply_disk_ios(&mut self, dev_id: u32, ts: u64, ios: u64) {
+        self.device_mut(dev_id, ts).disk_ios.read(ts, ios);
+    }
+
     /// Merge one entry of the in-kernel state map (`probe::Tracer::tag_states`); `tag`
     /// u16::MAX is the queue-level entry (batched delivery on ≤ 6.14).
     pub fn apply_kernel_tag(

@@ -77,6 +77,27 @@ pub struct DeviceSnapshot {
     pub errors: Vec<SourceError>,
 }
 
+impl DeviceSnapshot {
+    /// Nothing in this snapshot starts a clock that a later one would have to stop: its
+    /// server was found, no task waits on the disk, no server thread is stopped or inside a
+    /// control command, blk-mq holds nothing back, and no read timed out. The model ages
+    /// what snapshots see from its first sighting; after a quiet snapshot there is no such
+    /// age, so the next one may come later without any age running on unseen
+    /// ([`series::CALM_EVERY`]).
+    pub fn is_quiet(&self) -> bool {
+        let threads = || self.servers.iter().flat_map(|s| s.threads.iter());
+        self.proc_scanned
+            && !self.servers.is_empty()
+            && self.waiters.is_empty()
+            && !threads().any(|t| t.is_stopped() || t.ctrl_frame().is_some())
+            && self
+                .blk
+                .as_ref()
+                .is_none_or(|b| b.held_in_block_layer().is_empty())
+            && !self.errors.iter().any(|e| e.timed_out)
+    }
+}
+
 /// A source that failed; `timed_out` marks reads abandoned at the deadline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceError {

@@ -166,10 +166,9 @@ fn read_block_side(s: &mut DeviceSnapshot, deadline: Instant) {
         Ok(t) => s.inflight = parse_inflight(&t),
         Err(e) => s.errors.push(err(&inflight, &e, false)),
     }
-    let stat = format!("/sys/block/ublkb{dev_id}/stat");
-    match fs::read_to_string(&stat) {
-        Ok(t) => s.disk_ios = parse_disk_ios(&t),
-        Err(e) => s.errors.push(err(&stat, &e, false)),
+    match read_disk_ios(dev_id) {
+        Ok(n) => s.disk_ios = n,
+        Err(e) => s.errors.push(e),
     }
     let dir = format!("{DEBUGFS_BLOCK}/ublkb{dev_id}");
     if !Path::new(&dir).is_dir() {
@@ -184,6 +183,15 @@ fn read_block_side(s: &mut DeviceSnapshot, deadline: Instant) {
         Ok(b) => s.blk = Some(b),
         Err(e) => s.errors.push(err("blk-mq debugfs", &e, true)),
     }
+}
+
+/// The disk's completed requests (`/sys/block/ublkbN/stat`, see [`parse_disk_ios`]): one
+/// sysfs read, cheap enough for every tick even when the rest of a snapshot is deferred.
+pub fn read_disk_ios(dev_id: u32) -> Result<Option<u64>, SourceError> {
+    let stat = format!("/sys/block/ublkb{dev_id}/stat");
+    fs::read_to_string(&stat)
+        .map(|t| parse_disk_ios(&t))
+        .map_err(|e| err(&stat, &e, false))
 }
 
 /// `/sys/block/ublkbN/inflight`: `       2        0`.

@@ -1,5 +1,7 @@
-//! Snapshots of the same devices taken tick after tick (`watch`, `diagnose`). What is costly to
-//! find and rarely changes, the server processes and the tasks waiting on the disk (a walk of
+//! Snapshots of the same devices taken tick after tick (`watch`, `diagnose`). A calm device whose
+//! last snapshot was quiet ([`DeviceSnapshot::is_quiet`]) is snapshotted every [`CALM_EVERY`]
+//! instead of every tick. What is costly to find and rarely
+//! changes, the server processes and the tasks waiting on the disk (a walk of
 //! every task in /proc), is found again only every [`WALK_EVERY`], or on every tick while the
 //! device is not calm. In between, the tasks the last walk found are looked at again. The
 //! kernel log is followed instead of read whole each time.
@@ -18,6 +20,14 @@ use super::{DeviceSnapshot, procfs};
 /// The longest a calm device goes without a full walk of /proc.
 pub const WALK_EVERY: Duration = Duration::from_secs(5);
 
+/// How often a calm device with a quiet last snapshot is snapshotted at all (the driver's
+/// memory, read every tick, is then the per-tag source; the snapshot adds the server's
+/// threads, rings and the block layer, which matter once something waits). Only after a
+/// quiet snapshot: one that saw a waiter, a stopped thread or a held request started an age,
+/// and that age must be checked on the next tick, not run on for 2 s unseen (a 2 s-old
+/// sighting of `dd` waiting on a 400 ms request once made a false WAITERS).
+pub const CALM_EVERY: Duration = Duration::from_secs(2);
+
 /// What the last walk of /proc found for one device.
 #[derive(Debug, Clone)]
 struct Walk {
@@ -32,12 +42,24 @@ struct Walk {
 #[derive(Default)]
 pub struct Series {
     walks: BTreeMap<u32, Walk>,
+    /// When each device was last snapshotted, and whether that snapshot was quiet.
+    taken: BTreeMap<u32, (Instant, bool)>,
     kmsg: KmsgFollower,
 }
 
 impl Series {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether `dev_id` is to be snapshotted now: every tick unless it is `calm` and its last
+    /// snapshot was quiet, then every [`CALM_EVERY`].
+    pub fn due(&self, dev_id: u32, calm: bool, now: Instant) -> bool {
+        !calm
+            || self
+                .taken
+                .get(&dev_id)
+                .is_none_or(|(t, quiet)| !quiet || now.saturating_duration_since(*t) >= CALM_EVERY)
     }
 
     /// Snapshot `dev_id` (as [`super::take`] does), walking /proc unless the device is `calm`
@@ -55,6 +77,7 @@ impl Series {
             Some(w) => take_with(dev_id, deadline, move || look_again(dev_id, &w), kmsg),
             None => take_with(dev_id, deadline, move || ProcFound::walk(dev_id), kmsg),
         };
+        self.taken.insert(dev_id, (now, s.is_quiet()));
         if !s.proc_scanned {
             // The scan timed out: nothing learned; the next tick walks again.
             self.walks.remove(&dev_id);
@@ -80,6 +103,7 @@ impl Series {
     /// Forget the devices not in `present` (removed ones).
     pub fn retain(&mut self, present: &[u32]) {
         self.walks.retain(|d, _| present.contains(d));
+        self.taken.retain(|d, _| present.contains(d));
     }
 }
 
@@ -135,6 +159,87 @@ mod tests {
         let t0 = Instant::now();
         assert!(needs_walk(&walk(t0, vec![412]), false, t0));
         assert!(needs_walk(&walk(t0, Vec::new()), true, t0));
+    }
+
+    #[test]
+    fn a_calm_device_after_a_quiet_snapshot_is_due_every_calm_period_any_other_every_tick() {
+        let mut s = Series::new();
+        let t0 = Instant::now();
+        assert!(s.due(7, true, t0), "never taken");
+        s.taken.insert(7, (t0, true));
+        assert!(!s.due(7, true, t0 + Duration::from_millis(500)));
+        assert!(s.due(7, true, t0 + CALM_EVERY));
+        assert!(s.due(7, false, t0 + Duration::from_millis(500)), "not calm");
+        s.taken.insert(7, (t0, false));
+        assert!(
+            s.due(7, true, t0 + Duration::from_millis(500)),
+            "the last snapshot saw something that ages"
+        );
+        s.retain(&[]);
+        assert!(
+            s.due(7, true, t0 + Duration::from_millis(500)),
+            "removed, forgotten"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_is_quiet_only_when_nothing_in_it_starts_an_age() {
+        use crate::snapshot::{ServerProcess, SourceError, TaskInfo, WaitKind};
+        let task = |tid, state, stack: &[&str]| TaskInfo {
+            pid: 40,
+            tid,
+            comm: "srv".into(),
+            state,
+            wchan: String::new(),
+            stack: stack.iter().map(|f| f.to_string()).collect(),
+            ctxt_switches: Some(3),
+            wait: None,
+        };
+        let quiet = DeviceSnapshot {
+            proc_scanned: true,
+            servers: vec![ServerProcess {
+                pid: 40,
+                comm: "srv".into(),
+                threads: vec![task(40, 'S', &["io_cqring_wait"])],
+                rings: Vec::new(),
+            }],
+            ..Default::default()
+        };
+        assert!(quiet.is_quiet());
+        let mut s = quiet.clone();
+        s.proc_scanned = false;
+        assert!(!s.is_quiet(), "an unfinished /proc scan");
+        let mut s = quiet.clone();
+        s.servers.clear();
+        assert!(!s.is_quiet(), "no server found");
+        let mut s = quiet.clone();
+        let mut dd = task(77, 'D', &["submit_bio_wait"]);
+        dd.wait = Some(WaitKind::RequestInFlight);
+        s.waiters.push(dd);
+        assert!(!s.is_quiet(), "a waiter");
+        let mut s = quiet.clone();
+        s.servers[0].threads.push(task(41, 'T', &[]));
+        assert!(!s.is_quiet(), "a stopped thread");
+        let mut s = quiet.clone();
+        s.servers[0].threads.push(task(
+            42,
+            'S',
+            &["ublk_ctrl_start_dev", "ublk_ctrl_uring_cmd"],
+        ));
+        assert!(!s.is_quiet(), "a control command in progress");
+        let mut s = quiet.clone();
+        s.blk = Some(crate::snapshot::blkmq::BlkMqSnapshot {
+            queue_state: vec!["QUIESCED".into()],
+            ..Default::default()
+        });
+        assert!(!s.is_quiet(), "blk-mq holds requests");
+        let mut s = quiet.clone();
+        s.errors.push(SourceError {
+            source: "GET_DEV_INFO".into(),
+            detail: "timed out".into(),
+            timed_out: true,
+        });
+        assert!(!s.is_quiet(), "a read timed out");
     }
 
     #[test]

@@ -107,6 +107,12 @@ impl Session {
                 self.model.apply_snapshot(&s, s.taken_ns);
                 self.snapshots.insert(s.dev_id, *s);
             }
+            Msg::SnapshotDeferred {
+                dev,
+                taken_ns,
+                disk_ios: Some(n),
+            } => self.model.apply_disk_ios(dev, taken_ns, n),
+            Msg::SnapshotDeferred { .. } => {}
             Msg::Events(events) => self.model.apply_all(events.iter()),
             Msg::ProbesLive => {
                 self.source = SourceView::Live;

@@ -20,6 +20,15 @@ pub enum Msg {
     /// Ids of the ublk devices present now.
     Devices(Vec<u32>),
     Snapshot(Box<DeviceSnapshot>),
+    /// This round has no snapshot of the device: it is calm and its last snapshot was quiet,
+    /// so it is snapshotted only every `snapshot::series::CALM_EVERY` (its last snapshot
+    /// stands; the round is complete). The disk's completion counter is still read, so IOPS
+    /// keep the tick's resolution.
+    SnapshotDeferred {
+        dev: u32,
+        taken_ns: u64,
+        disk_ios: Option<u64>,
+    },
     Events(Vec<TraceEvent>),
     /// The probes are attached and streaming.
     ProbesLive,
@@ -258,7 +267,23 @@ fn snapshot_round(
     }
     targets.into_iter().all(|dev| {
         let is_calm = calm.is_calm(dev, snapshot::read::monotonic_ns());
+        if !series.due(dev, is_calm, Instant::now()) {
+            log::debug!("dev {dev}: snapshot deferred (calm, last one quiet)");
+            let taken_ns = snapshot::read::monotonic_ns();
+            let disk_ios = snapshot::read::read_disk_ios(dev).ok().flatten();
+            return tx
+                .send(Msg::SnapshotDeferred {
+                    dev,
+                    taken_ns,
+                    disk_ios,
+                })
+                .is_ok();
+        }
         let snap = series.take(dev, Instant::now() + per_device, is_calm);
+        log::debug!(
+            "dev {dev}: snapshot taken (calm {is_calm}, quiet {})",
+            snap.is_quiet()
+        );
         tx.send(Msg::Snapshot(Box::new(snap))).is_ok()
     })
 }
@@ -364,6 +389,10 @@ fn missing_required(t: &Tracer) -> Option<String> {
 
 /// How often the probe thread reads the in-kernel tag state map.
 pub const STATE_EVERY: Duration = Duration::from_millis(200);
+/// The probe thread's pass with no per-I/O program (`--per-io none`): nothing to read but
+/// the ring, whose control-command records wake it at once; the pass only moves the event
+/// horizon on (so a pending command ages), which one tick's resolution serves.
+const NONE_PASS: Duration = Duration::from_millis(500);
 /// Shortest pass of the probe thread's loop.
 const MIN_PASS: Duration = Duration::from_millis(50);
 
@@ -540,9 +569,14 @@ pub fn probe_loop(
                     std::thread::sleep(MIN_PASS - since);
                 }
                 last_pass = Instant::now();
-                STATE_EVERY
-                    .saturating_sub(last_state_read.elapsed())
-                    .max(Duration::from_millis(10))
+                if tracer.io_programs() == IoPrograms::None && !tracer.keeps_state() {
+                    // No map to read: only control commands come, and they wake the poll.
+                    NONE_PASS
+                } else {
+                    STATE_EVERY
+                        .saturating_sub(last_state_read.elapsed())
+                        .max(Duration::from_millis(10))
+                }
             }
         };
         if let Err(e) = tracer.poll(wait, &mut events) {
@@ -596,6 +630,9 @@ impl RoundTracker {
                 self.round.is_empty()
             }
             Msg::Snapshot(s) => self.pending.remove(&s.dev_id) && self.pending.is_empty(),
+            Msg::SnapshotDeferred { dev, .. } => {
+                self.pending.remove(dev) && self.pending.is_empty()
+            }
             _ => false,
         }
     }
@@ -747,6 +784,15 @@ mod tests {
         assert!(!r.observe(&Msg::Devices(vec![0, 2]), None));
         assert!(!r.observe(&snap(2), None));
         assert!(!r.observe(&Msg::ProbesLive, None));
+        assert!(r.observe(&snap(0), None));
+        // A calm device's deferred snapshot completes a round too.
+        assert!(!r.observe(&Msg::Devices(vec![0, 2]), None));
+        let deferred = Msg::SnapshotDeferred {
+            dev: 2,
+            taken_ns: 1,
+            disk_ios: None,
+        };
+        assert!(!r.observe(&deferred, None));
         assert!(r.observe(&snap(0), None));
         assert!(
             !r.observe(&snap(0), None),
