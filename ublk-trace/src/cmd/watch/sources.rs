@@ -389,10 +389,6 @@ fn missing_required(t: &Tracer) -> Option<String> {
 
 /// How often the probe thread reads the in-kernel tag state map.
 pub const STATE_EVERY: Duration = Duration::from_millis(200);
-/// The probe thread's pass with no per-I/O program (`--per-io none`): nothing to read but
-/// the ring, whose control-command records wake it at once; the pass only moves the event
-/// horizon on (so a pending command ages), which one tick's resolution serves.
-const NONE_PASS: Duration = Duration::from_millis(500);
 /// Shortest pass of the probe thread's loop.
 const MIN_PASS: Duration = Duration::from_millis(50);
 
@@ -569,14 +565,9 @@ pub fn probe_loop(
                     std::thread::sleep(MIN_PASS - since);
                 }
                 last_pass = Instant::now();
-                if tracer.io_programs() == IoPrograms::None && !tracer.keeps_state() {
-                    // No map to read: only control commands come, and they wake the poll.
-                    NONE_PASS
-                } else {
-                    STATE_EVERY
-                        .saturating_sub(last_state_read.elapsed())
-                        .max(Duration::from_millis(10))
-                }
+                STATE_EVERY
+                    .saturating_sub(last_state_read.elapsed())
+                    .max(Duration::from_millis(10))
             }
         };
         if let Err(e) = tracer.poll(wait, &mut events) {
