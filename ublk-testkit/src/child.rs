@@ -1,6 +1,6 @@
 //! Child processes with deadlines: wait for an exit, for a line of output, send a signal.
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,20 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Run `cmd` with its stdout discarded (stderr as the caller set it) and wait up to `limit`. One still running then is
+/// said (as `what`) on stdout and killed, not waited for: a DEL stuck in the kernel may not
+/// die even on SIGKILL, and a teardown must not hang the guest. None when it could not be
+/// started or did not finish.
+pub fn run_bounded(cmd: &mut Command, what: &str, limit: Duration) -> Option<ExitStatus> {
+    let mut child = cmd.stdout(Stdio::null()).spawn().ok()?;
+    let st = wait_timeout(&mut child, limit);
+    if st.is_none() {
+        println!("{what} still running after {} s", limit.as_secs());
+        let _ = child.kill();
+    }
+    st
 }
 
 /// Forward the lines of a child's pipe to a channel (so waits can have deadlines).
@@ -77,6 +91,24 @@ mod tests {
             Err(vec![])
         );
         assert!(wait_timeout(&mut c, Duration::from_secs(10)).is_some());
+    }
+
+    #[test]
+    fn a_bounded_run_returns_the_exit_or_gives_up_at_its_limit() {
+        let ok = run_bounded(
+            Command::new("true").arg(""),
+            "true",
+            Duration::from_secs(10),
+        );
+        assert!(ok.is_some_and(|s| s.success()));
+        let t0 = std::time::Instant::now();
+        let slow = run_bounded(
+            Command::new("sleep").arg("5"),
+            "sleep 5",
+            Duration::from_millis(100),
+        );
+        assert!(slow.is_none());
+        assert!(t0.elapsed() < Duration::from_secs(4), "waited for the kill");
     }
 
     #[test]

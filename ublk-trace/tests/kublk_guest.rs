@@ -154,17 +154,14 @@ impl Drop for Kublk {
         while !self.daemon_gone() && t0.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let del = Command::new(&self.bin)
-            .args(["del", "-n", &self.dev_id.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        if let Ok(mut del) = del
-            && wait_timeout(&mut del, Duration::from_secs(30)).is_none()
-        {
-            println!("kublk del -n {} still running after 30 s", self.dev_id);
-            let _ = del.kill();
-        }
+        let id = self.dev_id.to_string();
+        ublk_testkit::child::run_bounded(
+            Command::new(&self.bin)
+                .args(["del", "-n", &id])
+                .stderr(Stdio::null()),
+            &format!("kublk del -n {id}"),
+            Duration::from_secs(30),
+        );
     }
 }
 

@@ -151,17 +151,12 @@ impl Drop for Server {
             let _ = wait_timeout(&mut self.child, Duration::from_secs(30));
         }
         if (running || self.sigkilled.get()) && self.dev_id != u32::MAX {
-            // Bounded: a DEL stuck in the kernel must not hang the guest.
-            if let Ok(mut del) = Command::new(bin())
-                .args(["del", &self.dev_id.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                && wait_timeout(&mut del, Duration::from_secs(30)).is_none()
-            {
-                println!("ublk-server del {} still running after 30 s", self.dev_id);
-                let _ = del.kill();
-            }
+            let id = self.dev_id.to_string();
+            ublk_testkit::child::run_bounded(
+                Command::new(bin()).args(["del", &id]).stderr(Stdio::null()),
+                &format!("ublk-server del {id}"),
+                Duration::from_secs(30),
+            );
         }
         let _ = std::fs::remove_file(&self.stderr_path);
     }

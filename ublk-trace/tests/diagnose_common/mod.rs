@@ -84,17 +84,12 @@ impl Drop for Server {
             let _ = wait_timeout(&mut self.child, Duration::from_secs(30));
         }
         // Bounded: a `del` that blocks must fail the test (assert_recovered), not hang it.
-        let del = Command::new(bin("ublk-server"))
-            .args(["del", &self.dev_id.to_string()])
-            .stdout(Stdio::null())
-            .spawn();
-        if let Ok(mut del) = del
-            && wait_timeout(&mut del, Duration::from_secs(30)).is_none()
-        {
-            // Not waited for: a DEL stuck in the kernel may not die even on SIGKILL.
-            println!("ublk-server del {} still running after 30 s", self.dev_id);
-            let _ = del.kill();
-        }
+        let id = self.dev_id.to_string();
+        ublk_testkit::child::run_bounded(
+            Command::new(bin("ublk-server")).args(["del", &id]),
+            &format!("ublk-server del {id}"),
+            Duration::from_secs(30),
+        );
     }
 }
 
