@@ -18,5 +18,6 @@ pub mod record;
 pub mod report;
 #[cfg(test)]
 mod schema_tests;
+pub mod selfcost;
 pub mod snapshot;
 pub mod tui;

@@ -207,8 +207,8 @@ fn traced() -> Vec<Config> {
 /// A watch config's detach: one `TRACER-STAT` line, then its programs' run counts and times.
 const WATCH_DETACH: &str = "T1=$(now_ms); C=$(proc_cpu_ns $TRC); M=$(mem_kb $TRC); bpf_progs $TRC; stop_pid $TRC INT\n\
         L=$(tail -n 1 /tmp/watch.out)\n\
-        echo \"TRACER-STAT config=$CFG round=$ROUND ms=$((T1-T0)) cpu_ns=$((C-C0)) $M docs=$(grep -c kind /tmp/watch.out) dropped=$(echo \"$L\" | sed -n 's/.*\"dropped_events\":\\([0-9]*\\).*/\\1/p') lag_ms=$(echo \"$L\" | sed -n 's/.*\"stream_lag_ms\":\\([0-9]*\\).*/\\1/p')\"\n\
-        grep -E 'program' /tmp/watch.err | sed 's/^/TRACER /'\n";
+        echo \"TRACER-STAT config=$CFG round=$ROUND ms=$((T1-T0)) cpu_ns=$((C-C0)) $M docs=$(grep -c kind /tmp/watch.out) dropped=$(echo \"$L\" | sed -n 's/.*\"dropped_events\":\\([0-9]*\\).*/\\1/p') lag_ms=$(echo \"$L\" | sed -n 's/.*\"stream_lag_ms\":\\([0-9]*\\).*/\\1/p') $(sed -n 's/.*own CPU.*by part: //p' /tmp/watch.err)\"\n\
+        grep -E 'program|own CPU' /tmp/watch.err | sed 's/^/TRACER /'\n";
 
 const JOBS: &[(&str, &str, u32)] = &[
     ("randread-qd1", "randread", 1),
@@ -629,6 +629,25 @@ struct TracerStat {
     stop_ms: Option<u64>,
     /// CPU over the whole life, as the tracer reports it at exit (record).
     cpu_total_ns: Option<u64>,
+    /// Where a watch's CPU went over its whole life, by part (its `own CPU ... by part:` line
+    /// at exit: `main=348ms/60`), start-up included.
+    parts: BTreeMap<String, PartCost>,
+}
+
+/// One part of a tracer's own CPU: ms in that many runs (loop passes, reads).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+struct PartCost {
+    cpu_ms: u64,
+    runs: u64,
+}
+
+/// `348ms/60`.
+fn parse_part(v: &str) -> Option<PartCost> {
+    let (ms, runs) = v.split_once("ms/")?;
+    Some(PartCost {
+        cpu_ms: ms.parse().ok()?,
+        runs: runs.parse().ok()?,
+    })
 }
 
 fn parse_tracer_stats(layout: &str, lines: &[String]) -> Vec<TracerStat> {
@@ -653,6 +672,10 @@ fn parse_tracer_stats(layout: &str, lines: &[String]) -> Vec<TracerStat> {
                 dropped: num("dropped"),
                 stop_ms: num("stop_ms"),
                 cpu_total_ns: num("cpu_total_ns"),
+                parts: kv
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.to_string(), parse_part(v)?)))
+                    .collect(),
             })
         })
         .collect()
@@ -701,6 +724,35 @@ fn print_tracer_table(stats: &[TracerStat], samples: &[Sample]) {
             opt(t.stop_ms.map(|d| d.to_string())),
             opt(t.hwm_kb.map(|k| format!("{:.1}", k as f64 / 1024.0))),
         );
+    }
+}
+
+/// Where each watch's own CPU went (the parts it reports at exit), one row per config and
+/// round: ms of CPU per part, with the runs in brackets.
+fn print_part_table(stats: &[TracerStat]) {
+    let names: std::collections::BTreeSet<&str> = stats
+        .iter()
+        .flat_map(|t| t.parts.keys().map(String::as_str))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    println!("\nwatch's own CPU by part, ms (runs), whole life incl. start-up:");
+    print!("{:<13} {:<26} {:>5}", "layout", "config", "round");
+    for n in &names {
+        print!(" {n:>16}");
+    }
+    println!();
+    for t in stats.iter().filter(|t| !t.parts.is_empty()) {
+        print!("{:<13} {:<26} {:>5}", t.layout, t.config, t.round);
+        for n in &names {
+            let cell = t
+                .parts
+                .get(*n)
+                .map_or_else(|| "-".to_string(), |p| format!("{} ({})", p.cpu_ms, p.runs));
+            print!(" {cell:>16}");
+        }
+        println!();
     }
 }
 
@@ -979,6 +1031,7 @@ pub fn run(o: &BenchOpts) -> Result<()> {
     let rows = summarize(&all);
     print_table(&rows);
     print_tracer_table(&tracer_stats, &all);
+    print_part_table(&tracer_stats);
     print_probe_starts(&probe_starts);
     print_driver_reads(&driver_reads);
     let dir = target_dir().join("bench");
@@ -1108,6 +1161,27 @@ mod tests {
         assert_eq!((v[0].live_ms, v[0].wall_ms), (Some(1650), 3900));
         assert_eq!(v[0].source, "ebpf+snapshots");
         assert_eq!((v[1].profile.as_str(), v[1].live_ms), ("debug", None));
+    }
+
+    #[test]
+    fn a_watch_stat_line_keeps_its_own_cpu_by_part() {
+        let l = "TRACER-STAT config=ours-null-q1+watch-none round=3 ms=24000 cpu_ns=900000000 \
+                 hwm_kb=9000 rss_kb=8000 docs=48 dropped=0 lag_ms=12 main=348ms/60 \
+                 driver_read=78ms/61 proc=bad"
+            .to_string();
+        let v = parse_tracer_stats("2vcpu-pinned", &[l]);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].round, 3);
+        assert_eq!(v[0].cpu_ns, 900_000_000);
+        assert_eq!(v[0].parts.len(), 2, "{:?}", v[0].parts);
+        assert_eq!(
+            v[0].parts.get("main"),
+            Some(&PartCost {
+                cpu_ms: 348,
+                runs: 60
+            })
+        );
+        assert_eq!(v[0].parts.get("driver_read").map(|p| p.runs), Some(61));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::{DeviceState, DriverSnapshot, Dropped, SCHEMA_VERSION, Target, WalkEr
 use crate::kernel::btf;
 use crate::kernel::facts::kernel_release;
 use crate::kernel::kallsyms::Kallsyms;
+use crate::selfcost::{self, Part};
 use crate::snapshot::read::monotonic_ns;
 
 pub const IDR_SYMBOL: &str = "ublk_index_idr";
@@ -190,7 +191,8 @@ impl Worker {
             .spawn(move || {
                 // Ends when the Reader drops its sender (or gave up on this worker).
                 for (seq, target, deadline) in job_rx {
-                    if reply_tx.send((seq, inner.read(target, deadline))).is_err() {
+                    let r = selfcost::charge(Part::DriverRead, || inner.read(target, deadline));
+                    if reply_tx.send((seq, r)).is_err() {
                         break;
                     }
                 }

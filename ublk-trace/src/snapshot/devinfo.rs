@@ -9,7 +9,11 @@ use crate::kernel::ctrl::{self, CtrlError};
 pub fn start(dev_id: u32, until: Instant) -> deadline::Pending<Result<ctrl::DevInfo, CtrlError>> {
     let left = until.saturating_duration_since(Instant::now());
     // The client has its own deadline; the helper thread also bounds opening the device.
-    deadline::spawn(move || ctrl::get_dev_info(dev_id, left))
+    deadline::spawn(move || {
+        crate::selfcost::charge(crate::selfcost::Part::DevInfo, || {
+            ctrl::get_dev_info(dev_id, left)
+        })
+    })
 }
 
 /// Ask the kernel for device `dev_id`'s info, giving up at `deadline` (a timeout is recorded

@@ -4,6 +4,8 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::selfcost::{self, Part};
+
 use super::blkmq::{self, BlkMqSnapshot, CtxRq, HctxSnapshot, SchedInfo};
 use super::{
     DeviceSnapshot, Inflight, ServerProcess, SourceError, TaskInfo, deadline, devinfo, kmsg,
@@ -101,9 +103,11 @@ pub(super) fn take_with(
     };
     let info = devinfo::start(dev_id, deadline);
     let procs = deadline::spawn(move || {
-        let found = scan();
-        let sched = procfs::read_sched(&found.servers);
-        (found, sched)
+        selfcost::charge(Part::Proc, || {
+            let found = scan();
+            let sched = procfs::read_sched(&found.servers);
+            (found, sched)
+        })
     });
     if s.block_dev_present {
         read_block_side(&mut s, deadline);
@@ -179,7 +183,9 @@ fn read_block_side(s: &mut DeviceSnapshot, deadline: Instant) {
         ));
         return;
     }
-    match deadline::run(deadline, move || read_blkmq(Path::new(&dir))) {
+    match deadline::run(deadline, move || {
+        selfcost::charge(Part::BlkMq, || read_blkmq(Path::new(&dir)))
+    }) {
         Ok(b) => s.blk = Some(b),
         Err(e) => s.errors.push(err("blk-mq debugfs", &e, true)),
     }

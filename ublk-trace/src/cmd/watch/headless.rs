@@ -15,6 +15,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::cmd::diagnose::output::{FindingJson, JSON_VERSION};
+use crate::selfcost;
 use crate::snapshot::read::monotonic_ns;
 use crate::tui::view_model::{CellState, QueueView, ServerView, SourceView, ViewModel};
 
@@ -252,6 +253,7 @@ pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     crate::tui::term::install_signal_handlers();
     while !crate::tui::term::stop_requested() {
+        let _iteration = selfcost::Charged::new(selfcost::Part::Main);
         let msg = match sources.recv(Duration::from_millis(100)) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => continue,
@@ -273,6 +275,15 @@ pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
             break;
         }
     }
+    // What watching cost, for whoever judges the tracer's weight (the bench parses it).
+    eprintln!(
+        "ublk-trace: {}",
+        selfcost::summary(
+            selfcost::process_cpu_ns(),
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            &selfcost::totals()
+        )
+    );
     Ok(ExitCode::SUCCESS)
 }
 

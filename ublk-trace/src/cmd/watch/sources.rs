@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::event::TraceEvent;
 use crate::probe::{IoPrograms, LatencyEntry, TagStateEntry, Tracer, TracerConfig};
+use crate::selfcost::{self, Part};
 use crate::snapshot::{self, DeviceSnapshot};
 
 /// What a source tells the loop.
@@ -305,6 +306,8 @@ pub fn spawn_snapshotter(
             let mut series = snapshot::series::Series::new();
             let mut next = Instant::now();
             while !stop.is_set() {
+                // Charged with its sleep: a wake-up costs CPU too.
+                let _round = selfcost::Charged::new(Part::Snapshot);
                 if !snapshot_round(&tx, &focus, per_device, &mut series, &calm) {
                     return;
                 }
@@ -346,6 +349,7 @@ pub fn spawn_driver_reader(
             status.set(Ok(()));
             let mut next = Instant::now();
             while !stop.is_set() {
+                let _round = selfcost::Charged::new(Part::Driver);
                 let target = focus
                     .get()
                     .map_or(crate::driver::Target::All, crate::driver::Target::Dev);
@@ -543,6 +547,7 @@ pub fn probe_loop(
     let mut last_state_read = Instant::now();
     let mut last_pass = Instant::now();
     while !stop.is_set() {
+        let _pass = selfcost::Charged::new(Part::Probes);
         if !each_pass(tracer) {
             return;
         }
