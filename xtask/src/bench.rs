@@ -111,6 +111,7 @@ fn configs(mode: Mode, rublk: bool, tracer_only: bool) -> Vec<Config> {
     if tracer_only {
         v.push(ours("ours-null-q1", "null", 1, 64));
         v.extend(traced());
+        v.push(untraced_again());
         return v;
     }
     v.push(Config {
@@ -165,8 +166,20 @@ fn configs(mode: Mode, rublk: bool, tracer_only: bool) -> Vec<Config> {
         });
     }
     v.extend(traced());
+    v.push(untraced_again());
     v
 }
+
+/// The untraced server once more, last in each round: the traced rows are compared with the
+/// mean of the round's two untraced runs (one before, one after them, so a drift of the
+/// emulator within the round cancels), and this row's own ratio to the first run (an A/A
+/// comparison) is the resolution of the bench on this machine today: a target closer to 1
+/// than its spread cannot be judged.
+fn untraced_again() -> Config {
+    ours(UNTRACED_AGAIN, "null", 1, 64)
+}
+
+const UNTRACED_AGAIN: &str = "ours-null-q1+untraced-again";
 
 /// The untraced server with a tracer attached: `record` (every event to a file) and
 /// `watch --headless` (the live view) in each `--per-io` mode: `+watch` is the default
@@ -834,11 +847,20 @@ fn summarize(samples: &[Sample]) -> Vec<Summary> {
             vs_untraced: untraced.as_ref().and_then(|u| ratio(u)),
             vs_untraced_rounds: untraced.as_ref().and_then(|u| {
                 let base = groups.get(&(k.0.clone(), u.clone(), k.2.clone()))?;
+                // The A/A row against the first run alone; every other row against the mean
+                // of the round's untraced runs before and after it, where both exist.
+                let again = (k.1 != UNTRACED_AGAIN)
+                    .then(|| groups.get(&(k.0.clone(), UNTRACED_AGAIN.to_string(), k.2.clone())))
+                    .flatten();
                 let r: Vec<f64> = g
                     .iter()
                     .filter_map(|s| {
-                        let b = base.iter().find(|b| b.round == s.round)?;
-                        (b.iops > 0.0).then(|| s.iops / b.iops)
+                        let b = base.iter().find(|b| b.round == s.round)?.iops;
+                        let after = again
+                            .and_then(|a| a.iter().find(|a| a.round == s.round))
+                            .map(|a| a.iops);
+                        let b = after.map_or(b, |a| (a + b) / 2.0);
+                        (b > 0.0).then(|| s.iops / b)
                     })
                     .collect();
                 (!r.is_empty()).then(|| {
@@ -1138,6 +1160,38 @@ mod tests {
         );
         assert_eq!(get("ours-null-q1").vs_untraced_rounds, None);
         assert_eq!(get("null_blk").vs_null_blk, None);
+    }
+
+    #[test]
+    fn traced_rounds_are_judged_against_both_untraced_runs_and_the_second_against_the_first() {
+        let mk = |config: &str, round: u32, iops: f64| Sample {
+            layout: "2vcpu-pinned".into(),
+            config: config.into(),
+            job: "randwrite-qd64".into(),
+            round,
+            iops,
+            p99_us: 1.0,
+            ios: 1,
+            server_cpu_ns_per_io: None,
+        };
+        let rows = summarize(&[
+            // Round 1 drifts down from 100 to 80 while it runs; round 2 has no second run.
+            mk("ours-null-q1", 1, 100.0),
+            mk("ours-null-q1+watch-none", 1, 90.0),
+            mk(UNTRACED_AGAIN, 1, 80.0),
+            mk("ours-null-q1", 2, 50.0),
+            mk("ours-null-q1+watch-none", 2, 49.0),
+        ]);
+        let get = |c: &str| rows.iter().find(|r| r.config == c).expect("row");
+        let (lo, _, hi) = get("ours-null-q1+watch-none")
+            .vs_untraced_rounds
+            .expect("per-round ratios");
+        assert!((hi - 1.0).abs() < 1e-9, "90 against the mean of 100 and 80");
+        assert!((lo - 0.98).abs() < 1e-9, "49 against the first run alone");
+        assert_eq!(
+            get(UNTRACED_AGAIN).vs_untraced_rounds,
+            Some((0.8, 0.8, 0.8))
+        );
     }
 
     #[test]
