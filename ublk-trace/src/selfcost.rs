@@ -10,6 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum Part {
     /// The event loop: applying messages to the model, diagnosing and drawing or printing.
     Main,
+    /// Of `Main`: building and writing one headless document (view model, diagnosis, JSON).
+    Document,
+    /// Of `Main`: applying a read of the driver's memory or a snapshot to the model.
+    Apply,
     /// The driver thread: asking its worker for a read, passing the result on, sleeping.
     Driver,
     /// Reading the driver's memory (`crate::driver`), on its worker thread.
@@ -20,6 +24,12 @@ pub enum Part {
     DevInfo,
     /// The /proc part of a snapshot: servers, waiters, their threads.
     Proc,
+    /// Of `Proc`: the walks of every task in /proc (servers and waiters found anew).
+    ProcWalk,
+    /// Of `Proc`: the server threads' stat, wchan, stack and status.
+    ProcThreads,
+    /// Of `Proc`: the server's io_uring fdinfo.
+    ProcRings,
     /// blk-mq debugfs.
     BlkMq,
     /// The probe thread: reading the eBPF maps and rings.
@@ -27,13 +37,18 @@ pub enum Part {
 }
 
 impl Part {
-    pub const ALL: [Part; 8] = [
+    pub const ALL: [Part; 13] = [
         Part::Main,
+        Part::Document,
+        Part::Apply,
         Part::Driver,
         Part::DriverRead,
         Part::Snapshot,
         Part::DevInfo,
         Part::Proc,
+        Part::ProcWalk,
+        Part::ProcThreads,
+        Part::ProcRings,
         Part::BlkMq,
         Part::Probes,
     ];
@@ -47,6 +62,11 @@ impl Part {
             Part::Snapshot => "snapshot",
             Part::DevInfo => "dev_info",
             Part::Proc => "proc",
+            Part::ProcWalk => "proc_walk",
+            Part::ProcThreads => "proc_threads",
+            Part::ProcRings => "proc_rings",
+            Part::Document => "document",
+            Part::Apply => "apply",
             Part::BlkMq => "blk_mq",
             Part::Probes => "probes",
         }
@@ -145,7 +165,8 @@ pub fn totals() -> Vec<Cost> {
 
 /// One line for stderr: the process's CPU time over `wall_ns`, and each part's share
 /// (`main=348ms/60`: 348 ms of CPU in 60 runs). The parts do not add up to the whole: thread
-/// start-up, BTF parsing and the eBPF loader are in the whole only.
+/// start-up, BTF parsing and the eBPF loader are in the whole only, and a part named "of"
+/// another above is also in that one.
 pub fn summary(process_cpu_ns: u64, wall_ns: u64, costs: &[Cost]) -> String {
     let pct = if wall_ns == 0 {
         0.0

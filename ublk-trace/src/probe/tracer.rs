@@ -302,6 +302,9 @@ pub struct Tracer {
     /// Dropped count already reported as a `Lost` event.
     lost_reported: u64,
     decode_errors: u64,
+    /// CLOCK_MONOTONIC ns just before the last poll's final drain: every record committed
+    /// before it was returned by that poll.
+    drained_through_ns: u64,
     release: String,
     /// What [`Tracer::follow_tag`] needs to attach the programs this path left out.
     cfg: TracerConfig,
@@ -400,6 +403,7 @@ impl Tracer {
             },
             attached,
             lost_reported: 0,
+            drained_through_ns: 0,
             decode_errors: 0,
             release,
             cfg: cfg.clone(),
@@ -716,12 +720,22 @@ impl Tracer {
         out: &mut Vec<RawEvent>,
     ) -> Result<usize, ProbeError> {
         let before = out.len();
+        self.drained_through_ns = monotonic_ns();
         self.drain(out);
         if out.len() == before {
             wait_readable(self.ring.as_raw_fd(), timeout).map_err(ProbeError::Poll)?;
+            // Taken after the wait: a poll that slept 500 ms on an empty ring is complete up
+            // to its end, not to its start.
+            self.drained_through_ns = monotonic_ns();
             self.drain(out);
         }
         Ok(out.len() - before)
+    }
+
+    /// Every record the kernel committed before this CLOCK_MONOTONIC time has been returned
+    /// by the polls so far ([`Tracer::poll`], [`Tracer::poll_raw`]).
+    pub fn drained_through_ns(&self) -> u64 {
+        self.drained_through_ns
     }
 
     /// Like [`Tracer::poll_raw`], handing each record's bytes to `f` without decoding

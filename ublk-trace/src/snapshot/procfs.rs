@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::fdinfo::{self, RingInfo};
 use super::{ServerProcess, TaskInfo, WaitKind};
+use crate::selfcost::{self, Part};
 
 /// Parsed `/proc/PID/task/TID/stat` head: comm (may contain spaces and parens) and state.
 pub fn parse_stat(text: &str) -> Option<(String, char)> {
@@ -202,23 +203,27 @@ pub fn all_tasks() -> Vec<(u32, u32)> {
 }
 
 fn read_server(pid: u32, links: &[(u32, String)]) -> ServerProcess {
-    let threads: Vec<TaskInfo> = pids_in(Path::new(&format!("/proc/{pid}/task")))
-        .into_iter()
-        .filter_map(|tid| read_task(pid, tid))
-        .collect();
+    let threads: Vec<TaskInfo> = selfcost::charge(Part::ProcThreads, || {
+        pids_in(Path::new(&format!("/proc/{pid}/task")))
+            .into_iter()
+            .filter_map(|tid| read_task(pid, tid))
+            .collect()
+    });
     let comm = threads
         .iter()
         .find(|t| t.tid == pid)
         .map(|t| t.comm.clone())
         .unwrap_or_default();
-    let rings: Vec<RingInfo> = links
-        .iter()
-        .filter(|(_, l)| l.contains("io_uring"))
-        .filter_map(|(fd, _)| {
-            let text = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-            fdinfo::parse_fdinfo(*fd, &text)
-        })
-        .collect();
+    let rings: Vec<RingInfo> = selfcost::charge(Part::ProcRings, || {
+        links
+            .iter()
+            .filter(|(_, l)| l.contains("io_uring"))
+            .filter_map(|(fd, _)| {
+                let text = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+                fdinfo::parse_fdinfo(*fd, &text)
+            })
+            .collect()
+    });
     ServerProcess {
         pid,
         comm,

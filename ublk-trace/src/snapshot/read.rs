@@ -78,11 +78,11 @@ pub(super) struct ProcFound {
 impl ProcFound {
     /// Walk all of /proc for the servers and waiters of `dev_id`.
     pub fn walk(dev_id: u32) -> Self {
-        Self {
+        selfcost::charge(Part::ProcWalk, || Self {
             servers: procfs::find_servers(dev_id),
             waiters: procfs::find_waiters(dev_id),
             walked: true,
-        }
+        })
     }
 }
 

@@ -172,7 +172,7 @@ pub fn start_sources(
 /// recording), until stopped. If the probes cannot load or attach, say why once and end.
 fn spawn_probes(
     tx: std::sync::mpsc::Sender<Msg>,
-    ev_tx: std::sync::mpsc::Sender<Msg>,
+    ev_tx: sources::EventSender,
     dev_filter: Option<u32>,
     stop: Stop,
     info: ProbeInfo,

@@ -254,7 +254,8 @@ pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
     crate::tui::term::install_signal_handlers();
     while !crate::tui::term::stop_requested() {
         let _iteration = selfcost::Charged::new(selfcost::Part::Main);
-        let msg = match sources.recv(Duration::from_millis(100)) {
+        // Only for the stop flag (a signal does not end the wait): seen within 250 ms.
+        let msg = match sources.recv(Duration::from_millis(250)) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
@@ -266,10 +267,12 @@ pub fn run(args: &WatchArgs, dev: Option<u32>) -> anyhow::Result<ExitCode> {
         if !complete || !settled {
             continue;
         }
-        let doc = document(&session, rounds.round(), monotonic_ns());
-        serde_json::to_writer(&mut out, &doc).context("write JSON to stdout")?;
-        writeln!(out).context("write JSON to stdout")?;
-        out.flush().context("write JSON to stdout")?;
+        selfcost::charge(selfcost::Part::Document, || {
+            let doc = document(&session, rounds.round(), monotonic_ns());
+            serde_json::to_writer(&mut out, &doc).context("write JSON to stdout")?;
+            writeln!(out).context("write JSON to stdout")?;
+            out.flush().context("write JSON to stdout")
+        })?;
         printed += 1;
         if args.count.is_some_and(|c| printed >= c) {
             break;

@@ -1,6 +1,7 @@
 //! The one owner of everything observed: the model (fed by snapshots and events), findings,
 //! probe status. `watch` (TUI and headless) and `diagnose` feed it [`Msg`]s and ask for views.
 
+use crate::selfcost::{self, Part};
 use std::collections::BTreeMap;
 
 use crate::diagnose::{self, Diagnosis, Thresholds};
@@ -103,16 +104,16 @@ impl Session {
                 }
                 self.devices = d;
             }
-            Msg::Snapshot(s) => {
+            Msg::Snapshot(s) => selfcost::charge(Part::Apply, || {
                 self.model.apply_snapshot(&s, s.taken_ns);
                 self.snapshots.insert(s.dev_id, *s);
-            }
+            }),
             Msg::SnapshotDeferred {
                 dev,
                 taken_ns,
                 disk_ios: Some(n),
             } => self.model.apply_disk_ios(dev, taken_ns, n),
-            Msg::SnapshotDeferred { .. } => {}
+            Msg::SnapshotDeferred { .. } | Msg::Doorbell => {}
             Msg::Events(events) => self.model.apply_all(events.iter()),
             Msg::ProbesLive => {
                 self.source = SourceView::Live;
@@ -128,12 +129,12 @@ impl Session {
                 self.stream_ns = self.stream_ns.max(t);
                 self.model.set_events_horizon(t);
             }
-            Msg::Driver(snap) => {
+            Msg::Driver(snap) => selfcost::charge(Part::Apply, || {
                 self.model.apply_driver(&snap);
                 self.driver = DriverSource::Live {
                     not_readable: snap.not_readable.clone(),
                 };
-            }
+            }),
             Msg::DriverOff(reason) => self.driver = DriverSource::Off(reason),
             Msg::KernelLatency(hists, ts) => self.model.apply_kernel_latency(&hists, ts),
             Msg::PerIo(choice) => self.per_io = Some(choice),

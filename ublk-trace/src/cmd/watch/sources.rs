@@ -4,9 +4,9 @@
 //! The snapshot thread keeps its period from drifting (bpftop: sleep `period - elapsed`).
 //! Threads stop when the [`Stop`] flag is set or the receiver is gone.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,28 @@ pub enum Msg {
     /// The probes now stream every event of this tag (None: of none), since this
     /// CLOCK_MONOTONIC time; with the programs that could not be attached for it.
     Following(Option<(u32, u16, u16)>, u64, Vec<String>),
+    /// Something was put on the event channel ([`EventSender`]); never returned by
+    /// [`Sources::recv`].
+    Doorbell,
+}
+
+/// The probes' end of the event channel. Each send also rings a doorbell on the main channel,
+/// so the loop sleeps on that one alone and wakes only when something came (polling the
+/// event channel every few ms cost more CPU under TCG than all of `--per-io none`'s work).
+#[derive(Debug, Clone)]
+pub struct EventSender {
+    events: Sender<Msg>,
+    bell: Sender<Msg>,
+}
+
+impl EventSender {
+    pub fn send(&self, m: Msg) -> Result<(), std::sync::mpsc::SendError<Msg>> {
+        self.events.send(m)?;
+        // After the message: whoever hears the bell finds it queued.
+        self.bell
+            .send(Msg::Doorbell)
+            .map_err(|e| std::sync::mpsc::SendError(e.0))
+    }
 }
 
 /// What `watch` and `diagnose` run on every I/O (`--per-io`).
@@ -134,16 +156,37 @@ impl PerIoChoice {
     }
 }
 
-/// Shared stop flag for all source threads.
+/// Shared stop flag for all source threads. Setting it wakes every [`Stop::sleep_until`] at
+/// once, so a sleeping thread wakes once per period, not every few ms to look at the flag
+/// (under TCG each wake-up costs tens of µs of CPU).
 #[derive(Debug, Clone, Default)]
-pub struct Stop(Arc<AtomicBool>);
+pub struct Stop(Arc<(Mutex<bool>, Condvar)>);
 
 impl Stop {
     pub fn set(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        let (flag, cv) = &*self.0;
+        *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        cv.notify_all();
     }
+
     pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sleep until `until`, or until the flag is set.
+    pub fn sleep_until(&self, until: Instant) {
+        let (flag, cv) = &*self.0;
+        let mut set = flag.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*set {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            set = match cv.wait_timeout(set, until - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
     }
 }
 
@@ -216,17 +259,6 @@ impl DriverStatus {
 }
 
 /// Sleep until `until` in short steps so a stop request is noticed quickly.
-fn sleep_until(until: Instant, stop: &Stop) {
-    const STEP: Duration = Duration::from_millis(50);
-    while !stop.is_set() {
-        let now = Instant::now();
-        if now >= until {
-            return;
-        }
-        std::thread::sleep((until - now).min(STEP));
-    }
-}
-
 /// The devices the driver's latest read found calm ([`crate::driver::DeviceState::is_calm`]),
 /// and until when that read counts (CLOCK_MONOTONIC ns): the snapshot thread walks /proc for
 /// their waiters less often ([`snapshot::series`]).
@@ -314,7 +346,7 @@ pub fn spawn_snapshotter(
                 next += period;
                 // After a slow round, start the next one now rather than bursting to catch up.
                 next = next.max(Instant::now());
-                sleep_until(next, &stop);
+                stop.sleep_until(next);
             }
         })
 }
@@ -370,7 +402,7 @@ pub fn spawn_driver_reader(
                 }
                 next += period;
                 next = next.max(Instant::now());
-                sleep_until(next, &stop);
+                stop.sleep_until(next);
             }
         })
 }
@@ -395,6 +427,10 @@ fn missing_required(t: &Tracer) -> Option<String> {
 pub const STATE_EVERY: Duration = Duration::from_millis(200);
 /// Shortest pass of the probe thread's loop.
 const MIN_PASS: Duration = Duration::from_millis(50);
+/// The longest pass when no map is read: the ring wakes the poll for every control command,
+/// and the horizon a pass sends is its end ([`Tracer::drained_through_ns`]), so a document is
+/// at most this far ahead of it.
+const QUIET_PASS: Duration = Duration::from_millis(500);
 
 /// Commits this long after their request started still come through the ring one by one
 /// (with the state path's other rare events: rejections, bad commits, requeues, failed
@@ -407,7 +443,7 @@ const RARE_SLOW_MS: u32 = 100;
 /// ublk_drv), say why once and end: the loop goes on with snapshots only.
 pub fn spawn_probes(
     tx: Sender<Msg>,
-    ev_tx: Sender<Msg>,
+    ev_tx: EventSender,
     dev_filter: Option<u32>,
     per_io: PerIo,
     follow: Follow,
@@ -539,7 +575,7 @@ pub enum Drain {
 pub fn probe_loop(
     tracer: &mut Tracer,
     tx: &Sender<Msg>,
-    ev_tx: &Sender<Msg>,
+    ev_tx: &EventSender,
     stop: &Stop,
     drain: Drain,
     mut each_pass: impl FnMut(&mut Tracer) -> bool,
@@ -558,19 +594,23 @@ pub fn probe_loop(
             }
         }
         let mut events = Vec::new();
-        // poll drains the ring buffer: all that happened before `t` is in `events`.
-        let t = crate::probe::monotonic_ns();
         let wait = match drain {
             Drain::Streaming => Duration::from_millis(100),
             Drain::Paced => {
                 // Control commands wake the poll at once; otherwise sleep until the next
-                // state read, at most 20 passes a second.
+                // state read (or a quiet pass's end when no map is read), at most 20 passes
+                // a second.
                 let since = last_pass.elapsed();
                 if since < MIN_PASS {
                     std::thread::sleep(MIN_PASS - since);
                 }
                 last_pass = Instant::now();
-                STATE_EVERY
+                let every = if reads_a_map(tracer) {
+                    STATE_EVERY
+                } else {
+                    QUIET_PASS
+                };
+                every
                     .saturating_sub(last_state_read.elapsed())
                     .max(Duration::from_millis(10))
             }
@@ -579,6 +619,8 @@ pub fn probe_loop(
             let _ = tx.send(Msg::ProbesOff(format!("probes stopped: {e}")));
             return;
         }
+        // poll drained the ring buffer: all that happened before `t` is in `events`.
+        let t = tracer.drained_through_ns();
         if !events.is_empty() && ev_tx.send(Msg::Events(events)).is_err() {
             return;
         }
@@ -586,6 +628,12 @@ pub fn probe_loop(
             return;
         }
     }
+}
+
+/// Whether the tracer's path keeps an in-kernel map to read every [`STATE_EVERY`] (the state
+/// path's tag states, the light path's histograms; `--per-io none` has none).
+fn reads_a_map(tracer: &Tracer) -> bool {
+    tracer.keeps_state() || tracer.io_programs() == IoPrograms::Light
 }
 
 /// Send the in-kernel map of the tracer's path; false when the loop has gone away.
@@ -646,7 +694,7 @@ pub struct Sources {
     rx: Receiver<Msg>,
     pub tx: Sender<Msg>,
     ev_rx: Receiver<Msg>,
-    pub ev_tx: Sender<Msg>,
+    pub ev_tx: EventSender,
     pub stop: Stop,
     pub focus: Focus,
     pub follow: Follow,
@@ -658,7 +706,11 @@ pub struct Sources {
 impl Sources {
     pub fn new(focus: Option<u32>) -> Self {
         let (tx, rx) = channel();
-        let (ev_tx, ev_rx) = channel();
+        let (events, ev_rx) = channel();
+        let ev_tx = EventSender {
+            events,
+            bell: tx.clone(),
+        };
         Self {
             rx,
             tx,
@@ -703,27 +755,32 @@ impl Sources {
 
     /// The next message, snapshots and status first, waiting up to `timeout`.
     pub fn recv(&self, timeout: Duration) -> Result<Msg, RecvTimeoutError> {
-        // How long a waiting event may sit while nothing else arrives: short enough for a
-        // UI, long enough not to wake the loop 100 times a second.
-        const STEP: Duration = Duration::from_millis(40);
         let end = Instant::now() + timeout;
         loop {
-            match self.rx.try_recv() {
-                Ok(m) => return Ok(m),
-                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-                Err(TryRecvError::Empty) => {}
+            // The main channel first, past the doorbells: a snapshot overtakes any backlog.
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Msg::Doorbell) => continue,
+                    Ok(m) => return Ok(m),
+                    Err(TryRecvError::Disconnected) => {
+                        return Err(RecvTimeoutError::Disconnected);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
             }
             if let Ok(m) = self.ev_rx.try_recv() {
                 return Ok(m);
             }
+            // Both empty: sleep on the main channel. An event sent from now on rings its
+            // doorbell there after it is queued, so it ends the sleep.
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(RecvTimeoutError::Timeout);
             }
-            match self.rx.recv_timeout(left.min(STEP)) {
+            match self.rx.recv_timeout(left) {
+                Ok(Msg::Doorbell) => {}
                 Ok(m) => return Ok(m),
-                Err(RecvTimeoutError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -824,6 +881,29 @@ mod tests {
     }
 
     #[test]
+    fn an_event_wakes_a_sleeping_recv_and_doorbells_are_never_returned() {
+        let s = Sources::new(None);
+        let ev = s.ev_tx.clone();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = ev.send(Msg::CaughtUp(7));
+        });
+        let t = Instant::now();
+        let got = s.recv(Duration::from_secs(20));
+        assert!(matches!(got, Ok(Msg::CaughtUp(7))), "{got:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "woke by the doorbell"
+        );
+        let _ = sender.join();
+        // Its doorbell is still queued: skipped, and then nothing is left.
+        assert!(matches!(
+            s.recv(Duration::from_millis(20)),
+            Err(RecvTimeoutError::Timeout)
+        ));
+    }
+
+    #[test]
     fn a_followed_tag_round_trips_and_none_is_nobody() {
         let f = Follow::default();
         assert_eq!(f.get(), None);
@@ -855,7 +935,25 @@ mod tests {
         let stop = Stop::default();
         stop.set();
         let t = Instant::now();
-        sleep_until(t + Duration::from_secs(5), &stop);
+        stop.sleep_until(t + Duration::from_secs(5));
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_stop_set_elsewhere_wakes_a_sleeper_at_once() {
+        let stop = Stop::default();
+        let sleeper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                stop.sleep_until(t + Duration::from_secs(20));
+                t.elapsed()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!sleeper.is_finished(), "it sleeps while the flag is clear");
+        stop.set();
+        let slept = sleeper.join().unwrap_or(Duration::MAX);
+        assert!(slept < Duration::from_secs(10), "slept {slept:?}");
     }
 }
