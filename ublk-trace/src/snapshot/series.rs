@@ -30,12 +30,12 @@ pub const WALK_EVERY: Duration = Duration::from_secs(30);
 /// threads, rings and the block layer, which matter once something waits). Only after a
 /// quiet snapshot: one that saw a waiter, a stopped thread or a held request started an age,
 /// and that age must be checked on the next tick, not run on unseen for a calm period (a 2 s-old
-/// sighting of `dd` waiting on a 400 ms request once made a false WAITERS). What changes
-/// unseen on a calm device in between matters once a request waits on it, and a request that
-/// waits 250 ms makes the device not calm, snapshotted on the next tick. Measured: one such
-/// snapshot is about 15 ms of CPU in the TCG guest (server threads and rings, blk-mq
-/// debugfs, GET_DEV_INFO), so every 2 s it was a third of `--per-io none`'s cost.
-pub const CALM_EVERY: Duration = Duration::from_secs(5);
+/// sighting of `dd` waiting on a 400 ms request once made a false WAITERS). Measured: one such
+/// snapshot is about 15 ms of CPU in the TCG guest (server threads and rings, blk-mq debugfs,
+/// GET_DEV_INFO). 5 s was tried: it made the tag file's record of a 0-byte READ commit (the
+/// driver's memory holds the -EIO the kernel made of it) reach the model after the 2 s a
+/// repro test allows.
+pub const CALM_EVERY: Duration = Duration::from_secs(2);
 
 /// What the last walk of /proc found for one device.
 #[derive(Debug, Clone)]
