@@ -6,6 +6,7 @@
 //! recorded JSON lines (`record`) ------------------------+
 //! `model` and `diagnose` are pure: no I/O, no clock (time is a parameter).
 pub mod bundle;
+pub mod clock;
 pub mod cmd;
 pub mod diagnose;
 pub mod doctor;

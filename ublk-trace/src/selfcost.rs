@@ -5,6 +5,8 @@
 //! part's figure does not depend on how busy the rest of the machine is.
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::clock::clock_ns;
+
 /// One part of the tracer's work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -93,26 +95,10 @@ pub fn process_cpu_ns() -> u64 {
     clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-        return 0;
-    }
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
-    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
-}
-
 /// Run `f` on this thread and charge its CPU time to `part` as one run.
 pub fn charge<T>(part: Part, f: impl FnOnce() -> T) -> T {
-    let t0 = thread_cpu_ns();
-    let r = f();
-    add(part, thread_cpu_ns().saturating_sub(t0));
-    r
+    let _charged = Charged::new(part);
+    f()
 }
 
 /// Charges the CPU time from its creation to its drop to `part` as one run (for a loop body

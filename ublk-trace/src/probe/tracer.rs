@@ -1008,17 +1008,7 @@ fn wait_readable(fd: i32, timeout: Duration) -> std::io::Result<()> {
 }
 
 /// CLOCK_MONOTONIC now, ns (the clock of bpf_ktime_get_ns).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(ts.tv_nsec as u64)
-}
+pub use crate::clock::monotonic_ns;
 
 /// Load (verify) every program of the object without attaching anything: the kernel's
 /// verifier checks them here, on any machine with BPF, kprobes or not. Returns the programs

@@ -15,20 +15,7 @@ use super::{
 const DEBUGFS_BLOCK: &str = "/sys/kernel/debug/block";
 
 /// CLOCK_MONOTONIC now, in ns: the clock of trace events and of the server's tag-state file.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
-    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
-}
+pub use crate::clock::monotonic_ns;
 
 /// Ids of ublk devices: char devices `/sys/class/ublk-char/ublkcN` and disks
 /// `/sys/block/ublkbN` (a device whose server died may have only the char device left).
