@@ -104,9 +104,9 @@ fn maybe_starved(cx: &Ctx<'_>, q: &QueueView<'_>, t: &TagView<'_>, lim: u64) -> 
 
 /// When the queue last served a request: an accepted command, a tag's last accepted commit
 /// (from events or from the kernel's state map, which watch's state path reads instead of
-/// commit events), a commit in the server's tag file, or a completion the light path's
-/// histogram counted. A tag held since before then is not waiting for the owner to get a
-/// CPU: the owner had one and served others.
+/// commit events), a commit in the server's tag file, a request the driver's reads saw leave
+/// the server, or a completion the light path's histogram counted. A tag held since before
+/// then is not waiting for the owner to get a CPU: the owner had one and served others.
 fn queue_last_progress_ns(q: &QueueView<'_>) -> u64 {
     q.queue
         .tags
@@ -114,6 +114,7 @@ fn queue_last_progress_ns(q: &QueueView<'_>) -> u64 {
         .map(|t| {
             t.commit_ns
                 .max(t.published.as_ref().map_or(0, |p| p.committed_ns))
+                .max(t.driver.as_ref().map_or(0, |d| d.served_after_ns))
         })
         .fold(
             q.queue.last_accepted_ns.max(q.queue.completed_after_ns),

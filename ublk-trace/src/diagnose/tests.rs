@@ -923,6 +923,49 @@ fn an_owner_starved_of_cpu_is_not_judged() {
 }
 
 #[test]
+fn a_request_held_while_the_driver_sees_others_leave_the_server_is_stuck_not_starved() {
+    // Guest 6.12 CI, late `diagnose` of `--inject hang:q=0,tag=1` under fio (1 queue, depth
+    // 4, no tag file, no per-I/O probes): the owner waited for a CPU 132 of the last 247 ms
+    // (the tracer starting up), so tag 1 was left undecided as "overloaded". But the driver's
+    // reads saw tag 2's request leave the server after tag 1's arrived: the owner had a CPU
+    // and served others, so tag 1 is stuck. Without that move both stay undecided.
+    use crate::driver::TagView as DriverView;
+    const S: u64 = 1000 * MS;
+    let sched = |ts: u64, run: u64, wait: u64| {
+        let mut s = snap(ts, vec![task(Q_TID, 'R', "")]);
+        s.sched = vec![crate::snapshot::ThreadSched {
+            tid: Q_TID,
+            run_ns: run,
+            wait_ns: wait,
+        }];
+        s
+    };
+    let held = || driver_tag(1, DriverView::InServer, Some(driver_rq(S)));
+    let t2_in_server = || driver_tag(2, DriverView::InServer, Some(driver_rq(2 * S + S / 2)));
+    let mut out = Vec::new();
+    for t2_moves in [false, true] {
+        let mut m = Model::new();
+        m.apply_snapshot(&sched(3 * S, 10 * MS, 10 * MS), 0);
+        m.apply_driver(&driver_snap(3 * S, vec![held(), t2_in_server()]));
+        let t2 = match t2_moves {
+            true => driver_tag(2, DriverView::Waiting, None),
+            false => t2_in_server(),
+        };
+        m.apply_driver(&driver_snap(4 * S, vec![held(), t2]));
+        m.apply_snapshot(&sched(4 * S, 110 * MS, 700 * MS), 0);
+        out.push((classes(&m, 4 * S), rechecks(&m, 4 * S)));
+    }
+    assert_eq!(out[0].0, vec![], "starved, maybe: not judged");
+    assert!(out[0].1.contains(&Class::StuckInServer), "{:?}", out[0]);
+    assert_eq!(
+        out[1].0,
+        vec![(Class::StuckInServer, Some(0), Some(1))],
+        "{:?}",
+        out[1]
+    );
+}
+
+#[test]
 fn a_hung_tag_among_busy_batched_tags_is_stuck_in_server() {
     // Guest 6.12, `--inject hang:q=1,tag=2`, fio iodepth 4, live watch: q1 tag 2 was delivered
     // by a batched task-work run and never committed while tags 0, 1, 3 of q1 keep cycling

@@ -25,6 +25,11 @@ pub struct DriverTag {
     /// `io->task` (6.16+): the thread that owns this tag.
     pub task_tid: Option<u32>,
     pub request: Option<RequestState>,
+    /// A read after `served_after_ns` no longer held the request an earlier read showed in
+    /// the server: the server committed it after then (0 = never seen). Memory keeps no
+    /// commit time, so this is the bound two reads give.
+    #[serde(default)]
+    pub served_after_ns: u64,
 }
 
 impl DriverTag {
@@ -120,6 +125,19 @@ impl Tag {
             Some(p) if same => p.view_since_ns,
             _ => read_ns,
         };
+        // In the server at the last read, now waiting or on another request: committed since.
+        let was_in_server = |p: &DriverTag| {
+            matches!(p.view, DriverView::InServer | DriverView::NeedGetData) && p.request.is_some()
+        };
+        let moved_on = matches!(
+            t.view,
+            DriverView::Waiting | DriverView::Queued | DriverView::InServer
+        );
+        let served_after_ns = match &self.driver {
+            Some(p) if !same && moved_on && was_in_server(p) => p.read_ns,
+            Some(p) => p.served_after_ns,
+            None => 0,
+        };
         self.driver = Some(DriverTag {
             read_ns,
             view: t.view,
@@ -129,6 +147,7 @@ impl Tag {
             cmd_parked: t.cmd_parked,
             task_tid: tid(&t.task),
             request: t.request.clone(),
+            served_after_ns,
         });
     }
 
