@@ -59,8 +59,9 @@ pub struct DeviceSnapshot {
     pub proc_scanned: bool,
     /// When /proc was last walked in full for `servers` and `waiters` (CLOCK_MONOTONIC ns).
     /// In a series of snapshots ([`series`]) that may be an earlier tick: between walks, the
-    /// tasks the walk found are looked at again, and a new waiter or server is found by the
-    /// next walk.
+    /// tasks the walk found are looked at again, and a new server is found by the next walk
+    /// (a new waiter too, unless the device is not calm: then its waiters are walked for on
+    /// every snapshot).
     #[serde(default)]
     pub proc_walked_ns: Option<u64>,
     /// Tasks in D state whose wait concerns this disk (or any disk, for `bdev_open`).

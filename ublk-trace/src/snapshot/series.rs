@@ -1,8 +1,8 @@
 //! Snapshots of the same devices taken tick after tick (`watch`, `diagnose`). A calm device whose
 //! last snapshot was quiet ([`DeviceSnapshot::is_quiet`]) is snapshotted every [`CALM_EVERY`]
-//! instead of every tick. What is costly to find and rarely
-//! changes, the server processes and the tasks waiting on the disk (a walk of
-//! every task in /proc), is found again only every [`WALK_EVERY`], or on every tick while the
+//! instead of every tick. What is costly to find and rarely changes, the server processes (a
+//! walk of every process's open files) and the tasks waiting on the disk (a walk of every task
+//! in /proc), is found again only every [`WALK_EVERY`]; the waiters on every tick while the
 //! device is not calm. In between, the tasks the last walk found are looked at again. The
 //! kernel log is followed instead of read whole each time.
 //!
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use super::kmsg::KmsgFollower;
 use super::read::{ProcFound, monotonic_ns, take_with};
 use super::{DeviceSnapshot, procfs};
+use crate::selfcost::{self, Part};
 
 /// The longest a calm device goes without a full walk of /proc. In between, its known server
 /// is checked to still hold the char device (which only one process opens; a restart is a new
@@ -71,19 +72,26 @@ impl Series {
                 .is_none_or(|(t, quiet)| !quiet || now.saturating_duration_since(*t) >= CALM_EVERY)
     }
 
-    /// Snapshot `dev_id` (as [`super::take`] does), walking /proc unless the device is `calm`
-    /// and the last walk is recent and found its server.
+    /// Snapshot `dev_id` (as [`super::take`] does), walking /proc unless the last walk is
+    /// recent and found its server; then, unless the device is `calm`, walking only for the
+    /// waiters (a hung device's new waiter matters on this tick, a new server does not: one
+    /// that replaces the known one is found when that one is gone).
     pub fn take(&mut self, dev_id: u32, deadline: Instant, calm: bool) -> DeviceSnapshot {
         let now = Instant::now();
         let known = self
             .walks
             .get(&dev_id)
-            .filter(|w| !needs_walk(w, calm, now))
+            .filter(|w| !needs_walk(w, now))
             .cloned();
         let kmsg = self.kmsg.tail(dev_id);
         let start = (now, monotonic_ns());
         let (mut s, walked) = match known.clone() {
-            Some(w) => take_with(dev_id, deadline, move || look_again(dev_id, &w), kmsg),
+            Some(w) => take_with(
+                dev_id,
+                deadline,
+                move || look_again(dev_id, &w, !calm),
+                kmsg,
+            ),
             None => take_with(dev_id, deadline, move || ProcFound::walk(dev_id), kmsg),
         };
         self.taken.insert(dev_id, (now, s.is_quiet()));
@@ -116,23 +124,28 @@ impl Series {
     }
 }
 
-/// Whether the next snapshot walks /proc although walk `w` was taken: the device is not calm,
-/// the walk found no server (one may start any moment), or it is [`WALK_EVERY`] old.
-fn needs_walk(w: &Walk, calm: bool, now: Instant) -> bool {
-    !calm || w.servers.is_empty() || now.saturating_duration_since(w.at) >= WALK_EVERY
+/// Whether the next snapshot walks all of /proc although walk `w` was taken: the walk found
+/// no server (one may start any moment), or it is [`WALK_EVERY`] old.
+fn needs_walk(w: &Walk, now: Instant) -> bool {
+    w.servers.is_empty() || now.saturating_duration_since(w.at) >= WALK_EVERY
 }
 
-/// The servers and waiters of the last walk, looked at again: those still holding the char
-/// device, those still waiting. If a known server no longer holds it, walk /proc instead
-/// (a restarted server has a new pid).
-fn look_again(dev_id: u32, w: &Walk) -> ProcFound {
+/// The servers of the last walk, looked at again: those still holding the char device; and
+/// its waiters, those still waiting, or every waiter found anew (`new_waiters`: a device that
+/// is not calm, where a task that starts waiting now is what the user is looking for). If a
+/// known server no longer holds it, walk /proc instead (a restarted server has a new pid).
+fn look_again(dev_id: u32, w: &Walk, new_waiters: bool) -> ProcFound {
     let servers = procfs::servers_among(dev_id, &w.servers);
     if servers.len() < w.servers.len() {
         return ProcFound::walk(dev_id);
     }
+    let waiters = match new_waiters {
+        true => selfcost::charge(Part::ProcWalk, || procfs::find_waiters(dev_id)),
+        false => procfs::waiters_among(dev_id, &w.waiters),
+    };
     ProcFound {
         servers,
-        waiters: procfs::waiters_among(dev_id, &w.waiters),
+        waiters,
         walked: false,
     }
 }
@@ -154,20 +167,15 @@ mod tests {
     fn a_calm_device_with_its_server_known_is_walked_again_only_when_the_walk_is_old() {
         let t0 = Instant::now();
         let w = walk(t0, vec![412]);
-        assert!(!needs_walk(&w, true, t0 + Duration::from_secs(1)));
-        assert!(!needs_walk(
-            &w,
-            true,
-            t0 + WALK_EVERY - Duration::from_millis(1)
-        ));
-        assert!(needs_walk(&w, true, t0 + WALK_EVERY));
+        assert!(!needs_walk(&w, t0 + Duration::from_secs(1)));
+        assert!(!needs_walk(&w, t0 + WALK_EVERY - Duration::from_millis(1)));
+        assert!(needs_walk(&w, t0 + WALK_EVERY));
     }
 
     #[test]
-    fn a_device_that_is_not_calm_or_has_no_server_known_is_walked_every_time() {
+    fn a_device_with_no_server_known_is_walked_every_time() {
         let t0 = Instant::now();
-        assert!(needs_walk(&walk(t0, vec![412]), false, t0));
-        assert!(needs_walk(&walk(t0, Vec::new()), true, t0));
+        assert!(needs_walk(&walk(t0, Vec::new()), t0));
     }
 
     #[test]
