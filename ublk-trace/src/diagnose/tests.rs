@@ -71,6 +71,18 @@ fn snap(ts: u64, threads: Vec<TaskInfo>) -> DeviceSnapshot {
     }
 }
 
+/// A snapshot with the owner thread runnable, and its scheduler counters so far: `run` ns on a
+/// CPU, `wait` ns runnable but waiting for one.
+fn runnable_owner(ts: u64, run: u64, wait: u64) -> DeviceSnapshot {
+    let mut s = snap(ts, vec![task(Q_TID, 'R', "")]);
+    s.sched = vec![crate::snapshot::ThreadSched {
+        tid: Q_TID,
+        run_ns: run,
+        wait_ns: wait,
+    }];
+    s
+}
+
 fn busy_blk(tags: &[u16]) -> BlkMqSnapshot {
     let text: String = tags
         .iter()
@@ -901,21 +913,12 @@ fn an_owner_starved_of_cpu_is_not_judged() {
     // most of the last snapshot interval (schedstat), so the delay is load, not a hang.
     let mut m = healthy();
     m.apply(&queue_rq(0, 0, 3, 1000 * MS, "READ", 4096));
-    let sched = |ts: u64, run: u64, wait: u64| {
-        let mut s = snap(ts, vec![task(Q_TID, 'R', "")]);
-        s.sched = vec![crate::snapshot::ThreadSched {
-            tid: Q_TID,
-            run_ns: run,
-            wait_ns: wait,
-        }];
-        s
-    };
-    m.apply_snapshot(&sched(1500 * MS, 10 * MS, 10 * MS), 0);
-    m.apply_snapshot(&sched(2500 * MS, 20 * MS, 900 * MS), 0);
+    m.apply_snapshot(&runnable_owner(1500 * MS, 10 * MS, 10 * MS), 0);
+    m.apply_snapshot(&runnable_owner(2500 * MS, 20 * MS, 900 * MS), 0);
     assert!(classes(&m, 2600 * MS).is_empty());
     assert!(rechecks(&m, 2600 * MS).contains(&Class::NotDelivered));
     // The next interval it ran and still did not take the request: now it is judged.
-    m.apply_snapshot(&sched(3500 * MS, 900 * MS, 950 * MS), 0);
+    m.apply_snapshot(&runnable_owner(3500 * MS, 900 * MS, 950 * MS), 0);
     assert_eq!(
         classes(&m, 3600 * MS),
         vec![(Class::NotDelivered, Some(0), Some(3))]
@@ -931,28 +934,19 @@ fn a_request_held_while_the_driver_sees_others_leave_the_server_is_stuck_not_sta
     // and served others, so tag 1 is stuck. Without that move both stay undecided.
     use crate::driver::TagView as DriverView;
     const S: u64 = 1000 * MS;
-    let sched = |ts: u64, run: u64, wait: u64| {
-        let mut s = snap(ts, vec![task(Q_TID, 'R', "")]);
-        s.sched = vec![crate::snapshot::ThreadSched {
-            tid: Q_TID,
-            run_ns: run,
-            wait_ns: wait,
-        }];
-        s
-    };
     let held = || driver_tag(1, DriverView::InServer, Some(driver_rq(S)));
     let t2_in_server = || driver_tag(2, DriverView::InServer, Some(driver_rq(2 * S + S / 2)));
     let mut out = Vec::new();
     for t2_moves in [false, true] {
         let mut m = Model::new();
-        m.apply_snapshot(&sched(3 * S, 10 * MS, 10 * MS), 0);
+        m.apply_snapshot(&runnable_owner(3 * S, 10 * MS, 10 * MS), 0);
         m.apply_driver(&driver_snap(3 * S, vec![held(), t2_in_server()]));
         let t2 = match t2_moves {
             true => driver_tag(2, DriverView::Waiting, None),
             false => t2_in_server(),
         };
         m.apply_driver(&driver_snap(4 * S, vec![held(), t2]));
-        m.apply_snapshot(&sched(4 * S, 110 * MS, 700 * MS), 0);
+        m.apply_snapshot(&runnable_owner(4 * S, 110 * MS, 700 * MS), 0);
         out.push((classes(&m, 4 * S), rechecks(&m, 4 * S)));
     }
     assert_eq!(out[0].0, vec![], "starved, maybe: not judged");
@@ -1165,13 +1159,8 @@ fn a_new_cqe_for_the_same_tag_restarts_its_age_without_events() {
 #[test]
 fn a_tag_held_while_the_starved_owner_serves_others_is_stuck() {
     let sched = |ts: u64, run: u64, wait: u64| {
-        let mut s = snap(ts, vec![task(Q_TID, 'R', "")]);
+        let mut s = runnable_owner(ts, run, wait);
         s.blk = Some(busy_blk(&[0, 1, 2]));
-        s.sched = vec![crate::snapshot::ThreadSched {
-            tid: Q_TID,
-            run_ns: run,
-            wait_ns: wait,
-        }];
         let mut hung = published(1, "in_server", 100 * MS);
         hung.seq = 1;
         let mut tags = vec![hung];
