@@ -126,15 +126,22 @@ impl Tag {
             _ => read_ns,
         };
         // In the server at the last read, now waiting or on another request: committed since.
-        let was_in_server = |p: &DriverTag| {
-            matches!(p.view, DriverView::InServer | DriverView::NeedGetData) && p.request.is_some()
+        // (The same request queued again is a requeue, not a commit.)
+        let served = |p: &DriverTag| {
+            let rq = |r: Option<&RequestState>| r.map(|r| (r.sector, r.start_time_ns));
+            let was_in_server = matches!(p.view, DriverView::InServer | DriverView::NeedGetData)
+                && p.request.is_some();
+            let moved_on = match t.view {
+                DriverView::Waiting => true,
+                DriverView::Queued | DriverView::InServer => {
+                    rq(p.request.as_ref()) != rq(t.request.as_ref())
+                }
+                _ => false,
+            };
+            was_in_server && moved_on
         };
-        let moved_on = matches!(
-            t.view,
-            DriverView::Waiting | DriverView::Queued | DriverView::InServer
-        );
         let served_after_ns = match &self.driver {
-            Some(p) if !same && moved_on && was_in_server(p) => p.read_ns,
+            Some(p) if served(p) => p.read_ns,
             Some(p) => p.served_after_ns,
             None => 0,
         };
@@ -191,6 +198,35 @@ impl Tag {
 mod tests {
     use super::*;
     use crate::model::testutil::{driver_rq, driver_snap, driver_tag};
+
+    #[test]
+    fn a_request_gone_from_the_server_between_two_reads_was_served_after_the_first() {
+        const S: u64 = 1_000_000_000;
+        let served_after = |later: crate::driver::TagState| {
+            let mut m = Model::new();
+            let held = driver_tag(1, DriverView::InServer, Some(driver_rq(S)));
+            m.apply_driver(&driver_snap(2 * S, vec![held]));
+            m.apply_driver(&driver_snap(3 * S, vec![later]));
+            m.tag_mut_for_test(0, 0, 1)
+                .driver
+                .as_ref()
+                .map_or(u64::MAX, |d| d.served_after_ns)
+        };
+        let committed = driver_tag(1, DriverView::Waiting, None);
+        assert_eq!(served_after(committed), 2 * S, "committed: waits again");
+        let next = driver_tag(1, DriverView::InServer, Some(driver_rq(2 * S + 1)));
+        assert_eq!(
+            served_after(next),
+            2 * S,
+            "committed: holds the next request"
+        );
+        let still = driver_tag(1, DriverView::InServer, Some(driver_rq(S)));
+        assert_eq!(served_after(still), 0, "still held");
+        let requeued = driver_tag(1, DriverView::Queued, Some(driver_rq(S)));
+        assert_eq!(served_after(requeued), 0, "the same request queued again");
+        let aborted = driver_tag(1, DriverView::Aborted, None);
+        assert_eq!(served_after(aborted), 0, "aborted, not served");
+    }
 
     #[test]
     fn a_late_attach_knows_every_tag_from_the_driver() {
