@@ -114,13 +114,12 @@ impl Model {
 
 impl Tag {
     fn apply_driver(&mut self, t: &driver::TagState, read_ns: u64) {
-        let key = |view: DriverView, rq: Option<&RequestState>| {
-            (view, rq.map(|r| (r.sector, r.start_time_ns, r.op.clone())))
-        };
+        // Which request a read shows: a tag's next request differs in sector or start time.
+        let rq = |r: Option<&RequestState>| r.map(|r| (r.sector, r.start_time_ns, r.op.clone()));
         let same = self
             .driver
             .as_ref()
-            .is_some_and(|p| key(p.view, p.request.as_ref()) == key(t.view, t.request.as_ref()));
+            .is_some_and(|p| p.view == t.view && rq(p.request.as_ref()) == rq(t.request.as_ref()));
         let view_since_ns = match &self.driver {
             Some(p) if same => p.view_since_ns,
             _ => read_ns,
@@ -128,7 +127,6 @@ impl Tag {
         // In the server at the last read, now waiting or on another request: committed since.
         // (The same request queued again is a requeue, not a commit.)
         let served = |p: &DriverTag| {
-            let rq = |r: Option<&RequestState>| r.map(|r| (r.sector, r.start_time_ns));
             let was_in_server = matches!(p.view, DriverView::InServer | DriverView::NeedGetData)
                 && p.request.is_some();
             let moved_on = match t.view {

@@ -164,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn a_calm_device_with_its_server_known_is_walked_again_only_when_the_walk_is_old() {
+    fn a_device_with_its_server_known_is_walked_again_only_when_the_walk_is_old() {
         let t0 = Instant::now();
         let w = walk(t0, vec![412]);
         assert!(!needs_walk(&w, t0 + Duration::from_secs(1)));
